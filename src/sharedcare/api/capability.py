@@ -1,0 +1,113 @@
+"""The CapabilityStatement, generated from what the server really implements."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from sharedcare import __version__
+from sharedcare.fhir.definitions import definitions
+from sharedcare.fhir.search.parse import MODIFIERS_BY_TYPE
+
+INTERACTIONS = (
+    "read",
+    "vread",
+    "update",
+    "patch",
+    "delete",
+    "history-instance",
+    "history-type",
+    "create",
+    "search-type",
+)
+SYSTEM_INTERACTIONS = ("transaction", "batch", "history-system")
+OPERATIONS = {
+    "everything": ("Patient", "http://hl7.org/fhir/OperationDefinition/Patient-everything"),
+}
+
+
+@cache
+def _resources() -> list[dict[str, Any]]:
+    defs = definitions()
+    out = []
+    for rtype in sorted(defs.resource_types):
+        params = defs.params_for(rtype)
+        search = [
+            {"name": "_id", "type": "token", "definition": "http://hl7.org/fhir/SearchParameter/Resource-id"},
+            {
+                "name": "_lastUpdated",
+                "type": "date",
+                "definition": "http://hl7.org/fhir/SearchParameter/Resource-lastUpdated",
+            },
+        ]
+        for code, p in sorted(params.items()):
+            if not p.is_indexed:
+                continue
+            entry: dict[str, Any] = {"name": code, "type": p.type, "definition": p.url}
+            if p.description:
+                entry["documentation"] = p.description.split("\n")[0][:500]
+            search.append(entry)
+        refs = sorted(c for c, p in params.items() if p.type == "reference")
+        res: dict[str, Any] = {
+            "type": rtype,
+            "profile": f"http://hl7.org/fhir/StructureDefinition/{rtype}",
+            "interaction": [{"code": i} for i in INTERACTIONS],
+            "versioning": "versioned-update",
+            "readHistory": True,
+            "updateCreate": True,
+            "conditionalCreate": True,
+            "conditionalRead": "not-supported",
+            "conditionalUpdate": True,
+            "conditionalDelete": "single",
+            "referencePolicy": ["literal", "logical", "local"],
+            "searchInclude": ["*", *(f"{rtype}:{c}" for c in refs)],
+            "searchRevInclude": ["*"],
+            "searchParam": search,
+            "operation": [
+                {
+                    "name": "validate",
+                    "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate",
+                }
+            ],
+        }
+        for name, (base, url) in OPERATIONS.items():
+            if base == rtype:
+                res["operation"].append({"name": name, "definition": url})
+        out.append(res)
+    return out
+
+
+def capability_statement(base_url: str, date: str) -> dict[str, Any]:
+    """The server's CapabilityStatement for ``base_url``."""
+    modifiers = "; ".join(f"{t}: {', '.join(m)}" for t, m in sorted(MODIFIERS_BY_TYPE.items()))
+    return {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": date,
+        "publisher": "SharedCare",
+        "kind": "instance",
+        "software": {"name": "SharedCare", "version": __version__},
+        "implementation": {"description": "SharedCare FHIR R4 server", "url": base_url},
+        "fhirVersion": "4.0.1",
+        "format": ["application/fhir+json", "json"],
+        "patchFormat": ["application/json-patch+json"],
+        "rest": [
+            {
+                "mode": "server",
+                "documentation": (
+                    "Search supports chaining, _has, _include/_revinclude (:iterate), _sort, _count with "
+                    "keyset paging, _total, _summary, _elements, Prefer: handling=strict|lenient. "
+                    f"Modifiers by type: {modifiers}; reference: :identifier and :[type]."
+                ),
+                "resource": _resources(),
+                "interaction": [{"code": i} for i in SYSTEM_INTERACTIONS],
+                "searchParam": [
+                    {
+                        "name": "_lastUpdated",
+                        "type": "date",
+                        "definition": "http://hl7.org/fhir/SearchParameter/Resource-lastUpdated",
+                    },
+                ],
+            }
+        ],
+    }

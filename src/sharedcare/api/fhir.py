@@ -1,0 +1,388 @@
+"""FHIR R4 REST endpoints under ``/fhir``: translate HTTP to ``FhirService`` calls and back."""
+
+from __future__ import annotations
+
+from email.utils import format_datetime
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import orjson
+from fastapi import APIRouter, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from sharedcare.api.capability import capability_statement
+from sharedcare.fhir.bundle import BundleProcessor
+from sharedcare.fhir.errors import BadRequest, FhirError, Issue, NotFound, operation_outcome
+from sharedcare.fhir.operations.everything import everything
+from sharedcare.fhir.render import history_bundle, resource_json, searchset
+from sharedcare.fhir.search.values import date_range
+from sharedcare.fhir.service import FhirService, WriteOutcome
+from sharedcare.fhir.store import Stored, instant, utcnow
+
+FHIR_JSON = "application/fhir+json"
+router = APIRouter(prefix="/fhir")
+
+
+def _service(request: Request) -> FhirService:
+    service: FhirService = request.app.state.fhir
+    return service
+
+
+def base_url(request: Request) -> str:
+    """The public base of the FHIR endpoint (settings, else derived from the request)."""
+    configured = request.app.state.settings.base_url
+    if configured:
+        return str(configured).rstrip("/")
+    return str(request.base_url).rstrip("/") + "/fhir"
+
+
+def fhir_response(
+    request: Request, body: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    """Serialise a FHIR body as JSON (``_pretty`` honoured); stored JSON is embedded as is."""
+    pretty = request.query_params.get("_pretty") == "true"
+    fmt = request.query_params.get("_format")
+    if fmt and not any(x in fmt for x in ("json",)):
+        error = operation_outcome(
+            [Issue("error", "not-supported", f"_format {fmt!r} is not supported; use json")]
+        )
+        return Response(orjson.dumps(error), status_code=406, media_type=FHIR_JSON)
+    option = orjson.OPT_INDENT_2 if pretty else 0
+    content = (
+        orjson.dumps(body, option=option)
+        if not pretty
+        else orjson.dumps(orjson.loads(orjson.dumps(body)), option=option)
+    )
+    return Response(content, status_code=status, media_type=FHIR_JSON + "; charset=utf-8", headers=headers)
+
+
+def _version_headers(request: Request, stored: Stored, location: bool = False) -> dict[str, str]:
+    headers = {
+        "ETag": stored.etag,
+        "Last-Modified": format_datetime(
+            stored.last_updated.replace(tzinfo=__import__("datetime").UTC), usegmt=True
+        ),
+    }
+    url = f"{base_url(request)}/{stored.type}/{stored.id}/_history/{stored.version}"
+    headers["Content-Location"] = url
+    if location:
+        headers["Location"] = url
+    return headers
+
+
+async def _json_body(request: Request) -> Any:
+    body = await request.body()
+    if not body:
+        raise BadRequest("The request has no body")
+    ctype = request.headers.get("content-type", "")
+    if "xml" in ctype:
+        raise FhirError(
+            "FHIR XML is not supported; send application/fhir+json", status=415, code="not-supported"
+        )
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"The body is not valid JSON: {exc}") from None
+
+
+def _prefer(request: Request, key: str) -> str | None:
+    for part in request.headers.get("prefer", "").split(";"):
+        for item in part.split(","):
+            name, _, value = item.strip().partition("=")
+            if name.strip() == key:
+                return value.strip().strip('"')
+    return None
+
+
+def _write_response(request: Request, outcome: WriteOutcome, diagnostics: str) -> Response:
+    headers = _version_headers(request, outcome.stored, location=outcome.created)
+    ret = _prefer(request, "return") or "representation"
+    if ret == "minimal":
+        return Response(status_code=outcome.status, headers=headers)
+    if ret == "OperationOutcome":
+        body: Any = operation_outcome([Issue("information", "informational", diagnostics)])
+    else:
+        body = orjson.Fragment(outcome.stored.content or "null")
+    return fhir_response(request, body, outcome.status, headers)
+
+
+def _query_params(request: Request) -> list[tuple[str, str]]:
+    return [(k, v) for k, v in request.query_params.multi_items() if k not in ("_format", "_pretty")]
+
+
+def _strict(request: Request) -> bool:
+    return _prefer(request, "handling") == "strict"
+
+
+# -- system level ------------------------------------------------------------------------------
+@router.get("/metadata")
+async def metadata(request: Request) -> Response:
+    return fhir_response(request, capability_statement(base_url(request), instant(request.app.state.started)))
+
+
+@router.post("")
+@router.post("/")
+async def system_bundle(request: Request) -> Response:
+    body = await _json_body(request)
+    svc = _service(request)
+    base = base_url(request)
+    processor = BundleProcessor(svc, get_handler=lambda url, b: _bundle_get(svc, url, b))
+    result = await run_in_threadpool(processor.process, body, base)
+    return fhir_response(request, result)
+
+
+def _bundle_get(svc: FhirService, url: str, base: str) -> tuple[int, Any]:
+    """GET entries inside a batch/transaction: read, vread or search."""
+    parts = urlsplit(url)
+    segments = [s for s in parts.path.split("/") if s]
+    if len(segments) == 1:
+        params = parse_qsl(parts.query, keep_blank_values=True)
+        query = svc.parse_search(segments[0], params, strict=False)
+        result = svc.search(query, base_url=base)
+        return 200, searchset(result, base, segments[0], params, query.summary, query.elements)
+    if len(segments) == 2:
+        return 200, resource_json(svc.read(segments[0], segments[1]))
+    if len(segments) == 4 and segments[2] == "_history":
+        return 200, resource_json(svc.vread(segments[0], segments[1], segments[3]))
+    raise BadRequest(f"Unsupported GET {url!r} in bundle")
+
+
+@router.get("/_history")
+async def system_history(request: Request) -> Response:
+    return await _history(request, None, None, "_history")
+
+
+async def _history(request: Request, rtype: str | None, rid: str | None, path: str) -> Response:
+    params = _query_params(request)
+    q = dict(params)
+    count = None
+    if "_count" in q:
+        try:
+            count = int(q["_count"])
+        except ValueError:
+            raise BadRequest(f"_count must be a whole number, not {q['_count']!r}") from None
+    page = await run_in_threadpool(
+        _service(request).history,
+        rtype,
+        rid,
+        since=q.get("_since"),
+        at=q.get("_at"),
+        count=count,
+        page=q.get("_page"),
+    )
+    return fhir_response(
+        request, history_bundle(page.versions, page.total, base_url(request), path, params, page.next_cursor)
+    )
+
+
+# -- type level --------------------------------------------------------------------------------
+@router.get("/{rtype}")
+async def search_type(request: Request, rtype: str) -> Response:
+    return await _search(request, rtype, _query_params(request), rtype)
+
+
+@router.post("/{rtype}/_search")
+async def search_post(request: Request, rtype: str) -> Response:
+    form = await request.form()
+    params = _query_params(request) + [(k, str(v)) for k, v in form.multi_items()]
+    return await _search(request, rtype, params, rtype)
+
+
+async def _search(
+    request: Request, rtype: str, params: list[tuple[str, str]], path: str, compartment: str | None = None
+) -> Response:
+    svc = _service(request)
+    query = svc.parse_search(rtype, params, strict=_strict(request))
+    base = base_url(request)
+    result = await run_in_threadpool(svc.search, query, base_url=base, compartment=compartment)
+    issues = [
+        {"severity": "warning", "code": "not-supported", "diagnostics": f"Parameter ignored: {text}"}
+        for text in query.ignored
+    ]
+    shown = [(k, v) for k, v in params if not any(text.startswith(f"{k}:") for text in query.ignored)]
+    return fhir_response(request, searchset(result, base, path, shown, query.summary, query.elements, issues))
+
+
+@router.post("/{rtype}")
+async def create(request: Request, rtype: str) -> Response:
+    body = await _json_body(request)
+    svc = _service(request)
+    svc.check_type(rtype)
+    if isinstance(body, dict) and body.get("resourceType") not in (None, rtype):
+        raise BadRequest(
+            f"Resource type {body.get('resourceType')!r} in the body does not match the URL type {rtype!r}"
+        )
+    outcome = await run_in_threadpool(
+        svc.create, body, if_none_exist=request.headers.get("if-none-exist"), base_url=base_url(request)
+    )
+    return _write_response(request, outcome, "Created" if outcome.created else "Resource already exists")
+
+
+@router.put("/{rtype}")
+async def conditional_update(request: Request, rtype: str) -> Response:
+    body = await _json_body(request)
+    query = request.url.query
+    outcome = await run_in_threadpool(
+        _service(request).conditional_update, rtype, query, body, base_url=base_url(request)
+    )
+    return _write_response(request, outcome, "Updated")
+
+
+@router.delete("/{rtype}")
+async def conditional_delete(request: Request, rtype: str) -> Response:
+    await run_in_threadpool(
+        _service(request).conditional_delete, rtype, request.url.query, base_url=base_url(request)
+    )
+    return fhir_response(request, operation_outcome([Issue("information", "informational", "Deleted")]))
+
+
+@router.patch("/{rtype}")
+async def conditional_patch(request: Request, rtype: str) -> Response:
+    body = await _patch_body(request)
+    outcome = await run_in_threadpool(
+        _service(request).conditional_patch, rtype, request.url.query, body, base_url=base_url(request)
+    )
+    return _write_response(request, outcome, "Patched")
+
+
+@router.get("/{rtype}/_history")
+async def type_history(request: Request, rtype: str) -> Response:
+    return await _history(request, rtype, None, f"{rtype}/_history")
+
+
+@router.post("/{rtype}/$validate")
+async def validate_type(request: Request, rtype: str) -> Response:
+    return await _validate(request, rtype)
+
+
+@router.post("/{rtype}/{rid}/$validate")
+async def validate_instance(request: Request, rtype: str, rid: str) -> Response:
+    return await _validate(request, rtype)
+
+
+async def _validate(request: Request, rtype: str) -> Response:
+    body = await _json_body(request)
+    svc = _service(request)
+    svc.check_type(rtype)
+    if isinstance(body, dict) and body.get("resourceType") == "Parameters":
+        found = [p.get("resource") for p in body.get("parameter", []) if p.get("name") == "resource"]
+        if not found:
+            raise BadRequest("$validate Parameters need a 'resource' parameter")
+        body = found[0]
+    try:
+        svc.check_resource(body, rtype)
+    except FhirError as err:
+        if err.status == 404:
+            raise
+        return fhir_response(request, err.outcome(), 200)
+    return fhir_response(
+        request,
+        operation_outcome([Issue("information", "informational", "Validation successful: no errors")]),
+    )
+
+
+# -- Patient compartment and $everything --------------------------------------------------------
+@router.api_route("/Patient/{pid}/$everything", methods=["GET", "POST"])
+async def patient_everything(request: Request, pid: str) -> Response:
+    svc = _service(request)
+    params = _query_params(request)
+    q = dict(params)
+    try:
+        count = min(int(q.get("_count", svc.default_page_size)), svc.max_page_size)
+    except ValueError:
+        raise BadRequest("_count must be a whole number") from None
+    since = None
+    if "_since" in q:
+        try:
+            since = date_range(q["_since"])[0]
+        except ValueError:
+            raise BadRequest(f"Invalid _since {q['_since']!r}") from None
+    types = tuple(t for t in q.get("_type", "").split(",") if t)
+    for t in types:
+        svc.check_type(t)
+
+    def run() -> Any:
+        with svc.engine.connect() as conn:
+            return everything(
+                conn, svc.store, pid, count=count, since=since, types=types, page=q.get("_page")
+            )
+
+    page = await run_in_threadpool(run)
+    from sharedcare.fhir.search.engine import SearchResult
+
+    result = SearchResult(page.matches, page.included, page.total, page.next_cursor)
+    return fhir_response(request, searchset(result, base_url(request), f"Patient/{pid}/$everything", params))
+
+
+# -- instance level ----------------------------------------------------------------------------
+@router.get("/{rtype}/{rid}")
+async def read(request: Request, rtype: str, rid: str) -> Response:
+    stored = await run_in_threadpool(_service(request).read, rtype, rid)
+    if request.headers.get("if-none-match") == stored.etag:
+        return Response(status_code=304, headers=_version_headers(request, stored))
+    summary = request.query_params.get("_summary")
+    elements = tuple(e for e in request.query_params.get("_elements", "").split(",") if e)
+    body = resource_json(stored, summary if summary not in (None, "false") else None, elements)
+    return fhir_response(request, body, headers=_version_headers(request, stored))
+
+
+@router.put("/{rtype}/{rid}")
+async def update(request: Request, rtype: str, rid: str) -> Response:
+    body = await _json_body(request)
+    outcome = await run_in_threadpool(
+        _service(request).update, rtype, rid, body, if_match=request.headers.get("if-match")
+    )
+    return _write_response(request, outcome, "Created" if outcome.created else "Updated")
+
+
+async def _patch_body(request: Request) -> Any:
+    ctype = request.headers.get("content-type", "")
+    if "json-patch" not in ctype:
+        raise FhirError(
+            f"PATCH needs Content-Type application/json-patch+json, not {ctype!r}",
+            status=415,
+            code="not-supported",
+        )
+    return await _json_body(request)
+
+
+@router.patch("/{rtype}/{rid}")
+async def patch(request: Request, rtype: str, rid: str) -> Response:
+    body = await _patch_body(request)
+    outcome = await run_in_threadpool(
+        _service(request).patch, rtype, rid, body, if_match=request.headers.get("if-match")
+    )
+    return _write_response(request, outcome, "Patched")
+
+
+@router.delete("/{rtype}/{rid}")
+async def delete(request: Request, rtype: str, rid: str) -> Response:
+    stored = await run_in_threadpool(_service(request).delete, rtype, rid)
+    headers = {"ETag": stored.etag} if stored else {}
+    return fhir_response(
+        request,
+        operation_outcome([Issue("information", "informational", f"Deleted {rtype}/{rid}")]),
+        headers=headers,
+    )
+
+
+@router.get("/{rtype}/{rid}/_history")
+async def instance_history(request: Request, rtype: str, rid: str) -> Response:
+    return await _history(request, rtype, rid, f"{rtype}/{rid}/_history")
+
+
+@router.get("/{rtype}/{rid}/_history/{vid}")
+async def vread(request: Request, rtype: str, rid: str, vid: str) -> Response:
+    stored = await run_in_threadpool(_service(request).vread, rtype, rid, vid)
+    return fhir_response(request, resource_json(stored), headers=_version_headers(request, stored))
+
+
+@router.get("/Patient/{pid}/{rtype}")
+async def compartment_search(request: Request, pid: str, rtype: str) -> Response:
+    svc = _service(request)
+    if rtype != "*" and rtype not in svc.defs.resource_types:
+        raise NotFound(f"Unknown resource type {rtype!r}")
+    return await _search(request, rtype, _query_params(request), f"Patient/{pid}/{rtype}", compartment=pid)
+
+
+__all__ = ["router", "utcnow"]

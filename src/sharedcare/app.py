@@ -1,0 +1,142 @@
+"""Build the FastAPI application from settings; nothing else lives here."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from sharedcare.api import fhir as fhir_api
+from sharedcare.fhir.errors import FhirError, Issue, operation_outcome
+from sharedcare.fhir.service import FhirService
+from sharedcare.fhir.store import utcnow
+from sharedcare.settings import Settings, get_settings
+from sharedcare.storage.engine import make_engine
+
+log = logging.getLogger("sharedcare")
+
+
+def _outcome_response(status: int, code: str, diagnostics: str) -> Response:
+    body = operation_outcome([Issue("error", code, diagnostics)])
+    return Response(orjson.dumps(body), status_code=status, media_type=fhir_api.FHIR_JSON)
+
+
+class BodySizeLimit:
+    """Refuse bodies larger than the limit with 413 before they are read into memory.
+
+    A declared Content-Length is checked up front; a chunked body is counted as it streams
+    and the request is cut off as soon as it passes the limit.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await self._refuse(send)
+            return
+        seen = 0
+        started = False
+
+        async def counting_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except _TooLarge:
+            if not started:
+                await self._refuse(send)
+
+    async def _refuse(self, send: Send) -> None:
+        body = orjson.dumps(
+            operation_outcome(
+                [Issue("error", "too-costly", f"Request body exceeds the limit of {self.limit} bytes")]
+            )
+        )
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [(b"content-type", fhir_api.FHIR_JSON.encode()), (b"connection", b"close")],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def create_app(settings: Settings | None = None, *, validator: Any = "default") -> FastAPI:
+    """The application for ``settings`` (defaults: environment); the schema must be migrated."""
+    settings = settings or get_settings()
+    engine = make_engine(settings.effective_database_url)
+    if validator == "default":
+        validator = None
+        if settings.validate_on_write:
+            from sharedcare.fhir.validation import validate_resource
+
+            def validator(res: dict[str, Any]) -> list[Issue]:
+                return [
+                    Issue(i.severity, i.code, i.diagnostics, (i.expression,)) for i in validate_resource(res)
+                ]
+
+    app = FastAPI(title="SharedCare", version="0.1.0", docs_url="/docs", redoc_url=None)
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.started = utcnow()
+    app.state.fhir = FhirService(
+        engine,
+        validator=validator,
+        default_page_size=settings.default_page_size,
+        max_page_size=settings.max_page_size,
+        default_total=settings.default_total,
+    )
+    app.include_router(fhir_api.router)
+
+    @app.exception_handler(FhirError)
+    async def fhir_error(_request: Request, exc: FhirError) -> Response:
+        return Response(orjson.dumps(exc.outcome()), status_code=exc.status, media_type=fhir_api.FHIR_JSON)
+
+    @app.exception_handler(RequestValidationError)
+    async def request_error(_request: Request, exc: RequestValidationError) -> Response:
+        return _outcome_response(400, "invalid", f"Invalid request: {exc.errors()}")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> Response:
+        code = {404: "not-found", 405: "not-supported"}.get(exc.status_code, "processing")
+        return _outcome_response(exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def unexpected(_request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error")
+        return _outcome_response(500, "exception", f"Internal error: {type(exc).__name__}")
+
+    @app.get("/", include_in_schema=False)
+    async def root() -> dict[str, str]:
+        return {"name": "SharedCare", "fhir": "/fhir", "capabilities": "/fhir/metadata"}
+
+    app.add_middleware(BodySizeLimit, limit=settings.max_request_bytes)
+    return app

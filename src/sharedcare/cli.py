@@ -1,0 +1,98 @@
+"""The ``sharedcare`` command: serve, migrate, import, seed, bench."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from sharedcare.settings import get_settings
+
+app = typer.Typer(help="SharedCare national shared health record platform.", no_args_is_help=True)
+
+
+def _engine():  # type: ignore[no-untyped-def]
+    from sharedcare.storage.engine import make_engine
+
+    return make_engine(get_settings().effective_database_url)
+
+
+@app.command()
+def migrate() -> None:
+    """Apply database migrations up to the newest schema."""
+    from sharedcare.storage.migrate import upgrade
+
+    upgrade(_engine())
+    typer.echo("Database schema is up to date.")
+
+
+@app.command()
+def serve(
+    host: str = typer.Option(None, help="Bind address (default: SHAREDCARE_HOST)"),
+    port: int = typer.Option(None, help="Port (default: SHAREDCARE_PORT)"),
+    workers: int = typer.Option(1, help="Worker processes"),
+) -> None:
+    """Migrate, load demo data on first start (if enabled), and serve HTTP."""
+    import uvicorn
+
+    from sharedcare.storage.migrate import upgrade
+
+    settings = get_settings()
+    engine = _engine()
+    upgrade(engine)
+    if settings.demo_data:
+        from sharedcare.demo.load import load_demo_if_empty
+
+        loaded = load_demo_if_empty(engine)
+        if loaded:
+            typer.echo(f"Loaded demo data: {loaded} resources.")
+    typer.echo(f"SharedCare FHIR API on http://{host or settings.host}:{port or settings.port}/fhir")
+    uvicorn.run(
+        "sharedcare.app:create_app",
+        factory=True,
+        host=host or settings.host,
+        port=port or settings.port,
+        workers=workers,
+        log_level=settings.log_level,
+    )
+
+
+@app.command()
+def seed() -> None:
+    """Load (or refresh) the Luxembourg demo population."""
+    from sharedcare.demo.load import load_demo
+
+    engine = _engine()
+    from sharedcare.storage.migrate import upgrade
+
+    upgrade(engine)
+    count = load_demo(engine)
+    typer.echo(f"Demo data loaded: {count} resources.")
+
+
+@app.command("import")
+def import_(
+    paths: list[Path] = typer.Argument(..., help="Bundle JSON, NDJSON(.gz), or .tar.xz/.tar.gz archives"),
+    no_validate: bool = typer.Option(False, "--no-validate", help="Skip validation (trusted sources)"),
+) -> None:
+    """Import FHIR data files, with a progress bar and a summary of counts and errors."""
+    from sharedcare.fhir.importer import run_import_cli
+
+    raise typer.Exit(run_import_cli(_engine(), paths, validate=not no_validate))
+
+
+@app.command()
+def bench(
+    suite: str = typer.Argument("all", help="ingest, load or all"),
+) -> None:
+    """Run the benchmarks in benchmarks/ (see docs/benchmarks.md)."""
+    import runpy
+
+    root = Path(__file__).resolve().parents[2] / "benchmarks"
+    names = ["ingest", "load"] if suite == "all" else [suite]
+    for name in names:
+        runpy.run_path(str(root / f"bench_{name}.py"), run_name="__main__")
+
+
+if __name__ == "__main__":
+    app()

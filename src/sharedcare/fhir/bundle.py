@@ -1,0 +1,329 @@
+"""Batch and transaction Bundles.
+
+A transaction is atomic: ``urn:uuid`` and conditional references are resolved, entries are
+processed in the order the specification sets (DELETE, POST, PUT/PATCH, GET), and either all
+entries are applied or none. Plain creates are written in one bulk step, which is what makes
+large patient bundles fast. A batch applies each entry in its own transaction and reports
+each entry's status.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import orjson
+from sqlalchemy import Connection
+
+from sharedcare.fhir.errors import BadRequest, FhirError, Issue, MultipleMatches, NotFound, operation_outcome
+from sharedcare.fhir.service import FhirService, WriteOutcome, same_content
+from sharedcare.fhir.store import Stored, Write, instant
+
+STATUS_TEXT = {200: "200 OK", 201: "201 Created", 204: "204 No Content"}
+GetHandler = Callable[[str, str], tuple[int, Any]]  # (method-less url, base_url) -> (status, body)
+
+
+@dataclass
+class _Entry:
+    index: int
+    method: str
+    url: str
+    resource: dict[str, Any] | None
+    full_url: str | None
+    if_none_exist: str | None
+    if_match: str | None
+    rtype: str = ""
+    rid: str | None = None
+    query: str | None = None
+
+
+def _parse_entries(bundle: dict[str, Any]) -> list[_Entry]:
+    entries = []
+    for i, raw in enumerate(bundle.get("entry") or []):
+        request = raw.get("request") if isinstance(raw, dict) else None
+        if not isinstance(request, dict) or "method" not in request or "url" not in request:
+            raise BadRequest(
+                f"Bundle entry {i} has no request.method and request.url", (f"Bundle.entry[{i}]",)
+            )
+        method = str(request["method"]).upper()
+        if method not in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"):
+            raise BadRequest(f"Bundle entry {i}: unknown method {method!r}", (f"Bundle.entry[{i}].request",))
+        url = str(request["url"])
+        res = raw.get("resource")
+        entry = _Entry(
+            i, method, url, res, raw.get("fullUrl"), request.get("ifNoneExist"), request.get("ifMatch")
+        )
+        path, _, query = url.partition("?")
+        parts = [p for p in path.split("/") if p]
+        entry.rtype = parts[0] if parts else ""
+        entry.rid = parts[1] if len(parts) > 1 else None
+        entry.query = query or None
+        if method in ("POST", "PUT") and not isinstance(res, dict):
+            raise BadRequest(f"Bundle entry {i} ({method} {url}) has no resource", (f"Bundle.entry[{i}]",))
+        if method == "PATCH" and res is not None and res.get("resourceType") == "Binary":
+            try:
+                entry.resource = {"patch": orjson.loads(base64.b64decode(res.get("data", "")))}
+            except (ValueError, orjson.JSONDecodeError):
+                raise BadRequest(f"Bundle entry {i}: the Binary does not hold a JSON Patch") from None
+        entries.append(entry)
+    return entries
+
+
+def _rewrite_references(node: Any, mapping: dict[str, str]) -> None:
+    """Replace placeholder references (``urn:uuid:…`` and conditional ones) in place."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "reference" and isinstance(value, str) and value in mapping:
+                node[key] = mapping[value]
+            elif isinstance(value, (dict, list)):
+                _rewrite_references(value, mapping)
+    elif isinstance(node, list):
+        for item in node:
+            if isinstance(item, (dict, list)):
+                _rewrite_references(item, mapping)
+
+
+def _conditional_references(node: Any, found: set[str]) -> None:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if (
+                key == "reference"
+                and isinstance(value, str)
+                and "?" in value
+                and "/" not in value.split("?")[0]
+            ):
+                found.add(value)
+            elif isinstance(value, (dict, list)):
+                _conditional_references(value, found)
+    elif isinstance(node, list):
+        for item in node:
+            _conditional_references(item, found)
+
+
+def _response(status: int, stored: Stored | None) -> dict[str, Any]:
+    response: dict[str, Any] = {"status": STATUS_TEXT.get(status, str(status))}
+    if stored is not None:
+        response["location"] = f"{stored.type}/{stored.id}/_history/{stored.version}"
+        response["etag"] = stored.etag
+        response["lastModified"] = instant(stored.last_updated)
+    return response
+
+
+class BundleProcessor:
+    """Processes batch and transaction Bundles against a ``FhirService``."""
+
+    def __init__(self, service: FhirService, get_handler: GetHandler | None = None) -> None:
+        self.service = service
+        self.get_handler = get_handler
+
+    def process(self, bundle: Any, base_url: str = "") -> dict[str, Any]:
+        if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+            raise BadRequest("Expected a Bundle resource")
+        kind = bundle.get("type")
+        if kind == "transaction":
+            return self.transaction(bundle, base_url)
+        if kind == "batch":
+            return self.batch(bundle, base_url)
+        raise BadRequest(f"Bundle type must be batch or transaction, not {kind!r}", ("Bundle.type",))
+
+    # -- transaction -------------------------------------------------------------------------
+    def transaction(self, bundle: dict[str, Any], base_url: str = "") -> dict[str, Any]:
+        entries = _parse_entries(bundle)
+        with self.service.write_engine.begin() as conn:
+            responses = self.transaction_in(conn, entries, base_url)
+        return {"resourceType": "Bundle", "type": "transaction-response", "entry": responses}
+
+    def transaction_in(self, conn: Connection, entries: list[_Entry], base_url: str) -> list[dict[str, Any]]:
+        svc = self.service
+        seen: set[str] = set()
+        mapping: dict[str, str] = {}
+        outcomes: dict[int, dict[str, Any]] = {}
+        existing_creates: dict[int, WriteOutcome] = {}
+        for e in entries:
+            key = f"{e.method} {e.url}"
+            if e.method in ("PUT", "DELETE", "PATCH") and e.rid and key in seen:
+                raise BadRequest(f"Bundle entry {e.index}: {e.url} appears twice in the transaction")
+            seen.add(key)
+            if e.method == "POST":
+                assert e.resource is not None
+                svc.check_resource(e.resource, e.rtype or None)
+                target_id: str | None = None
+                if e.if_none_exist:
+                    found = svc._match(conn, e.rtype, e.if_none_exist, base_url)
+                    if len(found) > 1:
+                        raise MultipleMatches(
+                            f"Bundle entry {e.index}: ifNoneExist matches several resources"
+                        )
+                    if found:
+                        existing_creates[e.index] = WriteOutcome(found[0], 200)
+                        target_id = found[0].id
+                e.rid = target_id or str(uuid.uuid4())
+                if e.full_url:
+                    mapping[e.full_url] = f"{e.resource['resourceType']}/{e.rid}"
+            elif e.method == "PUT" and e.query and not e.rid:
+                svc.check_type(e.rtype)
+                found = svc._match(conn, e.rtype, e.query, base_url)
+                if len(found) > 1:
+                    raise MultipleMatches(
+                        f"Bundle entry {e.index}: conditional update matches several resources"
+                    )
+                e.rid = found[0].id if found else (e.resource or {}).get("id") or str(uuid.uuid4())
+                e.query = None
+                if e.full_url:
+                    mapping[e.full_url] = f"{e.rtype}/{e.rid}"
+            elif e.method == "PUT" and e.full_url and e.rid:
+                mapping[e.full_url] = f"{e.rtype}/{e.rid}"
+        conditional: set[str] = set()
+        for e in entries:
+            if e.resource is not None:
+                _conditional_references(e.resource, conditional)
+        for ref in conditional:
+            rtype, _, query = ref.partition("?")
+            svc.check_type(rtype)
+            found = svc._match(conn, rtype, query, base_url)
+            if len(found) != 1:
+                raise (MultipleMatches if found else NotFound)(
+                    f"Conditional reference {ref!r} matches {len(found)} resources; it must match exactly one"
+                )
+            mapping[ref] = f"{rtype}/{found[0].id}"
+        for e in entries:
+            if e.resource is not None and e.method != "PATCH":
+                _rewrite_references(e.resource, mapping)
+        order = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
+        creates: list[_Entry] = []
+        puts: list[_Entry] = []
+        for e in sorted(entries, key=lambda x: order[x.method]):
+            try:
+                if e.method == "POST":
+                    if e.index in existing_creates:
+                        found_outcome = existing_creates[e.index]
+                        outcomes[e.index] = {"response": _response(200, found_outcome.stored)}
+                    else:
+                        creates.append(e)
+                    continue
+                if creates:
+                    self._bulk_create(conn, creates, outcomes)
+                    creates = []
+                if e.method == "PUT" and e.rid and not e.if_match:
+                    puts.append(e)
+                    continue
+                if puts:
+                    self._bulk_put(conn, puts, outcomes)
+                    puts = []
+                outcomes[e.index] = self._apply_one(conn, e, base_url)
+            except FhirError as err:
+                err.diagnostics = f"Bundle entry {e.index} ({e.method} {e.url}): {err.diagnostics}"
+                raise
+        if creates:
+            self._bulk_create(conn, creates, outcomes)
+        if puts:
+            self._bulk_put(conn, puts, outcomes)
+        return [outcomes[e.index] for e in entries]
+
+    def _bulk_put(self, conn: Connection, puts: list[_Entry], outcomes: dict[int, dict[str, Any]]) -> None:
+        """Plain updates (no If-Match) in one bulk write; unchanged resources keep their version."""
+        svc = self.service
+        for e in puts:
+            assert e.resource is not None and e.rid
+            if e.resource.get("id", e.rid) != e.rid:
+                raise BadRequest(f"Bundle entry {e.index}: the id in the body does not match {e.url}")
+            if e.resource.get("resourceType") != e.rtype:
+                raise BadRequest(f"Bundle entry {e.index}: the resource type does not match {e.url}")
+            svc.check_resource(e.resource, e.rtype)
+        current = svc.store.current_many(conn, [(e.rtype, e.rid) for e in puts if e.rid])
+        writes: list[Write] = []
+        written: list[_Entry] = []
+        for e in puts:
+            assert e.resource is not None and e.rid
+            res = {**e.resource, "id": e.rid}
+            now = current.get((e.rtype, e.rid))
+            if now is not None and not now.deleted and same_content(now.resource(), res):
+                outcomes[e.index] = {"response": _response(200, now)}
+                continue
+            writes.append(Write("PUT", e.rtype, e.rid, res, now))
+            written.append(e)
+        for e, stored, w in zip(written, svc.store.apply(conn, writes), writes, strict=True):
+            created = w.current is None or w.current.deleted
+            outcomes[e.index] = {"response": _response(201 if created else 200, stored)}
+
+    def _bulk_create(
+        self, conn: Connection, creates: list[_Entry], outcomes: dict[int, dict[str, Any]]
+    ) -> None:
+        writes = []
+        for e in creates:
+            assert e.resource is not None and e.rid is not None
+            res = dict(e.resource)
+            res["id"] = e.rid
+            writes.append(Write("POST", res["resourceType"], e.rid, res, None))
+        for e, stored in zip(creates, self.service.store.apply(conn, writes), strict=True):
+            outcomes[e.index] = {"response": _response(201, stored)}
+
+    def _apply_one(self, conn: Connection, e: _Entry, base_url: str) -> dict[str, Any]:
+        svc = self.service
+        if e.method == "DELETE":
+            if e.query and not e.rid:
+                svc.conditional_delete_in(conn, e.rtype, e.query, base_url=base_url)
+            elif e.rid:
+                with contextlib.suppress(NotFound):  # deleting what is not there: same end state
+                    svc.delete_in(conn, e.rtype, e.rid)
+            else:
+                raise BadRequest("DELETE needs Type/id or Type?criteria")
+            return {"response": {"status": "204 No Content"}}
+        if e.method == "PUT":
+            assert e.resource is not None and e.rid
+            res = {**e.resource, "id": e.resource.get("id", e.rid)}
+            outcome = svc.update_in(conn, e.rtype, e.rid, res, if_match=e.if_match)
+            return {"response": _response(outcome.status, outcome.stored)}
+        if e.method == "PATCH":
+            patch = (e.resource or {}).get("patch")
+            if e.query and not e.rid:
+                found = svc._match(conn, e.rtype, e.query, base_url)
+                if len(found) != 1:
+                    raise (MultipleMatches if found else NotFound)(f"Conditional patch matches {len(found)}")
+                e.rid = found[0].id
+            assert e.rid
+            outcome = svc.patch_in(conn, e.rtype, e.rid, patch, if_match=e.if_match)
+            return {"response": _response(outcome.status, outcome.stored)}
+        if self.get_handler is None:
+            raise BadRequest("GET entries are not supported here")
+        status, body = self.get_handler(e.url, base_url)
+        return {"resource": body, "response": {"status": STATUS_TEXT.get(status, str(status))}}
+
+    # -- batch -------------------------------------------------------------------------------
+    def batch(self, bundle: dict[str, Any], base_url: str = "") -> dict[str, Any]:
+        entries = _parse_entries(bundle)
+        responses = []
+        for e in entries:
+            try:
+                with self.service.write_engine.begin() as conn:
+                    if e.method == "POST":
+                        assert e.resource is not None
+                        outcome = self.service.create_in(
+                            conn, e.resource, if_none_exist=e.if_none_exist, base_url=base_url
+                        )
+                        responses.append({"response": _response(outcome.status, outcome.stored)})
+                    else:
+                        responses.append(self._apply_one(conn, e, base_url))
+            except FhirError as err:
+                responses.append(
+                    {
+                        "response": {
+                            "status": str(err.status),
+                            "outcome": err.outcome(),
+                        }
+                    }
+                )
+        return {"resourceType": "Bundle", "type": "batch-response", "entry": responses}
+
+
+def error_entry(issue: Issue) -> dict[str, Any]:
+    """An OperationOutcome for one failed entry (used by importers that keep going)."""
+    return operation_outcome([issue])
+
+
+__all__ = ["BundleProcessor", "error_entry", "parse_qsl", "urlsplit"]

@@ -1,0 +1,108 @@
+"""``Patient/[id]/$everything``: the patient's whole compartment, paged, with referenced support data.
+
+Paging is by key over the compartment rows, so there is no hidden cap: every resource is
+reachable through ``next`` links. Each page also carries the practitioners, organisations,
+locations and medications its resources refer to (support data that is in no patient's
+compartment), as HAPI does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, and_, func, select
+
+from sharedcare.fhir.errors import BadRequest
+from sharedcare.fhir.search.engine import AccessFilter
+from sharedcare.fhir.store import ResourceStore, Stored
+from sharedcare.storage.tables import idx_reference, resource, resource_compartment
+
+SUPPORT_TYPES = ("Practitioner", "PractitionerRole", "Organization", "Location", "Medication", "Substance")
+
+
+@dataclass
+class EverythingPage:
+    """One page of a patient's record."""
+
+    matches: list[Stored]
+    included: list[Stored] = field(default_factory=list)
+    total: int | None = None
+    next_cursor: str | None = None
+
+
+def everything(
+    conn: Connection,
+    store: ResourceStore,
+    patient_id: str,
+    *,
+    count: int,
+    since: datetime | None = None,
+    types: tuple[str, ...] = (),
+    page: str | None = None,
+    access: AccessFilter | None = None,
+) -> EverythingPage:
+    """One page of the compartment of ``patient_id`` (which must exist and not be deleted)."""
+    store.read(conn, "Patient", patient_id)
+    r = resource.alias("r")
+    conds: list[Any] = [
+        r.c.deleted.is_(False),
+        r.c.pk.in_(
+            select(resource_compartment.c.res_pk).where(resource_compartment.c.patient_id == patient_id)
+        ),
+    ]
+    if since is not None:
+        conds.append(r.c.last_updated >= since)
+    if types:
+        conds.append(r.c.type.in_(types))
+    if access is not None:
+        conds.append(access(r))
+    total = None
+    if page is None:
+        total = int(conn.execute(select(func.count()).select_from(r).where(*conds)).scalar_one())
+    else:
+        try:
+            conds.append(r.c.pk > int(page))
+        except ValueError:
+            raise BadRequest("Invalid $everything page link") from None
+    cols = [r.c.pk, r.c.type, r.c.id, r.c.version, r.c.last_updated, r.c.deleted, r.c.content]
+    rows = list(conn.execute(select(*cols).where(*conds).order_by(r.c.pk).limit(count + 1)))
+    more = len(rows) > count
+    rows = rows[:count]
+    matches = [Stored(x.pk, x.type, x.id, x.version, x.last_updated, x.deleted, x.content) for x in rows]
+    result = EverythingPage(matches, total=total, next_cursor=str(rows[-1].pk) if more and rows else None)
+    if matches:
+        result.included = _support(conn, [m.pk for m in matches], {m.pk for m in matches}, types, access)
+    return result
+
+
+def _support(
+    conn: Connection, pks: list[int], seen: set[int], types: tuple[str, ...], access: AccessFilter | None
+) -> list[Stored]:
+    wanted = [t for t in SUPPORT_TYPES if not types or t in types]
+    if not wanted:
+        return []
+    t = resource.alias("t")
+    ref = idx_reference.alias("ref")
+    targets = (
+        select(ref.c.target_type, ref.c.target_id)
+        .where(ref.c.res_pk.in_(pks), ref.c.target_type.in_(wanted))
+        .distinct()
+        .subquery()
+    )
+    conds: list[Any] = [t.c.deleted.is_(False)]
+    if access is not None:
+        conds.append(access(t))
+    stmt = (
+        select(t.c.pk, t.c.type, t.c.id, t.c.version, t.c.last_updated, t.c.deleted, t.c.content)
+        .select_from(targets)
+        .join(t, and_(t.c.type == targets.c.target_type, t.c.id == targets.c.target_id))
+        .where(*conds)
+    )
+    out = []
+    for x in conn.execute(stmt):
+        if x.pk not in seen:
+            seen.add(x.pk)
+            out.append(Stored(x.pk, x.type, x.id, x.version, x.last_updated, x.deleted, x.content))
+    return out

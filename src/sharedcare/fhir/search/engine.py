@@ -1,0 +1,261 @@
+"""Run a parsed search: one SQL statement for the page, one for the total, one per include level.
+
+Paging is by keyset: a page cursor holds the sort values and key of the row next to the page
+boundary, so ``next``/``previous`` links stay correct while resources are added or removed.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import ColumnElement, Connection, Select, and_, false, func, or_, select
+from sqlalchemy.sql import FromClause
+
+from sharedcare.fhir.errors import BadRequest
+from sharedcare.fhir.search.compile import CompileContext, criterion, sort_expression, sort_kind
+from sharedcare.fhir.search.parse import Include, SearchQuery
+from sharedcare.fhir.store import Stored
+from sharedcare.storage.tables import idx_reference, resource, resource_compartment
+
+AccessFilter = Callable[[FromClause], ColumnElement[bool]]
+MAX_INCLUDE_DEPTH = 4
+
+
+@dataclass
+class SearchResult:
+    """One page of matches, the included resources, the total and the paging cursors."""
+
+    matches: list[Stored]
+    included: list[Stored] = field(default_factory=list)
+    total: int | None = None
+    next_cursor: str | None = None
+    previous_cursor: str | None = None
+
+
+def _encode_cursor(direction: str, values: list[Any], pk: int) -> str:
+    raw = orjson.dumps([direction, [v.isoformat() if isinstance(v, datetime) else v for v in values], pk])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str, kinds: list[str]) -> tuple[str, list[Any], int]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        direction, values, pk = orjson.loads(raw)
+        if direction not in ("n", "p") or len(values) != len(kinds) or not isinstance(pk, int):
+            raise ValueError
+        decoded = [
+            datetime.fromisoformat(v) if kind == "dt" and v is not None else v
+            for kind, v in zip(kinds, values, strict=True)
+        ]
+    except (ValueError, TypeError, orjson.JSONDecodeError):
+        raise BadRequest("Invalid or expired page link (_page)") from None
+    return direction, decoded, pk
+
+
+def _after(exprs: Sequence[tuple[Any, bool]], values: Sequence[Any], pk_col: Any, pk: int) -> Any:
+    cond: Any = pk_col > pk
+    for (expr, desc), value in zip(reversed(exprs), reversed(values), strict=True):
+        greater: Any
+        if value is None:
+            greater, equal = false(), expr.is_(None)
+        else:
+            greater = or_(expr < value if desc else expr > value, expr.is_(None))
+            equal = expr == value
+        cond = or_(greater, and_(equal, cond))
+    return cond
+
+
+def _before(exprs: Sequence[tuple[Any, bool]], values: Sequence[Any], pk_col: Any, pk: int) -> Any:
+    cond: Any = pk_col < pk
+    for (expr, desc), value in zip(reversed(exprs), reversed(values), strict=True):
+        if value is None:
+            less, equal = expr.is_not(None), expr.is_(None)
+        else:
+            less = expr > value if desc else expr < value
+            equal = expr == value
+        cond = or_(less, and_(equal, cond))
+    return cond
+
+
+def _stored(row: Any) -> Stored:
+    return Stored(row.pk, row.type, row.id, row.version, row.last_updated, row.deleted, row.content)
+
+
+class SearchEngine:
+    """Executes searches; the access filter, when given, applies to matches and includes alike."""
+
+    def __init__(self, ctx: CompileContext) -> None:
+        self.ctx = ctx
+
+    def where(
+        self, r: FromClause, query: SearchQuery, access: AccessFilter | None, compartment: str | None
+    ) -> list[Any]:
+        """Every condition a matching row must meet."""
+        conds: list[Any] = [r.c.type == query.resource_type, r.c.deleted.is_(False)]
+        if compartment is not None:
+            conds.append(
+                r.c.pk.in_(
+                    select(resource_compartment.c.res_pk).where(
+                        resource_compartment.c.patient_id == compartment
+                    )
+                )
+            )
+        conds.extend(criterion(r, query.resource_type, f, self.ctx) for f in query.filters)
+        if access is not None:
+            conds.append(access(r))
+        return conds
+
+    def count(
+        self,
+        conn: Connection,
+        query: SearchQuery,
+        access: AccessFilter | None = None,
+        compartment: str | None = None,
+    ) -> int:
+        """How many resources match (the accurate total)."""
+        r = resource.alias("r")
+        stmt = select(func.count()).select_from(r).where(*self.where(r, query, access, compartment))
+        return int(conn.execute(stmt).scalar_one())
+
+    def search(
+        self,
+        conn: Connection,
+        query: SearchQuery,
+        page_size: int,
+        access: AccessFilter | None = None,
+        compartment: str | None = None,
+        default_total: str = "accurate",
+    ) -> SearchResult:
+        """Run ``query`` and return one page (``page_size`` 0 returns no matches, only the total)."""
+        r = resource.alias("r")
+        conds = self.where(r, query, access, compartment)
+        keys = [(sort_expression(r, query.resource_type, k), k.descending) for k in query.sort]
+        kinds = [sort_kind(k) for k in query.sort]
+        direction = "n"
+        if query.page:
+            direction, values, pk = _decode_cursor(query.page, kinds)
+            boundary = _after if direction == "n" else _before
+            conds.append(boundary(keys, values, r.c.pk, pk))
+        total_mode = query.total or default_total
+        total = None
+        if total_mode != "none" and not query.page:
+            total = self.count(conn, query, access, compartment)
+        if page_size == 0 or query.summary == "count":
+            return SearchResult([], total=total)
+        columns = [r.c.pk, r.c.type, r.c.id, r.c.version, r.c.last_updated, r.c.deleted, r.c.content]
+        stmt: Select[Any] = select(*columns, *(e.label(f"s{i}") for i, (e, _d) in enumerate(keys)))
+        stmt = stmt.select_from(r).where(*conds)
+        forward = direction == "n"
+        order: list[Any] = []
+        for expr, desc in keys:
+            ascending = not desc if forward else desc
+            order.append(
+                expr.asc().nulls_last()
+                if ascending and forward
+                else expr.desc().nulls_last()
+                if forward
+                else expr.asc().nulls_first()
+                if ascending
+                else expr.desc().nulls_first()
+            )
+        order.append(r.c.pk.asc() if forward else r.c.pk.desc())
+        rows = list(conn.execute(stmt.order_by(*order).limit(page_size + 1)))
+        more = len(rows) > page_size
+        rows = rows[:page_size]
+        if not forward:
+            rows.reverse()
+        result = SearchResult([_stored(row) for row in rows], total=total)
+        if rows:
+            first, last = rows[0], rows[-1]
+            n = len(keys)
+            if (forward and more) or not forward:
+                result.next_cursor = _encode_cursor("n", [last._mapping[f"s{i}"] for i in range(n)], last.pk)
+            if (forward and query.page) or (not forward and more):
+                result.previous_cursor = _encode_cursor(
+                    "p", [first._mapping[f"s{i}"] for i in range(n)], first.pk
+                )
+        elif query.page:
+            # an empty page past a boundary (everything after it was deleted): offer the way back
+            _d, values, pk = _decode_cursor(query.page, kinds)
+            result.previous_cursor = _encode_cursor("p", values, pk + 1) if forward else None
+        if query.includes or query.revincludes:
+            result.included = self.includes(conn, result.matches, query.includes, query.revincludes, access)
+        return result
+
+    def includes(
+        self,
+        conn: Connection,
+        page: list[Stored],
+        includes: list[Include],
+        revincludes: list[Include],
+        access: AccessFilter | None,
+    ) -> list[Stored]:
+        """Resources reached by ``_include``/``_revinclude`` (``:iterate`` repeated up to a depth)."""
+        seen = {s.pk for s in page}
+        found: list[Stored] = []
+        sources = page
+        for depth in range(MAX_INCLUDE_DEPTH + 1):
+            fwd = [i for i in includes if depth == 0 or i.iterate]
+            rev = [i for i in revincludes if depth == 0 or i.iterate]
+            if not sources or not (fwd or rev):
+                break
+            new: list[Stored] = []
+            for stmt in self._include_statements(sources, fwd, rev, access):
+                for row in conn.execute(stmt):
+                    if row.pk not in seen:
+                        seen.add(row.pk)
+                        new.append(_stored(row))
+            found.extend(new)
+            sources = new
+        return found
+
+    def _include_statements(
+        self, sources: list[Stored], fwd: list[Include], rev: list[Include], access: AccessFilter | None
+    ) -> list[Select[Any]]:
+        statements: list[Select[Any]] = []
+        pks = [s.pk for s in sources]
+        t = resource.alias("t")
+        ref = idx_reference.alias("ref")
+        cols = [t.c.pk, t.c.type, t.c.id, t.c.version, t.c.last_updated, t.c.deleted, t.c.content]
+        if fwd:
+            alts = []
+            for inc in fwd:
+                cond = [] if inc.source_type == "*" else [ref.c.rtype == inc.source_type]
+                if inc.param is not None:
+                    cond.append(ref.c.param == inc.param.code)
+                if inc.target_type:
+                    cond.append(ref.c.target_type == inc.target_type)
+                alts.append(and_(*cond) if cond else ref.c.res_pk.is_not(None))
+            where = [ref.c.res_pk.in_(pks), or_(*alts), t.c.deleted.is_(False)]
+            if access is not None:
+                where.append(access(t))
+            statements.append(
+                select(*cols)
+                .distinct()
+                .select_from(ref)
+                .join(t, and_(t.c.type == ref.c.target_type, t.c.id == ref.c.target_id))
+                .where(*where)
+            )
+        if rev:
+            by_type: dict[str, list[str]] = {}
+            for s in sources:
+                by_type.setdefault(s.type, []).append(s.id)
+            targets = or_(*(and_(ref.c.target_type == k, ref.c.target_id.in_(v)) for k, v in by_type.items()))
+            alts = []
+            for inc in rev:
+                cond = [] if inc.source_type == "*" else [ref.c.rtype == inc.source_type]
+                if inc.param is not None:
+                    cond.append(ref.c.param == inc.param.code)
+                alts.append(and_(*cond) if cond else ref.c.res_pk.is_not(None))
+            where = [targets, or_(*alts), t.c.deleted.is_(False)]
+            if access is not None:
+                where.append(access(t))
+            statements.append(
+                select(*cols).distinct().select_from(ref).join(t, t.c.pk == ref.c.res_pk).where(*where)
+            )
+        return statements

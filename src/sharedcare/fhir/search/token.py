@@ -1,0 +1,148 @@
+"""Token parameters: ``code``, ``system|code``, ``|code``, ``system|``; ``:not``, ``:text``, ``:of-type``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import ColumnElement, Table, and_
+
+from sharedcare.fhir.errors import BadRequest, NotSupported
+from sharedcare.fhir.search.values import like_escape, normalize_text, split_unescaped, unescape
+
+MODIFIERS = ("not", "text", "of-type", "missing")
+OF_TYPE_SUFFIX = ":of-type"
+
+
+def _coding(coding: dict[str, Any]) -> dict[str, Any] | None:
+    code = coding.get("code")
+    display = coding.get("display")
+    if code is None and display is None:
+        return None
+    return {
+        "system": coding.get("system"),
+        "code": str(code)[:255] if code is not None else None,
+        "text": normalize_text(display)[:255] if isinstance(display, str) else None,
+    }
+
+
+def _infer(value: Any) -> str | None:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, str):
+        return "code"
+    if isinstance(value, dict):
+        if "coding" in value or ("text" in value and "system" not in value):
+            return "CodeableConcept"
+        if "value" in value and ("use" in value or value.get("system") in _CONTACT_SYSTEMS):
+            return "ContactPoint"
+        if "value" in value:
+            return "Identifier"
+        if "code" in value or "display" in value:
+            return "Coding"
+    return None
+
+
+_CONTACT_SYSTEMS = frozenset({"phone", "fax", "email", "pager", "url", "sms", "other"})
+
+
+def index(value: Any, type_name: str | None) -> list[dict[str, Any]]:
+    """Index rows for one value; an Identifier's type also yields an ``:of-type`` row."""
+    kind = type_name or _infer(value)
+    rows: list[dict[str, Any]] = []
+    if kind == "boolean":
+        return [{"system": None, "code": "true" if value else "false", "text": None}]
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return [{"system": None, "code": str(value)[:255], "text": None}]
+    if not isinstance(value, dict):
+        return rows
+    if kind == "CodeableConcept":
+        for coding in value.get("coding", ()):
+            row = _coding(coding)
+            if row:
+                rows.append(row)
+        if isinstance(value.get("text"), str):
+            rows.append({"system": None, "code": None, "text": normalize_text(value["text"])[:255]})
+    elif kind == "Coding":
+        row = _coding(value)
+        if row:
+            rows.append(row)
+    elif kind == "Identifier":
+        ident = value.get("value")
+        if ident is None:
+            return rows
+        type_text = value.get("type", {}).get("text")
+        rows.append(
+            {
+                "system": value.get("system"),
+                "code": str(ident)[:255],
+                "text": normalize_text(type_text)[:255] if isinstance(type_text, str) else None,
+            }
+        )
+        for coding in value.get("type", {}).get("coding", ()):
+            if coding.get("code") is not None:
+                rows.append(
+                    {
+                        "param_suffix": OF_TYPE_SUFFIX,
+                        "system": coding.get("system"),
+                        "code": f"{coding['code']}|{ident}"[:255],
+                        "text": None,
+                    }
+                )
+    elif kind == "ContactPoint":
+        if value.get("value") is not None:
+            rows.append({"system": value.get("system"), "code": str(value["value"])[:255], "text": None})
+    elif kind in ("Quantity", "Age", "Duration", "SimpleQuantity", "Money") and value.get("code"):
+        rows.append({"system": value.get("system"), "code": value["code"], "text": None})
+    return rows
+
+
+def parse(value: str) -> tuple[str | None, str | None, bool]:
+    """Split ``system|code`` into (system, code, system_given); ``|code`` means no system."""
+    parts = split_unescaped(value, "|")
+    if len(parts) == 1:
+        return None, unescape(parts[0]), False
+    if len(parts) == 2:
+        system, code = unescape(parts[0]), unescape(parts[1])
+        return system, (code or None), True
+    raise BadRequest(f"Invalid token {value!r}: more than one '|'")
+
+
+def condition(table: Table, value: str, modifier: str | None) -> ColumnElement[bool]:
+    """SQL condition for one token value (``:not`` is applied by the caller as NOT EXISTS)."""
+    if modifier == "text":
+        return table.c.text.like(like_escape(normalize_text(unescape(value))) + "%", escape="\\")
+    if modifier == "of-type":
+        parts = split_unescaped(value, "|")
+        if len(parts) != 3:
+            raise BadRequest(f"Invalid :of-type value {value!r}: expected system|code|value")
+        type_system, type_code, ident = (unescape(p) for p in parts)
+        return and_(table.c.system == type_system, table.c.code == f"{type_code}|{ident}")
+    if modifier not in (None, "not"):
+        raise NotSupported(f"Modifier :{modifier} is not supported on token parameters")
+    system, code, system_given = parse(value)
+    if not system_given:
+        if code is None:
+            raise BadRequest("Empty token value")
+        return table.c.code == code
+    assert system is not None
+    if code is None:
+        if not system:
+            raise BadRequest("Empty token value '|'")
+        return table.c.system == system
+    if not system:
+        return and_(table.c.code == code, table.c.system.is_(None))
+    return and_(table.c.code == code, table.c.system == system)
+
+
+def matches(row: dict[str, Any], value: str, modifier: str | None) -> bool:
+    """In-memory twin of ``condition``."""
+    if modifier == "text":
+        return bool(row["text"]) and row["text"].startswith(normalize_text(unescape(value)))
+    system, code, system_given = parse(value)
+    if not system_given:
+        return bool(row["code"] == code)
+    if code is None:
+        return bool(row["system"] == system)
+    if not system:
+        return row["code"] == code and row["system"] is None
+    return row["code"] == code and row["system"] == system

@@ -1,0 +1,133 @@
+"""Parsing shared by index extraction and search: FHIR dates with their precision, escaping, text."""
+
+from __future__ import annotations
+
+import calendar
+import re
+import unicodedata
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+
+from sharedcare.fhir.errors import BadRequest
+
+MIN_DT = datetime(1, 1, 1)
+MAX_DT = datetime(9999, 12, 31, 23, 59, 59, 999999)
+
+_DATE_RE = re.compile(
+    r"^(?P<y>\d{4})(?:-(?P<m>\d{2})(?:-(?P<d>\d{2})"
+    r"(?:T(?P<H>\d{2}):(?P<M>\d{2})(?::(?P<S>\d{2})(?:\.(?P<f>\d+))?)?"
+    r"(?P<tz>Z|[+-]\d{2}:\d{2})?)?)?)?$"
+)
+
+PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
+
+
+def date_range(value: str) -> tuple[datetime, datetime]:
+    """The instant range [low, high] (naive UTC, high inclusive) that a FHIR date/dateTime denotes.
+
+    A partial date covers its whole period: ``2020`` is all of 2020, ``2020-03-05T10:15`` the minute.
+    Times without a zone are taken as UTC.
+    """
+    m = _DATE_RE.match(value.strip())
+    if not m:
+        raise ValueError(f"not a FHIR date/dateTime: {value!r}")
+    y = int(m["y"])
+    if m["m"] is None:
+        return datetime(y, 1, 1), datetime(y, 12, 31, 23, 59, 59, 999999)
+    mo = int(m["m"])
+    if m["d"] is None:
+        last = calendar.monthrange(y, mo)[1]
+        return datetime(y, mo, 1), datetime(y, mo, last, 23, 59, 59, 999999)
+    d = int(m["d"])
+    if m["H"] is None:
+        day = datetime(y, mo, d)
+        return day, day + timedelta(days=1) - timedelta(microseconds=1)
+    hh, mi = int(m["H"]), int(m["M"])
+    if m["S"] is None:
+        start = datetime(y, mo, d, hh, mi)
+        width = timedelta(minutes=1)
+    elif m["f"] is None:
+        start = datetime(y, mo, d, hh, mi, int(m["S"]))
+        width = timedelta(seconds=1)
+    else:
+        frac = m["f"][:6]
+        start = datetime(y, mo, d, hh, mi, int(m["S"]), int(frac.ljust(6, "0")))
+        width = timedelta(microseconds=10 ** (6 - len(frac)))
+    tz = m["tz"]
+    if tz and tz != "Z":
+        sign = 1 if tz[0] == "+" else -1
+        offset = timedelta(hours=int(tz[1:3]), minutes=int(tz[4:6]))
+        start = start - sign * offset
+    return start, start + width - timedelta(microseconds=1)
+
+
+def to_utc_naive(moment: datetime) -> datetime:
+    """A datetime as naive UTC, the form stored in the database."""
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    return moment
+
+
+def split_prefix(value: str) -> tuple[str, str]:
+    """Split a search value into its comparison prefix (default ``eq``) and the rest."""
+    if len(value) > 2 and value[:2] in PREFIXES and (value[2].isdigit() or value[2] in "-+."):
+        return value[:2], value[2:]
+    return "eq", value
+
+
+def parse_decimal(value: str) -> Decimal:
+    """A search number, keeping its written precision (``1.50`` differs from ``1.5``)."""
+    try:
+        number = Decimal(value)
+    except InvalidOperation:
+        raise BadRequest(f"Invalid number {value!r} in search") from None
+    if not number.is_finite():
+        raise BadRequest(f"Invalid number {value!r} in search")
+    return number
+
+
+def precision_bounds(number: Decimal) -> tuple[float, float]:
+    """The interval implied by a number's precision: 100 means [99.5, 100.5)."""
+    exponent = number.as_tuple().exponent
+    assert isinstance(exponent, int)
+    half = Decimal(5) * Decimal(10) ** (exponent - 1)
+    return float(number - half), float(number + half)
+
+
+def normalize_text(value: str) -> str:
+    """Case- and accent-insensitive form of a string, used by default string search."""
+    decomposed = unicodedata.normalize("NFKD", value)
+    stripped = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+    return " ".join(stripped.casefold().split())
+
+
+def split_unescaped(value: str, sep: str) -> list[str]:
+    """Split on ``sep`` where it is not escaped by a backslash (FHIR search escaping)."""
+    parts: list[str] = []
+    current: list[str] = []
+    escaped = False
+    for ch in value:
+        if escaped:
+            current.append("\\" + ch)
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch == sep:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+    if escaped:
+        current.append("\\")
+    parts.append("".join(current))
+    return parts
+
+
+def unescape(value: str) -> str:
+    """Remove FHIR search escaping (``\\,`` ``\\|`` ``\\$`` ``\\\\``)."""
+    return re.sub(r"\\([,|$\\])", r"\1", value)
+
+
+def like_escape(value: str) -> str:
+    """Escape SQL LIKE wildcards; queries use ``escape='\\\\'``."""
+    return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")

@@ -1,0 +1,409 @@
+"""FHIR interactions over the store: create, read, vread, update, patch, delete, history, search.
+
+This is the Python API the HTTP layer, the bundle processor, the importer and the other
+domain modules call. Each public method runs in its own database transaction; the ``*_in``
+variants take an open connection so that a transaction Bundle can group them.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import jsonpatch
+import orjson
+from sqlalchemy import Connection, Engine, and_, func, or_, select
+
+from sharedcare.fhir.definitions import Definitions, definitions
+from sharedcare.fhir.errors import (
+    BadRequest,
+    Issue,
+    MultipleMatches,
+    NotFound,
+    PreconditionFailed,
+    Unprocessable,
+)
+from sharedcare.fhir.search.compile import CompileContext
+from sharedcare.fhir.search.engine import AccessFilter, SearchEngine, SearchResult
+from sharedcare.fhir.search.parse import QueryParser, SearchQuery
+from sharedcare.fhir.search.values import date_range
+from sharedcare.fhir.store import ResourceStore, Stored, Write, utcnow
+from sharedcare.storage.engine import writer
+from sharedcare.storage.tables import resource_version
+
+ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+Validator = Callable[[dict[str, Any]], list[Issue]]
+
+
+@dataclass(slots=True)
+class WriteOutcome:
+    """What a write did: the resulting version and the HTTP status it implies."""
+
+    stored: Stored
+    status: int  # 200 updated/unchanged/found, 201 created
+    created: bool = False
+
+
+@dataclass(slots=True)
+class HistoryPage:
+    """One page of versions, newest first."""
+
+    versions: list[Stored]
+    total: int | None
+    next_cursor: str | None
+
+
+def _strip_meta(res: dict[str, Any]) -> dict[str, Any]:
+    copy = dict(res)
+    meta = dict(copy.get("meta") or {})
+    meta.pop("versionId", None)
+    meta.pop("lastUpdated", None)
+    if meta:
+        copy["meta"] = meta
+    else:
+        copy.pop("meta", None)
+    return copy
+
+
+def same_content(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """True when two versions differ at most in ``meta.versionId``/``meta.lastUpdated``."""
+    return _strip_meta(a) == _strip_meta(b)
+
+
+def parse_etag(value: str) -> int:
+    """The version number in an ETag/If-Match header (``W/"3"``)."""
+    m = re.fullmatch(r'\s*(?:W/)?"?(\d+)"?\s*', value)
+    if not m:
+        raise BadRequest(f'Invalid If-Match header {value!r}: expected W/"<version>"')
+    return int(m.group(1))
+
+
+class FhirService:
+    """The FHIR R4 interactions, generic over every resource type."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        validator: Validator | None = None,
+        default_page_size: int = 20,
+        max_page_size: int = 1000,
+        default_total: str = "accurate",
+        defs: Definitions | None = None,
+    ) -> None:
+        self.engine = engine
+        self.write_engine = writer(engine)
+        self.defs = defs or definitions()
+        self.store = ResourceStore()
+        self.validator = validator
+        self.default_page_size = default_page_size
+        self.max_page_size = max_page_size
+        self.default_total = default_total
+
+    # -- helpers ---------------------------------------------------------------------------
+    def check_type(self, rtype: str) -> None:
+        """Refuse unknown resource types with 404, as HAPI does for unknown endpoints."""
+        if rtype not in self.defs.resource_types:
+            raise NotFound(f"Unknown resource type {rtype!r}")
+
+    def check_resource(self, res: Any, rtype: str | None = None) -> dict[str, Any]:
+        """Basic shape checks, then the validator; raises Unprocessable with every issue found."""
+        if not isinstance(res, dict) or not isinstance(res.get("resourceType"), str):
+            raise BadRequest("The body is not a FHIR resource (no resourceType)")
+        if rtype is not None and res["resourceType"] != rtype:
+            raise BadRequest(
+                f"Resource type {res['resourceType']!r} in the body does not match the URL type {rtype!r}"
+            )
+        self.check_type(res["resourceType"])
+        if self.validator is not None:
+            issues = [i for i in self.validator(res) if i.severity in ("error", "fatal")]
+            if issues:
+                raise Unprocessable(
+                    f"{res['resourceType']} failed validation: {issues[0].diagnostics}", issues=issues
+                )
+        return res
+
+    def parser(self, strict: bool) -> QueryParser:
+        return QueryParser(self.defs, strict, self.max_page_size)
+
+    def engine_for(self, base_url: str) -> SearchEngine:
+        return SearchEngine(CompileContext(self.defs, base_url, utcnow()))
+
+    def _match(self, conn: Connection, rtype: str, query_string: str, base_url: str) -> list[Stored]:
+        """Resources matching a conditional-interaction query (strict: unknown params are errors)."""
+        from urllib.parse import parse_qsl
+
+        params = parse_qsl(query_string, keep_blank_values=True)
+        if not params:
+            raise BadRequest("A conditional interaction needs search criteria")
+        query = self.parser(strict=True).parse(rtype, params)
+        query.total = "none"
+        result = self.engine_for(base_url).search(conn, query, page_size=2)
+        return result.matches
+
+    # -- create ----------------------------------------------------------------------------
+    def create(
+        self, res: dict[str, Any], *, if_none_exist: str | None = None, base_url: str = ""
+    ) -> WriteOutcome:
+        with self.write_engine.begin() as conn:
+            return self.create_in(conn, res, if_none_exist=if_none_exist, base_url=base_url)
+
+    def create_in(
+        self,
+        conn: Connection,
+        res: dict[str, Any],
+        *,
+        if_none_exist: str | None = None,
+        base_url: str = "",
+        new_id: str | None = None,
+    ) -> WriteOutcome:
+        """Create with a server-assigned id (any id in the body is ignored, as the spec says)."""
+        self.check_resource(res)
+        rtype = res["resourceType"]
+        if if_none_exist:
+            found = self._match(conn, rtype, if_none_exist, base_url)
+            if len(found) > 1:
+                raise MultipleMatches(f"If-None-Exist {if_none_exist!r} matches more than one {rtype}")
+            if found:
+                return WriteOutcome(found[0], 200)
+        res = dict(res)
+        res["id"] = new_id or str(uuid.uuid4())
+        stored = self.store.apply(conn, [Write("POST", rtype, res["id"], res, None)])[0]
+        return WriteOutcome(stored, 201, created=True)
+
+    # -- read ------------------------------------------------------------------------------
+    def read(self, rtype: str, rid: str) -> Stored:
+        self.check_type(rtype)
+        with self.engine.connect() as conn:
+            return self.store.read(conn, rtype, rid)
+
+    def vread(self, rtype: str, rid: str, version: str) -> Stored:
+        self.check_type(rtype)
+        if not version.isdigit():
+            raise NotFound(f"Version {version!r} of {rtype}/{rid} is not known")
+        with self.engine.connect() as conn:
+            return self.store.vread(conn, rtype, rid, int(version))
+
+    # -- update ----------------------------------------------------------------------------
+    def update(
+        self, rtype: str, rid: str, res: dict[str, Any], *, if_match: str | None = None
+    ) -> WriteOutcome:
+        with self.write_engine.begin() as conn:
+            return self.update_in(conn, rtype, rid, res, if_match=if_match)
+
+    def update_in(
+        self,
+        conn: Connection,
+        rtype: str,
+        rid: str,
+        res: dict[str, Any],
+        *,
+        if_match: str | None = None,
+        method: str = "PUT",
+    ) -> WriteOutcome:
+        """Update (or create with the client's id); a no-change update keeps the current version."""
+        self.check_type(rtype)
+        if not isinstance(res, dict) or res.get("id") is None:
+            raise BadRequest("An update needs the resource id in the body")
+        if res.get("id") != rid:
+            raise BadRequest(f"The id in the body ({res.get('id')!r}) does not match the URL id ({rid!r})")
+        if not ID_RE.match(rid):
+            raise BadRequest(f"Invalid resource id {rid!r}")
+        self.check_resource(res, rtype)
+        current = self.store.current(conn, rtype, rid)
+        if if_match is not None:
+            wanted = parse_etag(if_match)
+            if current is None or current.deleted or current.version != wanted:
+                have = "none" if current is None or current.deleted else current.version
+                raise PreconditionFailed(
+                    f"Version conflict on {rtype}/{rid}: If-Match asks for version {wanted}, "
+                    f"current is {have}"
+                )
+        if current is not None and not current.deleted and same_content(current.resource(), res):
+            return WriteOutcome(current, 200)
+        stored = self.store.apply(conn, [Write(method, rtype, rid, dict(res), current)])[0]
+        created = current is None or current.deleted
+        return WriteOutcome(stored, 201 if created else 200, created=created)
+
+    def conditional_update(
+        self, rtype: str, query_string: str, res: dict[str, Any], *, base_url: str = ""
+    ) -> WriteOutcome:
+        with self.write_engine.begin() as conn:
+            return self.conditional_update_in(conn, rtype, query_string, res, base_url=base_url)
+
+    def conditional_update_in(
+        self, conn: Connection, rtype: str, query_string: str, res: dict[str, Any], *, base_url: str = ""
+    ) -> WriteOutcome:
+        """PUT Type?criteria: update the single match, create when none, 412 when several."""
+        self.check_type(rtype)
+        found = self._match(conn, rtype, query_string, base_url)
+        if len(found) > 1:
+            raise MultipleMatches(f"Conditional update {query_string!r} matches more than one {rtype}")
+        if found:
+            target = found[0]
+            if res.get("id") not in (None, target.id):
+                raise BadRequest(f"The id in the body does not match the resource found ({target.id})")
+            return self.update_in(conn, rtype, target.id, {**res, "id": target.id})
+        if res.get("id"):
+            return self.update_in(conn, rtype, res["id"], res)
+        return self.create_in(conn, res, base_url=base_url)
+
+    # -- patch -----------------------------------------------------------------------------
+    def patch(self, rtype: str, rid: str, patch: Any, *, if_match: str | None = None) -> WriteOutcome:
+        with self.write_engine.begin() as conn:
+            return self.patch_in(conn, rtype, rid, patch, if_match=if_match)
+
+    def patch_in(
+        self, conn: Connection, rtype: str, rid: str, patch: Any, *, if_match: str | None = None
+    ) -> WriteOutcome:
+        """Apply a JSON Patch (RFC 6902) to the current version."""
+        current = self.store.read(conn, rtype, rid) if rtype in self.defs.resource_types else None
+        if current is None:
+            raise NotFound(f"Unknown resource type {rtype!r}")
+        if not isinstance(patch, list):
+            raise BadRequest("A JSON Patch body is an array of operations")
+        try:
+            patched = jsonpatch.JsonPatch(patch).apply(current.resource())
+        except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException, TypeError, KeyError) as exc:
+            raise Unprocessable(f"The JSON Patch could not be applied: {exc}") from None
+        if patched.get("resourceType") != rtype or patched.get("id") != rid:
+            raise Unprocessable("A patch may not change the resource type or id")
+        return self.update_in(conn, rtype, rid, patched, if_match=if_match, method="PATCH")
+
+    def conditional_patch(
+        self, rtype: str, query_string: str, patch: Any, *, base_url: str = ""
+    ) -> WriteOutcome:
+        with self.write_engine.begin() as conn:
+            found = self._match(conn, rtype, query_string, base_url)
+            if not found:
+                raise NotFound(f"Conditional patch {query_string!r} matches no {rtype}")
+            if len(found) > 1:
+                raise MultipleMatches(f"Conditional patch {query_string!r} matches more than one {rtype}")
+            return self.patch_in(conn, rtype, found[0].id, patch)
+
+    # -- delete ----------------------------------------------------------------------------
+    def delete(self, rtype: str, rid: str) -> Stored | None:
+        with self.write_engine.begin() as conn:
+            return self.delete_in(conn, rtype, rid)
+
+    def delete_in(self, conn: Connection, rtype: str, rid: str) -> Stored | None:
+        """Delete: a new version marks the deletion; deleting a deleted resource changes nothing."""
+        self.check_type(rtype)
+        current = self.store.current(conn, rtype, rid)
+        if current is None:
+            raise NotFound(f"Resource {rtype}/{rid} is not known")
+        if current.deleted:
+            return None
+        return self.store.apply(conn, [Write("DELETE", rtype, rid, None, current)])[0]
+
+    def conditional_delete(self, rtype: str, query_string: str, *, base_url: str = "") -> Stored | None:
+        with self.write_engine.begin() as conn:
+            return self.conditional_delete_in(conn, rtype, query_string, base_url=base_url)
+
+    def conditional_delete_in(
+        self, conn: Connection, rtype: str, query_string: str, *, base_url: str = ""
+    ) -> Stored | None:
+        """DELETE Type?criteria: delete the single match; none is a no-op; several is 412."""
+        self.check_type(rtype)
+        found = self._match(conn, rtype, query_string, base_url)
+        if len(found) > 1:
+            raise MultipleMatches(f"Conditional delete {query_string!r} matches more than one {rtype}")
+        if not found:
+            return None
+        return self.delete_in(conn, rtype, found[0].id)
+
+    # -- search ----------------------------------------------------------------------------
+    def parse_search(self, rtype: str, params: list[tuple[str, str]], *, strict: bool) -> SearchQuery:
+        self.check_type(rtype)
+        return self.parser(strict).parse(rtype, params)
+
+    def search(
+        self,
+        query: SearchQuery,
+        *,
+        base_url: str = "",
+        access: AccessFilter | None = None,
+        compartment: str | None = None,
+    ) -> SearchResult:
+        """Run a parsed search (one page)."""
+        size = self.default_page_size if query.count is None else query.count
+        with self.engine.connect() as conn:
+            if compartment is not None:
+                self.store.read(conn, "Patient", compartment)
+            return self.engine_for(base_url).search(
+                conn, query, size, access=access, compartment=compartment, default_total=self.default_total
+            )
+
+    # -- history ---------------------------------------------------------------------------
+    def history(
+        self,
+        rtype: str | None = None,
+        rid: str | None = None,
+        *,
+        since: str | None = None,
+        at: str | None = None,
+        count: int | None = None,
+        page: str | None = None,
+    ) -> HistoryPage:
+        """Versions newest first, for one resource, one type or the whole system.
+
+        ``_since``: versions changed at or after the instant; ``_at``: versions that were current
+        at some time within the given (possibly partial) date.
+        """
+        if rtype is not None:
+            self.check_type(rtype)
+        size = min(self.default_page_size if count is None else count, self.max_page_size)
+        v = resource_version
+        conds: list[Any] = []
+        if rtype is not None:
+            conds.append(v.c.type == rtype)
+        if rid is not None:
+            conds.append(v.c.id == rid)
+        if since:
+            conds.append(v.c.last_updated >= _instant_param(since, "_since")[0])
+        if at:
+            low, high = _instant_param(at, "_at")
+            nxt = v.alias("nxt")
+            next_change = (
+                select(func.min(nxt.c.last_updated))
+                .where(nxt.c.res_pk == v.c.res_pk, nxt.c.version > v.c.version)
+                .scalar_subquery()
+            )
+            conds += [v.c.last_updated <= high, or_(next_change.is_(None), next_change > low)]
+        with self.engine.connect() as conn:
+            if rid is not None and rtype is not None:
+                self.store.current(conn, rtype, rid) or _raise_not_found(rtype, rid)
+            total = None
+            if page is None:
+                total = int(conn.execute(select(func.count()).select_from(v).where(*conds)).scalar_one())
+            if page is not None:
+                try:
+                    conds.append(v.c.vpk < int(page))
+                except ValueError:
+                    raise BadRequest("Invalid history page link") from None
+            rows = list(conn.execute(select(v).where(and_(*conds)).order_by(v.c.vpk.desc()).limit(size + 1)))
+        more = len(rows) > size
+        rows = rows[:size]
+        versions = [
+            Stored(r.res_pk, r.type, r.id, r.version, r.last_updated, r.deleted, r.content, r.method)
+            for r in rows
+        ]
+        return HistoryPage(versions, total, str(rows[-1].vpk) if more and rows else None)
+
+
+def _instant_param(value: str, name: str) -> tuple[datetime, datetime]:
+    try:
+        return date_range(value)
+    except ValueError:
+        raise BadRequest(f"Invalid {name} value {value!r}: expected a FHIR instant or date") from None
+
+
+def _raise_not_found(rtype: str, rid: str) -> Stored:
+    raise NotFound(f"Resource {rtype}/{rid} is not known")
+
+
+__all__ = ["FhirService", "HistoryPage", "WriteOutcome", "orjson", "parse_etag"]

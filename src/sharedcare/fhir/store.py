@@ -1,0 +1,235 @@
+"""The versioned resource store: every version kept, the current one indexed for search.
+
+Callers pass an open SQLAlchemy ``Connection`` so that several writes (a transaction Bundle)
+share one database transaction; the store never commits on its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, delete, insert, select, tuple_, update
+
+from sharedcare.fhir.errors import Gone, NotFound
+from sharedcare.fhir.indexer import Indexer, default_indexer
+from sharedcare.storage.tables import INDEX_TABLES, resource, resource_compartment, resource_version
+
+
+def utcnow() -> datetime:
+    """Current time as naive UTC (the stored form)."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def instant(moment: datetime) -> str:
+    """A stored naive-UTC datetime as a FHIR instant."""
+    return moment.isoformat(timespec="microseconds") + "Z"
+
+
+@dataclass(slots=True)
+class Stored:
+    """One stored version of a resource (content is the JSON text, None when deleted)."""
+
+    pk: int
+    type: str
+    id: str
+    version: int
+    last_updated: datetime
+    deleted: bool
+    content: str | None
+    method: str = "PUT"
+
+    def resource(self) -> dict[str, Any]:
+        """The resource as a dict (a fresh copy each call)."""
+        if self.content is None:
+            raise Gone(f"Resource {self.type}/{self.id} is deleted")
+        parsed: dict[str, Any] = orjson.loads(self.content)
+        return parsed
+
+    @property
+    def etag(self) -> str:
+        return f'W/"{self.version}"'
+
+
+@dataclass(slots=True)
+class Write:
+    """A write to apply: create/update carry the final resource (id set), delete carries none."""
+
+    method: str  # POST | PUT | PATCH | DELETE
+    type: str
+    id: str
+    resource: dict[str, Any] | None
+    current: Stored | None  # the current row when the resource already exists (deleted or not)
+
+
+def _row_to_stored(row: Any, method: str = "PUT") -> Stored:
+    return Stored(row.pk, row.type, row.id, row.version, row.last_updated, row.deleted, row.content, method)
+
+
+class ResourceStore:
+    """Reads and writes resources, their versions, index rows and compartment links."""
+
+    def __init__(self, indexer: Indexer | None = None) -> None:
+        self.indexer = indexer or default_indexer()
+
+    # -- reads -------------------------------------------------------------------------------
+    def current(self, conn: Connection, rtype: str, rid: str) -> Stored | None:
+        """The current row of a resource, deleted or not; None if it never existed."""
+        row = conn.execute(select(resource).where(resource.c.type == rtype, resource.c.id == rid)).first()
+        return _row_to_stored(row) if row else None
+
+    def current_many(
+        self, conn: Connection, keys: Iterable[tuple[str, str]]
+    ) -> dict[tuple[str, str], Stored]:
+        """Current rows of several resources at once (missing ones are absent from the result)."""
+        wanted = list(set(keys))
+        found: dict[tuple[str, str], Stored] = {}
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            rows = conn.execute(select(resource).where(tuple_(resource.c.type, resource.c.id).in_(chunk)))
+            for row in rows:
+                found[(row.type, row.id)] = _row_to_stored(row)
+        return found
+
+    def read(self, conn: Connection, rtype: str, rid: str) -> Stored:
+        """The current version; NotFound if it never existed, Gone if it is deleted."""
+        stored = self.current(conn, rtype, rid)
+        if stored is None:
+            raise NotFound(f"Resource {rtype}/{rid} is not known")
+        if stored.deleted:
+            raise Gone(f"Resource {rtype}/{rid} was deleted (version {stored.version})")
+        return stored
+
+    def vread(self, conn: Connection, rtype: str, rid: str, version: int) -> Stored:
+        """One version; Gone if that version is a deletion."""
+        row = conn.execute(
+            select(resource_version).where(
+                resource_version.c.type == rtype,
+                resource_version.c.id == rid,
+                resource_version.c.version == version,
+            )
+        ).first()
+        if row is None:
+            raise NotFound(f"Version {version} of {rtype}/{rid} is not known")
+        stored = Stored(
+            row.res_pk, row.type, row.id, row.version, row.last_updated, row.deleted, row.content, row.method
+        )
+        if stored.deleted:
+            raise Gone(f"Version {version} of {rtype}/{rid} is a deletion")
+        return stored
+
+    def by_pks(self, conn: Connection, pks: Sequence[int]) -> list[Stored]:
+        """Current rows for primary keys, in the order given (missing or deleted ones skipped)."""
+        found: dict[int, Stored] = {}
+        for start in range(0, len(pks), 500):
+            rows = conn.execute(
+                select(resource).where(
+                    resource.c.pk.in_(pks[start : start + 500]), resource.c.deleted.is_(False)
+                )
+            )
+            for row in rows:
+                found[row.pk] = _row_to_stored(row)
+        return [found[pk] for pk in pks if pk in found]
+
+    # -- writes ------------------------------------------------------------------------------
+    def apply(self, conn: Connection, writes: Sequence[Write], now: datetime | None = None) -> list[Stored]:
+        """Apply writes in bulk inside the caller's transaction; returns the new versions in order.
+
+        Each write gets the next version number and ``meta.versionId``/``meta.lastUpdated``; the
+        index rows of changed resources are replaced.
+        """
+        now = now or utcnow()
+        stamp = instant(now)
+        results: list[Stored] = []
+        new_rows: list[dict[str, Any]] = []
+        new_positions: list[int] = []
+        for position, w in enumerate(writes):
+            version = (w.current.version + 1) if w.current else 1
+            content: str | None = None
+            if w.resource is not None:
+                meta = dict(w.resource.get("meta") or {})
+                meta["versionId"] = str(version)
+                meta["lastUpdated"] = stamp
+                w.resource["meta"] = meta
+                content = orjson.dumps(w.resource).decode()
+            deleted = w.method == "DELETE"
+            stored = Stored(
+                w.current.pk if w.current else 0, w.type, w.id, version, now, deleted, content, w.method
+            )
+            results.append(stored)
+            if w.current is None:
+                new_rows.append(
+                    {
+                        "type": w.type,
+                        "id": w.id,
+                        "version": version,
+                        "last_updated": now,
+                        "deleted": deleted,
+                        "content": content,
+                    }
+                )
+                new_positions.append(position)
+        if new_rows:
+            inserted = conn.execute(
+                insert(resource).returning(resource.c.pk, sort_by_parameter_order=True), new_rows
+            )
+            for position, pk in zip(new_positions, inserted.scalars(), strict=True):
+                results[position].pk = pk
+        changed_pks = [w.current.pk for w in writes if w.current is not None]
+        for w, stored in zip(writes, results, strict=True):
+            if w.current is not None:
+                conn.execute(
+                    update(resource)
+                    .where(resource.c.pk == stored.pk)
+                    .values(
+                        version=stored.version,
+                        last_updated=now,
+                        deleted=stored.deleted,
+                        content=stored.content,
+                    )
+                )
+        if changed_pks:
+            for table in (*INDEX_TABLES.values(), resource_compartment):
+                conn.execute(delete(table).where(table.c.res_pk.in_(changed_pks)))
+        conn.execute(
+            insert(resource_version),
+            [
+                {
+                    "res_pk": s.pk,
+                    "type": s.type,
+                    "id": s.id,
+                    "version": s.version,
+                    "last_updated": now,
+                    "method": s.method,
+                    "deleted": s.deleted,
+                    "content": s.content,
+                }
+                for s in results
+            ],
+        )
+        self._insert_index_rows(conn, [(w, s) for w, s in zip(writes, results, strict=True) if w.resource])
+        return results
+
+    def _insert_index_rows(self, conn: Connection, items: Sequence[tuple[Write, Stored]]) -> None:
+        batches: dict[str, list[dict[str, Any]]] = {}
+        compartment_rows: list[dict[str, Any]] = []
+        for w, stored in items:
+            assert w.resource is not None
+            rows = self.indexer.index(w.resource)
+            for kind, kind_rows in rows.rows.items():
+                batch = batches.setdefault(kind, [])
+                for row in kind_rows:
+                    row["res_pk"] = stored.pk
+                    row["rtype"] = stored.type
+                    row.setdefault("grp", None)
+                    batch.append(row)
+            compartment_rows.extend({"res_pk": stored.pk, "patient_id": p} for p in rows.patients)
+        for kind, batch in batches.items():
+            table = INDEX_TABLES[kind]
+            columns = [c.name for c in table.columns]
+            conn.execute(insert(table), [{c: row.get(c) for c in columns} for row in batch])
+        if compartment_rows:
+            conn.execute(insert(resource_compartment), compartment_rows)

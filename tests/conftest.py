@@ -1,0 +1,104 @@
+"""Shared fixtures: every database test runs on SQLite and on PostgreSQL.
+
+PostgreSQL is taken from ``SHAREDCARE_TEST_POSTGRES_URL`` (default: the local server with trust
+auth). A fresh database is created for the session and dropped after it. When the server cannot
+be reached the PostgreSQL half is skipped with the reason, unless ``SHAREDCARE_REQUIRE_POSTGRES=1``
+(set by CI), in which case it fails.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.engine import make_url
+
+from sharedcare.app import create_app
+from sharedcare.settings import Settings
+from sharedcare.storage.engine import make_engine
+from sharedcare.storage.migrate import upgrade
+from sharedcare.storage.tables import metadata
+
+PG_ADMIN_URL = os.environ.get(
+    "SHAREDCARE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+REQUIRE_PG = os.environ.get("SHAREDCARE_REQUIRE_POSTGRES") == "1"
+SHARED_DATA = Path(
+    os.environ.get("SHAREDCARE_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data")
+)
+
+
+def shared_data(*parts: str) -> Path:
+    """A path in the shared data folder; skips the test (with the reason) when it is absent."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"shared data not available: {path}")
+    return path
+
+
+def _postgres_engine() -> Iterator[Engine]:
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = f"sharedcare_test_{uuid.uuid4().hex[:10]}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:
+        admin.dispose()
+        if REQUIRE_PG:
+            pytest.fail(f"PostgreSQL is required but unreachable at {PG_ADMIN_URL}: {exc}")
+        pytest.skip(f"PostgreSQL unreachable at {PG_ADMIN_URL}: {type(exc).__name__}")
+    url = make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    engine = make_engine(url, pool_size=5, max_overflow=5)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A migrated, empty database of each kind; yields its URL."""
+    if request.param == "sqlite":
+        path = tmp_path_factory.mktemp("db") / "sharedcare.db"
+        url = f"sqlite:///{path}"
+        engine = make_engine(url)
+        upgrade(engine)
+        engine.dispose()
+        yield url
+        return
+    for engine in _postgres_engine():
+        upgrade(engine)
+        yield engine.url.render_as_string(hide_password=False)
+
+
+def _truncate(engine: Engine) -> None:
+    names = [t.name for t in reversed(metadata.sorted_tables)]
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(text("TRUNCATE " + ", ".join(names) + " RESTART IDENTITY CASCADE"))
+        else:
+            for name in names:
+                conn.execute(text(f"DELETE FROM {name}"))
+
+
+@pytest.fixture
+def settings(db_url: str, tmp_path: Path) -> Settings:
+    return Settings(database_url=db_url, data_dir=tmp_path, demo_data=False)
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    """An HTTP client on a fresh app over an emptied database."""
+    app = create_app(settings)
+    _truncate(app.state.engine)
+    with TestClient(app) as c:
+        yield c
+    app.state.engine.dispose()
