@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from sqlalchemy import Engine, select
 
 from sharedcare.fhir.bundle import BundleProcessor
-from sharedcare.fhir.errors import Issue
 from sharedcare.fhir.service import FhirService
+from sharedcare.fhir.validation import store_issues
 from sharedcare.storage.tables import resource
-
-
-def _validator(res: dict[str, Any]) -> list[Issue]:
-    from sharedcare.fhir.validation import validate_resource
-
-    return [Issue(i.severity, i.code, i.diagnostics, (i.expression,)) for i in validate_resource(res)]
 
 
 def load_demo(engine: Engine, seed: int | None = None) -> int:
@@ -23,7 +15,7 @@ def load_demo(engine: Engine, seed: int | None = None) -> int:
     from sharedcare.demo.seed import build_demo_bundle
 
     bundle = build_demo_bundle() if seed is None else build_demo_bundle(seed=seed)
-    BundleProcessor(FhirService(engine, validator=_validator)).transaction(bundle)
+    BundleProcessor(FhirService(engine, validator=store_issues)).transaction(bundle)
     return len(bundle.get("entry", []))
 
 
