@@ -94,14 +94,9 @@ def create_app(settings: Settings | None = None, *, validator: Any = "default") 
     settings = settings or get_settings()
     engine = make_engine(settings.effective_database_url)
     if validator == "default":
-        validator = None
-        if settings.validate_on_write:
-            from sharedcare.fhir.validation import validate_resource
+        from sharedcare.fhir.validation import store_issues
 
-            def validator(res: dict[str, Any]) -> list[Issue]:
-                return [
-                    Issue(i.severity, i.code, i.diagnostics, (i.expression,)) for i in validate_resource(res)
-                ]
+        validator = store_issues if settings.validate_on_write else None
 
     app = FastAPI(title="SharedCare", version="0.1.0", docs_url="/docs", redoc_url=None)
     app.state.settings = settings

@@ -77,8 +77,11 @@ def import_(
 ) -> None:
     """Import FHIR data files, with a progress bar and a summary of counts and errors."""
     from sharedcare.fhir.importer import run_import_cli
+    from sharedcare.storage.migrate import upgrade
 
-    raise typer.Exit(run_import_cli(_engine(), paths, validate=not no_validate))
+    engine = _engine()
+    upgrade(engine)
+    raise typer.Exit(run_import_cli(engine, paths, validate=not no_validate))
 
 
 @app.command()

@@ -56,7 +56,7 @@ def _resources() -> list[dict[str, Any]]:
             "readHistory": True,
             "updateCreate": True,
             "conditionalCreate": True,
-            "conditionalRead": "not-supported",
+            "conditionalRead": "not-match",  # If-None-Match is honoured; If-Modified-Since is not
             "conditionalUpdate": True,
             "conditionalDelete": "single",
             "referencePolicy": ["literal", "logical", "local"],

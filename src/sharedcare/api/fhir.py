@@ -7,7 +7,8 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import orjson
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
+from sqlalchemy import Connection
 from starlette.concurrency import run_in_threadpool
 
 from sharedcare.api.capability import capability_statement
@@ -20,7 +21,16 @@ from sharedcare.fhir.service import FhirService, WriteOutcome
 from sharedcare.fhir.store import Stored, instant, utcnow
 
 FHIR_JSON = "application/fhir+json"
-router = APIRouter(prefix="/fhir")
+
+
+def _check_format(request: Request) -> None:
+    """Refuse an unsupported ``_format`` (406) before the request is acted upon: nothing is written."""
+    fmt = request.query_params.get("_format")
+    if fmt and "json" not in fmt:
+        raise FhirError(f"_format {fmt!r} is not supported; use json", status=406, code="not-supported")
+
+
+router = APIRouter(prefix="/fhir", dependencies=[Depends(_check_format)])
 
 
 def _service(request: Request) -> FhirService:
@@ -126,24 +136,29 @@ async def system_bundle(request: Request) -> Response:
     body = await _json_body(request)
     svc = _service(request)
     base = base_url(request)
-    processor = BundleProcessor(svc, get_handler=lambda url, b: _bundle_get(svc, url, b))
+    processor = BundleProcessor(svc, get_handler=lambda url, b, conn: _bundle_get(svc, url, b, conn))
     result = await run_in_threadpool(processor.process, body, base)
     return fhir_response(request, result)
 
 
-def _bundle_get(svc: FhirService, url: str, base: str) -> tuple[int, Any]:
-    """GET entries inside a batch/transaction: read, vread or search."""
+def _bundle_get(svc: FhirService, url: str, base: str, conn: Connection) -> tuple[int, Any]:
+    """GET entries inside a batch/transaction: read, vread or search, on the Bundle's connection
+    so that a transaction's GETs (processed last) see what its other entries wrote."""
     parts = urlsplit(url)
     segments = [s for s in parts.path.split("/") if s]
     if len(segments) == 1:
         params = parse_qsl(parts.query, keep_blank_values=True)
         query = svc.parse_search(segments[0], params, strict=False)
-        result = svc.search(query, base_url=base)
+        result = svc.search_in(conn, query, base_url=base)
         return 200, searchset(result, base, segments[0], params, query.summary, query.elements)
+    if segments:
+        svc.check_type(segments[0])
     if len(segments) == 2:
-        return 200, resource_json(svc.read(segments[0], segments[1]))
+        return 200, resource_json(svc.store.read(conn, segments[0], segments[1]))
     if len(segments) == 4 and segments[2] == "_history":
-        return 200, resource_json(svc.vread(segments[0], segments[1], segments[3]))
+        if not segments[3].isdigit():
+            raise NotFound(f"Version {segments[3]!r} of {segments[0]}/{segments[1]} is not known")
+        return 200, resource_json(svc.store.vread(conn, segments[0], segments[1], int(segments[3])))
     raise BadRequest(f"Unsupported GET {url!r} in bundle")
 
 
@@ -183,8 +198,17 @@ async def search_type(request: Request, rtype: str) -> Response:
 
 @router.post("/{rtype}/_search")
 async def search_post(request: Request, rtype: str) -> Response:
-    form = await request.form()
-    params = _query_params(request) + [(k, str(v)) for k, v in form.multi_items()]
+    # parsed here: Starlette's request.form() needs python-multipart, which is not a dependency
+    body = await request.body()
+    ctype = request.headers.get("content-type", "")
+    if body and "application/x-www-form-urlencoded" not in ctype:
+        raise FhirError(
+            f"A _search body must be application/x-www-form-urlencoded, not {ctype!r}",
+            status=415,
+            code="not-supported",
+        )
+    form = parse_qsl(body.decode("utf-8", errors="replace"), keep_blank_values=True)
+    params = _query_params(request) + form
     return await _search(request, rtype, params, rtype)
 
 
@@ -291,6 +315,8 @@ async def patient_everything(request: Request, pid: str) -> Response:
         count = min(int(q.get("_count", svc.default_page_size)), svc.max_page_size)
     except ValueError:
         raise BadRequest("_count must be a whole number") from None
+    if count < 0:
+        raise BadRequest("_count must not be negative")
     since = None
     if "_since" in q:
         try:
@@ -304,7 +330,14 @@ async def patient_everything(request: Request, pid: str) -> Response:
     def run() -> Any:
         with svc.engine.connect() as conn:
             return everything(
-                conn, svc.store, pid, count=count, since=since, types=types, page=q.get("_page")
+                conn,
+                svc.store,
+                pid,
+                count=count,
+                since=since,
+                types=types,
+                page=q.get("_page"),
+                base_url=base_url(request),
             )
 
     page = await run_in_threadpool(run)
@@ -315,10 +348,19 @@ async def patient_everything(request: Request, pid: str) -> Response:
 
 
 # -- instance level ----------------------------------------------------------------------------
+def _none_match_hit(header: str | None, version: int) -> bool:
+    """True when If-None-Match names the current version: ``*`` or any listed tag, compared weakly
+    (``W/"3"``, ``"3"`` and ``3`` all name version 3, as RFC 9110 and HAPI have it)."""
+    if header is None:
+        return False
+    tags = [t.strip() for t in header.split(",")]
+    return "*" in tags or any(t.removeprefix("W/").strip('"') == str(version) for t in tags)
+
+
 @router.get("/{rtype}/{rid}")
 async def read(request: Request, rtype: str, rid: str) -> Response:
     stored = await run_in_threadpool(_service(request).read, rtype, rid)
-    if request.headers.get("if-none-match") == stored.etag:
+    if _none_match_hit(request.headers.get("if-none-match"), stored.version):
         return Response(status_code=304, headers=_version_headers(request, stored))
     summary = request.query_params.get("_summary")
     elements = tuple(e for e in request.query_params.get("_elements", "").split(",") if e)

@@ -25,7 +25,7 @@ from sharedcare.fhir.service import FhirService, WriteOutcome, same_content
 from sharedcare.fhir.store import Stored, Write, instant
 
 STATUS_TEXT = {200: "200 OK", 201: "201 Created", 204: "204 No Content"}
-GetHandler = Callable[[str, str], tuple[int, Any]]  # (method-less url, base_url) -> (status, body)
+GetHandler = Callable[[str, str, Connection], tuple[int, Any]]  # (url, base_url, conn) -> (status, body)
 
 
 @dataclass
@@ -74,35 +74,52 @@ def _parse_entries(bundle: dict[str, Any]) -> list[_Entry]:
     return entries
 
 
-def _rewrite_references(node: Any, mapping: dict[str, str]) -> None:
-    """Replace placeholder references (``urn:uuid:…`` and conditional ones) in place."""
+def _reference_holders(node: Any, out: list[dict[str, Any]]) -> None:
+    """Collect every object with a string ``reference`` (one walk serves lookup and rewrite)."""
     if isinstance(node, dict):
         for key, value in node.items():
-            if key == "reference" and isinstance(value, str) and value in mapping:
-                node[key] = mapping[value]
+            if key == "reference" and isinstance(value, str):
+                out.append(node)
             elif isinstance(value, (dict, list)):
-                _rewrite_references(value, mapping)
+                _reference_holders(value, out)
     elif isinstance(node, list):
         for item in node:
             if isinstance(item, (dict, list)):
-                _rewrite_references(item, mapping)
+                _reference_holders(item, out)
 
 
-def _conditional_references(node: Any, found: set[str]) -> None:
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if (
-                key == "reference"
-                and isinstance(value, str)
-                and "?" in value
-                and "/" not in value.split("?")[0]
-            ):
-                found.add(value)
-            elif isinstance(value, (dict, list)):
-                _conditional_references(value, found)
-    elif isinstance(node, list):
-        for item in node:
-            _conditional_references(item, found)
+def _is_conditional(reference: str) -> bool:
+    head, sep, _query = reference.partition("?")
+    return bool(sep) and "/" not in head
+
+
+def _claim(identities: set[tuple[str, str]], e: _Entry) -> None:
+    """Record that ``e`` changes ``rtype/rid``; a second entry changing the same resource is a 400."""
+    assert e.rid is not None
+    key = (e.rtype, e.rid)
+    if key in identities:
+        raise BadRequest(
+            f"Bundle entry {e.index}: {e.rtype}/{e.rid} is changed by more than one entry of the transaction",
+            (f"Bundle.entry[{e.index}]",),
+        )
+    identities.add(key)
+
+
+def _claim_literal(entries: list[_Entry]) -> set[tuple[str, str]]:
+    """Refuse duplicate ``fullUrl``s and entries changing the same ``Type/id`` (FHIR R4 3.1.0.11.2)."""
+    identities: set[tuple[str, str]] = set()
+    full_urls: set[str] = set()
+    for e in entries:
+        if e.full_url and e.method in ("POST", "PUT"):
+            if e.full_url in full_urls:
+                raise BadRequest(
+                    f"Bundle entry {e.index}: fullUrl {e.full_url!r} appears twice in the transaction",
+                    (f"Bundle.entry[{e.index}].fullUrl",),
+                )
+            full_urls.add(e.full_url)
+        if e.method in ("PUT", "DELETE", "PATCH") and e.rid:
+            _claim(identities, e)
+    return identities
 
 
 def _response(status: int, stored: Stored | None) -> dict[str, Any]:
@@ -140,15 +157,22 @@ class BundleProcessor:
 
     def transaction_in(self, conn: Connection, entries: list[_Entry], base_url: str) -> list[dict[str, Any]]:
         svc = self.service
-        seen: set[str] = set()
         mapping: dict[str, str] = {}
         outcomes: dict[int, dict[str, Any]] = {}
         existing_creates: dict[int, WriteOutcome] = {}
+        identities = _claim_literal(entries)
         for e in entries:
-            key = f"{e.method} {e.url}"
-            if e.method in ("PUT", "DELETE", "PATCH") and e.rid and key in seen:
-                raise BadRequest(f"Bundle entry {e.index}: {e.url} appears twice in the transaction")
-            seen.add(key)
+            # Step 1, DELETE, runs first: the look-ups of the later steps must not find what it deletes.
+            if e.method == "DELETE":
+                conditional_delete = e.rid is None
+                try:
+                    outcomes[e.index] = self._apply_one(conn, e, base_url)
+                except FhirError as err:
+                    err.diagnostics = f"Bundle entry {e.index} ({e.method} {e.url}): {err.diagnostics}"
+                    raise
+                if conditional_delete and e.rid:
+                    _claim(identities, e)
+        for e in entries:
             if e.method == "POST":
                 assert e.resource is not None
                 svc.check_resource(e.resource, e.rtype or None)
@@ -174,15 +198,24 @@ class BundleProcessor:
                     )
                 e.rid = found[0].id if found else (e.resource or {}).get("id") or str(uuid.uuid4())
                 e.query = None
+                _claim(identities, e)
                 if e.full_url:
                     mapping[e.full_url] = f"{e.rtype}/{e.rid}"
             elif e.method == "PUT" and e.full_url and e.rid:
                 mapping[e.full_url] = f"{e.rtype}/{e.rid}"
-        conditional: set[str] = set()
+        holders: list[dict[str, Any]] = []
         for e in entries:
-            if e.resource is not None:
-                _conditional_references(e.resource, conditional)
-        for ref in conditional:
+            if e.resource is not None and e.method != "PATCH":
+                _reference_holders(e.resource, holders)
+        conditional = {h["reference"] for h in holders if _is_conditional(h["reference"])}
+        # A conditional reference may name a conditional create of this transaction (as HAPI allows).
+        pending = {
+            f"{e.rtype}?{e.if_none_exist}": e for e in entries if e.method == "POST" and e.if_none_exist
+        }
+        for ref in sorted(conditional):
+            if ref in pending:
+                mapping[ref] = f"{pending[ref].rtype}/{pending[ref].rid}"
+                continue
             rtype, _, query = ref.partition("?")
             svc.check_type(rtype)
             found = svc._match(conn, rtype, query, base_url)
@@ -191,13 +224,20 @@ class BundleProcessor:
                     f"Conditional reference {ref!r} matches {len(found)} resources; it must match exactly one"
                 )
             mapping[ref] = f"{rtype}/{found[0].id}"
-        for e in entries:
-            if e.resource is not None and e.method != "PATCH":
-                _rewrite_references(e.resource, mapping)
+        for holder in holders:
+            target = mapping.get(holder["reference"])
+            if target is not None:
+                holder["reference"] = target
+            elif holder["reference"].startswith("urn:uuid:"):
+                raise BadRequest(
+                    f"Reference {holder['reference']!r} does not name any entry (fullUrl) of the transaction"
+                )
         order = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
         creates: list[_Entry] = []
         puts: list[_Entry] = []
         for e in sorted(entries, key=lambda x: order[x.method]):
+            if e.method == "DELETE":
+                continue  # done above
             try:
                 if e.method == "POST":
                     if e.index in existing_creates:
@@ -267,7 +307,8 @@ class BundleProcessor:
         svc = self.service
         if e.method == "DELETE":
             if e.query and not e.rid:
-                svc.conditional_delete_in(conn, e.rtype, e.query, base_url=base_url)
+                deleted = svc.conditional_delete_in(conn, e.rtype, e.query, base_url=base_url)
+                e.rid = deleted.id if deleted else None
             elif e.rid:
                 with contextlib.suppress(NotFound):  # deleting what is not there: same end state
                     svc.delete_in(conn, e.rtype, e.rid)
@@ -291,7 +332,7 @@ class BundleProcessor:
             return {"response": _response(outcome.status, outcome.stored)}
         if self.get_handler is None:
             raise BadRequest("GET entries are not supported here")
-        status, body = self.get_handler(e.url, base_url)
+        status, body = self.get_handler(e.url, base_url, conn)
         return {"resource": body, "response": {"status": STATUS_TEXT.get(status, str(status))}}
 
     # -- batch -------------------------------------------------------------------------------
@@ -303,6 +344,10 @@ class BundleProcessor:
                 with self.service.write_engine.begin() as conn:
                     if e.method == "POST":
                         assert e.resource is not None
+                        if e.resource.get("resourceType") != e.rtype:
+                            raise BadRequest(
+                                f"Resource type {e.resource.get('resourceType')!r} does not match {e.url!r}"
+                            )
                         outcome = self.service.create_in(
                             conn, e.resource, if_none_exist=e.if_none_exist, base_url=base_url
                         )

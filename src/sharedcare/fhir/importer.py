@@ -269,15 +269,9 @@ def import_paths(
 
 
 def _service(engine: Engine, validate: bool) -> FhirService:
-    validator = None
-    if validate:
-        from sharedcare.fhir.errors import Issue
-        from sharedcare.fhir.validation import validate_resource
+    from sharedcare.fhir.validation import store_issues
 
-        def validator(res: dict[str, Any]) -> list[Issue]:
-            return [Issue(i.severity, i.code, i.diagnostics, (i.expression,)) for i in validate_resource(res)]
-
-    return FhirService(engine, validator=validator)
+    return FhirService(engine, validator=store_issues if validate else None)
 
 
 def run_import_cli(engine: Engine, paths: list[Path], *, validate: bool) -> int:

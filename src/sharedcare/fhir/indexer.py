@@ -156,15 +156,25 @@ class Indexer:
                         out.add(plan.kind, row)
                 continue
             for typed in values:
-                group += 1
+                # a composite value exists only when every component has one
+                group_rows: list[tuple[str, dict[str, Any]]] = []
                 for part in plan.parts:
-                    for name, type_name in part.paths:
-                        for value, vtype in _children(typed.value, name, type_name):
-                            for row in part.fn(value, vtype):
-                                row.pop("param_suffix", None)
-                                row["param"] = part.param_name
-                                row["grp"] = group
-                                out.add(part.kind, row)
+                    part_rows = [
+                        row
+                        for name, type_name in part.paths
+                        for value, vtype in _children(typed.value, name, type_name)
+                        for row in part.fn(value, vtype)
+                    ]
+                    if not part_rows:
+                        group_rows = []
+                        break
+                    group_rows.extend((part.kind, {**row, "param": part.param_name}) for row in part_rows)
+                if group_rows:
+                    group += 1
+                    for kind, row in group_rows:
+                        row.pop("param_suffix", None)
+                        row["grp"] = group
+                        out.add(kind, row)
         self._compartments(rtype, resource, out)
         return out
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import jsonpatch
 import orjson
-from sqlalchemy import Connection, Engine, and_, func, or_, select
+from sqlalchemy import Connection, Engine, func, or_, select
 
 from sharedcare.fhir.definitions import Definitions, definitions
 from sharedcare.fhir.errors import (
@@ -330,13 +330,25 @@ class FhirService:
         compartment: str | None = None,
     ) -> SearchResult:
         """Run a parsed search (one page)."""
-        size = self.default_page_size if query.count is None else query.count
         with self.engine.connect() as conn:
-            if compartment is not None:
-                self.store.read(conn, "Patient", compartment)
-            return self.engine_for(base_url).search(
-                conn, query, size, access=access, compartment=compartment, default_total=self.default_total
-            )
+            return self.search_in(conn, query, base_url=base_url, access=access, compartment=compartment)
+
+    def search_in(
+        self,
+        conn: Connection,
+        query: SearchQuery,
+        *,
+        base_url: str = "",
+        access: AccessFilter | None = None,
+        compartment: str | None = None,
+    ) -> SearchResult:
+        """Run a parsed search on an open connection (a transaction sees its own writes)."""
+        size = self.default_page_size if query.count is None else query.count
+        if compartment is not None:
+            self.store.read(conn, "Patient", compartment)
+        return self.engine_for(base_url).search(
+            conn, query, size, access=access, compartment=compartment, default_total=self.default_total
+        )
 
     # -- history ---------------------------------------------------------------------------
     def history(
@@ -385,7 +397,7 @@ class FhirService:
                     conds.append(v.c.vpk < int(page))
                 except ValueError:
                     raise BadRequest("Invalid history page link") from None
-            rows = list(conn.execute(select(v).where(and_(*conds)).order_by(v.c.vpk.desc()).limit(size + 1)))
+            rows = list(conn.execute(select(v).where(*conds).order_by(v.c.vpk.desc()).limit(size + 1)))
         more = len(rows) > size
         rows = rows[:size]
         versions = [

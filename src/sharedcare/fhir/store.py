@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, delete, insert, select, tuple_, update
+from sqlalchemy import Connection, Table, delete, insert, select, text, tuple_, update
 
 from sharedcare.fhir.errors import Gone, NotFound
 from sharedcare.fhir.indexer import Indexer, default_indexer
@@ -173,10 +173,8 @@ class ResourceStore:
                 )
                 new_positions.append(position)
         if new_rows:
-            inserted = conn.execute(
-                insert(resource).returning(resource.c.pk, sort_by_parameter_order=True), new_rows
-            )
-            for position, pk in zip(new_positions, inserted.scalars(), strict=True):
+            pks = self._new_pks(conn, new_rows)
+            for position, pk in zip(new_positions, pks, strict=True):
                 results[position].pk = pk
         changed_pks = [w.current.pk for w in writes if w.current is not None]
         for w, stored in zip(writes, results, strict=True):
@@ -194,42 +192,78 @@ class ResourceStore:
         if changed_pks:
             for table in (*INDEX_TABLES.values(), resource_compartment):
                 conn.execute(delete(table).where(table.c.res_pk.in_(changed_pks)))
-        conn.execute(
-            insert(resource_version),
-            [
-                {
-                    "res_pk": s.pk,
-                    "type": s.type,
-                    "id": s.id,
-                    "version": s.version,
-                    "last_updated": now,
-                    "method": s.method,
-                    "deleted": s.deleted,
-                    "content": s.content,
-                }
-                for s in results
-            ],
+        _bulk_insert(
+            conn,
+            resource_version,
+            ("res_pk", "type", "id", "version", "last_updated", "method", "deleted", "content"),
+            [(s.pk, s.type, s.id, s.version, now, s.method, s.deleted, s.content) for s in results],
         )
         self._insert_index_rows(conn, [(w, s) for w, s in zip(writes, results, strict=True) if w.resource])
         return results
 
+    def _new_pks(self, conn: Connection, rows: list[dict[str, Any]]) -> list[int]:
+        """Insert new resource rows and return their keys, in order.
+
+        PostgreSQL takes the keys from the sequence in one round trip and the rows by COPY;
+        SQLite inserts with RETURNING.
+        """
+        if conn.dialect.name == "postgresql":
+            pks = list(
+                conn.execute(
+                    text("SELECT nextval('resource_pk_seq') FROM generate_series(1, :n)"), {"n": len(rows)}
+                ).scalars()
+            )
+            columns = ("pk", "type", "id", "version", "last_updated", "deleted", "content")
+            _bulk_insert(
+                conn,
+                resource,
+                columns,
+                [
+                    (pk, r["type"], r["id"], r["version"], r["last_updated"], r["deleted"], r["content"])
+                    for pk, r in zip(pks, rows, strict=True)
+                ],
+            )
+            return pks
+        inserted = conn.execute(insert(resource).returning(resource.c.pk, sort_by_parameter_order=True), rows)
+        return list(inserted.scalars())
+
     def _insert_index_rows(self, conn: Connection, items: Sequence[tuple[Write, Stored]]) -> None:
-        batches: dict[str, list[dict[str, Any]]] = {}
-        compartment_rows: list[dict[str, Any]] = []
+        batches: dict[str, list[tuple[Any, ...]]] = {}
+        compartment_rows: list[tuple[Any, ...]] = []
         for w, stored in items:
             assert w.resource is not None
             rows = self.indexer.index(w.resource)
+            pk, rtype = stored.pk, stored.type
             for kind, kind_rows in rows.rows.items():
+                columns = INDEX_COLUMNS[kind]
                 batch = batches.setdefault(kind, [])
                 for row in kind_rows:
-                    row["res_pk"] = stored.pk
-                    row["rtype"] = stored.type
-                    row.setdefault("grp", None)
-                    batch.append(row)
-            compartment_rows.extend({"res_pk": stored.pk, "patient_id": p} for p in rows.patients)
+                    batch.append((pk, rtype, row["param"], row.get("grp"), *(row.get(c) for c in columns)))
+            compartment_rows.extend((pk, p) for p in rows.patients)
         for kind, batch in batches.items():
             table = INDEX_TABLES[kind]
-            columns = [c.name for c in table.columns]
-            conn.execute(insert(table), [{c: row.get(c) for c in columns} for row in batch])
+            _bulk_insert(conn, table, ("res_pk", "rtype", "param", "grp", *INDEX_COLUMNS[kind]), batch)
         if compartment_rows:
-            conn.execute(insert(resource_compartment), compartment_rows)
+            _bulk_insert(conn, resource_compartment, ("res_pk", "patient_id"), compartment_rows)
+
+
+INDEX_COLUMNS: dict[str, tuple[str, ...]] = {
+    kind: tuple(c.name for c in table.columns if c.name not in ("res_pk", "rtype", "param", "grp"))
+    for kind, table in INDEX_TABLES.items()
+}
+
+
+def _bulk_insert(
+    conn: Connection, table: Table, columns: tuple[str, ...], rows: list[tuple[Any, ...]]
+) -> None:
+    """Insert many rows: COPY on PostgreSQL (one stream, no per-row statements), executemany elsewhere."""
+    if not rows:
+        return
+    if conn.dialect.name == "postgresql":
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        with raw.cursor() as cur, cur.copy(f"COPY {table.name} ({', '.join(columns)}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+        return
+    conn.execute(insert(table), [dict(zip(columns, row, strict=True)) for row in rows])

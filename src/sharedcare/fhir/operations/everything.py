@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, func, select
 
 from sharedcare.fhir.errors import BadRequest
-from sharedcare.fhir.search.engine import AccessFilter
+from sharedcare.fhir.search.engine import AccessFilter, local_compartment_link
 from sharedcare.fhir.store import ResourceStore, Stored
 from sharedcare.storage.tables import idx_reference, resource, resource_compartment
 
@@ -42,6 +42,7 @@ def everything(
     types: tuple[str, ...] = (),
     page: str | None = None,
     access: AccessFilter | None = None,
+    base_url: str = "",
 ) -> EverythingPage:
     """One page of the compartment of ``patient_id`` (which must exist and not be deleted)."""
     store.read(conn, "Patient", patient_id)
@@ -51,6 +52,7 @@ def everything(
         r.c.pk.in_(
             select(resource_compartment.c.res_pk).where(resource_compartment.c.patient_id == patient_id)
         ),
+        local_compartment_link(r, patient_id, base_url),
     ]
     if since is not None:
         conds.append(r.c.last_updated >= since)

@@ -94,6 +94,14 @@ def _composite(r: FromClause, rtype: str, flt: Filter, ctx: CompileContext) -> C
         if sub is None:
             raise BadRequest(f"Composite parameter {flt.code} has an unknown component")
         kinds.append(sub.type)
+    if flt.modifier == "missing":  # before the values, which are true/false here, not a$b pairs
+        table = INDEX_TABLES[kinds[0]].alias()
+        present = exists(
+            select(1).where(
+                table.c.res_pk == r.c.pk, table.c.rtype == rtype, table.c.param == f"{flt.code}#0"
+            )
+        )
+        return not_(present) if flt.values[0] == "true" else present
     alternatives = []
     for value in flt.values:
         parts = split_unescaped(value, "$")
@@ -108,14 +116,6 @@ def _composite(r: FromClause, rtype: str, flt: Filter, ctx: CompileContext) -> C
                 where += [table.c.res_pk == first.c.res_pk, table.c.grp == first.c.grp]
             where.append(value_condition(kind, table, part, None, ctx))
         alternatives.append(exists(select(1).select_from(*tables).where(*where)))
-    if flt.modifier == "missing":
-        table = INDEX_TABLES[kinds[0]].alias()
-        present = exists(
-            select(1).where(
-                table.c.res_pk == r.c.pk, table.c.rtype == rtype, table.c.param == f"{flt.code}#0"
-            )
-        )
-        return not_(present) if flt.values[0] == "true" else present
     return or_(*alternatives)
 
 
@@ -153,6 +153,7 @@ def _chained(r: FromClause, rtype: str, flt: Filter, hop: int, ctx: CompileConte
             ref.c.res_pk == r.c.pk,
             ref.c.rtype == rtype,
             ref.c.param == code,
+            reference.local(ref, ctx.base_url),
             target.c.deleted.is_(False),
             or_(*branches),
         )
@@ -173,6 +174,7 @@ def criterion(r: FromClause, rtype: str, flt: Filter | HasFilter, ctx: CompileCo
                 ref.c.param == flt.ref_param.code,
                 ref.c.target_type == rtype,
                 ref.c.target_id == r.c.id,
+                reference.local(ref, ctx.base_url),
                 source.c.deleted.is_(False),
                 criterion(source, flt.source_type, flt.inner, ctx),
             )

@@ -13,12 +13,13 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import ColumnElement, Connection, Select, and_, false, func, or_, select
+from sqlalchemy import ColumnElement, Connection, Select, and_, exists, false, func, or_, select
 from sqlalchemy.sql import FromClause
 
 from sharedcare.fhir.errors import BadRequest
 from sharedcare.fhir.search.compile import CompileContext, criterion, sort_expression, sort_kind
 from sharedcare.fhir.search.parse import Include, SearchQuery
+from sharedcare.fhir.search.reference import local
 from sharedcare.fhir.store import Stored
 from sharedcare.storage.tables import idx_reference, resource, resource_compartment
 
@@ -82,6 +83,27 @@ def _before(exprs: Sequence[tuple[Any, bool]], values: Sequence[Any], pk_col: An
     return cond
 
 
+def local_compartment_link(r: FromClause, patient_id: str, base_url: str) -> ColumnElement[bool]:
+    """``r`` is the patient or holds a local reference to it.
+
+    The compartment rows are made at write time, when an absolute reference to another server's
+    ``Patient/<id>`` cannot be told from a local one; this check (with the base URL known) keeps
+    such a resource out of the local patient's compartment.
+    """
+    ref = idx_reference.alias("cref")
+    return or_(
+        and_(r.c.type == "Patient", r.c.id == patient_id),
+        exists(
+            select(1).where(
+                ref.c.res_pk == r.c.pk,
+                ref.c.target_type == "Patient",
+                ref.c.target_id == patient_id,
+                local(ref, base_url),
+            )
+        ),
+    )
+
+
 def _stored(row: Any) -> Stored:
     return Stored(row.pk, row.type, row.id, row.version, row.last_updated, row.deleted, row.content)
 
@@ -105,6 +127,7 @@ class SearchEngine:
                     )
                 )
             )
+            conds.append(local_compartment_link(r, compartment, self.ctx.base_url))
         conds.extend(criterion(r, query.resource_type, f, self.ctx) for f in query.filters)
         if access is not None:
             conds.append(access(r))
@@ -231,7 +254,7 @@ class SearchEngine:
                 if inc.target_type:
                     cond.append(ref.c.target_type == inc.target_type)
                 alts.append(and_(*cond) if cond else ref.c.res_pk.is_not(None))
-            where = [ref.c.res_pk.in_(pks), or_(*alts), t.c.deleted.is_(False)]
+            where = [ref.c.res_pk.in_(pks), or_(*alts), local(ref, self.ctx.base_url), t.c.deleted.is_(False)]
             if access is not None:
                 where.append(access(t))
             statements.append(
@@ -252,7 +275,7 @@ class SearchEngine:
                 if inc.param is not None:
                     cond.append(ref.c.param == inc.param.code)
                 alts.append(and_(*cond) if cond else ref.c.res_pk.is_not(None))
-            where = [targets, or_(*alts), t.c.deleted.is_(False)]
+            where = [targets, or_(*alts), local(ref, self.ctx.base_url), t.c.deleted.is_(False)]
             if access is not None:
                 where.append(access(t))
             statements.append(

@@ -9,11 +9,11 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from sqlalchemy import ColumnElement, Table, and_
+from sqlalchemy import ColumnElement, Table, and_, or_
 
 from sharedcare.fhir.errors import BadRequest
 from sharedcare.fhir.search import token
-from sharedcare.fhir.search.values import unescape
+from sharedcare.fhir.search.values import like_escape, unescape
 
 _REF_RE = re.compile(r"(?:^|/)(?P<type>[A-Z][A-Za-z]+)/(?P<id>[A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?$")
 
@@ -75,6 +75,21 @@ def parse_target(
     return None, text, None
 
 
+def local(table: Any, base_url: str) -> ColumnElement[bool]:
+    """Index rows whose literal reference points into this server: relative, or absolute under
+    ``base_url``. An absolute reference to another server (``http://other/fhir/Patient/1``) is
+    matched by its URL only, never as the local ``Patient/1``."""
+    if not base_url:
+        return table.c.url.is_(None)
+    prefix = like_escape(base_url.rstrip("/") + "/") + "%"
+    return or_(table.c.url.is_(None), table.c.url.like(prefix, escape="\\"))
+
+
+def _is_local(row: dict[str, Any], base_url: str) -> bool:
+    url = row.get("url")
+    return url is None or bool(base_url and url.startswith(base_url.rstrip("/") + "/"))
+
+
 def condition(
     table: Table, value: str, modifier: str | None, base_url: str, known_types: frozenset[str]
 ) -> ColumnElement[bool]:
@@ -90,8 +105,10 @@ def condition(
     if url is not None:
         return table.c.url == url
     if target_type:
-        return and_(table.c.target_id == target_id, table.c.target_type == target_type)
-    return table.c.target_id == target_id
+        return and_(
+            table.c.target_id == target_id, table.c.target_type == target_type, local(table, base_url)
+        )
+    return and_(table.c.target_id == target_id, local(table, base_url))
 
 
 def matches(
@@ -106,6 +123,6 @@ def matches(
     target_type, target_id, url = parse_target(value, modifier, base_url, known)
     if url is not None:
         return bool(row["url"] == url)
-    if target_type:
-        return row["target_id"] == target_id and row["target_type"] == target_type
-    return bool(row["target_id"] == target_id)
+    if target_type and row["target_type"] != target_type:
+        return False
+    return row["target_id"] == target_id and _is_local(row, base_url)

@@ -56,12 +56,18 @@ def index(value: Any, type_name: str | None) -> list[dict[str, Any]]:
     if not isinstance(value, dict):
         return rows
     if kind == "CodeableConcept":
+        # the concept's text rides on the rows of codings without a display (one row per coding);
+        # a display is kept too, since :text searches the concept's text and its codings' displays
+        text = value.get("text")
+        concept_text = normalize_text(text)[:255] if isinstance(text, str) else None
         for coding in value.get("coding", ()):
             row = _coding(coding)
             if row:
+                if concept_text and row["text"] is None:
+                    row["text"] = concept_text
                 rows.append(row)
-        if isinstance(value.get("text"), str):
-            rows.append({"system": None, "code": None, "text": normalize_text(value["text"])[:255]})
+        if concept_text and not any(r["text"] == concept_text for r in rows):
+            rows.append({"system": None, "code": None, "text": concept_text})
     elif kind == "Coding":
         row = _coding(value)
         if row:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import ColumnElement, Table, literal
+from sqlalchemy import ColumnElement, Table, func, literal
 
 from sharedcare.fhir.errors import NotSupported
 from sharedcare.fhir.search.values import like_escape, unescape
@@ -27,7 +27,8 @@ def condition(table: Table, value: str, modifier: str | None) -> ColumnElement[b
     if modifier == "below":
         return table.c.value.like(like_escape(text) + "%", escape="\\")
     if modifier == "above":
-        return literal(text).like(table.c.value + "%")
+        # the stored URI is a prefix of the search value (compared literally: no LIKE wildcards)
+        return func.substr(literal(text), 1, func.length(table.c.value)) == table.c.value
     raise NotSupported(f"Modifier :{modifier} is not supported on uri parameters")
 
 

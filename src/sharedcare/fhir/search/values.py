@@ -96,6 +96,8 @@ def precision_bounds(number: Decimal) -> tuple[float, float]:
 
 def normalize_text(value: str) -> str:
     """Case- and accent-insensitive form of a string, used by default string search."""
+    if value.isascii():
+        return " ".join(value.lower().split())
     decomposed = unicodedata.normalize("NFKD", value)
     stripped = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
     return " ".join(stripped.casefold().split())

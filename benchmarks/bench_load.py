@@ -1,0 +1,228 @@
+"""Read and search under load: 64 concurrent connections (wrk) against the FHIR API.
+
+Scenarios: read by id, ``Observation?patient=…&code=…&_sort=-date``, ``Patient?family=…``,
+``_include``, and ``Patient/[id]/$everything`` for median-sized patients. Baseline, measured in
+the same run on the same database: a trivial FastAPI endpoint that reads one JSON row by primary
+key (``baseline_app.py``). Both servers run with the same uvicorn settings, one at a time.
+
+Run: ``python benchmarks/bench_load.py [--database-url URL] [--bundles N]``. Without a database
+URL, a scratch PostgreSQL database is filled with N Synthea bundles first (all 479 by default).
+Needs ``wrk`` (Debian package ``wrk``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+import httpx
+from sqlalchemy import create_engine, text
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import ROOT, report, scratch_database, synthea_bundles
+
+CONNECTIONS = 64
+DURATION = os.environ.get("BENCH_DURATION", "15s")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _serve(app: str, url: str, workers: int, factory: bool) -> tuple[subprocess.Popen[bytes], int]:
+    port = _free_port()
+    env = dict(
+        os.environ,
+        SHAREDCARE_DATABASE_URL=url,
+        SHAREDCARE_DEMO_DATA="false",
+        PYTHONPATH=str(ROOT / "benchmarks"),
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        app,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--log-level",
+        "warning",
+        "--no-access-log",
+    ]
+    if factory:
+        cmd.append("--factory")
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT)
+    for _ in range(120):
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/", timeout=1)
+            return proc, port
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError(f"{app} did not start")
+
+
+def _wrk(port: int, paths: list[str], workdir: Path, name: str) -> dict[str, float]:
+    script = workdir / f"{name}.lua"
+    quoted = ",\n".join('"' + p.replace("\\", "\\\\").replace('"', '\\"') + '"' for p in paths)
+    script.write_text(
+        f"local paths = {{\n{quoted}\n}}\n"
+        "math.randomseed(os.time())\n"
+        "request = function() return wrk.format('GET', paths[math.random(#paths)]) end\n"
+    )
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t2",
+            f"-c{CONNECTIONS}",
+            f"-d{DURATION}",
+            "--latency",
+            "-s",
+            str(script),
+            f"http://127.0.0.1:{port}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+    def latency(label: str) -> float:
+        m = re.search(rf"^\s*{label}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        if not m:
+            raise RuntimeError(f"wrk output without {label}%:\n{out}")
+        value, unit = float(m.group(1)), m.group(2)
+        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if errors:
+        raise RuntimeError(f"{name}: {errors.group(1)} failed responses")
+    return {"rps": rps, "p50": latency("50"), "p99": latency("99")}
+
+
+def _samples(url: str) -> dict[str, list[str]]:
+    engine = create_engine(url)
+    rng = random.Random(7)
+    with engine.connect() as conn:
+        ids = conn.execute(text("SELECT type, id FROM resource WHERE NOT deleted ORDER BY pk")).all()
+        pks = [str(p) for p in conn.execute(text("SELECT pk FROM resource WHERE NOT deleted")).scalars()]
+        pairs = conn.execute(
+            text(
+                "SELECT r.target_id, t.system, t.code FROM idx_reference r JOIN idx_token t "
+                "ON t.res_pk = r.res_pk AND t.param = 'code' AND t.rtype = 'Observation' "
+                "WHERE r.rtype = 'Observation' AND r.param = 'patient' GROUP BY 1, 2, 3"
+            )
+        ).all()
+        families = list(
+            conn.execute(
+                text("SELECT DISTINCT norm FROM idx_string WHERE rtype='Patient' AND param='family'")
+            ).scalars()
+        )
+        sizes = conn.execute(
+            text("SELECT patient_id, count(*) FROM resource_compartment GROUP BY 1 ORDER BY 2")
+        ).all()
+    engine.dispose()
+    median = sizes[len(sizes) // 2][1]
+    around = [p for p, n in sizes if abs(n - median) <= max(5, median // 10)]
+    rng.shuffle(pairs)
+    return {
+        "read": [f"/fhir/{t}/{i}" for t, i in rng.sample(ids, min(2000, len(ids)))],
+        "baseline": [f"/row/{p}" for p in rng.sample(pks, min(2000, len(pks)))],
+        "obs": [
+            f"/fhir/Observation?patient=Patient/{p}&code={s}|{c}&_sort=-date" for p, s, c in pairs[:2000]
+        ],
+        "family": [f"/fhir/Patient?family={f[:4]}" for f in families],
+        "include": [
+            f"/fhir/Observation?patient=Patient/{p}&code={s}|{c}&_include=Observation:encounter"
+            for p, s, c in pairs[:2000]
+        ],
+        "everything": [f"/fhir/Patient/{p}/$everything?_count=1000" for p in around[:200]],
+        "median": [str(median)],
+    }
+
+
+def _fill(url: str, bundles: int | None) -> None:
+    import orjson
+
+    from sharedcare.fhir.bundle import BundleProcessor
+    from sharedcare.fhir.service import FhirService
+    from sharedcare.storage.engine import make_engine
+    from sharedcare.storage.migrate import upgrade
+
+    engine = make_engine(url)
+    upgrade(engine)
+    processor = BundleProcessor(FhirService(engine))
+    for _name, raw in synthea_bundles(bundles, include_shared=True):
+        processor.process(orjson.loads(raw))
+    engine.dispose()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--database-url", help="an already imported database (skips the import)")
+    parser.add_argument("--bundles", type=int, default=None, help="Synthea bundles to import (default all)")
+    parser.add_argument("--workers", type=int, default=2, help="uvicorn worker processes")
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        sys.exit("wrk is needed: apt-get install wrk")
+    with ExitStack() as stack:
+        url = args.database_url
+        if url is None:
+            url = stack.enter_context(scratch_database())
+            _fill(url, args.bundles)
+        samples = _samples(url)
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        results: dict[str, dict[str, float]] = {}
+        proc, port = _serve("baseline_app:app", url, args.workers, factory=False)
+        try:
+            results["baseline"] = _wrk(port, samples["baseline"], workdir, "baseline")
+        finally:
+            proc.terminate()
+            proc.wait()
+        proc, port = _serve("sharedcare.app:create_app", url, args.workers, factory=True)
+        try:
+            for name in ("read", "obs", "family", "include", "everything"):
+                results[name] = _wrk(port, samples[name], workdir, name)
+        finally:
+            proc.terminate()
+            proc.wait()
+    base = results["baseline"]["rps"]
+    labels = {
+        "baseline": "baseline: one JSON row by key",
+        "read": "read by id (target ≥60 % of baseline, p99 < 15 ms)",
+        "obs": "Observation?patient&code&_sort=-date (p99 < 50 ms)",
+        "family": "Patient?family= (p99 < 50 ms)",
+        "include": "Observation?…&_include=Observation:encounter (p99 < 50 ms)",
+        "everything": f"$everything, median patient ({samples['median'][0]} res.) (p50 < 100 ms)",
+    }
+    report(
+        f"Read and search under load ({CONNECTIONS} connections, {DURATION} each, {args.workers} workers)",
+        [
+            (
+                labels[k],
+                f"{r['rps']:8.0f} req/s ({r['rps'] / base:6.1%} of baseline)  "
+                f"p50 {r['p50']:6.1f} ms  p99 {r['p99']:6.1f} ms",
+            )
+            for k, r in results.items()
+        ],
+    )
+
+
+if __name__ == "__main__":
+    main()
