@@ -6,11 +6,14 @@ is one SQL statement whatever its criteria, chains and ``_has`` paths.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import functools
+import itertools
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, exists, false, func, not_, or_, select, true
+from sqlalchemy import Table
 from sqlalchemy.sql import FromClause
 
 from sharedcare.fhir.definitions import Definitions
@@ -23,11 +26,25 @@ from sharedcare.storage.tables import INDEX_TABLES, resource
 
 @dataclass(frozen=True, slots=True)
 class CompileContext:
-    """What compiling needs besides the query: definitions, the public base URL and the clock."""
+    """What compiling needs besides the query: definitions, the public base URL and the clock.
+
+    ``aliases`` numbers the table aliases of one statement; make a new context per statement.
+    """
 
     defs: Definitions
     base_url: str
     now: datetime
+    aliases: itertools.count[int] = field(default_factory=itertools.count)
+
+    def alias(self, table: Table) -> Any:
+        """A table alias unique within the statement (alias objects are cached: building their
+        column collections is the most expensive part of compiling a search)."""
+        return _cached_alias(table, next(self.aliases))
+
+
+@functools.cache
+def _cached_alias(table: Table, number: int) -> Any:
+    return table.alias(f"{table.name[:6]}_{number}")
 
 
 def value_condition(kind: str, table: Any, value: str, modifier: str | None, ctx: CompileContext) -> Any:
@@ -73,7 +90,7 @@ def _indexed(r: FromClause, rtype: str, flt: Filter, ctx: CompileContext) -> Col
     assert flt.param is not None
     if flt.type == "composite":
         return _composite(r, rtype, flt, ctx)
-    table = INDEX_TABLES[flt.type].alias()
+    table = ctx.alias(INDEX_TABLES[flt.type])
     base = [table.c.res_pk == r.c.pk, table.c.rtype == rtype]
     param_name = flt.code + (token.OF_TYPE_SUFFIX if flt.modifier == "of-type" else "")
     base.append(table.c.param == param_name)
@@ -107,7 +124,7 @@ def _composite(r: FromClause, rtype: str, flt: Filter, ctx: CompileContext) -> C
         parts = split_unescaped(value, "$")
         if len(parts) != len(kinds):
             raise BadRequest(f"Composite {flt.code} expects {len(kinds)} values joined by '$', got {value!r}")
-        tables = [INDEX_TABLES[k].alias() for k in kinds]
+        tables = [ctx.alias(INDEX_TABLES[k]) for k in kinds]
         first = tables[0]
         where: list[Any] = [first.c.res_pk == r.c.pk]
         for i, (kind, table, part) in enumerate(zip(kinds, tables, parts, strict=True)):
@@ -142,8 +159,8 @@ def _chained(r: FromClause, rtype: str, flt: Filter, hop: int, ctx: CompileConte
     if param is None or param.type != "reference":
         return false()
     targets = [type_mod] if type_mod else [t for t in param.targets if t in ctx.defs.resource_types]
-    ref = INDEX_TABLES["reference"].alias()
-    target = resource.alias()
+    ref = ctx.alias(INDEX_TABLES["reference"])
+    target = ctx.alias(resource)
     branches = [and_(target.c.type == t, _chained(target, t, flt, hop + 1, ctx)) for t in targets]
     return exists(
         select(1)
@@ -163,8 +180,8 @@ def _chained(r: FromClause, rtype: str, flt: Filter, hop: int, ctx: CompileConte
 def criterion(r: FromClause, rtype: str, flt: Filter | HasFilter, ctx: CompileContext) -> ColumnElement[bool]:
     """The SQL condition of one criterion on resource alias ``r`` of type ``rtype``."""
     if isinstance(flt, HasFilter):
-        ref = INDEX_TABLES["reference"].alias()
-        source = resource.alias()
+        ref = ctx.alias(INDEX_TABLES["reference"])
+        source = ctx.alias(resource)
         return exists(
             select(1)
             .select_from(ref)
@@ -182,13 +199,13 @@ def criterion(r: FromClause, rtype: str, flt: Filter | HasFilter, ctx: CompileCo
     return _chained(r, rtype, flt, 0, ctx)
 
 
-def sort_expression(r: FromClause, rtype: str, key: SortKey) -> Any:
+def sort_expression(r: FromClause, rtype: str, key: SortKey, ctx: CompileContext) -> Any:
     """A scalar SQL expression to order by: the smallest (ascending) or largest (descending) value."""
     if key.code == "_id":
         return r.c.id
     if key.code == "_lastUpdated":
         return r.c.last_updated
-    table = INDEX_TABLES[key.type].alias()
+    table = ctx.alias(INDEX_TABLES[key.type])
     column = {
         "string": "norm",
         "token": "code",

@@ -104,6 +104,9 @@ def local_compartment_link(r: FromClause, patient_id: str, base_url: str) -> Col
     )
 
 
+_R = resource.alias("r")
+
+
 def _stored(row: Any) -> Stored:
     return Stored(row.pk, row.type, row.id, row.version, row.last_updated, row.deleted, row.content)
 
@@ -141,9 +144,12 @@ class SearchEngine:
         compartment: str | None = None,
     ) -> int:
         """How many resources match (the accurate total)."""
-        r = resource.alias("r")
-        stmt = select(func.count()).select_from(r).where(*self.where(r, query, access, compartment))
-        return int(conn.execute(stmt).scalar_one())
+        r = _R
+        return self._count(conn, r, self.where(r, query, access, compartment))
+
+    @staticmethod
+    def _count(conn: Connection, r: FromClause, conds: list[Any]) -> int:
+        return int(conn.execute(select(func.count()).select_from(r).where(*conds)).scalar_one())
 
     def search(
         self,
@@ -155,21 +161,21 @@ class SearchEngine:
         default_total: str = "accurate",
     ) -> SearchResult:
         """Run ``query`` and return one page (``page_size`` 0 returns no matches, only the total)."""
-        r = resource.alias("r")
+        r = _R
         conds = self.where(r, query, access, compartment)
-        keys = [(sort_expression(r, query.resource_type, k), k.descending) for k in query.sort]
+        total_mode = query.total or default_total
+        total = None
+        if total_mode != "none" and not query.page:
+            total = self._count(conn, r, conds)
+        if page_size == 0 or query.summary == "count":
+            return SearchResult([], total=total)
+        keys = [(sort_expression(r, query.resource_type, k, self.ctx), k.descending) for k in query.sort]
         kinds = [sort_kind(k) for k in query.sort]
         direction = "n"
         if query.page:
             direction, values, pk = _decode_cursor(query.page, kinds)
             boundary = _after if direction == "n" else _before
             conds.append(boundary(keys, values, r.c.pk, pk))
-        total_mode = query.total or default_total
-        total = None
-        if total_mode != "none" and not query.page:
-            total = self.count(conn, query, access, compartment)
-        if page_size == 0 or query.summary == "count":
-            return SearchResult([], total=total)
         columns = [r.c.pk, r.c.type, r.c.id, r.c.version, r.c.last_updated, r.c.deleted, r.c.content]
         stmt: Select[Any] = select(*columns, *(e.label(f"s{i}") for i, (e, _d) in enumerate(keys)))
         stmt = stmt.select_from(r).where(*conds)
