@@ -12,8 +12,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, exists, false, func, not_, or_, select, true
-from sqlalchemy import Table
+from sqlalchemy import ColumnElement, Table, and_, exists, false, func, not_, or_, select, true
 from sqlalchemy.sql import FromClause
 
 from sharedcare.fhir.definitions import Definitions
