@@ -22,7 +22,7 @@ from sharedcare.app import create_app
 from sharedcare.settings import Settings
 from sharedcare.storage.engine import make_engine
 from sharedcare.storage.migrate import upgrade
-from sharedcare.storage.tables import metadata
+from support import truncate
 
 PG_ADMIN_URL = os.environ.get(
     "SHAREDCARE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -79,16 +79,6 @@ def db_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         yield engine.url.render_as_string(hide_password=False)
 
 
-def _truncate(engine: Engine) -> None:
-    names = [t.name for t in reversed(metadata.sorted_tables)]
-    with engine.begin() as conn:
-        if engine.dialect.name == "postgresql":
-            conn.execute(text("TRUNCATE " + ", ".join(names) + " RESTART IDENTITY CASCADE"))
-        else:
-            for name in names:
-                conn.execute(text(f"DELETE FROM {name}"))
-
-
 @pytest.fixture
 def settings(db_url: str, tmp_path: Path) -> Settings:
     return Settings(database_url=db_url, data_dir=tmp_path, demo_data=False)
@@ -98,7 +88,7 @@ def settings(db_url: str, tmp_path: Path) -> Settings:
 def client(settings: Settings) -> Iterator[TestClient]:
     """An HTTP client on a fresh app over an emptied database."""
     app = create_app(settings)
-    _truncate(app.state.engine)
+    truncate(app.state.engine)
     with TestClient(app) as c:
         yield c
     app.state.engine.dispose()

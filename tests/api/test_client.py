@@ -11,29 +11,17 @@ import pytest
 import uvicorn
 from fhirpy import SyncFHIRClient
 from fhirpy.base.exceptions import MultipleResourcesFound, OperationOutcome, ResourceNotFound
-from sqlalchemy import Engine, text
 
 from sharedcare.app import create_app
 from sharedcare.settings import Settings
-from sharedcare.storage.tables import metadata
-
-
-def _truncate(engine: Engine) -> None:
-    """Empty every table (as conftest does for the ``client`` fixture)."""
-    names = [t.name for t in reversed(metadata.sorted_tables)]
-    with engine.begin() as conn:
-        if engine.dialect.name == "postgresql":
-            conn.execute(text("TRUNCATE " + ", ".join(names) + " RESTART IDENTITY CASCADE"))
-        else:
-            for name in names:
-                conn.execute(text(f"DELETE FROM {name}"))
+from support import truncate
 
 
 @pytest.fixture
 def server_url(settings: Settings) -> Iterator[str]:
     """Base URL of a uvicorn server running the app in a thread on a free loopback port."""
     app = create_app(settings)
-    _truncate(app.state.engine)
+    truncate(app.state.engine)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))

@@ -17,12 +17,11 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, text
 
 from sharedcare.app import create_app
 from sharedcare.fhir.definitions import definitions
 from sharedcare.settings import Settings
-from sharedcare.storage.tables import metadata
+from support import truncate
 
 BASE = "http://testserver/fhir"
 FHIR_JSON = "application/fhir+json; charset=utf-8"
@@ -98,17 +97,6 @@ def history_total(client: TestClient) -> int:
     assert r.status_code == 200
     count: int = r.json()["total"]
     return count
-
-
-def truncate(engine: Engine) -> None:
-    """Empty every table (as conftest does for the ``client`` fixture)."""
-    names = [t.name for t in reversed(metadata.sorted_tables)]
-    with engine.begin() as conn:
-        if engine.dialect.name == "postgresql":
-            conn.execute(text("TRUNCATE " + ", ".join(names) + " RESTART IDENTITY CASCADE"))
-        else:
-            for name in names:
-                conn.execute(text(f"DELETE FROM {name}"))
 
 
 @pytest.fixture

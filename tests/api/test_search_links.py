@@ -11,35 +11,12 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
+from support import get_bundle, put_all
+
 LOINC = "http://loinc.org"
 
 
 # -- helpers ----------------------------------------------------------------------------------------
-def put_all(client: TestClient, *resources: dict[str, Any]) -> None:
-    """Store ``resources`` under their own ids in one transaction Bundle."""
-    entries = [
-        {
-            "fullUrl": f"http://testserver/fhir/{r['resourceType']}/{r['id']}",
-            "resource": r,
-            "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"},
-        }
-        for r in resources
-    ]
-    resp = client.post("/fhir", json={"resourceType": "Bundle", "type": "transaction", "entry": entries})
-    assert resp.status_code == 200, resp.text
-
-
-def get_bundle(client: TestClient, url: str, headers: dict[str, str] | None = None) -> dict[str, Any]:
-    """GET a search URL (relative to /fhir) and return the searchset Bundle."""
-    resp = client.get(f"/fhir/{url}", headers=headers)
-    assert resp.status_code == 200, f"{url}: {resp.text}"
-    assert resp.headers["content-type"].startswith("application/fhir+json")
-    body: dict[str, Any] = resp.json()
-    assert body["resourceType"] == "Bundle"
-    assert body["type"] == "searchset"
-    return body
-
-
 def entry_keys(bundle: dict[str, Any], mode: str) -> list[str]:
     """``Type/id`` of the entries with the given search.mode, in order."""
     return [

@@ -10,6 +10,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 from fastapi.testclient import TestClient
 
+from support import get_bundle, put_all
+
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
 SUBSETTED = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED"}
@@ -17,31 +19,6 @@ STRICT = {"Prefer": "handling=strict"}
 
 
 # -- helpers ----------------------------------------------------------------------------------------
-def put_all(client: TestClient, *resources: dict[str, Any]) -> None:
-    """Store ``resources`` under their own ids in one transaction Bundle."""
-    entries = [
-        {
-            "fullUrl": f"http://testserver/fhir/{r['resourceType']}/{r['id']}",
-            "resource": r,
-            "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"},
-        }
-        for r in resources
-    ]
-    resp = client.post("/fhir", json={"resourceType": "Bundle", "type": "transaction", "entry": entries})
-    assert resp.status_code == 200, resp.text
-
-
-def get_bundle(client: TestClient, url: str, headers: dict[str, str] | None = None) -> dict[str, Any]:
-    """GET a search URL (relative to /fhir, or absolute) and return the searchset Bundle."""
-    resp = client.get(url if url.startswith("http") else f"/fhir/{url}", headers=headers)
-    assert resp.status_code == 200, f"{url}: {resp.text}"
-    assert resp.headers["content-type"].startswith("application/fhir+json")
-    body: dict[str, Any] = resp.json()
-    assert body["resourceType"] == "Bundle"
-    assert body["type"] == "searchset"
-    return body
-
-
 def ids(bundle: dict[str, Any], mode: str = "match") -> list[str]:
     """Ids of the entries with the given search.mode, in order."""
     return [e["resource"]["id"] for e in bundle.get("entry", []) if e["search"]["mode"] == mode]

@@ -35,10 +35,10 @@ def _db_counts(url: str) -> Counter[str]:
 
 
 def _empty(url: str) -> None:
-    from conftest import _truncate
+    from support import truncate
 
     engine = make_engine(url)
-    _truncate(engine)
+    truncate(engine)
     engine.dispose()
 
 
