@@ -134,8 +134,13 @@ def _samples(url: str) -> dict[str, list[str]]:
                 text("SELECT DISTINCT norm FROM idx_string WHERE rtype='Patient' AND param='family'")
             ).scalars()
         )
+        # Synthea bundle patients (those with encounters); the bulk tiers add record-less patients
         sizes = conn.execute(
-            text("SELECT patient_id, count(*) FROM resource_compartment GROUP BY 1 ORDER BY 2")
+            text(
+                "SELECT c.patient_id, count(*) FROM resource_compartment c WHERE c.patient_id IN "
+                "(SELECT target_id FROM idx_reference WHERE rtype = 'Encounter' AND param = 'patient') "
+                "GROUP BY 1 ORDER BY 2"
+            )
         ).all()
     engine.dispose()
     median = sizes[len(sizes) // 2][1]

@@ -158,7 +158,8 @@ class Indexer:
             for typed in values:
                 # a composite value exists only when every component has one
                 group_rows: list[tuple[str, dict[str, Any]]] = []
-                for part in plan.parts:
+                # the last component (the value) is the one most often absent: test it first
+                for part in reversed(plan.parts):
                     part_rows = [
                         row
                         for name, type_name in part.paths

@@ -83,6 +83,9 @@ def _before(exprs: Sequence[tuple[Any, bool]], values: Sequence[Any], pk_col: An
     return cond
 
 
+_CREF = idx_reference.alias("cref")
+
+
 def local_compartment_link(r: FromClause, patient_id: str, base_url: str) -> ColumnElement[bool]:
     """``r`` is the patient or holds a local reference to it.
 
@@ -90,7 +93,7 @@ def local_compartment_link(r: FromClause, patient_id: str, base_url: str) -> Col
     ``Patient/<id>`` cannot be told from a local one; this check (with the base URL known) keeps
     such a resource out of the local patient's compartment.
     """
-    ref = idx_reference.alias("cref")
+    ref = _CREF
     return or_(
         and_(r.c.type == "Patient", r.c.id == patient_id),
         exists(
@@ -105,6 +108,8 @@ def local_compartment_link(r: FromClause, patient_id: str, base_url: str) -> Col
 
 
 _R = resource.alias("r")
+_T = resource.alias("t")
+_REF = idx_reference.alias("ref")
 
 
 def _stored(row: Any) -> Stored:
@@ -248,8 +253,7 @@ class SearchEngine:
     ) -> list[Select[Any]]:
         statements: list[Select[Any]] = []
         pks = [s.pk for s in sources]
-        t = resource.alias("t")
-        ref = idx_reference.alias("ref")
+        t, ref = _T, _REF
         cols = [t.c.pk, t.c.type, t.c.id, t.c.version, t.c.last_updated, t.c.deleted, t.c.content]
         if fwd:
             alts = []
