@@ -149,11 +149,12 @@ class Indexer:
             if not values:
                 continue
             if plan.fn is not None:
+                bucket = out.rows.setdefault(plan.kind, [])
+                code = plan.code
                 for typed in values:
                     for row in plan.fn(typed.value, typed.type):
-                        suffix = row.pop("param_suffix", "")
-                        row["param"] = plan.code + suffix
-                        out.add(plan.kind, row)
+                        row["param"] = code + row.pop("param_suffix") if "param_suffix" in row else code
+                        bucket.append(row)
                 continue
             for typed in values:
                 # a composite value exists only when every component has one

@@ -237,18 +237,22 @@ class ResourceStore:
             for kind, kind_rows in rows.rows.items():
                 columns = INDEX_COLUMNS[kind]
                 batch = batches.setdefault(kind, [])
-                for row in kind_rows:
-                    batch.append((pk, rtype, row["param"], row.get("grp"), *(row.get(c) for c in columns)))
+                head = (pk, rtype)
+                batch.extend(head + tuple(map(row.get, columns)) for row in kind_rows)
             compartment_rows.extend((pk, p) for p in rows.patients)
         for kind, batch in batches.items():
             table = INDEX_TABLES[kind]
-            _bulk_insert(conn, table, ("res_pk", "rtype", "param", "grp", *INDEX_COLUMNS[kind]), batch)
+            _bulk_insert(conn, table, ("res_pk", "rtype", *INDEX_COLUMNS[kind]), batch)
         if compartment_rows:
             _bulk_insert(conn, resource_compartment, ("res_pk", "patient_id"), compartment_rows)
 
 
 INDEX_COLUMNS: dict[str, tuple[str, ...]] = {
-    kind: tuple(c.name for c in table.columns if c.name not in ("res_pk", "rtype", "param", "grp"))
+    kind: (
+        "param",
+        "grp",
+        *(c.name for c in table.columns if c.name not in ("res_pk", "rtype", "param", "grp")),
+    )
     for kind, table in INDEX_TABLES.items()
 }
 
