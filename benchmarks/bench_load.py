@@ -78,7 +78,9 @@ def _serve(app: str, url: str, workers: int, factory: bool) -> tuple[subprocess.
     raise RuntimeError(f"{app} did not start")
 
 
-def _wrk(port: int, paths: list[str], workdir: Path, name: str) -> dict[str, float]:
+def _wrk(
+    port: int, paths: list[str], workdir: Path, name: str, connections: int = CONNECTIONS, duration: str = ""
+) -> dict[str, float]:
     script = workdir / f"{name}.lua"
     quoted = ",\n".join('"' + p.replace("\\", "\\\\").replace('"', '\\"') + '"' for p in paths)
     script.write_text(
@@ -194,9 +196,13 @@ def main() -> None:
         samples = _samples(url)
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         results: dict[str, dict[str, float]] = {}
+        single: dict[str, dict[str, float]] = {}
         proc, port = _serve("baseline_app:app", url, args.workers, factory=False)
         try:
             results["baseline"] = _wrk(port, samples["baseline"], workdir, "baseline")
+            single["baseline"] = _wrk(
+                port, samples["baseline"], workdir, "baseline", connections=1, duration="5s"
+            )
         finally:
             proc.terminate()
             proc.wait()
@@ -204,6 +210,8 @@ def main() -> None:
         try:
             for name in ("read", "obs", "family", "include", "everything"):
                 results[name] = _wrk(port, samples[name], workdir, name)
+                # the same requests one at a time: the service time, without queueing
+                single[name] = _wrk(port, samples[name], workdir, name, connections=1, duration="5s")
         finally:
             proc.terminate()
             proc.wait()

@@ -169,11 +169,9 @@ class SearchEngine:
         r = _R
         conds = self.where(r, query, access, compartment)
         total_mode = query.total or default_total
-        total = None
-        if total_mode != "none" and not query.page:
-            total = self._count(conn, r, conds)
+        want_total = total_mode != "none" and not query.page
         if page_size == 0 or query.summary == "count":
-            return SearchResult([], total=total)
+            return SearchResult([], total=self._count(conn, r, conds) if want_total else None)
         keys = [(sort_expression(r, query.resource_type, k, self.ctx), k.descending) for k in query.sort]
         kinds = [sort_kind(k) for k in query.sort]
         direction = "n"
@@ -203,6 +201,10 @@ class SearchEngine:
         rows = rows[:page_size]
         if not forward:
             rows.reverse()
+        total = None
+        if want_total:
+            # a first page that holds every match already knows the total: no count query
+            total = len(rows) if not more else self._count(conn, r, conds)
         result = SearchResult([_stored(row) for row in rows], total=total)
         if rows:
             first, last = rows[0], rows[-1]
