@@ -9,11 +9,15 @@ be reached the PostgreSQL half is skipped with the reason, unless ``SHAREDCARE_R
 from __future__ import annotations
 
 import os
+import socket
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import uvicorn
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
@@ -92,3 +96,30 @@ def client(settings: Settings) -> Iterator[TestClient]:
     with TestClient(app) as c:
         yield c
     app.state.engine.dispose()
+
+
+@pytest.fixture
+def server_url(settings: Settings) -> Iterator[str]:
+    """Base URL of a uvicorn server running the app in a thread on a free loopback port."""
+    app = create_app(settings)
+    truncate(app.state.engine)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert thread.is_alive(), "uvicorn stopped during start-up"
+        assert time.monotonic() < deadline, "uvicorn did not start within 10 s"
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}/fhir"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+        app.state.engine.dispose()
+    assert not thread.is_alive(), "uvicorn did not shut down"

@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -123,6 +124,11 @@ def create_app(settings: Settings | None = None, *, validator: Any = "default") 
     async def http_error(_request: Request, exc: StarletteHTTPException) -> Response:
         code = {404: "not-found", 405: "not-supported"}.get(exc.status_code, "processing")
         return _outcome_response(exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(IntegrityError)
+    async def write_conflict(_request: Request, exc: IntegrityError) -> Response:
+        # two writers raced for the same new resource id: the loser is told, nothing is half-written
+        return _outcome_response(409, "conflict", "The resource was changed by another request; retry")
 
     @app.exception_handler(Exception)
     async def unexpected(_request: Request, exc: Exception) -> Response:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,9 +22,10 @@ import orjson
 from sqlalchemy import Connection
 
 from sharedcare.fhir.errors import BadRequest, FhirError, Issue, MultipleMatches, NotFound, operation_outcome
-from sharedcare.fhir.service import FhirService, WriteOutcome, same_content
+from sharedcare.fhir.service import ID_RE, FhirService, WriteOutcome, same_content, serialize_many
 from sharedcare.fhir.store import Stored, Write, instant
 
+log = logging.getLogger(__name__)
 STATUS_TEXT = {200: "200 OK", 201: "201 Created", 204: "204 No Content"}
 GetHandler = Callable[[str, str, Connection], tuple[int, Any]]  # (url, base_url, conn) -> (status, body)
 
@@ -44,7 +46,10 @@ class _Entry:
 
 def _parse_entries(bundle: dict[str, Any]) -> list[_Entry]:
     entries = []
-    for i, raw in enumerate(bundle.get("entry") or []):
+    raw_entries = bundle.get("entry") or []
+    if not isinstance(raw_entries, list):
+        raise BadRequest("Bundle.entry must be an array", ("Bundle.entry",))
+    for i, raw in enumerate(raw_entries):
         request = raw.get("request") if isinstance(raw, dict) else None
         if not isinstance(request, dict) or "method" not in request or "url" not in request:
             raise BadRequest(
@@ -65,11 +70,23 @@ def _parse_entries(bundle: dict[str, Any]) -> list[_Entry]:
         entry.query = query or None
         if method in ("POST", "PUT") and not isinstance(res, dict):
             raise BadRequest(f"Bundle entry {i} ({method} {url}) has no resource", (f"Bundle.entry[{i}]",))
-        if method == "PATCH" and res is not None and res.get("resourceType") == "Binary":
+        if res is not None and not isinstance(res, dict):
+            raise BadRequest(
+                f"Bundle entry {i}: resource must be an object", (f"Bundle.entry[{i}].resource",)
+            )
+        if method == "PATCH":
+            data = res.get("data") if isinstance(res, dict) and res.get("resourceType") == "Binary" else None
             try:
-                entry.resource = {"patch": orjson.loads(base64.b64decode(res.get("data", "")))}
-            except (ValueError, orjson.JSONDecodeError):
-                raise BadRequest(f"Bundle entry {i}: the Binary does not hold a JSON Patch") from None
+                entry.resource = {
+                    "patch": orjson.loads(
+                        base64.b64decode(data or "", validate=True) if isinstance(data, str) else b""
+                    )
+                }
+            except (ValueError, TypeError, orjson.JSONDecodeError):
+                raise BadRequest(
+                    f"Bundle entry {i}: a PATCH entry needs a Binary resource holding a JSON Patch",
+                    (f"Bundle.entry[{i}].resource",),
+                ) from None
         entries.append(entry)
     return entries
 
@@ -160,6 +177,8 @@ class BundleProcessor:
         mapping: dict[str, str] = {}
         outcomes: dict[int, dict[str, Any]] = {}
         existing_creates: dict[int, WriteOutcome] = {}
+        conditional_creates: dict[tuple[str, str], _Entry] = {}
+        twins: dict[int, int] = {}  # entry index -> the earlier identical conditional create
         identities = _claim_literal(entries)
         for e in entries:
             # Step 1, DELETE, runs first: the look-ups of the later steps must not find what it deletes.
@@ -177,7 +196,16 @@ class BundleProcessor:
                 assert e.resource is not None
                 svc.check_resource(e.resource, e.rtype or None)
                 target_id: str | None = None
+                same = conditional_creates.get((e.rtype, e.if_none_exist or ""))
+                if e.if_none_exist and same is not None:
+                    # the same conditional create twice in one transaction makes one resource
+                    e.rid = same.rid
+                    twins[e.index] = same.index
+                    if e.full_url:
+                        mapping[e.full_url] = f"{e.rtype}/{e.rid}"
+                    continue
                 if e.if_none_exist:
+                    conditional_creates[(e.rtype, e.if_none_exist)] = e
                     found = svc._match(conn, e.rtype, e.if_none_exist, base_url)
                     if len(found) > 1:
                         raise MultipleMatches(
@@ -240,6 +268,8 @@ class BundleProcessor:
                 continue  # done above
             try:
                 if e.method == "POST":
+                    if e.index in twins:
+                        continue  # answered after its twin, below
                     if e.index in existing_creates:
                         found_outcome = existing_creates[e.index]
                         outcomes[e.index] = {"response": _response(200, found_outcome.stored)}
@@ -263,6 +293,9 @@ class BundleProcessor:
             self._bulk_create(conn, creates, outcomes)
         if puts:
             self._bulk_put(conn, puts, outcomes)
+        for index, twin in twins.items():
+            first = outcomes[twin]["response"]
+            outcomes[index] = {"response": {**first, "status": STATUS_TEXT[200]}}
         return [outcomes[e.index] for e in entries]
 
     def _bulk_put(self, conn: Connection, puts: list[_Entry], outcomes: dict[int, dict[str, Any]]) -> None:
@@ -270,12 +303,16 @@ class BundleProcessor:
         svc = self.service
         for e in puts:
             assert e.resource is not None and e.rid
+            if not ID_RE.fullmatch(e.rid):
+                raise BadRequest(f"Bundle entry {e.index}: invalid resource id {e.rid!r}")
             if e.resource.get("id", e.rid) != e.rid:
                 raise BadRequest(f"Bundle entry {e.index}: the id in the body does not match {e.url}")
             if e.resource.get("resourceType") != e.rtype:
                 raise BadRequest(f"Bundle entry {e.index}: the resource type does not match {e.url}")
             svc.check_resource(e.resource, e.rtype)
-        current = svc.store.current_many(conn, [(e.rtype, e.rid) for e in puts if e.rid])
+        keys = [(e.rtype, e.rid) for e in puts if e.rid]
+        serialize_many(conn, [f"{t}/{i}" for t, i in keys])
+        current = svc.store.current_many(conn, keys)
         writes: list[Write] = []
         written: list[_Entry] = []
         for e in puts:
@@ -355,14 +392,13 @@ class BundleProcessor:
                     else:
                         responses.append(self._apply_one(conn, e, base_url))
             except FhirError as err:
-                responses.append(
-                    {
-                        "response": {
-                            "status": str(err.status),
-                            "outcome": err.outcome(),
-                        }
-                    }
+                responses.append({"response": {"status": str(err.status), "outcome": err.outcome()}})
+            except Exception as exc:  # one entry's failure must not hide the others' results
+                log.exception("batch entry %s failed", e.index)
+                failure = operation_outcome(
+                    [Issue("error", "exception", f"Internal error: {type(exc).__name__}")]
                 )
+                responses.append({"response": {"status": "500", "outcome": failure}})
         return {"resourceType": "Bundle", "type": "batch-response", "entry": responses}
 
 

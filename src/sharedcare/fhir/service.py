@@ -13,10 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
 import jsonpatch
 import orjson
-from sqlalchemy import Connection, Engine, func, or_, select
+from sqlalchemy import Connection, Engine, func, or_, select, text
 
 from sharedcare.fhir.definitions import Definitions, definitions
 from sharedcare.fhir.errors import (
@@ -29,13 +30,13 @@ from sharedcare.fhir.errors import (
 )
 from sharedcare.fhir.search.compile import CompileContext
 from sharedcare.fhir.search.engine import AccessFilter, SearchEngine, SearchResult
-from sharedcare.fhir.search.parse import QueryParser, SearchQuery
+from sharedcare.fhir.search.parse import RESULT_PARAMS, QueryParser, SearchQuery
 from sharedcare.fhir.search.values import date_range
 from sharedcare.fhir.store import ResourceStore, Stored, Write, utcnow
 from sharedcare.storage.engine import writer
 from sharedcare.storage.tables import resource_version
 
-ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+ID_RE = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 Validator = Callable[[dict[str, Any]], list[Issue]]
 
 
@@ -67,6 +68,27 @@ def _strip_meta(res: dict[str, Any]) -> dict[str, Any]:
     else:
         copy.pop("meta", None)
     return copy
+
+
+def serialize(conn: Connection, key: str) -> None:
+    """Serialise writers on ``key`` until the transaction ends.
+
+    PostgreSQL takes a transaction-scoped advisory lock; SQLite writers are serialised already
+    (they take the database lock at BEGIN).
+    """
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"), {"key": key})
+
+
+def serialize_many(conn: Connection, keys: list[str]) -> None:
+    """``serialize`` for many keys in one round trip (in sorted order, so writers cannot deadlock)."""
+    if conn.dialect.name == "postgresql" and keys:
+        conn.execute(
+            text(
+                "SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) FROM unnest(CAST(:keys AS text[])) AS k"
+            ),
+            {"keys": sorted(set(keys))},
+        )
 
 
 def same_content(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -134,13 +156,19 @@ class FhirService:
         return SearchEngine(CompileContext(self.defs, base_url, utcnow()))
 
     def _match(self, conn: Connection, rtype: str, query_string: str, base_url: str) -> list[Stored]:
-        """Resources matching a conditional-interaction query (strict: unknown params are errors)."""
-        from urllib.parse import parse_qsl
+        """Resources matching a conditional-interaction query (strict: unknown params are errors).
 
-        params = parse_qsl(query_string, keep_blank_values=True)
-        if not params:
-            raise BadRequest("A conditional interaction needs search criteria")
+        Only real criteria count (result parameters such as ``_count`` or ``_summary`` are
+        refused), and the query is locked for the rest of the transaction, so that two
+        concurrent conditional creates of the same thing cannot both create it.
+        """
+        params = parse_qsl(query_string.removeprefix(f"{rtype}?"), keep_blank_values=True)
+        if any(key.partition(":")[0] in RESULT_PARAMS for key, _ in params):
+            raise BadRequest(f"Conditional criteria {query_string!r} may not use result parameters")
         query = self.parser(strict=True).parse(rtype, params)
+        if not query.filters:
+            raise BadRequest("A conditional interaction needs search criteria")
+        serialize(conn, f"{rtype}?{urlencode(sorted(params))}")
         query.total = "none"
         result = self.engine_for(base_url).search(conn, query, page_size=2)
         return result.matches
@@ -211,9 +239,10 @@ class FhirService:
             raise BadRequest("An update needs the resource id in the body")
         if res.get("id") != rid:
             raise BadRequest(f"The id in the body ({res.get('id')!r}) does not match the URL id ({rid!r})")
-        if not ID_RE.match(rid):
+        if not ID_RE.fullmatch(rid):
             raise BadRequest(f"Invalid resource id {rid!r}")
         self.check_resource(res, rtype)
+        serialize(conn, f"{rtype}/{rid}")
         current = self.store.current(conn, rtype, rid)
         if if_match is not None:
             wanted = parse_etag(if_match)
@@ -261,6 +290,7 @@ class FhirService:
         self, conn: Connection, rtype: str, rid: str, patch: Any, *, if_match: str | None = None
     ) -> WriteOutcome:
         """Apply a JSON Patch (RFC 6902) to the current version."""
+        serialize(conn, f"{rtype}/{rid}")
         current = self.store.read(conn, rtype, rid) if rtype in self.defs.resource_types else None
         if current is None:
             raise NotFound(f"Unknown resource type {rtype!r}")
@@ -293,6 +323,7 @@ class FhirService:
     def delete_in(self, conn: Connection, rtype: str, rid: str) -> Stored | None:
         """Delete: a new version marks the deletion; deleting a deleted resource changes nothing."""
         self.check_type(rtype)
+        serialize(conn, f"{rtype}/{rid}")
         current = self.store.current(conn, rtype, rid)
         if current is None:
             raise NotFound(f"Resource {rtype}/{rid} is not known")

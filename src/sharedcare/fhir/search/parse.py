@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sharedcare.fhir.definitions import Definitions, SearchParam
-from sharedcare.fhir.errors import BadRequest
+from sharedcare.fhir.errors import BadRequest, TooCostly
 from sharedcare.fhir.search import date, number, quantity, reference, string, token, uri
 from sharedcare.fhir.search.values import split_unescaped
 
@@ -42,6 +42,11 @@ MODIFIERS_BY_TYPE: dict[str, tuple[str, ...]] = {
     "composite": ("missing",),
 }
 _ = reference  # the reference module validates values at compile time
+# Bounds on what one search may ask for, so that no request can demand unbounded work.
+MAX_CHAIN_DEPTH = 4
+MAX_HAS_DEPTH = 4
+MAX_VALUES = 100
+MAX_CRITERIA = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +117,8 @@ class QueryParser:
 
     def parse(self, resource_type: str, params: list[tuple[str, str]]) -> SearchQuery:
         query = SearchQuery(resource_type)
+        if len(params) > MAX_CRITERIA:
+            raise TooCostly(f"A search may have at most {MAX_CRITERIA} parameters")
         for key, value in params:
             try:
                 self._one(query, key, value)
@@ -133,6 +140,8 @@ class QueryParser:
 
     def _filter(self, resource_type: str, key: str, value: str) -> Filter:
         chain_parts = key.split(".")
+        if len(chain_parts) - 1 > MAX_CHAIN_DEPTH:
+            raise TooCostly(f"Chains may have at most {MAX_CHAIN_DEPTH} links: {key!r}")
         hops: list[tuple[str, str | None]] = []
         current = [resource_type]
         for part in chain_parts[:-1]:
@@ -154,6 +163,8 @@ class QueryParser:
             current = reached
         code, _, modifier = chain_parts[-1].partition(":")
         values = tuple(split_unescaped(value, ","))
+        if len(values) > MAX_VALUES:
+            raise TooCostly(f"A parameter may have at most {MAX_VALUES} values: {key!r}")
         if code in SPECIAL:
             ptype = SPECIAL[code]
             if (
@@ -185,6 +196,8 @@ class QueryParser:
     def _has(self, resource_type: str, key: str, value: str) -> HasFilter:
         # _has:Observation:patient:code=x  or nested _has:A:p1:_has:B:p2:code=x
         parts = key.split(":")
+        if key.count("_has:") > MAX_HAS_DEPTH:
+            raise TooCostly(f"_has may be nested at most {MAX_HAS_DEPTH} deep")
         if len(parts) < 4:
             raise BadRequest(f"Invalid _has parameter {key!r}: expected _has:Type:reference:parameter")
         source, ref_code = parts[1], parts[2]
