@@ -32,7 +32,7 @@ from sharedcare.fhir.search.compile import CompileContext
 from sharedcare.fhir.search.engine import AccessFilter, SearchEngine, SearchResult
 from sharedcare.fhir.search.parse import RESULT_PARAMS, QueryParser, SearchQuery
 from sharedcare.fhir.search.values import date_range
-from sharedcare.fhir.store import ResourceStore, Stored, Write, utcnow
+from sharedcare.fhir.store import ResourceStore, Stored, Write, stored_from_row, utcnow
 from sharedcare.storage.engine import writer
 from sharedcare.storage.tables import resource_version
 
@@ -431,10 +431,7 @@ class FhirService:
             rows = list(conn.execute(select(v).where(*conds).order_by(v.c.vpk.desc()).limit(size + 1)))
         more = len(rows) > size
         rows = rows[:size]
-        versions = [
-            Stored(r.res_pk, r.type, r.id, r.version, r.last_updated, r.deleted, r.content, r.method)
-            for r in rows
-        ]
+        versions = [stored_from_row(r) for r in rows]
         return HistoryPage(versions, total, str(rows[-1].vpk) if more and rows else None)
 
 

@@ -65,8 +65,12 @@ class Write:
     current: Stored | None  # the current row when the resource already exists (deleted or not)
 
 
-def _row_to_stored(row: Any, method: str = "PUT") -> Stored:
-    return Stored(row.pk, row.type, row.id, row.version, row.last_updated, row.deleted, row.content, method)
+def stored_from_row(row: Any) -> Stored:
+    """A ``Stored`` from a ``resource`` row (``pk``) or a ``resource_version`` row (``res_pk``, ``method``)."""
+    mapping = row._mapping
+    pk = mapping["pk"] if "pk" in mapping else mapping["res_pk"]
+    method = mapping.get("method", "PUT")
+    return Stored(pk, row.type, row.id, row.version, row.last_updated, row.deleted, row.content, method)
 
 
 class ResourceStore:
@@ -79,7 +83,7 @@ class ResourceStore:
     def current(self, conn: Connection, rtype: str, rid: str) -> Stored | None:
         """The current row of a resource, deleted or not; None if it never existed."""
         row = conn.execute(select(resource).where(resource.c.type == rtype, resource.c.id == rid)).first()
-        return _row_to_stored(row) if row else None
+        return stored_from_row(row) if row else None
 
     def current_many(
         self, conn: Connection, keys: Iterable[tuple[str, str]]
@@ -91,7 +95,7 @@ class ResourceStore:
             chunk = wanted[start : start + 500]
             rows = conn.execute(select(resource).where(tuple_(resource.c.type, resource.c.id).in_(chunk)))
             for row in rows:
-                found[(row.type, row.id)] = _row_to_stored(row)
+                found[(row.type, row.id)] = stored_from_row(row)
         return found
 
     def read(self, conn: Connection, rtype: str, rid: str) -> Stored:
@@ -114,9 +118,7 @@ class ResourceStore:
         ).first()
         if row is None:
             raise NotFound(f"Version {version} of {rtype}/{rid} is not known")
-        stored = Stored(
-            row.res_pk, row.type, row.id, row.version, row.last_updated, row.deleted, row.content, row.method
-        )
+        stored = stored_from_row(row)
         if stored.deleted:
             raise Gone(f"Version {version} of {rtype}/{rid} is a deletion")
         return stored
@@ -131,7 +133,7 @@ class ResourceStore:
                 )
             )
             for row in rows:
-                found[row.pk] = _row_to_stored(row)
+                found[row.pk] = stored_from_row(row)
         return [found[pk] for pk in pks if pk in found]
 
     # -- writes ------------------------------------------------------------------------------
