@@ -66,7 +66,7 @@ class Write:
 
 
 def stored_from_row(row: Any) -> Stored:
-    """A ``Stored`` from a ``resource`` row (``pk``) or a ``resource_version`` row (``res_pk``, ``method``)."""
+    """A ``Stored`` from a ``resource`` row or a ``resource_version`` row (``res_pk``, ``method``)."""
     mapping = row._mapping
     pk = mapping["pk"] if "pk" in mapping else mapping["res_pk"]
     method = mapping.get("method", "PUT")
