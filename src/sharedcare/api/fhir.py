@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC
 from email.utils import format_datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -16,6 +17,7 @@ from sharedcare.fhir.bundle import BundleProcessor
 from sharedcare.fhir.errors import BadRequest, FhirError, Issue, NotFound, operation_outcome
 from sharedcare.fhir.operations.everything import everything
 from sharedcare.fhir.render import history_bundle, resource_json, searchset
+from sharedcare.fhir.search.engine import SearchResult
 from sharedcare.fhir.search.values import date_range
 from sharedcare.fhir.service import FhirService, WriteOutcome
 from sharedcare.fhir.store import Stored, instant, utcnow
@@ -49,29 +51,34 @@ def base_url(request: Request) -> str:
 def fhir_response(
     request: Request, body: Any, status: int = 200, headers: dict[str, str] | None = None
 ) -> Response:
-    """Serialise a FHIR body as JSON (``_pretty`` honoured); stored JSON is embedded as is."""
-    pretty = request.query_params.get("_pretty") == "true"
-    fmt = request.query_params.get("_format")
-    if fmt and not any(x in fmt for x in ("json",)):
-        error = operation_outcome(
-            [Issue("error", "not-supported", f"_format {fmt!r} is not supported; use json")]
-        )
-        return Response(orjson.dumps(error), status_code=406, media_type=FHIR_JSON)
-    option = orjson.OPT_INDENT_2 if pretty else 0
-    content = (
-        orjson.dumps(body, option=option)
-        if not pretty
-        else orjson.dumps(orjson.loads(orjson.dumps(body)), option=option)
-    )
+    """Serialise a FHIR body as JSON (``_pretty=true`` indents it); stored JSON is embedded as is.
+
+    ``_format`` needs no check here: the router dependency ``_check_format`` refuses it first.
+    """
+    if request.query_params.get("_pretty") != "true":
+        content = orjson.dumps(body)
+    elif _has_fragment(body):
+        # orjson writes a Fragment (stored JSON) verbatim even when indenting: re-read it to indent
+        content = orjson.dumps(orjson.loads(orjson.dumps(body)), option=orjson.OPT_INDENT_2)
+    else:
+        content = orjson.dumps(body, option=orjson.OPT_INDENT_2)
     return Response(content, status_code=status, media_type=FHIR_JSON + "; charset=utf-8", headers=headers)
+
+
+def _has_fragment(body: Any) -> bool:
+    if isinstance(body, orjson.Fragment):
+        return True
+    if isinstance(body, dict):
+        return any(_has_fragment(v) for v in body.values())
+    if isinstance(body, list):
+        return any(_has_fragment(v) for v in body)
+    return False
 
 
 def _version_headers(request: Request, stored: Stored, location: bool = False) -> dict[str, str]:
     headers = {
         "ETag": stored.etag,
-        "Last-Modified": format_datetime(
-            stored.last_updated.replace(tzinfo=__import__("datetime").UTC), usegmt=True
-        ),
+        "Last-Modified": format_datetime(stored.last_updated.replace(tzinfo=UTC), usegmt=True),
     }
     url = f"{base_url(request)}/{stored.type}/{stored.id}/_history/{stored.version}"
     headers["Content-Location"] = url
@@ -124,6 +131,16 @@ def _strict(request: Request) -> bool:
     return _prefer(request, "handling") == "strict"
 
 
+MAX_PAGE_KEY = 2**63 - 1
+
+
+def _whole_number(value: str, name: str, error: str | None = None) -> int:
+    """A non-negative whole number parameter (below 2**63), else 400 with ``error``."""
+    if len(value) > 19 or not (value.isascii() and value.isdigit()) or int(value) > MAX_PAGE_KEY:
+        raise BadRequest(error or f"{name} must be a non-negative whole number, not {value!r}")
+    return int(value)
+
+
 # -- system level ------------------------------------------------------------------------------
 @router.get("/metadata")
 async def metadata(request: Request) -> Response:
@@ -172,10 +189,9 @@ async def _history(request: Request, rtype: str | None, rid: str | None, path: s
     q = dict(params)
     count = None
     if "_count" in q:
-        try:
-            count = int(q["_count"])
-        except ValueError:
-            raise BadRequest(f"_count must be a whole number, not {q['_count']!r}") from None
+        count = _whole_number(q["_count"], "_count")
+    if "_page" in q:
+        _whole_number(q["_page"], "_page", "Invalid or expired history page link (_page)")
     page = await run_in_threadpool(
         _service(request).history,
         rtype,
@@ -236,8 +252,14 @@ async def create(request: Request, rtype: str) -> Response:
         raise BadRequest(
             f"Resource type {body.get('resourceType')!r} in the body does not match the URL type {rtype!r}"
         )
+    if_none_exist = request.headers.get("if-none-exist")
+    if if_none_exist:
+        # HAPI accepts the criteria with the type in front (``Patient?identifier=x``): so do we
+        if_none_exist = if_none_exist.strip().removeprefix(f"{rtype}?")
+        if not if_none_exist:
+            raise BadRequest("If-None-Exist needs search criteria")
     outcome = await run_in_threadpool(
-        svc.create, body, if_none_exist=request.headers.get("if-none-exist"), base_url=base_url(request)
+        svc.create, body, if_none_exist=if_none_exist, base_url=base_url(request)
     )
     return _write_response(request, outcome, "Created" if outcome.created else "Resource already exists")
 
@@ -289,7 +311,10 @@ async def _validate(request: Request, rtype: str) -> Response:
     svc = _service(request)
     svc.check_type(rtype)
     if isinstance(body, dict) and body.get("resourceType") == "Parameters":
-        found = [p.get("resource") for p in body.get("parameter", []) if p.get("name") == "resource"]
+        parameters = body.get("parameter", [])
+        if not isinstance(parameters, list) or not all(isinstance(p, dict) for p in parameters):
+            raise BadRequest("$validate Parameters.parameter must be a list of parameter objects")
+        found = [p.get("resource") for p in parameters if p.get("name") == "resource"]
         if not found:
             raise BadRequest("$validate Parameters need a 'resource' parameter")
         body = found[0]
@@ -341,8 +366,6 @@ async def patient_everything(request: Request, pid: str) -> Response:
             )
 
     page = await run_in_threadpool(run)
-    from sharedcare.fhir.search.engine import SearchResult
-
     result = SearchResult(page.matches, page.included, page.total, page.next_cursor)
     return fhir_response(request, searchset(result, base_url(request), f"Patient/{pid}/$everything", params))
 
@@ -422,7 +445,9 @@ async def vread(request: Request, rtype: str, rid: str, vid: str) -> Response:
 @router.get("/Patient/{pid}/{rtype}")
 async def compartment_search(request: Request, pid: str, rtype: str) -> Response:
     svc = _service(request)
-    if rtype != "*" and rtype not in svc.defs.resource_types:
+    if rtype == "*":
+        raise NotFound(f"Searching every type of a compartment (Patient/{pid}/*) is not supported")
+    if rtype not in svc.defs.resource_types:
         raise NotFound(f"Unknown resource type {rtype!r}")
     return await _search(request, rtype, _query_params(request), f"Patient/{pid}/{rtype}", compartment=pid)
 

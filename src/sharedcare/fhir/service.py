@@ -268,7 +268,7 @@ class FhirService:
         self, conn: Connection, rtype: str, query_string: str, res: dict[str, Any], *, base_url: str = ""
     ) -> WriteOutcome:
         """PUT Type?criteria: update the single match, create when none, 412 when several."""
-        self.check_type(rtype)
+        self.check_resource(res, rtype)
         found = self._match(conn, rtype, query_string, base_url)
         if len(found) > 1:
             raise MultipleMatches(f"Conditional update {query_string!r} matches more than one {rtype}")

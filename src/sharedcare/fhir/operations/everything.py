@@ -36,6 +36,16 @@ class EverythingPage:
     next_cursor: str | None = None
 
 
+MAX_PK = 2**63 - 1
+
+
+def page_key(page: str) -> int:
+    """The row key a ``_page`` link of ``$everything`` holds: a whole number in 0..2**63-1."""
+    if len(page) > 19 or not (page.isascii() and page.isdigit()) or int(page) > MAX_PK:
+        raise BadRequest("Invalid $everything page link (_page)")
+    return int(page)
+
+
 def everything(
     conn: Connection,
     store: ResourceStore,
@@ -68,10 +78,7 @@ def everything(
     if page is None:
         total = int(conn.execute(select(func.count()).select_from(r).where(*conds)).scalar_one())
     else:
-        try:
-            conds.append(r.c.pk > int(page))
-        except ValueError:
-            raise BadRequest("Invalid $everything page link") from None
+        conds.append(r.c.pk > page_key(page))
     cols = [r.c.pk, r.c.type, r.c.id, r.c.version, r.c.last_updated, r.c.deleted, r.c.content]
     rows = list(conn.execute(select(*cols).where(*conds).order_by(r.c.pk).limit(count + 1)))
     more = len(rows) > count

@@ -20,6 +20,7 @@ from sharedcare.fhir.errors import BadRequest
 from sharedcare.fhir.search.compile import CompileContext, criterion, sort_expression, sort_kind
 from sharedcare.fhir.search.parse import Include, SearchQuery
 from sharedcare.fhir.search.reference import local
+from sharedcare.fhir.search.values import to_utc_naive
 from sharedcare.fhir.store import Stored
 from sharedcare.storage.tables import idx_reference, resource, resource_compartment
 
@@ -43,19 +44,39 @@ def _encode_cursor(direction: str, values: list[Any], pk: int) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+MAX_PK = 2**63 - 1
+
+
+def _cursor_value(kind: str, value: Any) -> Any:
+    """One sort value of a cursor, checked against the kind of its sort key (ValueError if not)."""
+    if value is None:
+        return None
+    if kind == "dt" and isinstance(value, str):
+        return to_utc_naive(datetime.fromisoformat(value))
+    if kind == "num" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, int) and not -MAX_PK <= value <= MAX_PK:
+            raise ValueError
+        return value
+    if kind == "str" and isinstance(value, str) and "\x00" not in value:
+        return value
+    raise ValueError
+
+
 def _decode_cursor(cursor: str, kinds: list[str]) -> tuple[str, list[Any], int]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        direction, values, pk = orjson.loads(raw)
-        if direction not in ("n", "p") or len(values) != len(kinds) or not isinstance(pk, int):
+        decoded = orjson.loads(raw)
+        if not isinstance(decoded, list) or len(decoded) != 3:
             raise ValueError
-        decoded = [
-            datetime.fromisoformat(v) if kind == "dt" and v is not None else v
-            for kind, v in zip(kinds, values, strict=True)
-        ]
+        direction, values, pk = decoded
+        if direction not in ("n", "p") or not isinstance(values, list) or len(values) != len(kinds):
+            raise ValueError
+        if not isinstance(pk, int) or isinstance(pk, bool) or not 0 <= pk <= MAX_PK:
+            raise ValueError
+        checked = [_cursor_value(kind, v) for kind, v in zip(kinds, values, strict=True)]
     except (ValueError, TypeError, orjson.JSONDecodeError):
         raise BadRequest("Invalid or expired page link (_page)") from None
-    return direction, decoded, pk
+    return direction, checked, pk
 
 
 def _after(exprs: Sequence[tuple[Any, bool]], values: Sequence[Any], pk_col: Any, pk: int) -> Any:
@@ -218,7 +239,7 @@ class SearchEngine:
         elif query.page:
             # an empty page past a boundary (everything after it was deleted): offer the way back
             _d, values, pk = _decode_cursor(query.page, kinds)
-            result.previous_cursor = _encode_cursor("p", values, pk + 1) if forward else None
+            result.previous_cursor = _encode_cursor("p", values, min(pk + 1, MAX_PK)) if forward else None
         if query.includes or query.revincludes:
             result.included = self.includes(conn, result.matches, query.includes, query.revincludes, access)
         return result

@@ -9,7 +9,7 @@ from sqlalchemy import ColumnElement, Table, and_, or_
 
 from sharedcare.fhir.errors import BadRequest, NotSupported
 from sharedcare.fhir.search.number import number_condition, number_matches
-from sharedcare.fhir.search.values import parse_decimal, split_prefix, split_unescaped, unescape
+from sharedcare.fhir.search.values import clip, parse_decimal, split_prefix, split_unescaped, unescape
 
 MODIFIERS = ("missing",)
 _QUANTITY_TYPES = ("Quantity", "Age", "Duration", "SimpleQuantity", "Distance", "Count", "MoneyQuantity")
@@ -19,7 +19,12 @@ def _row(q: dict[str, Any]) -> dict[str, Any] | None:
     value = q.get("value")
     if isinstance(value, bool) or not isinstance(value, (int, float, Decimal)):
         return None
-    return {"value": float(value), "system": q.get("system"), "code": q.get("code"), "unit": q.get("unit")}
+    return {
+        "value": float(value),
+        "system": clip(q.get("system")),
+        "code": clip(q.get("code")),
+        "unit": clip(q.get("unit")),
+    }
 
 
 def index(value: Any, type_name: str | None) -> list[dict[str, Any]]:
@@ -31,20 +36,24 @@ def index(value: Any, type_name: str | None) -> list[dict[str, Any]]:
     if type_name == "Money" or "currency" in value:
         row = _row(value)
         if row:
-            row.update(system="urn:iso:std:iso:4217", code=value.get("currency"), unit=value.get("currency"))
+            currency = clip(value.get("currency"))
+            row.update(system="urn:iso:std:iso:4217", code=currency, unit=currency)
         return [row] if row else []
     row = _row(value)
     return [row] if row else []
 
 
 def parse(value: str) -> tuple[str, Any, str | None, str | None]:
-    """(prefix, number, system, code) of ``ge5.4|http://unitsofmeasure.org|mg``."""
+    """(prefix, number, system, code) of ``ge5.4|http://unitsofmeasure.org|mg``.
+
+    System and code are cut to the length the index keeps, so a long unit still finds itself.
+    """
     parts = split_unescaped(value, "|")
     if len(parts) not in (1, 3):
         raise BadRequest(f"Invalid quantity {value!r}: expected number or number|system|code")
     prefix, number = split_prefix(parts[0])
-    system = unescape(parts[1]) or None if len(parts) == 3 else None
-    code = unescape(parts[2]) or None if len(parts) == 3 else None
+    system = clip(unescape(parts[1])) or None if len(parts) == 3 else None
+    code = clip(unescape(parts[2])) or None if len(parts) == 3 else None
     return prefix, parse_decimal(number), system, code
 
 

@@ -13,7 +13,7 @@ from sqlalchemy import ColumnElement, Table, and_, or_
 
 from sharedcare.fhir.errors import BadRequest
 from sharedcare.fhir.search import token
-from sharedcare.fhir.search.values import like_escape, unescape
+from sharedcare.fhir.search.values import clip, like_escape, unescape
 
 _REF_RE = re.compile(r"(?:^|/)(?P<type>[A-Z][A-Za-z]+)/(?P<id>[A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?$")
 
@@ -30,18 +30,19 @@ def index(value: Any, type_name: str | None, known_types: frozenset[str]) -> lis
     """Index rows for a Reference, or a canonical/uri string used as a reference."""
     if isinstance(value, str):
         target_type, target_id = split_reference(value, known_types)
-        return [{"target_type": target_type, "target_id": target_id, "url": value}]
+        return [{"target_type": clip(target_type, 64), "target_id": clip(target_id, 64), "url": value}]
     if not isinstance(value, dict):
         return []
     ref = value.get("reference")
     row: dict[str, Any] = {"target_type": None, "target_id": None, "url": None}
     if isinstance(ref, str) and not ref.startswith("#"):
-        row["target_type"], row["target_id"] = split_reference(ref, known_types)
+        target_type, target_id = split_reference(ref, known_types)
+        row["target_type"], row["target_id"] = clip(target_type, 64), clip(target_id, 64)
         row["url"] = ref if row["target_id"] is None or "://" in ref else None
     ident = value.get("identifier")
     if isinstance(ident, dict) and ident.get("value") is not None:
-        row["ident_system"] = ident.get("system")
-        row["ident_value"] = str(ident["value"])[:255]
+        row["ident_system"] = clip(ident.get("system"))
+        row["ident_value"] = clip(ident["value"])
     if row["target_id"] is None and row["url"] is None and "ident_value" not in row:
         return []
     return [row]

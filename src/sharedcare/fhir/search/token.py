@@ -7,7 +7,14 @@ from typing import Any
 from sqlalchemy import ColumnElement, Table, and_
 
 from sharedcare.fhir.errors import BadRequest, NotSupported
-from sharedcare.fhir.search.values import like_escape, normalize_text, split_unescaped, unescape
+from sharedcare.fhir.search.values import (
+    MAX_INDEX_LEN,
+    clip,
+    like_escape,
+    normalize_text,
+    split_unescaped,
+    unescape,
+)
 
 MODIFIERS = ("not", "text", "of-type", "missing")
 OF_TYPE_SUFFIX = ":of-type"
@@ -19,9 +26,9 @@ def _coding(coding: dict[str, Any]) -> dict[str, Any] | None:
     if code is None and display is None:
         return None
     return {
-        "system": coding.get("system"),
-        "code": str(code)[:255] if code is not None else None,
-        "text": normalize_text(display)[:255] if isinstance(display, str) else None,
+        "system": clip(coding.get("system")),
+        "code": clip(code),
+        "text": clip(normalize_text(display)) if isinstance(display, str) else None,
     }
 
 
@@ -52,14 +59,14 @@ def index(value: Any, type_name: str | None) -> list[dict[str, Any]]:
     if kind == "boolean":
         return [{"system": None, "code": "true" if value else "false", "text": None}]
     if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-        return [{"system": None, "code": str(value)[:255], "text": None}]
+        return [{"system": None, "code": clip(value), "text": None}]
     if not isinstance(value, dict):
         return rows
     if kind == "CodeableConcept":
         # the concept's text rides on the rows of codings without a display (one row per coding);
         # a display is kept too, since :text searches the concept's text and its codings' displays
         text = value.get("text")
-        concept_text = normalize_text(text)[:255] if isinstance(text, str) else None
+        concept_text = clip(normalize_text(text)) if isinstance(text, str) else None
         for coding in value.get("coding", ()):
             row = _coding(coding)
             if row:
@@ -79,9 +86,9 @@ def index(value: Any, type_name: str | None) -> list[dict[str, Any]]:
         type_text = value.get("type", {}).get("text")
         rows.append(
             {
-                "system": value.get("system"),
-                "code": str(ident)[:255],
-                "text": normalize_text(type_text)[:255] if isinstance(type_text, str) else None,
+                "system": clip(value.get("system")),
+                "code": clip(ident),
+                "text": clip(normalize_text(type_text)) if isinstance(type_text, str) else None,
             }
         )
         for coding in value.get("type", {}).get("coding", ()):
@@ -89,40 +96,48 @@ def index(value: Any, type_name: str | None) -> list[dict[str, Any]]:
                 rows.append(
                     {
                         "param_suffix": OF_TYPE_SUFFIX,
-                        "system": coding.get("system"),
-                        "code": f"{coding['code']}|{ident}"[:255],
+                        "system": clip(coding.get("system")),
+                        "code": clip(f"{coding['code']}|{ident}"),
                         "text": None,
                     }
                 )
     elif kind == "ContactPoint":
         if value.get("value") is not None:
-            rows.append({"system": value.get("system"), "code": str(value["value"])[:255], "text": None})
+            rows.append({"system": clip(value.get("system")), "code": clip(value["value"]), "text": None})
     elif kind in ("Quantity", "Age", "Duration", "SimpleQuantity", "Money") and value.get("code"):
-        rows.append({"system": value.get("system"), "code": value["code"], "text": None})
+        rows.append({"system": clip(value.get("system")), "code": clip(value["code"]), "text": None})
     return rows
 
 
 def parse(value: str) -> tuple[str | None, str | None, bool]:
-    """Split ``system|code`` into (system, code, system_given); ``|code`` means no system."""
+    """Split ``system|code`` into (system, code, system_given); ``|code`` means no system.
+
+    Both are cut to the length the index keeps (``MAX_INDEX_LEN``), so a long value finds itself.
+    """
     parts = split_unescaped(value, "|")
     if len(parts) == 1:
-        return None, unescape(parts[0]), False
+        return None, unescape(parts[0])[:MAX_INDEX_LEN], False
     if len(parts) == 2:
-        system, code = unescape(parts[0]), unescape(parts[1])
+        system, code = unescape(parts[0])[:MAX_INDEX_LEN], unescape(parts[1])[:MAX_INDEX_LEN]
         return system, (code or None), True
     raise BadRequest(f"Invalid token {value!r}: more than one '|'")
+
+
+def _text(value: str) -> str:
+    """A ``:text`` search value as the index holds concept texts (normalised, cut to length)."""
+    return normalize_text(unescape(value))[:MAX_INDEX_LEN]
 
 
 def condition(table: Table, value: str, modifier: str | None) -> ColumnElement[bool]:
     """SQL condition for one token value (``:not`` is applied by the caller as NOT EXISTS)."""
     if modifier == "text":
-        return table.c.text.like(like_escape(normalize_text(unescape(value))) + "%", escape="\\")
+        return table.c.text.like(like_escape(_text(value)) + "%", escape="\\")
     if modifier == "of-type":
         parts = split_unescaped(value, "|")
         if len(parts) != 3:
             raise BadRequest(f"Invalid :of-type value {value!r}: expected system|code|value")
         type_system, type_code, ident = (unescape(p) for p in parts)
-        return and_(table.c.system == type_system, table.c.code == f"{type_code}|{ident}")
+        return and_(table.c.system == clip(type_system), table.c.code == clip(f"{type_code}|{ident}"))
     if modifier not in (None, "not"):
         raise NotSupported(f"Modifier :{modifier} is not supported on token parameters")
     system, code, system_given = parse(value)
@@ -143,7 +158,7 @@ def condition(table: Table, value: str, modifier: str | None) -> ColumnElement[b
 def matches(row: dict[str, Any], value: str, modifier: str | None) -> bool:
     """In-memory twin of ``condition``."""
     if modifier == "text":
-        return bool(row["text"]) and row["text"].startswith(normalize_text(unescape(value)))
+        return bool(row["text"]) and row["text"].startswith(_text(value))
     system, code, system_given = parse(value)
     if not system_given:
         return bool(row["code"] == code)

@@ -7,11 +7,19 @@ import re
 import unicodedata
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
+from typing import Any
 
 from sharedcare.fhir.errors import BadRequest
 
 MIN_DT = datetime(1, 1, 1)
 MAX_DT = datetime(9999, 12, 31, 23, 59, 59, 999999)
+
+# index columns of type String(255): values are cut to this length when indexed, and search
+# values compared with them are cut the same way, so that a long value still finds itself
+MAX_INDEX_LEN = 255
+# search numbers: at most this many characters, and a decimal exponent within +/- this bound
+MAX_NUMBER_LEN = 100
+MAX_NUMBER_EXPONENT = 300
 
 _DATE_RE = re.compile(
     r"^(?P<y>\d{4})(?:-(?P<m>\d{2})(?:-(?P<d>\d{2})"
@@ -41,7 +49,7 @@ def date_range(value: str) -> tuple[datetime, datetime]:
     d = int(m["d"])
     if m["H"] is None:
         day = datetime(y, mo, d)
-        return day, day + timedelta(days=1) - timedelta(microseconds=1)
+        return day, day.replace(hour=23, minute=59, second=59, microsecond=999999)
     hh, mi = int(m["H"]), int(m["M"])
     if m["S"] is None:
         start = datetime(y, mo, d, hh, mi)
@@ -53,12 +61,21 @@ def date_range(value: str) -> tuple[datetime, datetime]:
         frac = m["f"][:6]
         start = datetime(y, mo, d, hh, mi, int(m["S"]), int(frac.ljust(6, "0")))
         width = timedelta(microseconds=10 ** (6 - len(frac)))
+    end = _shift(start, width - timedelta(microseconds=1))
     tz = m["tz"]
     if tz and tz != "Z":
         sign = 1 if tz[0] == "+" else -1
-        offset = timedelta(hours=int(tz[1:3]), minutes=int(tz[4:6]))
-        start = start - sign * offset
-    return start, start + width - timedelta(microseconds=1)
+        offset = -sign * timedelta(hours=int(tz[1:3]), minutes=int(tz[4:6]))
+        start, end = _shift(start, offset), _shift(end, offset)
+    return start, end
+
+
+def _shift(moment: datetime, delta: timedelta) -> datetime:
+    """``moment + delta``, clamped to [MIN_DT, MAX_DT] at the ends of the calendar."""
+    try:
+        return moment + delta
+    except OverflowError:
+        return MAX_DT if delta > timedelta(0) else MIN_DT
 
 
 def to_utc_naive(moment: datetime) -> datetime:
@@ -76,13 +93,25 @@ def split_prefix(value: str) -> tuple[str, str]:
 
 
 def parse_decimal(value: str) -> Decimal:
-    """A search number, keeping its written precision (``1.50`` differs from ``1.5``)."""
+    """A search number, keeping its written precision (``1.50`` differs from ``1.5``).
+
+    Numbers beyond what the index (a double) can hold, or absurdly long ones, are refused.
+    """
+    if len(value) > MAX_NUMBER_LEN:
+        raise BadRequest(f"Invalid number in search: longer than {MAX_NUMBER_LEN} characters")
     try:
         number = Decimal(value)
     except InvalidOperation:
         raise BadRequest(f"Invalid number {value!r} in search") from None
     if not number.is_finite():
         raise BadRequest(f"Invalid number {value!r} in search")
+    exponent = number.as_tuple().exponent
+    assert isinstance(exponent, int)
+    if number.adjusted() > MAX_NUMBER_EXPONENT or exponent < -MAX_NUMBER_EXPONENT:
+        raise BadRequest(
+            f"Invalid number {value!r} in search: the exponent must be within "
+            f"-{MAX_NUMBER_EXPONENT}..{MAX_NUMBER_EXPONENT}"
+        )
     return number
 
 
@@ -92,6 +121,13 @@ def precision_bounds(number: Decimal) -> tuple[float, float]:
     assert isinstance(exponent, int)
     half = Decimal(5) * Decimal(10) ** (exponent - 1)
     return float(number - half), float(number + half)
+
+
+def clip(value: Any, limit: int = MAX_INDEX_LEN) -> str | None:
+    """A value as stored in (and compared with) a String(255) index column: cut to ``limit``."""
+    if value is None:
+        return None
+    return (value if isinstance(value, str) else str(value))[:limit]
 
 
 def normalize_text(value: str) -> str:
