@@ -157,3 +157,29 @@ def test_search_limits_refuse_unbounded_work(client: TestClient) -> None:
         assert r.status_code == 400, url
         assert r.json()["issue"][0]["code"] == "too-costly"
     assert client.get("/fhir/Patient?name=" + ",".join(["a"] * 100)).status_code == 200
+
+
+def test_included_resources_are_bounded_per_page(client: TestClient, monkeypatch: Any) -> None:
+    from sharedcare.fhir.search import engine
+
+    monkeypatch.setattr(engine, "MAX_INCLUDED", 3)
+    patient = {"resourceType": "Patient", "id": "p"}
+    observations = [
+        {
+            "resourceType": "Observation",
+            "id": f"o{i}",
+            "status": "final",
+            "code": {"text": "x"},
+            "subject": {"reference": "Patient/p"},
+        }
+        for i in range(5)
+    ]
+    for res in (patient, *observations):
+        assert client.put(f"/fhir/{res['resourceType']}/{res['id']}", json=res).status_code == 201
+    bundle = client.get("/fhir/Patient?_id=p&_revinclude=Observation:subject").json()
+    modes = Counter(e["search"]["mode"] for e in bundle["entry"])
+    assert modes == {"match": 1, "include": 3, "outcome": 1}
+    outcome = next(e["resource"] for e in bundle["entry"] if e["search"]["mode"] == "outcome")
+    assert outcome["issue"][0]["code"] == "too-costly"
+    full = client.get("/fhir/Observation?subject=Patient/p&_include=Observation:subject").json()
+    assert Counter(e["search"]["mode"] for e in full["entry"]) == {"match": 5, "include": 1}

@@ -238,7 +238,7 @@ async def _search(
     issues = [
         {"severity": "warning", "code": "not-supported", "diagnostics": f"Parameter ignored: {text}"}
         for text in query.ignored
-    ]
+    ] + [{"severity": "warning", "code": "too-costly", "diagnostics": text} for text in result.warnings]
     shown = [(k, v) for k, v in params if not any(text.startswith(f"{k}:") for text in query.ignored)]
     return fhir_response(request, searchset(result, base, path, shown, query.summary, query.elements, issues))
 

@@ -26,6 +26,7 @@ from sharedcare.storage.tables import idx_reference, resource, resource_compartm
 
 AccessFilter = Callable[[FromClause], ColumnElement[bool]]
 MAX_INCLUDE_DEPTH = 4
+MAX_INCLUDED = 1000  # included resources per page, as HAPI bounds them
 
 
 @dataclass
@@ -37,6 +38,7 @@ class SearchResult:
     total: int | None = None
     next_cursor: str | None = None
     previous_cursor: str | None = None
+    warnings: list[str] = field(default_factory=list)
 
 
 def _encode_cursor(direction: str, values: list[Any], pk: int) -> str:
@@ -241,7 +243,9 @@ class SearchEngine:
             _d, values, pk = _decode_cursor(query.page, kinds)
             result.previous_cursor = _encode_cursor("p", values, min(pk + 1, MAX_PK)) if forward else None
         if query.includes or query.revincludes:
-            result.included = self.includes(conn, result.matches, query.includes, query.revincludes, access)
+            result.included = self.includes(
+                conn, result.matches, query.includes, query.revincludes, access, result.warnings
+            )
         return result
 
     def includes(
@@ -251,8 +255,12 @@ class SearchEngine:
         includes: list[Include],
         revincludes: list[Include],
         access: AccessFilter | None,
+        truncated: list[str],
     ) -> list[Stored]:
-        """Resources reached by ``_include``/``_revinclude`` (``:iterate`` repeated up to a depth)."""
+        """Resources reached by ``_include``/``_revinclude`` (``:iterate`` repeated up to a depth).
+
+        At most ``MAX_INCLUDED`` per page; when cut, a message is appended to ``truncated``.
+        """
         seen = {s.pk for s in page}
         found: list[Stored] = []
         sources = page
@@ -263,10 +271,19 @@ class SearchEngine:
                 break
             new: list[Stored] = []
             for stmt in self._include_statements(sources, fwd, rev, access):
-                for row in conn.execute(stmt):
-                    if row.pk not in seen:
-                        seen.add(row.pk)
-                        new.append(_stored(row))
+                room = MAX_INCLUDED - len(found) - len(new)
+                for row in conn.execute(stmt.limit(room + 1)):
+                    if row.pk in seen:
+                        continue
+                    if len(found) + len(new) == MAX_INCLUDED:
+                        truncated.append(
+                            f"Only the first {MAX_INCLUDED} included resources are returned; "
+                            "use a smaller _count or search the included type directly"
+                        )
+                        found.extend(new)
+                        return found
+                    seen.add(row.pk)
+                    new.append(_stored(row))
             found.extend(new)
             sources = new
         return found
