@@ -15,10 +15,8 @@ from starlette.concurrency import run_in_threadpool
 from sharedcare.api.capability import capability_statement
 from sharedcare.fhir.bundle import BundleProcessor
 from sharedcare.fhir.errors import BadRequest, FhirError, Issue, NotFound, operation_outcome
-from sharedcare.fhir.operations.everything import everything
 from sharedcare.fhir.render import history_bundle, resource_json, searchset
 from sharedcare.fhir.search.engine import SearchResult
-from sharedcare.fhir.search.values import date_range
 from sharedcare.fhir.service import FhirService, WriteOutcome
 from sharedcare.fhir.store import Stored, instant, utcnow
 
@@ -336,38 +334,20 @@ async def patient_everything(request: Request, pid: str) -> Response:
     svc = _service(request)
     params = _query_params(request)
     q = dict(params)
-    try:
-        count = min(int(q.get("_count", svc.default_page_size)), svc.max_page_size)
-    except ValueError:
-        raise BadRequest("_count must be a whole number") from None
-    if count < 0:
-        raise BadRequest("_count must not be negative")
-    since = None
-    if "_since" in q:
-        try:
-            since = date_range(q["_since"])[0]
-        except ValueError:
-            raise BadRequest(f"Invalid _since {q['_since']!r}") from None
+    count = _whole_number(q["_count"], "_count") if "_count" in q else None
     types = tuple(t for t in q.get("_type", "").split(",") if t)
-    for t in types:
-        svc.check_type(t)
-
-    def run() -> Any:
-        with svc.engine.connect() as conn:
-            return everything(
-                conn,
-                svc.store,
-                pid,
-                count=count,
-                since=since,
-                types=types,
-                page=q.get("_page"),
-                base_url=base_url(request),
-            )
-
-    page = await run_in_threadpool(run)
+    base = base_url(request)
+    page = await run_in_threadpool(
+        svc.everything,
+        pid,
+        count=count,
+        since=q.get("_since"),
+        types=types,
+        page=q.get("_page"),
+        base_url=base,
+    )
     result = SearchResult(page.matches, page.included, page.total, page.next_cursor)
-    return fhir_response(request, searchset(result, base_url(request), f"Patient/{pid}/$everything", params))
+    return fhir_response(request, searchset(result, base, f"Patient/{pid}/$everything", params))
 
 
 # -- instance level ----------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from sharedcare.fhir.errors import (
     PreconditionFailed,
     Unprocessable,
 )
+from sharedcare.fhir.operations.everything import EverythingPage, everything
 from sharedcare.fhir.search.compile import CompileContext
 from sharedcare.fhir.search.engine import AccessFilter, SearchEngine, SearchResult
 from sharedcare.fhir.search.parse import RESULT_PARAMS, QueryParser, SearchQuery
@@ -380,6 +381,36 @@ class FhirService:
         return self.engine_for(base_url).search(
             conn, query, size, access=access, compartment=compartment, default_total=self.default_total
         )
+
+    # -- $everything ------------------------------------------------------------------------
+    def everything(
+        self,
+        patient_id: str,
+        *,
+        count: int | None = None,
+        since: str | None = None,
+        types: tuple[str, ...] = (),
+        page: str | None = None,
+        base_url: str = "",
+        access: AccessFilter | None = None,
+    ) -> EverythingPage:
+        """One page of ``Patient/[id]/$everything`` (see ``operations.everything``)."""
+        for rtype in types:
+            self.check_type(rtype)
+        size = min(self.default_page_size if count is None else count, self.max_page_size)
+        start = _instant_param(since, "_since")[0] if since else None
+        with self.engine.connect() as conn:
+            return everything(
+                conn,
+                self.store,
+                patient_id,
+                count=size,
+                since=start,
+                types=types,
+                page=page,
+                access=access,
+                base_url=base_url,
+            )
 
     # -- history ---------------------------------------------------------------------------
     def history(
