@@ -91,9 +91,9 @@ def _wrk(
     out = subprocess.run(
         [
             "wrk",
-            "-t2",
-            f"-c{CONNECTIONS}",
-            f"-d{DURATION}",
+            f"-t{min(2, connections)}",
+            f"-c{connections}",
+            f"-d{duration or DURATION}",
             "--latency",
             "-s",
             str(script),
@@ -233,6 +233,13 @@ def main() -> None:
                 f"p50 {r['p50']:6.1f} ms  p99 {r['p99']:6.1f} ms",
             )
             for k, r in results.items()
+        ],
+    )
+    report(
+        "The same requests over one connection (service time, no queueing)",
+        [
+            (labels[k], f"{r['rps']:8.0f} req/s  p50 {r['p50']:6.1f} ms  p99 {r['p99']:6.1f} ms")
+            for k, r in single.items()
         ],
     )
 
