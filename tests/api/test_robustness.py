@@ -335,3 +335,10 @@ def test_conditional_update_with_a_non_resource_body_is_refused(client: TestClie
     assert r.status_code == 400
     assert r.json()["resourceType"] == "OperationOutcome"
     assert client.get("/fhir/Patient").json()["total"] == 0
+
+
+def test_missing_modifier_on_id_takes_only_true_or_false(client: TestClient) -> None:
+    r = client.get("/fhir/Patient", params={"_id:missing": "perhaps"})
+    assert r.status_code == 400
+    assert ":missing takes true or false" in r.json()["issue"][0]["diagnostics"]
+    assert client.get("/fhir/Patient", params={"_id:missing": "false"}).status_code == 200

@@ -173,6 +173,8 @@ class QueryParser:
                 and not (code == "_id" and modifier == "exact")
             ):
                 raise _Unknown(f"Modifier :{modifier} is not supported on {code}")
+            if modifier == "missing" and values not in (("true",), ("false",)):
+                raise BadRequest(f":missing takes true or false, not {value!r}")
             return Filter(None, code, ptype, modifier or None, values, tuple(hops))
         candidates = [
             p for p in (self.defs.param(t, code) for t in current) if p is not None and p.is_indexed
