@@ -43,6 +43,67 @@ class Settings(BaseSettings):
     demo_data: bool = Field(True, description="Load demo data on first start of `sharedcare serve`.")
     log_level: str = Field("info", description="Log level of the server.")
 
+    # --- identity and accounts (issue 3) ---
+    secret_key: str | None = Field(
+        None,
+        description="Key signing portal sessions and CSRF tokens; unset means generated once into "
+        "DATA_DIR/secret.key.",
+    )
+    activation_code_days: int = Field(90, description="Days an activation code (sent by letter) stays valid.")
+    max_failed_attempts: int = Field(
+        5, description="Failed logins or activation attempts before an account or code is locked."
+    )
+    lockout_minutes: int = Field(15, description="Minutes a lock after too many failed attempts lasts.")
+    password_min_length: int = Field(12, description="Shortest accepted password.")
+    # --- OAuth2 / OpenID Connect, SMART on FHIR (issue 3) ---
+    issuer: str | None = Field(
+        None,
+        description="OAuth2/OIDC issuer URL of the built-in server; unset means derived from each request.",
+    )
+    access_token_seconds: int = Field(900, description="Lifetime of an access token.")
+    refresh_token_days: int = Field(30, description="Lifetime of a refresh token.")
+    external_oidc_issuer: str | None = Field(
+        None, description="Trust access tokens of this external OpenID Connect issuer (production)."
+    )
+    external_oidc_jwks_url: str | None = Field(
+        None, description="JWKS URL of the external OpenID Connect issuer."
+    )
+    demo_client_secret: str | None = Field(
+        None,
+        description="Secret of the demo system client `demo-system`; unset: generated, printed at start.",
+    )
+    # --- access decision: LAW-AND-CROSSBORDER.md §A.11 (issue 3) ---
+    activation_window_days: int = Field(
+        30, description="Days after the creation letter before professionals may use a non-activated record."
+    )
+    access_solo_days: int = Field(
+        15,
+        description="Access of a solo-practice professional after the patient hands over a connection code.",
+    )
+    access_facility_days: int = Field(45, description="Access after registration at a care facility.")
+    access_facility_renewal_days: int = Field(30, description="Longest renewal of a care facility's access.")
+    access_emergency_hours: int = Field(
+        24, description="Emergency-department stay counted from registration."
+    )
+    access_emergency_extra_days: int = Field(
+        15, description="Access after the emergency-department stay (filing deadline)."
+    )
+    connection_code_minutes: int = Field(
+        60, description="Minutes a one-time connection code from the patient's portal stays valid."
+    )
+    reopen_window_years: int = Field(
+        10, description="Years after closure during which a record can be reopened."
+    )
+    delete_after_closure_years: int = Field(10, description="Years after closure when a record is deleted.")
+    inactivity_closure_years: int = Field(
+        10, description="Years without access after which a record is closed."
+    )
+    emergency_override: bool = Field(
+        False,
+        description="Allow the EHDS emergency override of the holder's restrictions (off in Luxembourg).",
+    )
+    emergency_override_hours: int = Field(12, description="Duration of one emergency override.")
+
     @property
     def effective_database_url(self) -> str:
         """The database URL, defaulting to the embedded SQLite file."""

@@ -1,0 +1,1 @@
+"""Access: who is asking (principals, scopes), may they (``policy``), and the holder's choices."""

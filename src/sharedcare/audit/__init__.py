@@ -1,0 +1,1 @@
+"""Audit: the hash-chained, append-only record of every act, and its BALP AuditEvent view."""
