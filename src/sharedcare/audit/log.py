@@ -1,0 +1,628 @@
+"""The audit log: append a record in the caller's transaction, query it, verify its chains.
+
+Every act on the shared record (read, search, write, export, login, consent change, emergency
+access) is recorded *in the same transaction as the act*: if the act rolls back, so does its
+record; if the record cannot be written, the act fails. Records are hash-chained: each stores
+the hash of its predecessor and ``sha256(canonical content + prev_hash)``. There are
+:data:`~sharedcare.audit.models.CHAINS` independent chains, so concurrent appends on
+PostgreSQL lock different head rows instead of queueing on one. See ``docs/audit.md``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from enum import IntEnum, StrEnum
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Row, func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from sharedcare.access.principals import Principal, PrincipalKind
+from sharedcare.audit.models import CHAINS, GENESIS_HASH, HASHED_COLUMNS, audit_chain_head, audit_log
+
+__all__ = [
+    "AuditAction",
+    "AuditEntry",
+    "AuditOutcome",
+    "AuditRecord",
+    "ChainProblem",
+    "InvalidAuditRecord",
+    "Purpose",
+    "VerifyResult",
+    "append",
+    "chain_heads",
+    "content_hash",
+    "get",
+    "query",
+    "record_for",
+    "split_by_patient",
+    "verify",
+]
+
+
+class AuditAction(StrEnum):
+    """What was done: the closed vocabulary of the log (mapped to BALP codes in ``auditevent``)."""
+
+    READ = "read"
+    VREAD = "vread"
+    HISTORY = "history"
+    SEARCH = "search"
+    CREATE = "create"
+    UPDATE = "update"
+    PATCH = "patch"
+    DELETE = "delete"
+    OPERATION = "operation"
+    """A FHIR operation such as ``$everything``; ``interaction`` holds its name."""
+    EXPORT = "export"
+    LOGIN = "login"
+    LOGOUT = "logout"
+    CONSENT_CHANGE = "consent-change"
+    """The holder (or a representative) changed an access choice: grant, block, hide, close…"""
+    EMERGENCY_ACCESS = "emergency-access"
+    """A professional started the emergency override (the acts under it carry ``emergency``)."""
+
+
+class AuditOutcome(IntEnum):
+    """FHIR R4 ``AuditEvent.outcome`` (http://hl7.org/fhir/audit-event-outcome)."""
+
+    SUCCESS = 0
+    MINOR_FAILURE = 4
+    """The act failed and may be retried: denied access, invalid input, wrong password."""
+    SERIOUS_FAILURE = 8
+    """The act was terminated (e.g. a time-out)."""
+    MAJOR_FAILURE = 12
+    """The act made the service unavailable."""
+
+
+class Purpose(StrEnum):
+    """Purposes of use (http://terminology.hl7.org/CodeSystem/v3-ActReason) the platform records."""
+
+    TREAT = "TREAT"
+    ETREAT = "ETREAT"
+    PATRQT = "PATRQT"
+    """The patient asked (the holder acting on their own record)."""
+    PWATRNY = "PWATRNY"
+    """A representative acting on the holder's behalf."""
+    HSYSADMIN = "HSYSADMIN"
+    """Agency staff: accounts, status and traces, never clinical content."""
+
+
+class InvalidAuditRecord(ValueError):
+    """The record cannot be written as given (e.g. an emergency access without a reason)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditRecord:
+    """One act, as the caller describes it. Build it with :func:`record_for` from a Principal.
+
+    ``resources`` are the references read or written (``Type/id`` or ``Type/id/_history/v``);
+    ``query`` is what a search or operation asked (kept here, in the protected record, never in
+    process logs); ``recorded`` defaults to the time of :func:`append`.
+    """
+
+    action: AuditAction
+    principal_kind: str
+    principal_subject: str
+    principal_display: str = ""
+    principal_ref: str | None = None
+    profession: str | None = None
+    organization_id: str | None = None
+    organization_display: str | None = None
+    client_id: str | None = None
+    token_id: str | None = None
+    interaction: str | None = None
+    outcome: AuditOutcome = AuditOutcome.SUCCESS
+    outcome_desc: str | None = None
+    patient_id: str | None = None
+    resources: tuple[str, ...] = ()
+    query: str | None = None
+    purpose: str | None = None
+    emergency: bool = False
+    emergency_reason: str | None = None
+    source_ip: str | None = None
+    user_agent: str | None = None
+    request_id: str | None = None
+    recorded: datetime | None = None
+
+    def __post_init__(self) -> None:
+        if self.emergency and not (self.emergency_reason or "").strip():
+            raise InvalidAuditRecord("an emergency access must state its reason")
+        if not self.principal_subject:
+            raise InvalidAuditRecord("an audit record needs the principal's subject")
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """A stored record: its position in its chain and its hash. ``record.recorded`` is set (UTC)."""
+
+    pk: int
+    chain: int
+    seq: int
+    record: AuditRecord
+    prev_hash: str
+    hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChainProblem:
+    """The first thing wrong in one chain. ``pk`` is None when the record is missing."""
+
+    chain: int
+    seq: int
+    pk: int | None
+    kind: str
+    """One of ``altered``, ``broken-link``, ``missing``, ``head-mismatch``, ``unknown-chain``,
+    ``anchor-mismatch``."""
+    detail: str
+
+    def __str__(self) -> str:
+        where = f"pk {self.pk}" if self.pk is not None else "no row"
+        return f"chain {self.chain} seq {self.seq} ({where}): {self.kind}: {self.detail}"
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyResult:
+    """What :func:`verify` found: counts, and at most one problem per chain, in chain order."""
+
+    records: int
+    chains: int
+    problems: tuple[ChainProblem, ...] = field(default=())
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def first(self) -> ChainProblem | None:
+        return self.problems[0] if self.problems else None
+
+
+# --------------------------------------------------------------------------------------------
+# Building records
+# --------------------------------------------------------------------------------------------
+
+_DEFAULT_PURPOSE = {
+    PrincipalKind.PATIENT: Purpose.PATRQT,
+    PrincipalKind.REPRESENTATIVE: Purpose.PWATRNY,
+    PrincipalKind.PROFESSIONAL: Purpose.TREAT,
+    PrincipalKind.SYSTEM: Purpose.TREAT,
+    PrincipalKind.HELPDESK: Purpose.HSYSADMIN,
+    PrincipalKind.ADMIN: Purpose.HSYSADMIN,
+}
+_NO_PURPOSE = {AuditAction.LOGIN, AuditAction.LOGOUT}
+
+
+def record_for(
+    principal: Principal,
+    action: AuditAction,
+    *,
+    patient_id: str | None = None,
+    resources: Sequence[str] = (),
+    interaction: str | None = None,
+    outcome: AuditOutcome = AuditOutcome.SUCCESS,
+    outcome_desc: str | None = None,
+    query: str | None = None,
+    purpose: str | None = None,
+    emergency: bool = False,
+    emergency_reason: str | None = None,
+    organization_display: str | None = None,
+    source_ip: str | None = None,
+    user_agent: str | None = None,
+    request_id: str | None = None,
+) -> AuditRecord:
+    """The record of ``principal`` doing ``action``, with the purpose of use defaulted.
+
+    The default purpose is ETREAT under an emergency, else by principal kind (TREAT for
+    professionals and systems, PATRQT for the holder, PWATRNY for representatives, HSYSADMIN
+    for agency staff). Raises :class:`InvalidAuditRecord` for an emergency without a reason.
+    """
+    ref: str | None = None
+    if principal.kind is PrincipalKind.PROFESSIONAL and principal.practitioner_id:
+        ref = f"Practitioner/{principal.practitioner_id}"
+    elif principal.kind is PrincipalKind.PATIENT and principal.patient_id:
+        ref = f"Patient/{principal.patient_id}"
+    if purpose is None and action not in _NO_PURPOSE:
+        purpose = Purpose.ETREAT if emergency else _DEFAULT_PURPOSE.get(principal.kind)
+    client = principal.client_id or (principal.subject if principal.kind is PrincipalKind.SYSTEM else None)
+    return AuditRecord(
+        action=action,
+        principal_kind=str(principal.kind),
+        principal_subject=principal.subject,
+        principal_display=principal.display,
+        principal_ref=ref,
+        profession=principal.profession,
+        organization_id=principal.organization_id,
+        organization_display=organization_display,
+        client_id=client,
+        token_id=principal.token_id,
+        interaction=interaction,
+        outcome=outcome,
+        outcome_desc=outcome_desc,
+        patient_id=patient_id,
+        resources=tuple(resources),
+        query=query,
+        purpose=purpose,
+        emergency=emergency,
+        emergency_reason=emergency_reason,
+        source_ip=source_ip,
+        user_agent=user_agent,
+        request_id=request_id,
+    )
+
+
+def split_by_patient(
+    record: AuditRecord, resources_by_patient: Mapping[str | None, Sequence[str]]
+) -> list[AuditRecord]:
+    """One record per patient concerned (BALP's rule), each naming only that patient's resources.
+
+    A search whose results span several patients thus leaves one record in each patient's
+    log and reveals no other patient's identifiers to them. The ``None`` key holds resources
+    of no patient (a Practitioner, a Medication…).
+    """
+    return [
+        replace(record, patient_id=patient, resources=tuple(refs))
+        for patient, refs in resources_by_patient.items()
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# Appending
+# --------------------------------------------------------------------------------------------
+
+_STICKY = "sharedcare_audit_chain"
+
+
+def append(conn: Connection, record: AuditRecord) -> int:
+    """Write ``record`` in ``conn``'s current transaction; return its key.
+
+    The chain head row stays locked until the caller's transaction ends, so append *last*,
+    after the act's own writes and locks: then it never takes part in a deadlock, and the lock
+    is held only for the commit. All appends of one transaction go to the same chain. On
+    SQLite the transaction must be a writer one (``storage.engine.writer``).
+    """
+    values = _row_values(record)
+    chain, seq, prev = _lock_head(conn)
+    values.update(chain=chain, seq=seq + 1)
+    digest = content_hash(values, prev)
+    values.update(prev_hash=prev, hash=digest)
+    pk = conn.execute(audit_log.insert().values(values)).inserted_primary_key[0]  # type: ignore[index]
+    conn.execute(
+        update(audit_chain_head).where(audit_chain_head.c.chain == chain).values(seq=seq + 1, hash=digest)
+    )
+    return int(pk)
+
+
+def content_hash(values: Mapping[Any, Any], prev_hash: str) -> str:
+    """``sha256(canonical JSON of the hashed columns + prev_hash)``, hex.
+
+    Canonical: sorted keys, no spaces, UTF-8, timestamps as ``YYYY-MM-DDTHH:MM:SS.ffffff``
+    (UTC), integers and booleans as JSON numbers and booleans.
+    """
+    content = {name: _canonical(values[name]) for name in HASHED_COLUMNS}
+    data = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256((data + prev_hash).encode("utf-8")).hexdigest()
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%dT%H:%M:%S.%f")
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        return int(value)
+    return str(value)
+
+
+def _clean(value: str | None) -> str | None:
+    # PostgreSQL text cannot hold NUL; replace it before hashing so the stored row hashes alike.
+    return value.replace("\x00", "\ufffd") if value is not None else None
+
+
+def _row_values(record: AuditRecord) -> dict[str, Any]:
+    recorded = record.recorded or datetime.now(UTC)
+    if recorded.tzinfo is not None:
+        recorded = recorded.astimezone(UTC).replace(tzinfo=None)
+    return {
+        "recorded": recorded,
+        "action": str(AuditAction(record.action)),
+        "interaction": _clean(record.interaction),
+        "outcome": int(AuditOutcome(record.outcome)),
+        "outcome_desc": _clean(record.outcome_desc),
+        "principal_kind": str(record.principal_kind),
+        "principal_subject": _clean(record.principal_subject),
+        "principal_display": _clean(record.principal_display) or "",
+        "principal_ref": _clean(record.principal_ref),
+        "profession": _clean(record.profession),
+        "organization_id": _clean(record.organization_id),
+        "organization_display": _clean(record.organization_display),
+        "client_id": _clean(record.client_id),
+        "token_id": _clean(record.token_id),
+        "patient_id": _clean(record.patient_id),
+        "resources": json.dumps([_clean(r) for r in record.resources], separators=(",", ":")),
+        "query": _clean(record.query),
+        "purpose": _clean(record.purpose),
+        "emergency": bool(record.emergency),
+        "emergency_reason": _clean(record.emergency_reason),
+        "source_ip": _clean(record.source_ip),
+        "user_agent": _clean(record.user_agent),
+        "request_id": _clean(record.request_id),
+    }
+
+
+def _lock_head(conn: Connection) -> tuple[int, int, str]:
+    """Lock one chain's head row for this transaction; return (chain, seq, hash)."""
+    head = audit_chain_head
+    postgres = conn.dialect.name == "postgresql"
+    txn = conn.get_transaction()
+    sticky = conn.info.get(_STICKY)
+    row: Row[Any] | None = None
+    if txn is not None and sticky is not None and sticky[0] is txn:
+        row = conn.execute(select(head).where(head.c.chain == sticky[1]).with_for_update()).first()
+    if row is None:
+        # Any free chain will do: chains are interchangeable, so skip those other appends hold.
+        pick = select(head).where(head.c.chain < CHAINS).order_by(func.random()).limit(1)
+        row = conn.execute(pick.with_for_update(skip_locked=True) if postgres else pick).first()
+    if row is None:
+        present = conn.execute(select(func.count()).select_from(head)).scalar_one()
+        if present < CHAINS:
+            _create_heads(conn)
+        chain = random.randrange(CHAINS)
+        row = conn.execute(select(head).where(head.c.chain == chain).with_for_update()).first()
+        if row is None:
+            raise RuntimeError(f"audit chain head {chain} is missing and could not be created")
+    conn.info[_STICKY] = (conn.get_transaction(), row.chain)  # the autobegun one, if it was not begun
+    return int(row.chain), int(row.seq), str(row.hash)
+
+
+def _create_heads(conn: Connection) -> None:
+    # ON CONFLICT DO NOTHING: concurrent first appends both succeed, whoever inserts first.
+    rows = [{"chain": c, "seq": 0, "hash": GENESIS_HASH} for c in range(CHAINS)]
+    insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    conn.execute(insert(audit_chain_head).values(rows).on_conflict_do_nothing(index_elements=["chain"]))
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------------
+
+MAX_QUERY_LIMIT = 1000
+
+
+def query(
+    conn: Connection,
+    *,
+    patient_id: str | None = None,
+    principal_subject: str | None = None,
+    actions: Iterable[AuditAction] | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    emergency: bool | None = None,
+    before: int | None = None,
+    limit: int = 50,
+) -> list[AuditEntry]:
+    """Entries matching every filter given, newest first.
+
+    ``since`` is inclusive, ``until`` exclusive (UTC). Page with ``before``: pass the ``pk`` of
+    the last entry of a page to get the next one (keyset; stable while records are added).
+    ``limit`` is capped at :data:`MAX_QUERY_LIMIT`.
+    """
+    t = audit_log.c
+    stmt = select(audit_log)
+    if patient_id is not None:
+        stmt = stmt.where(t.patient_id == patient_id)
+    if principal_subject is not None:
+        stmt = stmt.where(t.principal_subject == principal_subject)
+    if actions is not None:
+        stmt = stmt.where(t.action.in_([str(AuditAction(a)) for a in actions]))
+    if since is not None:
+        stmt = stmt.where(t.recorded >= _utc_naive(since))
+    if until is not None:
+        stmt = stmt.where(t.recorded < _utc_naive(until))
+    if emergency is not None:
+        stmt = stmt.where(t.emergency == emergency)
+    if before is not None:
+        stmt = stmt.where(t.pk < before)
+    stmt = stmt.order_by(t.pk.desc()).limit(max(0, min(limit, MAX_QUERY_LIMIT)))
+    return [_entry(row) for row in conn.execute(stmt)]
+
+
+def get(conn: Connection, pk: int) -> AuditEntry | None:
+    """The entry with key ``pk`` (the AuditEvent id), or None."""
+    row = conn.execute(select(audit_log).where(audit_log.c.pk == pk)).first()
+    return _entry(row) if row is not None else None
+
+
+def _utc_naive(value: datetime) -> datetime:
+    return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo is not None else value
+
+
+def _entry(row: Row[Any]) -> AuditEntry:
+    m = row._mapping
+    record = AuditRecord(
+        action=AuditAction(m["action"]),
+        principal_kind=m["principal_kind"],
+        principal_subject=m["principal_subject"],
+        principal_display=m["principal_display"],
+        principal_ref=m["principal_ref"],
+        profession=m["profession"],
+        organization_id=m["organization_id"],
+        organization_display=m["organization_display"],
+        client_id=m["client_id"],
+        token_id=m["token_id"],
+        interaction=m["interaction"],
+        outcome=AuditOutcome(m["outcome"]),
+        outcome_desc=m["outcome_desc"],
+        patient_id=m["patient_id"],
+        resources=tuple(json.loads(m["resources"])),
+        query=m["query"],
+        purpose=m["purpose"],
+        emergency=bool(m["emergency"]),
+        emergency_reason=m["emergency_reason"],
+        source_ip=m["source_ip"],
+        user_agent=m["user_agent"],
+        request_id=m["request_id"],
+        recorded=m["recorded"].replace(tzinfo=UTC),
+    )
+    return AuditEntry(
+        pk=int(m["pk"]),
+        chain=int(m["chain"]),
+        seq=int(m["seq"]),
+        record=record,
+        prev_hash=m["prev_hash"],
+        hash=m["hash"],
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Verifying
+# --------------------------------------------------------------------------------------------
+
+
+def chain_heads(conn: Connection) -> dict[int, tuple[int, str]]:
+    """Each chain's last ``(seq, hash)``: publish these elsewhere to anchor the log (see verify)."""
+    rows = conn.execute(select(audit_chain_head).order_by(audit_chain_head.c.chain))
+    return {int(r.chain): (int(r.seq), str(r.hash)) for r in rows}
+
+
+def verify(engine: Engine, *, anchors: Mapping[int, tuple[int, str]] | None = None) -> VerifyResult:
+    """Walk every chain in order and report the first problem of each.
+
+    Checks, per chain: sequence numbers without gaps from 1, each ``prev_hash`` equal to the
+    previous record's hash, each hash equal to the hash of the record's content, and the head
+    row equal to the last record. ``anchors`` (chain → ``(seq, hash)`` as once returned by
+    :func:`chain_heads` and kept outside the database) must still be in the chain: without
+    them a writer who recomputes every hash after the tampered record goes unnoticed.
+    Runs in one snapshot, so appends committed meanwhile do not disturb it.
+    """
+    with engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            conn = conn.execution_options(isolation_level="REPEATABLE READ")
+        with conn.begin():
+            heads = chain_heads(conn)
+            stmt = select(audit_log).order_by(audit_log.c.chain, audit_log.c.seq)
+            rows = conn.execute(stmt.execution_options(yield_per=2000))
+            return _walk(heads, rows, dict(anchors or {}))
+
+
+@dataclass(slots=True)
+class _ChainState:
+    seq: int = 0
+    hash: str = GENESIS_HASH
+    pk: int | None = None
+
+
+def _walk(
+    heads: dict[int, tuple[int, str]], rows: Iterator[Row[Any]], anchors: dict[int, tuple[int, str]]
+) -> VerifyResult:
+    states: dict[int, _ChainState] = {}
+    problems: dict[int, ChainProblem] = {}
+    records = 0
+    for row in rows:
+        records += 1
+        m = row._mapping
+        chain, seq, pk = int(m["chain"]), int(m["seq"]), int(m["pk"])
+        if chain in problems:
+            continue
+        state = states.setdefault(chain, _ChainState())
+        problem = _check_row(chain, seq, pk, m, state, heads, anchors)
+        if problem is not None:
+            problems[chain] = problem
+            continue
+        state.seq, state.hash, state.pk = seq, m["hash"], pk
+    for chain in sorted(heads.keys() | states.keys()):
+        if chain in problems:
+            continue
+        state = states.get(chain, _ChainState())
+        problem = _check_end(chain, state, heads.get(chain), anchors.get(chain))
+        if problem is not None:
+            problems[chain] = problem
+    return VerifyResult(
+        records=records,
+        chains=len(heads.keys() | states.keys()),
+        problems=tuple(problems[c] for c in sorted(problems)),
+    )
+
+
+def _check_row(
+    chain: int,
+    seq: int,
+    pk: int,
+    m: Mapping[Any, Any],
+    state: _ChainState,
+    heads: dict[int, tuple[int, str]],
+    anchors: dict[int, tuple[int, str]],
+) -> ChainProblem | None:
+    if chain not in heads:
+        return ChainProblem(chain, seq, pk, "unknown-chain", "record of a chain that has no head row")
+    expected = state.seq + 1
+    if seq != expected:
+        after = f"after seq {state.seq} (pk {state.pk})" if state.pk is not None else "at the start"
+        return ChainProblem(
+            chain,
+            expected,
+            None,
+            "missing",
+            f"records {expected}..{seq - 1} are missing {after}; next present is seq {seq} (pk {pk})",
+        )
+    if m["prev_hash"] != state.hash:
+        return ChainProblem(
+            chain,
+            seq,
+            pk,
+            "broken-link",
+            f"prev_hash does not match the hash of seq {state.seq}: a record before it was "
+            "removed, inserted, reordered or re-hashed",
+        )
+    if content_hash(m, m["prev_hash"]) != m["hash"]:
+        return ChainProblem(chain, seq, pk, "altered", "the content no longer matches its hash")
+    if seq > heads[chain][0]:
+        return ChainProblem(
+            chain,
+            seq,
+            pk,
+            "head-mismatch",
+            f"record beyond the chain head (seq {heads[chain][0]}): written outside the audit API",
+        )
+    anchor = anchors.get(chain)
+    if anchor is not None and anchor[0] == seq and anchor[1] != m["hash"]:
+        return ChainProblem(chain, seq, pk, "anchor-mismatch", "hash differs from the published anchor")
+    return None
+
+
+def _check_end(
+    chain: int, state: _ChainState, head: tuple[int, str] | None, anchor: tuple[int, str] | None
+) -> ChainProblem | None:
+    if head is None:
+        return ChainProblem(chain, state.seq, state.pk, "head-mismatch", "chain has records but no head row")
+    if anchor is not None and anchor[0] > state.seq:
+        return ChainProblem(
+            chain,
+            state.seq + 1,
+            None,
+            "missing",
+            f"anchored seq {anchor[0]} is beyond the last record (seq {state.seq})",
+        )
+    head_seq, head_hash = head
+    if head_seq > state.seq:
+        return ChainProblem(
+            chain,
+            state.seq + 1,
+            None,
+            "missing",
+            f"records {state.seq + 1}..{head_seq} are missing at the end (head says seq {head_seq})",
+        )
+    if head_seq < state.seq or head_hash != state.hash:
+        return ChainProblem(
+            chain,
+            state.seq,
+            state.pk,
+            "head-mismatch",
+            f"head (seq {head_seq}) does not match the last record (seq {state.seq})",
+        )
+    return None
