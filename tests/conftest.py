@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import uvicorn
 from fastapi.testclient import TestClient
@@ -26,7 +27,7 @@ from sharedcare.app import create_app
 from sharedcare.settings import Settings
 from sharedcare.storage.engine import make_engine
 from sharedcare.storage.migrate import upgrade
-from support import truncate
+from support import DEMO_SECRET, ensure_demo, signed_in_client, system_token, truncate
 
 PG_ADMIN_URL = os.environ.get(
     "SHAREDCARE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -85,17 +86,16 @@ def db_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
 
 @pytest.fixture
 def settings(db_url: str, tmp_path: Path) -> Settings:
-    return Settings(database_url=db_url, data_dir=tmp_path, demo_data=False)
+    return Settings(database_url=db_url, data_dir=tmp_path, demo_data=False, demo_client_secret=DEMO_SECRET)
 
 
 @pytest.fixture
 def client(settings: Settings) -> Iterator[TestClient]:
-    """An HTTP client on a fresh app over an emptied database."""
+    """An HTTP client on a fresh app over an emptied database, signed in as the trusted demo
+    system client (the FHIR core tests run as the agency's own unrestricted client)."""
     app = create_app(settings)
-    truncate(app.state.engine)
-    with TestClient(app) as c:
+    with signed_in_client(app, settings) as c:
         yield c
-    app.state.engine.dispose()
 
 
 @pytest.fixture
@@ -103,6 +103,7 @@ def server_url(settings: Settings) -> Iterator[str]:
     """Base URL of a uvicorn server running the app in a thread on a free loopback port."""
     app = create_app(settings)
     truncate(app.state.engine)
+    ensure_demo(app.state.engine, settings)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
@@ -123,3 +124,10 @@ def server_url(settings: Settings) -> Iterator[str]:
         sock.close()
         app.state.engine.dispose()
     assert not thread.is_alive(), "uvicorn did not shut down"
+
+
+@pytest.fixture
+def server_token(server_url: str) -> str:
+    """A trusted system token from the live server's token endpoint."""
+    with httpx.Client() as http:
+        return system_token(http, server_url.removesuffix("/fhir") + "/auth/token")

@@ -2,17 +2,32 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+import httpx
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, text
 
-from sharedcare.storage.tables import metadata
+from sharedcare.oauth.clients import ensure_demo_client
+from sharedcare.schema import metadata
+from sharedcare.settings import Settings
+from sharedcare.storage.engine import writer
+
+# the in-process test server is http://testserver: allow OAuth over plain http there
+os.environ.setdefault("AUTHLIB_INSECURE_TRANSPORT", "1")
+DEMO_SECRET = "test-demo-system-secret"
+
+KEEP = ("oauth_signing_key",)
+"""Infrastructure rows a test never needs emptied: keeping the server's signing keys spares a
+key generation per test."""
 
 
 def truncate(engine: Engine) -> None:
-    """Empty every table of the schema."""
-    names = [t.name for t in reversed(metadata.sorted_tables)]
+    """Empty every table of the schema (but the infrastructure of ``KEEP``)."""
+    names = [t.name for t in reversed(metadata.sorted_tables) if t.name not in KEEP]
     with engine.begin() as conn:
         if engine.dialect.name == "postgresql":
             conn.execute(text("TRUNCATE " + ", ".join(names) + " RESTART IDENTITY CASCADE"))
@@ -44,3 +59,33 @@ def get_bundle(client: TestClient, url: str, headers: dict[str, str] | None = No
     assert body["resourceType"] == "Bundle"
     assert body["type"] == "searchset"
     return body
+
+
+def ensure_demo(engine: Engine, settings: Settings) -> None:
+    """Register the trusted demo system client (its secret from the settings)."""
+    with writer(engine).begin() as conn:
+        ensure_demo_client(conn, settings)
+
+
+def system_token(http: httpx.Client | TestClient, token_url: str = "/auth/token") -> str:
+    """A ``system/*.*`` access token of the trusted demo client, from the real token endpoint."""
+    resp = http.post(
+        token_url,
+        data={"grant_type": "client_credentials", "scope": "system/*.*"},
+        auth=("demo-system", DEMO_SECRET),
+    )
+    assert resp.status_code == 200, resp.text
+    token: str = resp.json()["access_token"]
+    return token
+
+
+@contextmanager
+def signed_in_client(app: Any, settings: Settings) -> Iterator[TestClient]:
+    """A client on ``app`` over an emptied database, signed in as the trusted demo system client
+    (the FHIR core tests run as the agency's own unrestricted client)."""
+    truncate(app.state.engine)
+    ensure_demo(app.state.engine, settings)
+    with TestClient(app) as c:
+        c.headers["Authorization"] = f"Bearer {system_token(c)}"
+        yield c
+    app.state.engine.dispose()

@@ -10,8 +10,11 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy.exc import IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.sessions import SessionMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from sharedcare.access.policy import AccessPolicy, category_of
+from sharedcare.api import auth as auth_api
 from sharedcare.api import fhir as fhir_api
 from sharedcare.fhir.errors import FhirError, Issue, operation_outcome
 from sharedcare.fhir.service import FhirService
@@ -109,7 +112,10 @@ def create_app(settings: Settings | None = None, *, validator: Any = "default") 
         default_page_size=settings.default_page_size,
         max_page_size=settings.max_page_size,
         default_total=settings.default_total,
+        classify=category_of,
     )
+    app.state.policy = AccessPolicy(settings)
+    auth_api.install(app)  # OAuth/OIDC server and SMART discovery: before the FHIR routes
     app.include_router(fhir_api.router)
 
     @app.exception_handler(FhirError)
@@ -139,5 +145,6 @@ def create_app(settings: Settings | None = None, *, validator: Any = "default") 
     async def root() -> dict[str, str]:
         return {"name": "SharedCare", "fhir": "/fhir", "capabilities": "/fhir/metadata"}
 
+    app.add_middleware(SessionMiddleware, **auth_api.session_options(settings))
     app.add_middleware(BodySizeLimit, limit=settings.max_request_bytes)
     return app

@@ -46,6 +46,7 @@ def serve(
         loaded = load_demo_if_empty(engine)
         if loaded:
             typer.echo(f"Loaded demo data: {loaded} resources.")
+    _announce_demo_client(engine, settings)
     typer.echo(f"SharedCare FHIR API on http://{host or settings.host}:{port or settings.port}/fhir")
     uvicorn.run(
         "sharedcare.app:create_app",
@@ -55,6 +56,22 @@ def serve(
         workers=workers,
         log_level=settings.log_level,
     )
+
+
+def _announce_demo_client(engine, settings) -> None:  # type: ignore[no-untyped-def]
+    """Register the operators' client ``demo-system`` and say how to get a token with it."""
+    from sharedcare.oauth.clients import ensure_demo_client
+    from sharedcare.storage.engine import writer
+
+    with writer(engine).begin() as conn:
+        generated = ensure_demo_client(conn, settings)
+    secret = generated or "$SHAREDCARE_DEMO_CLIENT_SECRET"
+    base = f"http://{settings.host}:{settings.port}"
+    typer.echo("System client demo-system (system/*.*), token endpoint /auth/token:")
+    form = "-d grant_type=client_credentials -d 'scope=system/*.*'"
+    typer.echo(f"  curl -u demo-system:{secret} {form} {base}/auth/token")
+    if generated:
+        typer.echo("  (secret generated for this start; set SHAREDCARE_DEMO_CLIENT_SECRET to keep one)")
 
 
 @app.command()
@@ -76,12 +93,25 @@ def import_(
     no_validate: bool = typer.Option(False, "--no-validate", help="Skip validation (trusted sources)"),
 ) -> None:
     """Import FHIR data files, with a progress bar and a summary of counts and errors."""
+    from sharedcare.access.policy import category_of
     from sharedcare.fhir.importer import run_import_cli
     from sharedcare.storage.migrate import upgrade
 
     engine = _engine()
     upgrade(engine)
-    raise typer.Exit(run_import_cli(engine, paths, validate=not no_validate))
+    raise typer.Exit(run_import_cli(engine, paths, validate=not no_validate, classify=category_of))
+
+
+@app.command()
+def reclassify() -> None:
+    """Recompute every resource's data category (after a change of the classification rules)."""
+    from sharedcare.access.reclassify import reclassify as run
+    from sharedcare.storage.engine import writer
+
+    engine = _engine()
+    with writer(engine).begin() as conn:
+        changed = run(conn)
+    typer.echo(f"{changed} resources changed category.")
 
 
 @app.command()
@@ -98,6 +128,25 @@ def bench(
         script = root / f"bench_{name}.py"
         sys.argv = [str(script)]  # each benchmark parses its own options; run them with defaults
         runpy.run_path(str(script), run_name="__main__")
+
+
+audit_app = typer.Typer(help="The audit trail (docs/audit.md).", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+
+
+@audit_app.command("verify")
+def audit_verify() -> None:
+    """Check every audit hash chain; exit 1 naming the first tampered or missing record."""
+    from sharedcare.audit.log import verify
+
+    result = verify(_engine())
+    if not result.ok:
+        for problem in result.problems:
+            typer.echo(f"TAMPERED {problem}", err=True)
+        broken = len(result.problems)
+        typer.echo(f"{result.records} records in {result.chains} chains: {broken} broken", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"{result.records} records in {result.chains} chains verified")
 
 
 if __name__ == "__main__":

@@ -7,8 +7,8 @@ from fhirpy import SyncFHIRClient
 from fhirpy.base.exceptions import MultipleResourcesFound, OperationOutcome, ResourceNotFound
 
 
-def test_fhirpy_round_trip(server_url: str) -> None:
-    client = SyncFHIRClient(server_url)
+def test_fhirpy_round_trip(server_url: str, server_token: str) -> None:
+    client = SyncFHIRClient(server_url, authorization=f"Bearer {server_token}")
     meta = client.execute("metadata", method="get")
     assert meta["resourceType"] == "CapabilityStatement"
     assert meta["fhirVersion"] == "4.0.1"

@@ -18,8 +18,10 @@ def _parallel(count: int, call: Any) -> list[httpx.Response]:
         return list(pool.map(lambda _i: call(), range(count)))
 
 
-def test_concurrent_conditional_creates_make_one_resource(server_url: str) -> None:
-    with httpx.Client(base_url=server_url, timeout=30) as http:
+def test_concurrent_conditional_creates_make_one_resource(server_url: str, server_token: str) -> None:
+    with httpx.Client(
+        base_url=server_url, timeout=30, headers={"Authorization": f"Bearer {server_token}"}
+    ) as http:
         for _round in range(3):
             statuses = Counter(
                 r.status_code
@@ -36,8 +38,10 @@ def test_concurrent_conditional_creates_make_one_resource(server_url: str) -> No
         assert http.get("/Patient", params={"identifier": "urn:x|dup"}).json()["total"] == 1
 
 
-def test_concurrent_versioned_updates_conflict_cleanly(server_url: str) -> None:
-    with httpx.Client(base_url=server_url, timeout=30) as http:
+def test_concurrent_versioned_updates_conflict_cleanly(server_url: str, server_token: str) -> None:
+    with httpx.Client(
+        base_url=server_url, timeout=30, headers={"Authorization": f"Bearer {server_token}"}
+    ) as http:
         assert http.put("/Patient/p1", json={**PATIENT, "id": "p1"}, headers=FHIR_JSON).status_code == 201
         responses = _parallel(
             6,
@@ -51,8 +55,10 @@ def test_concurrent_versioned_updates_conflict_cleanly(server_url: str) -> None:
         assert http.get("/Patient/p1").json()["meta"]["versionId"] == "2"
 
 
-def test_concurrent_puts_to_a_new_id_never_fail_with_500(server_url: str) -> None:
-    with httpx.Client(base_url=server_url, timeout=30) as http:
+def test_concurrent_puts_to_a_new_id_never_fail_with_500(server_url: str, server_token: str) -> None:
+    with httpx.Client(
+        base_url=server_url, timeout=30, headers={"Authorization": f"Bearer {server_token}"}
+    ) as http:
         for n in range(3):
             url, body = f"/Patient/new{n}", {**PATIENT, "id": f"new{n}"}
 

@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient
 from sharedcare.app import create_app
 from sharedcare.fhir.definitions import definitions
 from sharedcare.settings import Settings
-from support import truncate
+from support import signed_in_client
 
 BASE = "http://testserver/fhir"
 FHIR_JSON = "application/fhir+json; charset=utf-8"
@@ -102,11 +102,9 @@ def history_total(client: TestClient) -> int:
 @pytest.fixture
 def small_client(settings: Settings) -> Iterator[TestClient]:
     """A client on an app that accepts request bodies of at most 1000 bytes."""
-    app = create_app(settings.model_copy(update={"max_request_bytes": 1000}))
-    truncate(app.state.engine)
-    with TestClient(app) as c:
+    small = settings.model_copy(update={"max_request_bytes": 1000})
+    with signed_in_client(create_app(small), small) as c:
         yield c
-    app.state.engine.dispose()
 
 
 # -- read / vread --------------------------------------------------------------------------------

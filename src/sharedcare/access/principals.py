@@ -58,6 +58,8 @@ class Principal:
     """The patient in context of a SMART ``launch/patient`` token."""
     token_id: str | None = None
     """The access token's ``jti``, for audit and revocation."""
+    trusted: bool = False
+    """A platform client of the agency itself (operators' scripts, imports): not restricted."""
 
     @property
     def is_staff(self) -> bool:

@@ -12,6 +12,9 @@ from fastapi import APIRouter, Depends, Request, Response
 from sqlalchemy import Connection
 from starlette.concurrency import run_in_threadpool
 
+from sharedcare.access.policy import category_of
+from sharedcare.access.session import PolicySession, RequestInfo
+from sharedcare.access.tokens import TokenMissing, principal_from_request
 from sharedcare.api.capability import capability_statement
 from sharedcare.fhir.bundle import BundleProcessor
 from sharedcare.fhir.errors import BadRequest, FhirError, Issue, NotFound, operation_outcome
@@ -30,11 +33,35 @@ def _check_format(request: Request) -> None:
         raise FhirError(f"_format {fmt!r} is not supported; use json", status=406, code="not-supported")
 
 
-router = APIRouter(prefix="/fhir", dependencies=[Depends(_check_format)])
+def _authenticate(request: Request) -> None:
+    """Every FHIR interaction but the capability statement needs a valid access token; the
+    caller's session (policy, scopes, audit) is bound to the service for this request."""
+    path = request.url.path
+    if path.endswith("/metadata") or "/.well-known/" in path:
+        return
+    principal = principal_from_request(request)
+    if principal is None:
+        raise TokenMissing("This endpoint needs an access token: 'Authorization: Bearer <token>'")
+    client = request.client
+    session = PolicySession(
+        principal,
+        request.app.state.policy,
+        category_of,
+        info=RequestInfo(
+            source_ip=client.host if client else None,
+            user_agent=request.headers.get("user-agent"),
+            request_id=request.headers.get("x-request-id"),
+        ),
+    )
+    request.state.fhir = request.app.state.fhir.for_session(session)
+
+
+router = APIRouter(prefix="/fhir", dependencies=[Depends(_check_format), Depends(_authenticate)])
 
 
 def _service(request: Request) -> FhirService:
-    service: FhirService = request.app.state.fhir
+    """The FHIR service as seen by the request's caller (bound by ``_authenticate``)."""
+    service: FhirService = request.state.fhir
     return service
 
 
@@ -166,14 +193,10 @@ def _bundle_get(svc: FhirService, url: str, base: str, conn: Connection) -> tupl
         query = svc.parse_search(segments[0], params, strict=False)
         result = svc.search_in(conn, query, base_url=base)
         return 200, searchset(result, base, segments[0], params, query.summary, query.elements)
-    if segments:
-        svc.check_type(segments[0])
     if len(segments) == 2:
-        return 200, resource_json(svc.store.read(conn, segments[0], segments[1]))
+        return 200, resource_json(svc.read_in(conn, segments[0], segments[1]))
     if len(segments) == 4 and segments[2] == "_history":
-        if not segments[3].isdigit():
-            raise NotFound(f"Version {segments[3]!r} of {segments[0]}/{segments[1]} is not known")
-        return 200, resource_json(svc.store.vread(conn, segments[0], segments[1], int(segments[3])))
+        return 200, resource_json(svc.vread_in(conn, segments[0], segments[1], segments[3]))
     raise BadRequest(f"Unsupported GET {url!r} in bundle")
 
 

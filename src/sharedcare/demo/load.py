@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import Engine, select
 
+from sharedcare.access.policy import category_of
 from sharedcare.fhir.bundle import BundleProcessor
 from sharedcare.fhir.service import FhirService
 from sharedcare.fhir.validation import store_issues
@@ -15,7 +16,7 @@ def load_demo(engine: Engine, seed: int | None = None) -> int:
     from sharedcare.demo.seed import build_demo_bundle
 
     bundle = build_demo_bundle() if seed is None else build_demo_bundle(seed=seed)
-    BundleProcessor(FhirService(engine, validator=store_issues)).transaction(bundle)
+    BundleProcessor(FhirService(engine, validator=store_issues, classify=category_of)).transaction(bundle)
     return len(bundle.get("entry", []))
 
 

@@ -168,7 +168,7 @@ class BundleProcessor:
     # -- transaction -------------------------------------------------------------------------
     def transaction(self, bundle: dict[str, Any], base_url: str = "") -> dict[str, Any]:
         entries = _parse_entries(bundle)
-        with self.service.write_engine.begin() as conn:
+        with self.service.transaction() as conn:
             responses = self.transaction_in(conn, entries, base_url)
         return {"resourceType": "Bundle", "type": "transaction-response", "entry": responses}
 
@@ -319,12 +319,14 @@ class BundleProcessor:
             assert e.resource is not None and e.rid
             res = {**e.resource, "id": e.rid}
             now = current.get((e.rtype, e.rid))
+            if now is not None and not svc.visible(conn, now):
+                raise NotFound(f"Bundle entry {e.index}: resource {e.rtype}/{e.rid} is not known")
             if now is not None and not now.deleted and same_content(now.resource(), res):
                 outcomes[e.index] = {"response": _response(200, now)}
                 continue
             writes.append(Write("PUT", e.rtype, e.rid, res, now))
             written.append(e)
-        for e, stored, w in zip(written, svc.store.apply(conn, writes), writes, strict=True):
+        for e, stored, w in zip(written, svc.apply_writes(conn, writes), writes, strict=True):
             created = w.current is None or w.current.deleted
             outcomes[e.index] = {"response": _response(201 if created else 200, stored)}
 
@@ -337,7 +339,7 @@ class BundleProcessor:
             res = dict(e.resource)
             res["id"] = e.rid
             writes.append(Write("POST", res["resourceType"], e.rid, res, None))
-        for e, stored in zip(creates, self.service.store.apply(conn, writes), strict=True):
+        for e, stored in zip(creates, self.service.apply_writes(conn, writes), strict=True):
             outcomes[e.index] = {"response": _response(201, stored)}
 
     def _apply_one(self, conn: Connection, e: _Entry, base_url: str) -> dict[str, Any]:
@@ -378,7 +380,7 @@ class BundleProcessor:
         responses = []
         for e in entries:
             try:
-                with self.service.write_engine.begin() as conn:
+                with self.service.transaction() as conn:
                     if e.method == "POST":
                         assert e.resource is not None
                         if e.resource.get("resourceType") != e.rtype:

@@ -24,6 +24,7 @@ from sqlalchemy import Engine
 from sharedcare.fhir.bundle import BundleProcessor
 from sharedcare.fhir.errors import FhirError
 from sharedcare.fhir.service import FhirService
+from sharedcare.fhir.store import Classifier
 
 CHUNK = 500
 # Types referenced (often conditionally) by the rest; imported first.
@@ -232,9 +233,12 @@ def import_paths(
     *,
     validate: bool = True,
     progress: Callable[[str, int], None] | None = None,
+    classify: Classifier | None = None,
 ) -> ImportReport:
-    """Import everything under ``paths``; ``progress(name, resources_so_far)`` is called per file."""
-    service = _service(engine, validate)
+    """Import everything under ``paths``; ``progress(name, resources_so_far)`` is called per file.
+
+    ``classify`` is the store's data classifier (the platform passes the access module's)."""
+    service = _service(engine, validate, classify)
     importer = Importer(service)
     report = ImportReport()
     sources = discover(paths)
@@ -268,13 +272,15 @@ def import_paths(
     return report
 
 
-def _service(engine: Engine, validate: bool) -> FhirService:
+def _service(engine: Engine, validate: bool, classify: Classifier | None) -> FhirService:
     from sharedcare.fhir.validation import store_issues
 
-    return FhirService(engine, validator=store_issues if validate else None)
+    return FhirService(engine, validator=store_issues if validate else None, classify=classify)
 
 
-def run_import_cli(engine: Engine, paths: list[Path], *, validate: bool) -> int:
+def run_import_cli(
+    engine: Engine, paths: list[Path], *, validate: bool, classify: Classifier | None = None
+) -> int:
     """The ``sharedcare import`` command: a progress bar, then counts and errors; exit 1 on errors."""
     from rich.console import Console
     from rich.progress import Progress
@@ -288,7 +294,7 @@ def run_import_cli(engine: Engine, paths: list[Path], *, validate: bool) -> int:
         def progress(name: str, count: int) -> None:
             bar.update(task, advance=1, description=f"{count} resources")
 
-        report = import_paths(engine, paths, validate=validate, progress=progress)
+        report = import_paths(engine, paths, validate=validate, progress=progress, classify=classify)
     table = Table(title=f"Imported {report.total} resources from {report.files} files")
     table.add_column("Resource type")
     table.add_column("Count", justify="right")

@@ -7,9 +7,11 @@ variants take an open connection so that a transaction Bundle can group them.
 
 from __future__ import annotations
 
+import copy
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -17,7 +19,7 @@ from urllib.parse import parse_qsl, urlencode
 
 import jsonpatch
 import orjson
-from sqlalchemy import Connection, Engine, func, or_, select, text
+from sqlalchemy import Connection, Engine, and_, func, or_, select, text
 
 from sharedcare.fhir.definitions import Definitions, definitions
 from sharedcare.fhir.errors import (
@@ -33,9 +35,10 @@ from sharedcare.fhir.search.compile import CompileContext
 from sharedcare.fhir.search.engine import AccessFilter, SearchEngine, SearchResult
 from sharedcare.fhir.search.parse import RESULT_PARAMS, QueryParser, SearchQuery
 from sharedcare.fhir.search.values import date_range
-from sharedcare.fhir.store import ResourceStore, Stored, Write, stored_from_row, utcnow
+from sharedcare.fhir.session import AccessSession, Interaction
+from sharedcare.fhir.store import Classifier, ResourceStore, Stored, Write, stored_from_row, utcnow
 from sharedcare.storage.engine import writer
-from sharedcare.storage.tables import resource_version
+from sharedcare.storage.tables import resource, resource_version
 
 ID_RE = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 Validator = Callable[[dict[str, Any]], list[Issue]]
@@ -117,15 +120,90 @@ class FhirService:
         max_page_size: int = 1000,
         default_total: str = "accurate",
         defs: Definitions | None = None,
+        classify: Classifier | None = None,
     ) -> None:
         self.engine = engine
         self.write_engine = writer(engine)
         self.defs = defs or definitions()
-        self.store = ResourceStore()
+        self.store = ResourceStore(classify=classify)
+        self.session: AccessSession | None = None
         self.validator = validator
         self.default_page_size = default_page_size
         self.max_page_size = max_page_size
         self.default_total = default_total
+
+    # -- access --------------------------------------------------------------------------------
+    def for_session(self, session: AccessSession | None) -> FhirService:
+        """This service as seen by one caller: every read filtered, every write checked, every
+        interaction recorded by ``session`` (None: the unrestricted internal service)."""
+        bound = copy.copy(self)
+        bound.session = session
+        return bound
+
+    @contextmanager
+    def reading(self) -> Iterator[Connection]:
+        """A connection for a read interaction: a write transaction when the read is audited,
+        so the audit record commits with it."""
+        if self.session is None:
+            with self.engine.connect() as conn:
+                yield conn
+        else:
+            with self.transaction() as conn:
+                yield conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """A write transaction; the session's audit records are written last, just before the
+        commit, so that the audit chain's lock is never held while the act waits for others."""
+        with self.write_engine.begin() as conn:
+            try:
+                yield conn
+            except BaseException:
+                if self.session is not None:
+                    self.session.discard()
+                raise
+            if self.session is not None:
+                self.session.flush(conn)
+
+    def access_filter(self, extra: AccessFilter | None = None) -> AccessFilter | None:
+        """The session's read filter, combined with ``extra``."""
+        own = self.session.read_filter() if self.session is not None else None
+        if own is None or extra is None:
+            return own or extra
+        return lambda r: and_(own(r), extra(r))
+
+    def _require(self, rtype: str | None, interaction: str) -> None:
+        if self.session is not None:
+            self.session.require(rtype, interaction)
+
+    def _record(self, conn: Connection, interaction: Interaction) -> None:
+        if self.session is not None:
+            self.session.record(conn, interaction)
+
+    def visible(self, conn: Connection, stored: Stored) -> bool:
+        """Whether the caller may see the resource of ``stored`` (its current row decides)."""
+        flt = self.access_filter()
+        if flt is None:
+            return True
+        return (
+            conn.execute(select(resource.c.pk).where(resource.c.pk == stored.pk, flt(resource))).first()
+            is not None
+        )
+
+    def apply_writes(self, conn: Connection, writes: Sequence[Write]) -> list[Stored]:
+        """The one door of every write: the session checks it, the store applies it, the
+        session records it."""
+        if self.session is not None:
+            self.session.check_writes(conn, writes)
+        results = self.store.apply(conn, writes)
+        if self.session is not None:
+            by_name: dict[tuple[str, str], list[Stored]] = {}
+            for w, stored in zip(writes, results, strict=True):
+                name = _WRITE_NAMES[w.method] if w.current is not None or w.method != "PUT" else "create"
+                by_name.setdefault((name, w.type), []).append(stored)
+            for (name, rtype), stored_list in by_name.items():
+                self.session.record(conn, Interaction(name, rtype, stored_list))
+        return results
 
     # -- helpers ---------------------------------------------------------------------------
     def check_type(self, rtype: str) -> None:
@@ -171,14 +249,14 @@ class FhirService:
             raise BadRequest("A conditional interaction needs search criteria")
         serialize(conn, f"{rtype}?{urlencode(sorted(params))}")
         query.total = "none"
-        result = self.engine_for(base_url).search(conn, query, page_size=2)
+        result = self.engine_for(base_url).search(conn, query, page_size=2, access=self.access_filter())
         return result.matches
 
     # -- create ----------------------------------------------------------------------------
     def create(
         self, res: dict[str, Any], *, if_none_exist: str | None = None, base_url: str = ""
     ) -> WriteOutcome:
-        with self.write_engine.begin() as conn:
+        with self.transaction() as conn:
             return self.create_in(conn, res, if_none_exist=if_none_exist, base_url=base_url)
 
     def create_in(
@@ -201,27 +279,50 @@ class FhirService:
                 return WriteOutcome(found[0], 200)
         res = dict(res)
         res["id"] = new_id or str(uuid.uuid4())
-        stored = self.store.apply(conn, [Write("POST", rtype, res["id"], res, None)])[0]
+        stored = self.apply_writes(conn, [Write("POST", rtype, res["id"], res, None)])[0]
         return WriteOutcome(stored, 201, created=True)
 
     # -- read ------------------------------------------------------------------------------
     def read(self, rtype: str, rid: str) -> Stored:
+        with self.reading() as conn:
+            return self.read_in(conn, rtype, rid)
+
+    def read_in(self, conn: Connection, rtype: str, rid: str) -> Stored:
+        """The current version; a resource the caller may not see is reported as unknown."""
         self.check_type(rtype)
-        with self.engine.connect() as conn:
-            return self.store.read(conn, rtype, rid)
+        self._require(rtype, "r")
+        current = self._current_visible(conn, rtype, rid)
+        stored = self.store.read(conn, rtype, rid) if current is None else current
+        if stored.deleted:
+            self.store.read(conn, rtype, rid)  # raises Gone
+        self._record(conn, Interaction("read", rtype, [stored]))
+        return stored
+
+    def _current_visible(self, conn: Connection, rtype: str, rid: str) -> Stored | None:
+        current = self.store.current(conn, rtype, rid)
+        if current is None or not self.visible(conn, current):
+            raise NotFound(f"Resource {rtype}/{rid} is not known")
+        return current
 
     def vread(self, rtype: str, rid: str, version: str) -> Stored:
+        with self.reading() as conn:
+            return self.vread_in(conn, rtype, rid, version)
+
+    def vread_in(self, conn: Connection, rtype: str, rid: str, version: str) -> Stored:
         self.check_type(rtype)
+        self._require(rtype, "r")
         if not version.isdigit():
             raise NotFound(f"Version {version!r} of {rtype}/{rid} is not known")
-        with self.engine.connect() as conn:
-            return self.store.vread(conn, rtype, rid, int(version))
+        self._current_visible(conn, rtype, rid)
+        stored = self.store.vread(conn, rtype, rid, int(version))
+        self._record(conn, Interaction("vread", rtype, [stored]))
+        return stored
 
     # -- update ----------------------------------------------------------------------------
     def update(
         self, rtype: str, rid: str, res: dict[str, Any], *, if_match: str | None = None
     ) -> WriteOutcome:
-        with self.write_engine.begin() as conn:
+        with self.transaction() as conn:
             return self.update_in(conn, rtype, rid, res, if_match=if_match)
 
     def update_in(
@@ -245,6 +346,8 @@ class FhirService:
         self.check_resource(res, rtype)
         serialize(conn, f"{rtype}/{rid}")
         current = self.store.current(conn, rtype, rid)
+        if current is not None and not self.visible(conn, current):
+            raise NotFound(f"Resource {rtype}/{rid} is not known")
         if if_match is not None:
             wanted = parse_etag(if_match)
             if current is None or current.deleted or current.version != wanted:
@@ -255,14 +358,14 @@ class FhirService:
                 )
         if current is not None and not current.deleted and same_content(current.resource(), res):
             return WriteOutcome(current, 200)
-        stored = self.store.apply(conn, [Write(method, rtype, rid, dict(res), current)])[0]
+        stored = self.apply_writes(conn, [Write(method, rtype, rid, dict(res), current)])[0]
         created = current is None or current.deleted
         return WriteOutcome(stored, 201 if created else 200, created=created)
 
     def conditional_update(
         self, rtype: str, query_string: str, res: dict[str, Any], *, base_url: str = ""
     ) -> WriteOutcome:
-        with self.write_engine.begin() as conn:
+        with self.transaction() as conn:
             return self.conditional_update_in(conn, rtype, query_string, res, base_url=base_url)
 
     def conditional_update_in(
@@ -284,7 +387,7 @@ class FhirService:
 
     # -- patch -----------------------------------------------------------------------------
     def patch(self, rtype: str, rid: str, patch: Any, *, if_match: str | None = None) -> WriteOutcome:
-        with self.write_engine.begin() as conn:
+        with self.transaction() as conn:
             return self.patch_in(conn, rtype, rid, patch, if_match=if_match)
 
     def patch_in(
@@ -292,9 +395,10 @@ class FhirService:
     ) -> WriteOutcome:
         """Apply a JSON Patch (RFC 6902) to the current version."""
         serialize(conn, f"{rtype}/{rid}")
-        current = self.store.read(conn, rtype, rid) if rtype in self.defs.resource_types else None
-        if current is None:
+        if rtype not in self.defs.resource_types:
             raise NotFound(f"Unknown resource type {rtype!r}")
+        self._current_visible(conn, rtype, rid)
+        current = self.store.read(conn, rtype, rid)
         if not isinstance(patch, list):
             raise BadRequest("A JSON Patch body is an array of operations")
         try:
@@ -308,7 +412,7 @@ class FhirService:
     def conditional_patch(
         self, rtype: str, query_string: str, patch: Any, *, base_url: str = ""
     ) -> WriteOutcome:
-        with self.write_engine.begin() as conn:
+        with self.transaction() as conn:
             found = self._match(conn, rtype, query_string, base_url)
             if not found:
                 raise NotFound(f"Conditional patch {query_string!r} matches no {rtype}")
@@ -318,22 +422,21 @@ class FhirService:
 
     # -- delete ----------------------------------------------------------------------------
     def delete(self, rtype: str, rid: str) -> Stored | None:
-        with self.write_engine.begin() as conn:
+        with self.transaction() as conn:
             return self.delete_in(conn, rtype, rid)
 
     def delete_in(self, conn: Connection, rtype: str, rid: str) -> Stored | None:
         """Delete: a new version marks the deletion; deleting a deleted resource changes nothing."""
         self.check_type(rtype)
         serialize(conn, f"{rtype}/{rid}")
-        current = self.store.current(conn, rtype, rid)
-        if current is None:
-            raise NotFound(f"Resource {rtype}/{rid} is not known")
+        current = self._current_visible(conn, rtype, rid)
+        assert current is not None
         if current.deleted:
             return None
-        return self.store.apply(conn, [Write("DELETE", rtype, rid, None, current)])[0]
+        return self.apply_writes(conn, [Write("DELETE", rtype, rid, None, current)])[0]
 
     def conditional_delete(self, rtype: str, query_string: str, *, base_url: str = "") -> Stored | None:
-        with self.write_engine.begin() as conn:
+        with self.transaction() as conn:
             return self.conditional_delete_in(conn, rtype, query_string, base_url=base_url)
 
     def conditional_delete_in(
@@ -362,7 +465,7 @@ class FhirService:
         compartment: str | None = None,
     ) -> SearchResult:
         """Run a parsed search (one page)."""
-        with self.engine.connect() as conn:
+        with self.reading() as conn:
             return self.search_in(conn, query, base_url=base_url, access=access, compartment=compartment)
 
     def search_in(
@@ -376,11 +479,29 @@ class FhirService:
     ) -> SearchResult:
         """Run a parsed search on an open connection (a transaction sees its own writes)."""
         size = self.default_page_size if query.count is None else query.count
+        self._require(query.resource_type, "s")
         if compartment is not None:
-            self.store.read(conn, "Patient", compartment)
-        return self.engine_for(base_url).search(
-            conn, query, size, access=access, compartment=compartment, default_total=self.default_total
+            patient = self._current_visible(conn, "Patient", compartment)
+            if patient is not None and patient.deleted:
+                self.store.read(conn, "Patient", compartment)  # raises Gone
+        result = self.engine_for(base_url).search(
+            conn,
+            query,
+            size,
+            access=self.access_filter(access),
+            compartment=compartment,
+            default_total=self.default_total,
         )
+        self._record(
+            conn,
+            Interaction(
+                "search",
+                query.resource_type,
+                [*result.matches, *result.included],
+                query=query.source or None,
+            ),
+        )
+        return result
 
     # -- $everything ------------------------------------------------------------------------
     def everything(
@@ -399,8 +520,10 @@ class FhirService:
             self.check_type(rtype)
         size = min(self.default_page_size if count is None else count, self.max_page_size)
         start = _instant_param(since, "_since")[0] if since else None
-        with self.engine.connect() as conn:
-            return everything(
+        self._require("Patient", "r")
+        with self.reading() as conn:
+            self._current_visible(conn, "Patient", patient_id)
+            result = everything(
                 conn,
                 self.store,
                 patient_id,
@@ -408,9 +531,20 @@ class FhirService:
                 since=start,
                 types=types,
                 page=page,
-                access=access,
+                access=self.access_filter(access),
                 base_url=base_url,
             )
+            self._record(
+                conn,
+                Interaction(
+                    "operation",
+                    "Patient",
+                    [*result.matches, *result.included],
+                    operation="everything",
+                    query=f"Patient/{patient_id}/$everything",
+                ),
+            )
+            return result
 
     # -- history ---------------------------------------------------------------------------
     def history(
@@ -430,9 +564,13 @@ class FhirService:
         """
         if rtype is not None:
             self.check_type(rtype)
+        self._require(rtype, "r")
         size = min(self.default_page_size if count is None else count, self.max_page_size)
         v = resource_version
         conds: list[Any] = []
+        flt = self.access_filter()
+        if flt is not None:
+            conds.append(v.c.res_pk.in_(select(resource.c.pk).where(flt(resource))))
         if rtype is not None:
             conds.append(v.c.type == rtype)
         if rid is not None:
@@ -448,9 +586,9 @@ class FhirService:
                 .scalar_subquery()
             )
             conds += [v.c.last_updated <= high, or_(next_change.is_(None), next_change > low)]
-        with self.engine.connect() as conn:
+        with self.reading() as conn:
             if rid is not None and rtype is not None:
-                self.store.current(conn, rtype, rid) or _raise_not_found(rtype, rid)
+                self._current_visible(conn, rtype, rid)
             total = None
             if page is None:
                 total = int(conn.execute(select(func.count()).select_from(v).where(*conds)).scalar_one())
@@ -460,9 +598,11 @@ class FhirService:
                 except ValueError:
                     raise BadRequest("Invalid history page link") from None
             rows = list(conn.execute(select(v).where(*conds).order_by(v.c.vpk.desc()).limit(size + 1)))
-        more = len(rows) > size
-        rows = rows[:size]
-        versions = [stored_from_row(r) for r in rows]
+            more = len(rows) > size
+            rows = rows[:size]
+            versions = [stored_from_row(r) for r in rows]
+            query = "&".join(f"{k}={x}" for k, x in (("_since", since), ("_at", at)) if x)
+            self._record(conn, Interaction("history", rtype, versions, query=query or None))
         return HistoryPage(versions, total, str(rows[-1].vpk) if more and rows else None)
 
 
@@ -478,3 +618,6 @@ def _raise_not_found(rtype: str, rid: str) -> Stored:
 
 
 __all__ = ["FhirService", "HistoryPage", "WriteOutcome", "orjson", "parse_etag"]
+
+
+_WRITE_NAMES = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}

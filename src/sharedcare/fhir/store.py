@@ -6,7 +6,7 @@ share one database transaction; the store never commits on its own.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -15,8 +15,11 @@ import orjson
 from sqlalchemy import Connection, Table, delete, insert, select, text, tuple_, update
 
 from sharedcare.fhir.errors import Gone, NotFound
-from sharedcare.fhir.indexer import Indexer, default_indexer
+from sharedcare.fhir.indexer import Indexer, IndexRows, default_indexer
 from sharedcare.storage.tables import INDEX_TABLES, resource, resource_compartment, resource_version
+
+Classifier = Callable[[dict[str, Any]], "str | None"]
+"""Gives a resource's data category (the access matrix's row); None when it is not patient data."""
 
 
 def utcnow() -> datetime:
@@ -76,8 +79,9 @@ def stored_from_row(row: Any) -> Stored:
 class ResourceStore:
     """Reads and writes resources, their versions, index rows and compartment links."""
 
-    def __init__(self, indexer: Indexer | None = None) -> None:
+    def __init__(self, indexer: Indexer | None = None, classify: Classifier | None = None) -> None:
         self.indexer = indexer or default_indexer()
+        self.classify = classify
 
     # -- reads -------------------------------------------------------------------------------
     def current(self, conn: Connection, rtype: str, rid: str) -> Stored | None:
@@ -148,6 +152,10 @@ class ResourceStore:
         results: list[Stored] = []
         new_rows: list[dict[str, Any]] = []
         new_positions: list[int] = []
+        indexed: list[IndexRows | None] = [
+            self.indexer.index(w.resource) if w.resource is not None else None for w in writes
+        ]
+        categories = [self._category(w) for w in writes]
         for position, w in enumerate(writes):
             version = (w.current.version + 1) if w.current else 1
             content: str | None = None
@@ -171,6 +179,7 @@ class ResourceStore:
                         "last_updated": now,
                         "deleted": deleted,
                         "content": content,
+                        "category": categories[position],
                     }
                 )
                 new_positions.append(position)
@@ -179,29 +188,40 @@ class ResourceStore:
             for position, pk in zip(new_positions, pks, strict=True):
                 results[position].pk = pk
         changed_pks = [w.current.pk for w in writes if w.current is not None]
-        for w, stored in zip(writes, results, strict=True):
+        for w, stored, category in zip(writes, results, categories, strict=True):
             if w.current is not None:
-                conn.execute(
-                    update(resource)
-                    .where(resource.c.pk == stored.pk)
-                    .values(
-                        version=stored.version,
-                        last_updated=now,
-                        deleted=stored.deleted,
-                        content=stored.content,
-                    )
-                )
+                values: dict[str, Any] = {
+                    "version": stored.version,
+                    "last_updated": now,
+                    "deleted": stored.deleted,
+                    "content": stored.content,
+                }
+                if w.resource is not None:
+                    values["category"] = category
+                conn.execute(update(resource).where(resource.c.pk == stored.pk).values(**values))
         if changed_pks:
-            for table in (*INDEX_TABLES.values(), resource_compartment):
+            for table in INDEX_TABLES.values():
                 conn.execute(delete(table).where(table.c.res_pk.in_(changed_pks)))
+            # a deleted resource stays in its patient's compartment (and category): the record
+            # still owns it, so the access decision over its history is the one it had alive
+            rewritten = [w.current.pk for w in writes if w.current is not None and w.resource is not None]
+            if rewritten:
+                conn.execute(delete(resource_compartment).where(resource_compartment.c.res_pk.in_(rewritten)))
         _bulk_insert(
             conn,
             resource_version,
             ("res_pk", "type", "id", "version", "last_updated", "method", "deleted", "content"),
             [(s.pk, s.type, s.id, s.version, now, s.method, s.deleted, s.content) for s in results],
         )
-        self._insert_index_rows(conn, [(w, s) for w, s in zip(writes, results, strict=True) if w.resource])
+        self._insert_index_rows(
+            conn, [(rows, s) for rows, s in zip(indexed, results, strict=True) if rows is not None]
+        )
         return results
+
+    def _category(self, w: Write) -> str | None:
+        if w.resource is None or self.classify is None:
+            return None
+        return self.classify(w.resource)
 
     def _new_pks(self, conn: Connection, rows: list[dict[str, Any]]) -> list[int]:
         """Insert new resource rows and return their keys, in order.
@@ -215,13 +235,22 @@ class ResourceStore:
                     text("SELECT nextval('resource_pk_seq') FROM generate_series(1, :n)"), {"n": len(rows)}
                 ).scalars()
             )
-            columns = ("pk", "type", "id", "version", "last_updated", "deleted", "content")
+            columns = ("pk", "type", "id", "version", "last_updated", "deleted", "content", "category")
             _bulk_insert(
                 conn,
                 resource,
                 columns,
                 [
-                    (pk, r["type"], r["id"], r["version"], r["last_updated"], r["deleted"], r["content"])
+                    (
+                        pk,
+                        r["type"],
+                        r["id"],
+                        r["version"],
+                        r["last_updated"],
+                        r["deleted"],
+                        r["content"],
+                        r["category"],
+                    )
                     for pk, r in zip(pks, rows, strict=True)
                 ],
             )
@@ -229,12 +258,10 @@ class ResourceStore:
         inserted = conn.execute(insert(resource).returning(resource.c.pk, sort_by_parameter_order=True), rows)
         return list(inserted.scalars())
 
-    def _insert_index_rows(self, conn: Connection, items: Sequence[tuple[Write, Stored]]) -> None:
+    def _insert_index_rows(self, conn: Connection, items: Sequence[tuple[IndexRows, Stored]]) -> None:
         batches: dict[str, list[tuple[Any, ...]]] = {}
         compartment_rows: list[tuple[Any, ...]] = []
-        for w, stored in items:
-            assert w.resource is not None
-            rows = self.indexer.index(w.resource)
+        for rows, stored in items:
             pk, rtype = stored.pk, stored.type
             for kind, kind_rows in rows.rows.items():
                 columns = INDEX_COLUMNS[kind]

@@ -48,6 +48,9 @@ resource = Table(
     Column("last_updated", DateTime(timezone=False), nullable=False),
     Column("deleted", Boolean, nullable=False, default=False),
     Column("content", Text, nullable=True),
+    # the data category of the access matrix, set by the write path's classifier; NULL for
+    # resources that are not patient data (directory, terminology)
+    Column("category", String(40), nullable=True),
     UniqueConstraint("type", "id"),
     Index("ix_resource_type_last_updated", "type", "last_updated"),
 )

@@ -8,6 +8,7 @@ it (400) and lenient handling can report it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from urllib.parse import urlencode
 
 from sharedcare.fhir.definitions import Definitions, SearchParam
 from sharedcare.fhir.errors import BadRequest, TooCostly
@@ -105,6 +106,7 @@ class SearchQuery:
     revincludes: list[Include] = field(default_factory=list)
     page: str | None = None
     ignored: list[str] = field(default_factory=list)  # parameters not used (lenient handling)
+    source: str = ""  # the parameters as received, for the audit trail
 
 
 class QueryParser:
@@ -116,7 +118,7 @@ class QueryParser:
         self.max_count = max_count
 
     def parse(self, resource_type: str, params: list[tuple[str, str]]) -> SearchQuery:
-        query = SearchQuery(resource_type)
+        query = SearchQuery(resource_type, source=urlencode(params))
         if len(params) > MAX_CRITERIA:
             raise TooCostly(f"A search may have at most {MAX_CRITERIA} parameters")
         for key, value in params:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from sharedcare.storage.tables import metadata
+from sharedcare.schema import metadata
 
 connection = context.config.attributes.get("connection")
 if connection is None:  # pragma: no cover - only when alembic's own CLI is used

@@ -1,0 +1,290 @@
+"""Care relationships: the proof that a professional takes part in a holder's care (§A.3).
+
+A relationship starts in one of the regulation's care contexts and lasts its default time:
+solo practice (the holder hands over a one-time connection code, 15 days), care facility
+(registration posted by the facility, 45 days, renewable by up to 30), hospital emergency
+department (registration, 24 hours + 15 days). The referring physician designation and the
+holder's permanent grants are relationships without an end (``access.consent``). Every
+function works in the caller's transaction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import Connection, and_, or_, select, update
+
+from sharedcare.access.models import care_relationship, connection_code, record_status
+from sharedcare.access.principals import Principal, PrincipalKind
+from sharedcare.settings import Settings
+
+
+class CareError(Exception):
+    """A care-relationship request that cannot be honoured; the message is for the user."""
+
+
+class InvalidConnectionCode(CareError):
+    """The code is unknown, used or expired (the three are not told apart)."""
+
+
+class NotAllowed(CareError):
+    """The principal may not take this step."""
+
+
+@dataclass(frozen=True, slots=True)
+class Relationship:
+    """One care relationship as the holder's access page shows it."""
+
+    id: str
+    patient_id: str
+    practitioner_id: str | None
+    organization_id: str | None
+    context: str
+    starts: datetime
+    ends: datetime | None
+    revoked_at: datetime | None
+    reason: str | None
+
+    def active(self, now: datetime) -> bool:
+        return self.revoked_at is None and self.starts <= now and (self.ends is None or self.ends > now)
+
+
+CODE_ALPHABET = "23456789ABCDEFGHJKMNPQRSTUVWXYZ"
+
+
+def _hash_code(code: str) -> str:
+    normalised = code.replace(" ", "").replace("-", "").upper()
+    return hashlib.sha256(normalised.encode()).hexdigest()
+
+
+def issue_connection_code(conn: Connection, settings: Settings, patient_id: str, now: datetime) -> str:
+    """A one-time code the holder shows the professional (9 characters, ~44 bits, 1 hour)."""
+    code = "".join(secrets.choice(CODE_ALPHABET) for _ in range(9))
+    conn.execute(
+        connection_code.insert().values(
+            code_hash=_hash_code(code),
+            patient_id=patient_id,
+            created=now,
+            expires=now + timedelta(minutes=settings.connection_code_minutes),
+        )
+    )
+    return f"{code[:3]}-{code[3:6]}-{code[6:]}"
+
+
+def open_with_code(
+    conn: Connection, settings: Settings, professional: Principal, code: str, now: datetime
+) -> Relationship:
+    """A solo-practice relationship from the holder's code: the code is used up."""
+    if professional.kind is not PrincipalKind.PROFESSIONAL or not professional.practitioner_id:
+        raise NotAllowed("Only a professional listed in the national directory can use a connection code")
+    c = connection_code
+    row = conn.execute(
+        select(c.c.pk, c.c.patient_id)
+        .where(c.c.code_hash == _hash_code(code), c.c.used_at.is_(None), c.c.expires > now)
+        .with_for_update()
+    ).first()
+    if row is None:
+        raise InvalidConnectionCode("This connection code is not valid (unknown, already used or expired)")
+    conn.execute(update(c).where(c.c.pk == row.pk).values(used_at=now, used_by=professional.subject))
+    _audit(conn, professional, row.patient_id, "open-care-relationship solo (connection code)")
+    return _insert(
+        conn,
+        patient_id=row.patient_id,
+        practitioner_id=professional.practitioner_id,
+        organization_id=None,
+        context="solo",
+        starts=now,
+        ends=now + timedelta(days=settings.access_solo_days),
+        created_by=professional.subject,
+    )
+
+
+def register(
+    conn: Connection,
+    settings: Settings,
+    actor: Principal,
+    patient_id: str,
+    *,
+    emergency: bool,
+    now: datetime,
+    organization_id: str | None = None,
+) -> Relationship:
+    """A facility's registration of the holder (entrance or emergency department).
+
+    Posted by the facility's system client or one of its professionals; the relationship is
+    with the organisation, so every professional acting for it is in the holder's care.
+    """
+    organization = organization_id or actor.organization_id
+    if actor.kind not in (PrincipalKind.SYSTEM, PrincipalKind.PROFESSIONAL) or not organization:
+        raise NotAllowed("Only a care facility's system or professional can register a patient")
+    if actor.organization_id and organization != actor.organization_id and not actor.trusted:
+        raise NotAllowed("A facility registers patients only for itself")
+    _audit(
+        conn,
+        actor,
+        patient_id,
+        f"register {'emergency' if emergency else 'facility'} Organization/{organization}",
+    )
+    if emergency:
+        ends = now + timedelta(
+            hours=settings.access_emergency_hours, days=settings.access_emergency_extra_days
+        )
+    else:
+        ends = now + timedelta(days=settings.access_facility_days)
+    return _insert(
+        conn,
+        patient_id=patient_id,
+        practitioner_id=None,
+        organization_id=organization,
+        context="emergency" if emergency else "facility",
+        starts=now,
+        ends=ends,
+        created_by=actor.subject,
+    )
+
+
+def renew(
+    conn: Connection, settings: Settings, actor: Principal, relationship_id: str, days: int, now: datetime
+) -> Relationship:
+    """Prolong a facility stay by up to the renewal limit, counted from now."""
+    if not 0 < days <= settings.access_facility_renewal_days:
+        raise CareError(f"A renewal lasts 1 to {settings.access_facility_renewal_days} days")
+    rel = get(conn, relationship_id)
+    if rel is None or rel.context != "facility" or rel.organization_id != actor.organization_id:
+        raise NotAllowed("Only the registering facility renews its own registration")
+    if not rel.active(now):
+        raise CareError("An ended registration cannot be renewed; register the patient again")
+    ends = max(rel.ends or now, now + timedelta(days=days))
+    conn.execute(update(care_relationship).where(care_relationship.c.id == rel.id).values(ends=ends))
+    return get(conn, rel.id)  # type: ignore[return-value]
+
+
+def emergency_override(
+    conn: Connection, settings: Settings, professional: Principal, patient_id: str, reason: str, now: datetime
+) -> Relationship:
+    """The EHDS emergency override (§A.6): off unless the setting allows it; a reason is
+    required; it lasts ``emergency_override_hours``, lifts the holder's blocks and masks (not
+    closure, not the matrix), and every act under it is flagged in the audit trail."""
+    if not settings.emergency_override:
+        raise NotAllowed("The emergency override is not enabled on this platform")
+    if professional.kind is not PrincipalKind.PROFESSIONAL or not professional.practitioner_id:
+        raise NotAllowed(
+            "Only a professional listed in the national directory can use the emergency override"
+        )
+    if not reason or not reason.strip():
+        raise CareError("The emergency override needs a reason")
+    rel = _insert(
+        conn,
+        patient_id=patient_id,
+        practitioner_id=professional.practitioner_id,
+        organization_id=professional.organization_id,
+        context="override",
+        starts=now,
+        ends=now + timedelta(hours=settings.emergency_override_hours),
+        reason=reason.strip(),
+        created_by=professional.subject,
+    )
+    from sharedcare.audit import log as audit
+
+    audit.append(
+        conn,
+        audit.record_for(
+            professional,
+            audit.AuditAction.EMERGENCY_ACCESS,
+            patient_id=patient_id,
+            emergency=True,
+            emergency_reason=reason.strip(),
+        ),
+    )
+    return rel
+
+
+def active_overrides(conn: Connection, practitioner_id: str, now: datetime) -> dict[str, str]:
+    """Patient id → reason of the professional's active emergency overrides."""
+    cr = care_relationship
+    rows = conn.execute(
+        select(cr.c.patient_id, cr.c.reason).where(
+            cr.c.practitioner_id == practitioner_id,
+            cr.c.context == "override",
+            cr.c.revoked_at.is_(None),
+            cr.c.starts <= now,
+            or_(cr.c.ends.is_(None), cr.c.ends > now),
+        )
+    )
+    return {row.patient_id: row.reason or "" for row in rows}
+
+
+def get(conn: Connection, relationship_id: str) -> Relationship | None:
+    row = conn.execute(select(care_relationship).where(care_relationship.c.id == relationship_id)).first()
+    return _from_row(row) if row else None
+
+
+def of_patient(
+    conn: Connection, patient_id: str, now: datetime, *, include_ended: bool = False
+) -> list[Relationship]:
+    """The holder's relationships, newest first (active ones only unless asked)."""
+    cr = care_relationship
+    conds = [cr.c.patient_id == patient_id]
+    if not include_ended:
+        conds += [cr.c.revoked_at.is_(None), cr.c.starts <= now, or_(cr.c.ends.is_(None), cr.c.ends > now)]
+    rows = conn.execute(select(cr).where(and_(*conds)).order_by(cr.c.starts.desc()))
+    return [_from_row(r) for r in rows]
+
+
+def end(conn: Connection, relationship_id: str, now: datetime) -> None:
+    """End a relationship at once (revoked grant, lost licence)."""
+    conn.execute(
+        update(care_relationship)
+        .where(care_relationship.c.id == relationship_id, care_relationship.c.revoked_at.is_(None))
+        .values(revoked_at=now)
+    )
+
+
+def ensure_record(
+    conn: Connection, patient_id: str, *, letter_sent: datetime | None, activated: datetime | None
+) -> None:
+    """Create the life-cycle row of a record if it has none (creation letter, activation)."""
+    exists = conn.execute(
+        select(record_status.c.patient_id).where(record_status.c.patient_id == patient_id)
+    ).first()
+    if exists is None:
+        conn.execute(
+            record_status.insert().values(
+                patient_id=patient_id, status="open", letter_sent=letter_sent, activated_at=activated
+            )
+        )
+
+
+def _audit(conn: Connection, who: Principal, patient_id: str, what: str) -> None:
+    from sharedcare.audit import log as audit
+
+    audit.append(
+        conn, audit.record_for(who, audit.AuditAction.CONSENT_CHANGE, patient_id=patient_id, interaction=what)
+    )
+
+
+def _insert(conn: Connection, **values: object) -> Relationship:
+    rid = uuid.uuid4().hex
+    conn.execute(care_relationship.insert().values(id=rid, **values))
+    rel = get(conn, rid)
+    assert rel is not None
+    return rel
+
+
+def _from_row(row: object) -> Relationship:
+    m = row._mapping  # type: ignore[attr-defined]
+    return Relationship(
+        m["id"],
+        m["patient_id"],
+        m["practitioner_id"],
+        m["organization_id"],
+        m["context"],
+        m["starts"],
+        m["ends"],
+        m["revoked_at"],
+        m["reason"],
+    )

@@ -1,0 +1,457 @@
+"""The holder's choices (§A.4, §A.7): permanent grants, blocks, masks, representatives, closure.
+
+Each choice is a FHIR ``Consent`` in the holder's record (versioned, readable, exchangeable)
+and a row of the projection the access decision reads; both are written in the caller's
+transaction, so they never disagree. Withdrawing a choice makes its Consent ``inactive``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, select, update
+
+from sharedcare.access import care
+from sharedcare.access.models import access_restriction, care_relationship, delegation, record_status
+from sharedcare.access.principals import Principal, PrincipalKind
+from sharedcare.audit import log as audit
+from sharedcare.fhir.service import FhirService
+from sharedcare.fhir.store import instant
+from sharedcare.settings import Settings
+
+CONSENT_SCOPE = {
+    "coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]
+}
+CONSENT_CATEGORY = [
+    {"coding": [{"system": "http://loinc.org", "code": "59284-0", "display": "Patient Consent"}]}
+]
+CHOICE_SYSTEM = "https://sharedcare.lu/fhir/CodeSystem/dsp-access-choice"
+"""Our code system naming the kind of choice a Consent records."""
+
+DELEGATION_KINDS = ("parent", "guardian", "trusted", "assistant")
+
+
+class ChoiceError(Exception):
+    """A choice that cannot be made; the message is for the holder."""
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """An active choice of the holder as the access page lists it."""
+
+    id: str
+    kind: str  # permanent | block | mask | delegation
+    practitioner_id: str | None
+    resource: str | None
+    account_id: str | None
+    starts: datetime
+    ends: datetime | None
+    consent_id: str | None
+
+
+def _consent(
+    patient_id: str,
+    kind: str,
+    provision_type: str,
+    now: datetime,
+    *,
+    actor: dict[str, Any] | None = None,
+    data: str | None = None,
+    ends: datetime | None = None,
+) -> dict[str, Any]:
+    provision: dict[str, Any] = {"type": provision_type, "period": {"start": instant(now)}}
+    if ends is not None:
+        provision["period"]["end"] = instant(ends)
+    if actor is not None:
+        provision["actor"] = [actor]
+    if data is not None:
+        provision["data"] = [{"meaning": "instance", "reference": {"reference": data}}]
+    return {
+        "resourceType": "Consent",
+        "status": "active",
+        "scope": CONSENT_SCOPE,
+        "category": CONSENT_CATEGORY,
+        "patient": {"reference": f"Patient/{patient_id}"},
+        "dateTime": instant(now),
+        "policyRule": {"coding": [{"system": CHOICE_SYSTEM, "code": kind}]},
+        "provision": provision,
+    }
+
+
+def _practitioner_actor(practitioner_id: str) -> dict[str, Any]:
+    return {
+        "role": {
+            "coding": [
+                {"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "PRCP"}
+            ]
+        },
+        "reference": {"reference": f"Practitioner/{practitioner_id}"},
+    }
+
+
+def _require_holder(conn: Connection, who: Principal, patient_id: str, now: datetime) -> None:
+    """Only the holder or an active representative changes the holder's choices."""
+    if who.kind is PrincipalKind.PATIENT and who.patient_id == patient_id:
+        return
+    d = delegation
+    found = conn.execute(
+        select(d.c.id).where(
+            d.c.account_id == who.subject,
+            d.c.patient_id == patient_id,
+            d.c.starts <= now,
+            (d.c.ends.is_(None)) | (d.c.ends > now),
+            d.c.revoked_at.is_(None),
+        )
+    ).first()
+    if found is None:
+        raise ChoiceError(
+            "Only the holder of the record or their representative can change its access rights"
+        )
+
+
+def _audit(
+    conn: Connection, who: Principal, patient_id: str, what: str, consent_id: str | None = None
+) -> None:
+    """Every change of the holder's choices is in the record's access log (same transaction)."""
+    audit.append(
+        conn,
+        audit.record_for(
+            who,
+            audit.AuditAction.CONSENT_CHANGE,
+            patient_id=patient_id,
+            interaction=what,
+            resources=(f"Consent/{consent_id}",) if consent_id else (),
+        ),
+    )
+
+
+def _write_consent(conn: Connection, fhir: FhirService, consent: dict[str, Any]) -> str:
+    return fhir.for_session(None).create_in(conn, consent).stored.id
+
+
+def _deactivate_consent(conn: Connection, fhir: FhirService, consent_id: str | None) -> None:
+    if not consent_id:
+        return
+    svc = fhir.for_session(None)
+    current = svc.store.current(conn, "Consent", consent_id)
+    if current is None or current.deleted:
+        return
+    res = current.resource()
+    res["status"] = "inactive"
+    svc.update_in(conn, "Consent", consent_id, res)
+
+
+# -- permanent access -------------------------------------------------------------------------
+def grant_permanent(
+    conn: Connection, fhir: FhirService, who: Principal, patient_id: str, practitioner_id: str, now: datetime
+) -> str:
+    """The holder extends a professional's access without end, until revoked."""
+    _require_holder(conn, who, patient_id, now)
+    consent_id = _write_consent(
+        conn,
+        fhir,
+        _consent(patient_id, "permanent", "permit", now, actor=_practitioner_actor(practitioner_id)),
+    )
+    rid = uuid.uuid4().hex
+    conn.execute(
+        care_relationship.insert().values(
+            id=rid,
+            patient_id=patient_id,
+            practitioner_id=practitioner_id,
+            context="permanent",
+            starts=now,
+            ends=None,
+            consent_id=consent_id,
+            created_by=who.subject,
+        )
+    )
+    _audit(conn, who, patient_id, f"grant-permanent Practitioner/{practitioner_id}", consent_id)
+    return rid
+
+
+def revoke_permanent(
+    conn: Connection, fhir: FhirService, who: Principal, patient_id: str, practitioner_id: str, now: datetime
+) -> int:
+    """End every permanent grant of the professional; returns how many were ended."""
+    _require_holder(conn, who, patient_id, now)
+    cr = care_relationship
+    rows = list(
+        conn.execute(
+            select(cr.c.id, cr.c.consent_id).where(
+                cr.c.patient_id == patient_id,
+                cr.c.practitioner_id == practitioner_id,
+                cr.c.context == "permanent",
+                cr.c.revoked_at.is_(None),
+            )
+        )
+    )
+    for row in rows:
+        care.end(conn, row.id, now)
+        _deactivate_consent(conn, fhir, row.consent_id)
+        _audit(conn, who, patient_id, f"revoke-permanent Practitioner/{practitioner_id}", row.consent_id)
+    return len(rows)
+
+
+# -- blocks and masks -----------------------------------------------------------------------------
+def block(
+    conn: Connection, fhir: FhirService, who: Principal, patient_id: str, practitioner_id: str, now: datetime
+) -> str:
+    """ "Privé": forbid a named professional the whole record, whatever their relationship."""
+    _require_holder(conn, who, patient_id, now)
+    if _restriction(conn, patient_id, practitioner_id, "block", None) is not None:
+        raise ChoiceError("This professional is already blocked")
+    consent_id = _write_consent(
+        conn, fhir, _consent(patient_id, "block", "deny", now, actor=_practitioner_actor(practitioner_id))
+    )
+    _audit(conn, who, patient_id, f"block Practitioner/{practitioner_id}", consent_id)
+    return _insert_restriction(conn, patient_id, practitioner_id, "block", None, consent_id, now)
+
+
+def unblock(
+    conn: Connection, fhir: FhirService, who: Principal, patient_id: str, practitioner_id: str, now: datetime
+) -> None:
+    _require_holder(conn, who, patient_id, now)
+    consent_id = _remove_restriction(conn, fhir, patient_id, practitioner_id, "block", None, now)
+    _audit(conn, who, patient_id, f"unblock Practitioner/{practitioner_id}", consent_id)
+
+
+def mask(
+    conn: Connection,
+    fhir: FhirService,
+    who: Principal,
+    patient_id: str,
+    practitioner_id: str,
+    reference: str,
+    now: datetime,
+) -> str:
+    """ "Restreint": hide one item of the record from a named professional."""
+    _require_holder(conn, who, patient_id, now)
+    rtype, _, rid = reference.partition("/")
+    owned = fhir.for_session(None).store.current(conn, rtype, rid) if rid else None
+    if owned is None:
+        raise ChoiceError(f"{reference} is not an item of this record")
+    if _restriction(conn, patient_id, practitioner_id, "mask", reference) is not None:
+        raise ChoiceError("This item is already hidden from this professional")
+    consent_id = _write_consent(
+        conn,
+        fhir,
+        _consent(patient_id, "mask", "deny", now, actor=_practitioner_actor(practitioner_id), data=reference),
+    )
+    _audit(conn, who, patient_id, f"hide {reference} from Practitioner/{practitioner_id}", consent_id)
+    return _insert_restriction(conn, patient_id, practitioner_id, "mask", reference, consent_id, now)
+
+
+def unmask(
+    conn: Connection,
+    fhir: FhirService,
+    who: Principal,
+    patient_id: str,
+    practitioner_id: str,
+    reference: str,
+    now: datetime,
+) -> None:
+    _require_holder(conn, who, patient_id, now)
+    consent_id = _remove_restriction(conn, fhir, patient_id, practitioner_id, "mask", reference, now)
+    _audit(conn, who, patient_id, f"unhide {reference} from Practitioner/{practitioner_id}", consent_id)
+
+
+def _restriction(
+    conn: Connection, patient_id: str, practitioner_id: str, kind: str, reference: str | None
+) -> Any:
+    r = access_restriction
+    conds = [
+        r.c.patient_id == patient_id,
+        r.c.practitioner_id == practitioner_id,
+        r.c.kind == kind,
+        r.c.removed_at.is_(None),
+    ]
+    if reference is not None:
+        rtype, _, rid = reference.partition("/")
+        conds += [r.c.resource_type == rtype, r.c.resource_id == rid]
+    return conn.execute(select(r.c.id, r.c.consent_id).where(*conds)).first()
+
+
+def _insert_restriction(
+    conn: Connection,
+    patient_id: str,
+    practitioner_id: str,
+    kind: str,
+    reference: str | None,
+    consent_id: str,
+    now: datetime,
+) -> str:
+    rtype, _, rid = (reference or "").partition("/")
+    restriction_id = uuid.uuid4().hex
+    conn.execute(
+        access_restriction.insert().values(
+            id=restriction_id,
+            patient_id=patient_id,
+            practitioner_id=practitioner_id,
+            kind=kind,
+            resource_type=rtype or None,
+            resource_id=rid or None,
+            created=now,
+            consent_id=consent_id,
+        )
+    )
+    return restriction_id
+
+
+def _remove_restriction(
+    conn: Connection,
+    fhir: FhirService,
+    patient_id: str,
+    practitioner_id: str,
+    kind: str,
+    reference: str | None,
+    now: datetime,
+) -> str | None:
+    row = _restriction(conn, patient_id, practitioner_id, kind, reference)
+    if row is None:
+        raise ChoiceError("There is no such restriction")
+    conn.execute(update(access_restriction).where(access_restriction.c.id == row.id).values(removed_at=now))
+    _deactivate_consent(conn, fhir, row.consent_id)
+    consent_id: str | None = row.consent_id
+    return consent_id
+
+
+# -- representatives ------------------------------------------------------------------------------
+def appoint(
+    conn: Connection,
+    fhir: FhirService,
+    who: Principal,
+    patient_id: str,
+    account_id: str,
+    kind: str,
+    now: datetime,
+    *,
+    ends: datetime | None = None,
+    legal_basis: str | None = None,
+) -> str:
+    """A representative acting on behalf of the holder, for a limited time (§A.7)."""
+    if kind not in DELEGATION_KINDS:
+        raise ChoiceError(f"Unknown kind of representative {kind!r}")
+    if who.kind is not PrincipalKind.SYSTEM or not who.trusted:
+        _require_holder(conn, who, patient_id, now)
+    if ends is not None and ends <= now:
+        raise ChoiceError("The end of the delegation must be in the future")
+    actor = {
+        "role": {
+            "coding": [
+                {"system": "http://terminology.hl7.org/CodeSystem/v3-RoleCode", "code": _ROLE_CODES[kind]}
+            ]
+        },
+        "reference": {"display": f"account {account_id}"},
+    }
+    consent_id = _write_consent(
+        conn, fhir, _consent(patient_id, f"delegation-{kind}", "permit", now, actor=actor, ends=ends)
+    )
+    delegation_id = uuid.uuid4().hex
+    conn.execute(
+        delegation.insert().values(
+            id=delegation_id,
+            patient_id=patient_id,
+            account_id=account_id,
+            kind=kind,
+            legal_basis=legal_basis,
+            starts=now,
+            ends=ends,
+            consent_id=consent_id,
+        )
+    )
+    _audit(conn, who, patient_id, f"appoint {kind} account {account_id}", consent_id)
+    return delegation_id
+
+
+_ROLE_CODES = {"parent": "PRN", "guardian": "GUARD", "trusted": "NOK", "assistant": "AGNT"}
+
+
+def remove_delegation(
+    conn: Connection, fhir: FhirService, who: Principal, delegation_id: str, now: datetime
+) -> None:
+    d = delegation
+    row = conn.execute(select(d).where(d.c.id == delegation_id, d.c.revoked_at.is_(None))).first()
+    if row is None:
+        raise ChoiceError("There is no such representative")
+    _require_holder(conn, who, row.patient_id, now)
+    conn.execute(update(d).where(d.c.id == delegation_id).values(revoked_at=now))
+    _deactivate_consent(conn, fhir, row.consent_id)
+    _audit(conn, who, row.patient_id, f"remove {row.kind} account {row.account_id}", row.consent_id)
+
+
+# -- closure -----------------------------------------------------------------------------------
+def close_record(
+    conn: Connection, who: Principal, patient_id: str, now: datetime, reason: str = "holder"
+) -> None:
+    """Close the record: no professional access, no new data; the holder may reopen it (§A.2)."""
+    if reason == "holder":
+        _require_holder(conn, who, patient_id, now)
+    care.ensure_record(conn, patient_id, letter_sent=None, activated=None)
+    s = record_status
+    conn.execute(
+        update(s)
+        .where(s.c.patient_id == patient_id)
+        .values(status="closed", closed_at=now, closed_reason=reason)
+    )
+    _audit(conn, who, patient_id, f"close-record ({reason})")
+
+
+def reopen_record(
+    conn: Connection, settings: Settings, who: Principal, patient_id: str, now: datetime
+) -> None:
+    """Reopen within the reopening window, with the data held at closure."""
+    _require_holder(conn, who, patient_id, now)
+    s = record_status
+    row = conn.execute(select(s).where(s.c.patient_id == patient_id)).first()
+    if row is None or row.status != "closed":
+        raise ChoiceError("The record is not closed")
+    if row.closed_reason == "death":
+        raise ChoiceError("A record closed at death cannot be reopened")
+    if row.closed_at < now - timedelta(days=365 * settings.reopen_window_years):
+        raise ChoiceError(f"A record can be reopened only within {settings.reopen_window_years} years")
+    conn.execute(
+        update(s)
+        .where(s.c.patient_id == patient_id)
+        .values(status="open", closed_at=None, closed_reason=None)
+    )
+    _audit(conn, who, patient_id, "reopen-record")
+
+
+def status(conn: Connection, patient_id: str) -> str:
+    """``open`` or ``closed`` (a record without a life-cycle row is open)."""
+    row = conn.execute(select(record_status.c.status).where(record_status.c.patient_id == patient_id)).first()
+    return row.status if row else "open"
+
+
+# -- listing ------------------------------------------------------------------------------------
+def choices(conn: Connection, patient_id: str, now: datetime) -> list[Choice]:
+    """The holder's active choices: grants, blocks, masks and representatives."""
+    out: list[Choice] = []
+    cr = care_relationship
+    for row in conn.execute(
+        select(cr).where(
+            cr.c.patient_id == patient_id, cr.c.context == "permanent", cr.c.revoked_at.is_(None)
+        )
+    ):
+        out.append(
+            Choice(row.id, "permanent", row.practitioner_id, None, None, row.starts, row.ends, row.consent_id)
+        )
+    r = access_restriction
+    for row in conn.execute(select(r).where(r.c.patient_id == patient_id, r.c.removed_at.is_(None))):
+        ref = f"{row.resource_type}/{row.resource_id}" if row.resource_type else None
+        out.append(
+            Choice(row.id, row.kind, row.practitioner_id, ref, None, row.created, None, row.consent_id)
+        )
+    d = delegation
+    for row in conn.execute(
+        select(d).where(
+            d.c.patient_id == patient_id, d.c.revoked_at.is_(None), (d.c.ends.is_(None)) | (d.c.ends > now)
+        )
+    ):
+        out.append(
+            Choice(row.id, "delegation", None, None, row.account_id, row.starts, row.ends, row.consent_id)
+        )
+    return out

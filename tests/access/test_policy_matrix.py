@@ -1,0 +1,503 @@
+"""The access decision through every read and write path of the FHIR service.
+
+One small world — two holders, a directory, every kind of principal and care situation of
+issue 3 — and for each principal the explicit set of resources they may see. Each read path
+(read, vread, search, _include, _revinclude, chain, _has, history, $everything, compartment
+search, batch GET) must show exactly that set or a subset of it: any other resource is a leak.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, select
+
+from sharedcare.access import care, consent
+from sharedcare.access.models import care_relationship, record_status
+from sharedcare.access.policy import AccessPolicy
+from sharedcare.access.policy import category_of as classify
+from sharedcare.access.principals import Principal, PrincipalKind
+from sharedcare.access.session import PolicySession
+from sharedcare.audit import log as audit
+from sharedcare.fhir.bundle import BundleProcessor
+from sharedcare.fhir.errors import BusinessRule, Forbidden, NotFound
+from sharedcare.fhir.service import FhirService
+from sharedcare.fhir.store import utcnow
+from sharedcare.settings import Settings
+from sharedcare.storage.engine import make_engine, writer
+from support import truncate
+
+LOINC = "http://loinc.org"
+OBS_CAT = "http://terminology.hl7.org/CodeSystem/observation-category"
+
+
+def _lab(rid: str, patient: str, code: str) -> dict[str, Any]:
+    return {
+        "resourceType": "Observation",
+        "id": rid,
+        "status": "final",
+        "category": [{"coding": [{"system": OBS_CAT, "code": "laboratory"}]}],
+        "code": {"coding": [{"system": LOINC, "code": code}]},
+        "subject": {"reference": f"Patient/{patient}"},
+        "valueQuantity": {
+            "value": 5.4,
+            "unit": "mmol/L",
+            "system": "http://unitsofmeasure.org",
+            "code": "mmol/L",
+        },
+    }
+
+
+def _practitioner(rid: str, active: bool = True) -> dict[str, Any]:
+    return {"resourceType": "Practitioner", "id": rid, "active": active, "name": [{"family": rid.title()}]}
+
+
+DIRECTORY = [
+    {"resourceType": "Organization", "id": "hosp", "name": "Hôpital du Nord"},
+    *(
+        _practitioner(p)
+        for p in (
+            "gp",
+            "pharm",
+            "blocked",
+            "masked",
+            "expired",
+            "permanent",
+            "hdoc",
+            "stranger",
+            "referent",
+            "er",
+        )
+    ),
+    _practitioner("withdrawn", active=False),
+]
+RECORD_A = [
+    {
+        "resourceType": "Patient",
+        "id": "pa",
+        "name": [{"family": "Muller", "given": ["Anne"]}],
+        "gender": "female",
+    },
+    _lab("lab-a", "pa", "2345-7"),
+    _lab("lab-hidden", "pa", "718-7"),
+    {
+        "resourceType": "Condition",
+        "id": "cond-a",
+        "subject": {"reference": "Patient/pa"},
+        "code": {"text": "Asthma"},
+    },
+    {
+        "resourceType": "MedicationDispense",
+        "id": "disp-a",
+        "status": "completed",
+        "subject": {"reference": "Patient/pa"},
+        "medicationCodeableConcept": {"text": "Salbutamol"},
+    },
+    {
+        "resourceType": "DiagnosticReport",
+        "id": "dr-a",
+        "status": "final",
+        "category": [
+            {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0074", "code": "LAB"}]}
+        ],
+        "code": {"coding": [{"system": LOINC, "code": "58410-2"}]},
+        "subject": {"reference": "Patient/pa"},
+        "result": [{"reference": "Observation/lab-hidden"}, {"reference": "Observation/lab-a"}],
+    },
+    {
+        "resourceType": "ImagingStudy",
+        "id": "img-a",
+        "status": "available",
+        "subject": {"reference": "Patient/pa"},
+    },
+]
+RECORD_B = [
+    {"resourceType": "Patient", "id": "pb", "name": [{"family": "Weber"}], "gender": "male"},
+    _lab("lab-b", "pb", "718-7"),
+]
+
+
+def key(res: dict[str, Any]) -> str:
+    return f"{res['resourceType']}/{res['id']}"
+
+
+ALL_A = {key(r) for r in RECORD_A}
+ALL_B = {key(r) for r in RECORD_B}
+CLINICAL = ALL_A | ALL_B
+DIRECTORY_KEYS = {key(r) for r in DIRECTORY}
+
+
+def professional(pid: str, profession: str = "med", organization: str | None = None) -> Principal:
+    return Principal(
+        PrincipalKind.PROFESSIONAL,
+        f"acct-{pid}",
+        display=pid,
+        practitioner_id=pid,
+        profession=profession,
+        organization_id=organization,
+        scopes=frozenset({"user/*.cruds"}),
+    )
+
+
+PRINCIPALS: dict[str, Principal] = {
+    "holder": Principal(
+        PrincipalKind.PATIENT, "acct-pa", patient_id="pa", scopes=frozenset({"patient/*.cruds"})
+    ),
+    "representative": Principal(PrincipalKind.REPRESENTATIVE, "acct-rep", scopes=frozenset({"user/*.cruds"})),
+    "gp": professional("gp"),
+    "pharmacist": professional("pharm", "pha"),
+    "blocked": professional("blocked"),
+    "masked": professional("masked"),
+    "expired": professional("expired"),
+    "permanent": professional("permanent"),
+    "hospital-doctor": professional("hdoc", organization="hosp"),
+    "stranger": professional("stranger"),
+    "withdrawn": professional("withdrawn"),
+    "referent": professional("referent"),
+    "helpdesk": Principal(PrincipalKind.HELPDESK, "acct-help"),
+    "trusted-system": Principal(
+        PrincipalKind.SYSTEM, "demo-system", scopes=frozenset({"system/*.*"}), trusted=True
+    ),
+    "facility-system": Principal(
+        PrincipalKind.SYSTEM, "hosp-his", organization_id="hosp", scopes=frozenset({"system/*.*"})
+    ),
+}
+
+EXPECTED: dict[str, set[str]] = {
+    "holder": ALL_A,
+    "representative": ALL_A,
+    "gp": ALL_A,
+    "pharmacist": ALL_A - {"ImagingStudy/img-a"},  # Annex 1: pharmacists have no imaging right
+    "blocked": set(),
+    "masked": ALL_A - {"Observation/lab-hidden"},
+    "expired": set(),
+    "permanent": ALL_A,
+    "hospital-doctor": ALL_A,
+    "stranger": set(),
+    "withdrawn": set(),
+    "referent": ALL_A,
+    "helpdesk": set(),
+    "trusted-system": CLINICAL,
+    "facility-system": {"Patient/pa"},
+}
+SEES_HOLDER_CHOICES = {"holder", "representative", "trusted-system"}
+
+
+@dataclass
+class World:
+    engine: Engine
+    settings: Settings
+    svc: FhirService
+    policy: AccessPolicy
+    consents: set[str] = field(default_factory=set)
+
+    def as_(self, name: str, **kwargs: Any) -> FhirService:
+        session = PolicySession(PRINCIPALS[name], self.policy, classify, **kwargs)
+        return self.svc.for_session(session)
+
+
+@pytest.fixture
+def world(db_url: str) -> Iterator[World]:
+    engine = make_engine(db_url)
+    truncate(engine)
+    settings = Settings(database_url=db_url, demo_data=False)
+    svc = FhirService(engine, classify=classify)
+    for res in [*DIRECTORY, *RECORD_A, *RECORD_B]:
+        svc.update(res["resourceType"], res["id"], res)
+    now = utcnow()
+    past = now - timedelta(days=1)
+    trusted = PRINCIPALS["trusted-system"]
+    with writer(engine).begin() as conn:
+
+        def rel(practitioner: str | None, context: str, ends: Any, organization: str | None = None) -> None:
+            conn.execute(
+                care_relationship.insert().values(
+                    id=f"{practitioner or organization}-{context}",
+                    patient_id="pa",
+                    practitioner_id=practitioner,
+                    organization_id=organization,
+                    context=context,
+                    starts=past,
+                    ends=ends,
+                    created_by="test",
+                )
+            )
+
+        for pid in ("gp", "pharm", "blocked", "masked", "withdrawn"):
+            rel(pid, "solo", now + timedelta(days=14))
+        rel("expired", "solo", now - timedelta(hours=1))
+        rel("referent", "referent", None)
+        rel(None, "facility", now + timedelta(days=44), organization="hosp")
+        consent.grant_permanent(conn, svc, PRINCIPALS["holder"], "pa", "permanent", now)
+        consent.block(conn, svc, PRINCIPALS["holder"], "pa", "blocked", now)
+        consent.mask(conn, svc, PRINCIPALS["holder"], "pa", "masked", "Observation/lab-hidden", now)
+        consent.appoint(conn, svc, trusted, "pa", "acct-rep", "assistant", now, ends=now + timedelta(days=30))
+    w = World(engine, settings, svc, AccessPolicy(settings))
+    found = svc.search(svc.parse_search("Consent", [("_count", "100")], strict=True)).matches
+    w.consents = {f"Consent/{s.id}" for s in found}
+    assert len(w.consents) == 4
+    yield w
+    engine.dispose()
+
+
+def _ids(stored: Any) -> set[str]:
+    return {f"{s.type}/{s.id}" for s in stored}
+
+
+# -- reads ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", sorted(PRINCIPALS))
+def test_read_and_vread_show_exactly_the_allowed_resources(world: World, name: str) -> None:
+    svc = world.as_(name)
+    for ref in sorted(CLINICAL):
+        rtype, rid = ref.split("/")
+        if ref in EXPECTED[name]:
+            assert svc.read(rtype, rid).id == rid
+            assert svc.vread(rtype, rid, "1").version == 1
+        else:
+            with pytest.raises(NotFound):
+                svc.read(rtype, rid)
+            with pytest.raises(NotFound):
+                svc.vread(rtype, rid, "1")
+    for ref in sorted(world.consents):
+        rtype, rid = ref.split("/")
+        if name in SEES_HOLDER_CHOICES:
+            svc.read(rtype, rid)
+        else:
+            with pytest.raises(NotFound):  # a block or mask is never visible to professionals
+                svc.read(rtype, rid)
+
+
+@pytest.mark.parametrize("name", sorted(PRINCIPALS))
+def test_search_counts_and_returns_only_allowed_resources(world: World, name: str) -> None:
+    svc = world.as_(name)
+    for rtype in (
+        "Patient",
+        "Observation",
+        "Condition",
+        "MedicationDispense",
+        "DiagnosticReport",
+        "ImagingStudy",
+    ):
+        query = svc.parse_search(rtype, [("_count", "100"), ("_total", "accurate")], strict=True)
+        result = svc.search(query)
+        wanted = {k for k in EXPECTED[name] if k.startswith(f"{rtype}/")}
+        assert _ids(result.matches) == wanted, (name, rtype)
+        assert result.total == len(wanted), (name, rtype)
+    directory = svc.search(svc.parse_search("Practitioner", [("_count", "100")], strict=True))
+    assert _ids(directory.matches) == {k for k in DIRECTORY_KEYS if k.startswith("Practitioner/")}
+
+
+@pytest.mark.parametrize("name", sorted(PRINCIPALS))
+def test_include_revinclude_chain_and_has_reveal_nothing_hidden(world: World, name: str) -> None:
+    svc = world.as_(name)
+    allowed = EXPECTED[name] | DIRECTORY_KEYS
+    inc = svc.search(
+        svc.parse_search("DiagnosticReport", [("_include", "DiagnosticReport:result")], strict=True)
+    )
+    assert _ids(inc.included) <= allowed
+    assert _ids(inc.included) == {
+        k for k in EXPECTED[name] if k in ("Observation/lab-a", "Observation/lab-hidden")
+    } & (EXPECTED[name] if "DiagnosticReport/dr-a" in EXPECTED[name] else set())
+    rev = svc.search(svc.parse_search("Patient", [("_revinclude", "Observation:subject")], strict=True))
+    assert _ids(rev.included) == {k for k in EXPECTED[name] if k.startswith("Observation/")}
+    # a chain through a hidden result must not match: it would reveal the hidden value
+    chain = svc.search(svc.parse_search("DiagnosticReport", [("result.code", "718-7")], strict=True))
+    expect_chain = (
+        {"DiagnosticReport/dr-a"} if {"DiagnosticReport/dr-a", "Observation/lab-hidden"} <= allowed else set()
+    )
+    assert _ids(chain.matches) == expect_chain
+    has = svc.search(svc.parse_search("Patient", [("_has:Observation:subject:code", "718-7")], strict=True))
+    expect_has = {k for k in ("Patient/pa", "Patient/pb") if k in allowed}
+    if "Observation/lab-hidden" not in allowed:
+        expect_has.discard("Patient/pa")
+    if "Observation/lab-b" not in allowed:
+        expect_has.discard("Patient/pb")
+    assert _ids(has.matches) == expect_has
+
+
+@pytest.mark.parametrize("name", sorted(PRINCIPALS))
+def test_history_and_everything_show_only_allowed_resources(world: World, name: str) -> None:
+    svc = world.as_(name)
+    allowed = EXPECTED[name] | DIRECTORY_KEYS | (world.consents if name in SEES_HOLDER_CHOICES else set())
+    system = svc.history(count=1000)
+    assert _ids(system.versions) == allowed
+    assert system.total == len(allowed)
+    typed = svc.history("Observation", count=1000)
+    assert _ids(typed.versions) == {k for k in EXPECTED[name] if k.startswith("Observation/")}
+    for ref in sorted(CLINICAL):
+        rtype, rid = ref.split("/")
+        if ref in EXPECTED[name]:
+            assert _ids(svc.history(rtype, rid).versions) == {ref}
+        else:
+            with pytest.raises(NotFound):
+                svc.history(rtype, rid)
+    if "Patient/pa" in EXPECTED[name]:
+        page = svc.everything("pa", count=1000)
+        got = _ids([*page.matches, *page.included])
+        assert got - DIRECTORY_KEYS == EXPECTED[name] & ALL_A | (
+            world.consents if name in SEES_HOLDER_CHOICES else set()
+        )
+        compartment = svc.search(svc.parse_search("Observation", [], strict=True), compartment="pa")
+        assert _ids(compartment.matches) == {
+            k for k in EXPECTED[name] & ALL_A if k.startswith("Observation/")
+        }
+    else:
+        with pytest.raises(NotFound):
+            svc.everything("pa")
+        with pytest.raises(NotFound):
+            svc.search(svc.parse_search("Observation", [], strict=True), compartment="pa")
+
+
+@pytest.mark.parametrize("name", sorted(PRINCIPALS))
+def test_batch_get_entries_follow_the_decision(world: World, name: str) -> None:
+    svc = world.as_(name)
+    entries = [{"request": {"method": "GET", "url": ref}} for ref in sorted(CLINICAL)]
+
+    def get(url: str, base: str, conn: Any) -> tuple[int, Any]:
+        rtype, rid = url.split("/")
+        return 200, svc.read_in(conn, rtype, rid).resource()
+
+    result = BundleProcessor(svc, get_handler=get).process(
+        {"resourceType": "Bundle", "type": "batch", "entry": entries}
+    )
+    statuses = {
+        ref: e["response"]["status"][:3] for ref, e in zip(sorted(CLINICAL), result["entry"], strict=True)
+    }
+    assert {ref for ref, status in statuses.items() if status == "200"} == EXPECTED[name]
+    assert {status for ref, status in statuses.items() if ref not in EXPECTED[name]} <= {"404"}
+
+
+# -- writes --------------------------------------------------------------------------------------
+def _new_lab(patient: str) -> dict[str, Any]:
+    res = _lab("x", patient, "2345-7")
+    del res["id"]
+    return res
+
+
+def test_writes_follow_relationships_and_the_matrix(world: World) -> None:
+    assert world.as_("gp").create(_new_lab("pa")).created
+    with pytest.raises(Forbidden):
+        world.as_("gp").create(_new_lab("pb"))  # no relationship with pb
+    with pytest.raises(Forbidden):
+        world.as_("pharmacist").create(_new_lab("pa"))  # pharmacists read lab results only
+    dispense = {**RECORD_A[4]}
+    del dispense["id"]
+    assert world.as_("pharmacist").create(dispense).created
+    with pytest.raises(Forbidden):
+        world.as_("blocked").create(_new_lab("pa"))
+    with pytest.raises(Forbidden):
+        world.as_("holder").create(_new_lab("pa"))  # holders write only personal expression
+    note = {
+        "resourceType": "DocumentReference",
+        "status": "current",
+        "subject": {"reference": "Patient/pa"},
+        "author": [{"reference": "Patient/pa"}],
+        "content": [{"attachment": {"contentType": "text/plain", "data": "Tm8gYmxvb2QgdHJhbnNmdXNpb24u"}}],
+    }
+    assert world.as_("holder").create(note).created
+    with pytest.raises(Forbidden):
+        world.as_("holder").create(
+            {**note, "subject": {"reference": "Patient/pb"}, "author": [{"reference": "Patient/pb"}]}
+        )
+    with pytest.raises(Forbidden):
+        world.as_("helpdesk").create(_new_lab("pa"))
+
+
+def test_hidden_resources_cannot_be_written_or_probed(world: World) -> None:
+    hidden = {**RECORD_A[2], "status": "amended"}
+    with pytest.raises(NotFound):
+        world.as_("masked").update("Observation", "lab-hidden", hidden)
+    with pytest.raises(NotFound):
+        world.as_("masked").delete("Observation", "lab-hidden")
+    with pytest.raises(NotFound):  # no update-as-create outside the agency: same answer as a hidden id
+        world.as_("gp").update("Observation", "brand-new", {**_lab("brand-new", "pa", "2345-7")})
+    with pytest.raises(NotFound):
+        world.as_("stranger").patch(
+            "Observation", "lab-a", [{"op": "replace", "path": "/status", "value": "amended"}]
+        )
+    assert world.svc.read("Observation", "lab-hidden").version == 1
+
+
+def test_closed_record_refuses_everyone_and_new_data(world: World) -> None:
+    with writer(world.engine).begin() as conn:
+        consent.close_record(conn, PRINCIPALS["holder"], "pa", utcnow())
+    for name in ("gp", "holder", "permanent", "referent"):
+        with pytest.raises(NotFound):
+            world.as_(name).read("Observation", "lab-a")
+    with pytest.raises(BusinessRule):
+        world.as_("trusted-system").create(_new_lab("pa"))
+    with writer(world.engine).begin() as conn:
+        consent.reopen_record(conn, world.settings, PRINCIPALS["holder"], "pa", utcnow())
+    assert world.as_("gp").read("Observation", "lab-a").id == "lab-a"
+
+
+def test_activation_window_keeps_professionals_out_until_it_passes(world: World) -> None:
+    with writer(world.engine).begin() as conn:
+        care.ensure_record(conn, "pa", letter_sent=utcnow() - timedelta(days=5), activated=None)
+    with pytest.raises(NotFound):
+        world.as_("gp").read("Observation", "lab-a")
+    assert world.as_("holder").read("Observation", "lab-a").id == "lab-a"
+    with writer(world.engine).begin() as conn:
+        conn.execute(
+            record_status.update().values(
+                letter_sent=utcnow() - timedelta(days=world.settings.activation_window_days + 1)
+            )
+        )
+    assert world.as_("gp").read("Observation", "lab-a").id == "lab-a"
+
+
+def test_emergency_override_lifts_blocks_only_when_enabled(world: World, db_url: str) -> None:
+    now = utcnow()
+    with writer(world.engine).begin() as conn, pytest.raises(care.NotAllowed):
+        care.emergency_override(conn, world.settings, PRINCIPALS["blocked"], "pa", "unconscious patient", now)
+    enabled_settings = Settings(database_url=db_url, emergency_override=True)
+    with writer(world.engine).begin() as conn, pytest.raises(care.CareError):
+        care.emergency_override(conn, enabled_settings, PRINCIPALS["blocked"], "pa", "  ", now)
+    with writer(world.engine).begin() as conn:
+        care.emergency_override(
+            conn, enabled_settings, PRINCIPALS["blocked"], "pa", "unconscious patient", now
+        )
+    with pytest.raises(NotFound):  # the platform's own setting is off: the override row gives nothing
+        world.as_("blocked").read("Observation", "lab-hidden")
+    enabled = AccessPolicy(enabled_settings)
+    session = PolicySession(PRINCIPALS["blocked"], enabled, classify)
+    assert world.svc.for_session(session).read("Observation", "lab-hidden").id == "lab-hidden"
+    with pytest.raises(NotFound):  # never another patient's record
+        world.svc.for_session(PolicySession(PRINCIPALS["blocked"], enabled, classify)).read(
+            "Observation", "lab-b"
+        )
+    with world.engine.connect() as conn:
+        entries = audit.query(conn, principal_subject="acct-blocked")
+    assert [(e.record.action, e.record.emergency, e.record.emergency_reason) for e in entries] == [
+        (audit.AuditAction.READ, True, "unconscious patient"),
+        (audit.AuditAction.EMERGENCY_ACCESS, True, "unconscious patient"),
+    ]
+
+
+# -- audit ---------------------------------------------------------------------------------------
+def test_every_read_leaves_an_audit_record_per_patient(world: World) -> None:
+    svc = world.as_("gp")
+    svc.read("Observation", "lab-a")
+    trusted = world.as_("trusted-system")
+    trusted.search(trusted.parse_search("Observation", [("code", "718-7")], strict=True))
+    with world.engine.connect() as conn:
+        gp_reads = audit.query(conn, principal_subject="acct-gp")
+        assert [(e.record.action, e.record.patient_id) for e in gp_reads] == [(audit.AuditAction.READ, "pa")]
+        assert gp_reads[0].record.resources == ("Observation/lab-a/_history/1",)
+        searches = audit.query(conn, principal_subject="demo-system", actions=[audit.AuditAction.SEARCH])
+        assert {e.record.patient_id for e in searches} == {"pa", "pb"}  # one record per patient
+        assert all(e.record.query == "code=718-7" for e in searches)
+        status = conn.execute(select(record_status.c.first_professional_access)).all()
+    assert audit.verify(world.engine).ok
+    assert status == []  # no life-cycle row: nothing to notify
+
+
+def test_a_failed_write_leaves_no_audit_record(world: World) -> None:
+    with pytest.raises(Forbidden):
+        world.as_("pharmacist").create(_new_lab("pa"))
+    with world.engine.connect() as conn:
+        assert audit.query(conn, principal_subject="acct-pharm") == []
