@@ -89,3 +89,36 @@ def signed_in_client(app: Any, settings: Settings) -> Iterator[TestClient]:
         c.headers["Authorization"] = f"Bearer {system_token(c)}"
         yield c
     app.state.engine.dispose()
+
+
+def mint_token(
+    app: Any, principal: Any, scope: str, *, lifetime: int = 300, base: str = "http://testserver"
+) -> str:
+    """An access token for ``principal`` signed with the server's key, with exactly the claims
+    the token endpoint issues: for principals whose sign-in (the portal) the test skips."""
+    import time
+    import uuid
+
+    from joserfc import jwt
+
+    from sharedcare.access.tokens import ACCESS_TOKEN_TYPE, principal_claims
+    from sharedcare.oauth.server import ALGORITHM
+
+    key = app.state.oauth_keys.signing_key()
+    now = int(time.time())
+    claims: dict[str, Any] = {
+        "iss": base,
+        "sub": principal.subject,
+        "aud": f"{base}/fhir",
+        "iat": now,
+        "exp": now + lifetime,
+        "jti": uuid.uuid4().hex,
+        "client_id": "test-app",
+        "scope": scope,
+        "principal": principal_claims(principal),
+    }
+    if principal.launch_patient:
+        claims["patient"] = principal.launch_patient
+    header = {"alg": ALGORITHM, "kid": key.kid, "typ": ACCESS_TOKEN_TYPE}
+    token: str = jwt.encode(header, claims, key.key, algorithms=[ALGORITHM])
+    return token

@@ -14,6 +14,7 @@ from starlette.middleware.sessions import SessionMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sharedcare.access.policy import AccessPolicy, category_of
+from sharedcare.api import audit as audit_api
 from sharedcare.api import auth as auth_api
 from sharedcare.api import fhir as fhir_api
 from sharedcare.fhir.errors import FhirError, Issue, operation_outcome
@@ -116,6 +117,7 @@ def create_app(settings: Settings | None = None, *, validator: Any = "default") 
     )
     app.state.policy = AccessPolicy(settings)
     auth_api.install(app)  # OAuth/OIDC server and SMART discovery: before the FHIR routes
+    app.include_router(audit_api.router)  # before the generic /fhir/{type} routes
     app.include_router(fhir_api.router)
 
     @app.exception_handler(FhirError)

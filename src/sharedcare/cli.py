@@ -130,6 +130,26 @@ def bench(
         runpy.run_path(str(script), run_name="__main__")
 
 
+@app.command()
+def lifecycle() -> None:
+    """Apply the record life-cycle rules once: close at death and after inactivity, delete after
+    the retention period (schedule it daily; docs/operations.md)."""
+    from sharedcare.access.lifecycle import run
+    from sharedcare.access.policy import category_of
+    from sharedcare.fhir.service import FhirService
+    from sharedcare.fhir.store import utcnow
+    from sharedcare.storage.engine import writer
+
+    settings = get_settings()
+    engine = _engine()
+    with writer(engine).begin() as conn:
+        report = run(conn, FhirService(engine, classify=category_of), settings, utcnow())
+    typer.echo(
+        f"closed at death: {len(report.closed_at_death)}, closed after inactivity: "
+        f"{len(report.closed_inactive)}, deleted after retention: {len(report.deleted)}"
+    )
+
+
 audit_app = typer.Typer(help="The audit trail (docs/audit.md).", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
 

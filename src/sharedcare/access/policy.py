@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, FromClause, Select, and_, exists, false, or_, select
+from sqlalchemy import ColumnElement, FromClause, Select, and_, exists, false, literal, or_, select
 
 from sharedcare.access.categories import REFERENCE_DATA, classify
 from sharedcare.access.matrix import AccessMatrix, load_matrix
@@ -49,6 +49,7 @@ UNCLASSIFIED = "unclassified"
 """Data no rule of the matrix places, or not open to everyone (a Group lists patients): readable
 only by trusted systems, and by the holder when it is in their record."""
 
+TRACES = "access-traces"
 PROFESSIONAL_CONTEXTS = ("solo", "facility", "emergency", "permanent")
 
 
@@ -305,3 +306,32 @@ class AccessPolicy:
         d = delegation
         delegated = select(d.c.patient_id).where(d.c.account_id == p.subject, self._active(d, now))
         return delegated
+
+    # -- the access log ------------------------------------------------------------------------
+    def trace_patients(self, p: Principal, now: datetime) -> Select | None:
+        """Whose access logs ``p`` may read (None: everyone's).
+
+        The holder and their representatives read their record's log (§A.4, art. 8); agency
+        staff read traces for support (§A.8); professionals only where their column reads
+        the "tableau de bord des traces" (the referring physician); other systems none.
+        """
+        if p.is_staff or self.is_trusted(p):
+            return None
+        if p.kind in (PrincipalKind.PATIENT, PrincipalKind.REPRESENTATIVE):
+            own = self.holder_patients(p, now)
+            if p.patient_id:
+                own = own.union(select(literal(p.patient_id)))  # type: ignore[assignment]
+            return own
+        if p.kind is PrincipalKind.PROFESSIONAL and p.practitioner_id and p.profession:
+            column = self.matrix.column_for_profession(p.profession) or p.profession
+            parts: list[Select] = []
+            if TRACES in self.matrix.readable_categories(column):
+                parts.append(self._care_patients(p, PROFESSIONAL_CONTEXTS, now, blocks=True))
+            if TRACES in self.matrix.readable_categories("mr"):
+                parts.append(self._care_patients(p, (REFERENT,), now, blocks=True))
+            if parts:
+                query = parts[0]
+                for part in parts[1:]:
+                    query = query.union(part)  # type: ignore[assignment]
+                return query
+        return select(care_relationship.c.patient_id).where(false())

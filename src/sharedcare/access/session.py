@@ -120,6 +120,10 @@ class PolicySession:
         p = self.principal
         trusted = self.policy.is_trusted(p)
         for w in writes:
+            if w.type == "AuditEvent":
+                raise Forbidden(
+                    "AuditEvents are recorded by the platform itself; the access log cannot be written"
+                )
             letter = "d" if w.method == "DELETE" else ("c" if w.current is None or w.current.deleted else "u")
             self.require(w.type, letter)
             if w.current is None and w.method != "POST" and not trusted:
@@ -216,6 +220,10 @@ class PolicySession:
         if not pending:
             return
         p = self.principal
+        touched = sorted({r.patient_id for r in pending if r.patient_id})
+        if touched:  # the inactivity clock of §A.2 (records without a life-cycle row have none)
+            s = record_status
+            conn.execute(update(s).where(s.c.patient_id.in_(touched)).values(last_access=self.now))
         if p.kind is PrincipalKind.PROFESSIONAL:
             self._note_professional_access(conn, {r.patient_id for r in pending if r.patient_id})
             if self.policy.settings.emergency_override and p.practitioner_id:

@@ -33,7 +33,7 @@ def _check_format(request: Request) -> None:
         raise FhirError(f"_format {fmt!r} is not supported; use json", status=406, code="not-supported")
 
 
-def _authenticate(request: Request) -> None:
+def authenticate(request: Request) -> None:
     """Every FHIR interaction but the capability statement needs a valid access token; the
     caller's session (policy, scopes, audit) is bound to the service for this request."""
     path = request.url.path
@@ -56,11 +56,11 @@ def _authenticate(request: Request) -> None:
     request.state.fhir = request.app.state.fhir.for_session(session)
 
 
-router = APIRouter(prefix="/fhir", dependencies=[Depends(_check_format), Depends(_authenticate)])
+router = APIRouter(prefix="/fhir", dependencies=[Depends(_check_format), Depends(authenticate)])
 
 
 def _service(request: Request) -> FhirService:
-    """The FHIR service as seen by the request's caller (bound by ``_authenticate``)."""
+    """The FHIR service as seen by the request's caller (bound by ``authenticate``)."""
     service: FhirService = request.state.fhir
     return service
 
