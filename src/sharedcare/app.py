@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from sharedcare import portal
 from sharedcare.access.policy import AccessPolicy, category_of
 from sharedcare.api import audit as audit_api
 from sharedcare.api import auth as auth_api
@@ -119,6 +120,7 @@ def create_app(settings: Settings | None = None, *, validator: Any = "default") 
     auth_api.install(app)  # OAuth/OIDC server and SMART discovery: before the FHIR routes
     app.include_router(audit_api.router)  # before the generic /fhir/{type} routes
     app.include_router(fhir_api.router)
+    portal.install(app)  # /portal pages, /portal/static and their error pages
 
     @app.exception_handler(FhirError)
     async def fhir_error(_request: Request, exc: FhirError) -> Response:

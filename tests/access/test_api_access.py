@@ -177,3 +177,27 @@ def test_access_log_as_audit_events(world: TestClient) -> None:
     assert (
         world.post("/fhir/AuditEvent", json={"resourceType": "AuditEvent"}, headers=holder).status_code == 405
     )
+
+
+def test_first_professional_access_is_notified_once_and_activation_opens_the_window(
+    world: TestClient,
+) -> None:
+    from sharedcare.access import care
+    from sharedcare.notify import outbox
+
+    app: Any = world.app
+    now = utcnow()
+    with writer(app.state.engine).begin() as conn:
+        care.ensure_record(conn, "pa", letter_sent=now - timedelta(days=5), activated=None)
+    gp = as_(world, GP, "user/*.rs")
+    assert world.get("/fhir/Observation/lab-a", headers=gp).status_code == 404  # activation window
+    with writer(app.state.engine).begin() as conn:
+        care.mark_activated(conn, "pa", now)
+    assert world.get("/fhir/Observation/lab-a", headers=gp).status_code == 200
+    assert world.get("/fhir/Patient/pa", headers=gp).status_code == 200
+    with app.state.engine.connect() as conn:
+        messages = outbox.for_patient(conn, "pa")
+        assert outbox.for_patient(conn, "pb") == []
+    assert [(m.kind, m.params["practitioner_id"]) for m in messages] == [
+        (outbox.FIRST_PROFESSIONAL_ACCESS, "gp")
+    ]

@@ -155,6 +155,7 @@ PRINCIPALS: dict[str, Principal] = {
     "expired": professional("expired"),
     "permanent": professional("permanent"),
     "hospital-doctor": professional("hdoc", organization="hosp"),
+    "emergency-doctor": professional("er"),
     "stranger": professional("stranger"),
     "withdrawn": professional("withdrawn"),
     "referent": professional("referent"),
@@ -177,6 +178,7 @@ EXPECTED: dict[str, set[str]] = {
     "expired": set(),
     "permanent": ALL_A,
     "hospital-doctor": ALL_A,
+    "emergency-doctor": ALL_A,
     "stranger": set(),
     "withdrawn": set(),
     "referent": ALL_A,
@@ -230,6 +232,7 @@ def world(db_url: str) -> Iterator[World]:
         for pid in ("gp", "pharm", "blocked", "masked", "withdrawn"):
             rel(pid, "solo", now + timedelta(days=14))
         rel("expired", "solo", now - timedelta(hours=1))
+        rel("er", "emergency", now + timedelta(days=15))
         rel("referent", "referent", None)
         rel(None, "facility", now + timedelta(days=44), organization="hosp")
         consent.grant_permanent(conn, svc, PRINCIPALS["holder"], "pa", "permanent", now)

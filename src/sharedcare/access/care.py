@@ -259,6 +259,17 @@ def ensure_record(
         )
 
 
+def mark_activated(conn: Connection, patient_id: str, now: datetime) -> None:
+    """The holder activated their account (§A.1): from now on the activation window no longer
+    keeps professionals out, and the holder reads and adds data."""
+    ensure_record(conn, patient_id, letter_sent=None, activated=now)
+    conn.execute(
+        update(record_status)
+        .where(record_status.c.patient_id == patient_id, record_status.c.activated_at.is_(None))
+        .values(activated_at=now)
+    )
+
+
 def _audit(conn: Connection, who: Principal, patient_id: str, what: str) -> None:
     from sharedcare.audit import log as audit
 

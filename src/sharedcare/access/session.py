@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, FromClause, and_, select, update
+from sqlalchemy import Connection, FromClause, and_, or_, select, update
 
 from sharedcare.access import care
 from sharedcare.access.models import record_status
@@ -25,7 +25,10 @@ from sharedcare.fhir.indexer import Indexer, default_indexer
 from sharedcare.fhir.search.engine import AccessFilter
 from sharedcare.fhir.session import Interaction
 from sharedcare.fhir.store import Classifier, Stored, Write, utcnow
+from sharedcare.notify import outbox
 from sharedcare.storage.tables import resource, resource_compartment
+
+LAST_ACCESS_RESOLUTION = timedelta(hours=1)
 
 _ACTIONS = {
     "read": audit.AuditAction.READ,
@@ -221,13 +224,14 @@ class PolicySession:
             return
         p = self.principal
         touched = sorted({r.patient_id for r in pending if r.patient_id})
-        if touched:  # the inactivity clock of §A.2 (records without a life-cycle row have none)
-            s = record_status
-            conn.execute(update(s).where(s.c.patient_id.in_(touched)).values(last_access=self.now))
-        if p.kind is PrincipalKind.PROFESSIONAL:
-            self._note_professional_access(conn, {r.patient_id for r in pending if r.patient_id})
-            if self.policy.settings.emergency_override and p.practitioner_id:
-                pending = self._flag_emergencies(conn, p.practitioner_id, pending)
+        if touched:
+            self._note_access(conn, touched)
+        if (
+            p.kind is PrincipalKind.PROFESSIONAL
+            and self.policy.settings.emergency_override
+            and p.practitioner_id
+        ):
+            pending = self._flag_emergencies(conn, p.practitioner_id, pending)
         for rec in pending:
             audit.append(conn, rec)
 
@@ -248,13 +252,34 @@ class PolicySession:
     def discard(self) -> None:
         self._pending.clear()
 
-    def _note_professional_access(self, conn: Connection, patients: set[str]) -> None:
-        """Date the first professional access of each record (the holder is told of it, §A.1)."""
-        if not patients:
-            return
+    def _note_access(self, conn: Connection, patients: list[str]) -> None:
+        """Date the record's last access (the inactivity clock of §A.2, to the hour: a busy record
+        must not turn every read into a write of the same row) and its first professional access
+        (the holder is told of it, §A.1). Records without a life-cycle row have neither."""
         s = record_status
+        stale = self.now - LAST_ACCESS_RESOLUTION
         conn.execute(
             update(s)
-            .where(s.c.patient_id.in_(sorted(patients)), s.c.first_professional_access.is_(None))
-            .values(first_professional_access=self.now)
+            .where(s.c.patient_id.in_(patients), or_(s.c.last_access.is_(None), s.c.last_access < stale))
+            .values(last_access=self.now)
         )
+        p = self.principal
+        if p.kind is not PrincipalKind.PROFESSIONAL:
+            return
+        first = conn.execute(
+            update(s)
+            .where(s.c.patient_id.in_(patients), s.c.first_professional_access.is_(None))
+            .values(first_professional_access=self.now)
+            .returning(s.c.patient_id)
+        ).scalars()
+        for patient_id in sorted(first):
+            outbox.queue(
+                conn,
+                patient_id,
+                outbox.FIRST_PROFESSIONAL_ACCESS,
+                self.now,
+                dedupe=f"{outbox.FIRST_PROFESSIONAL_ACCESS}:{patient_id}",
+                practitioner_id=p.practitioner_id,
+                display=p.display,
+                organization_id=p.organization_id,
+            )

@@ -1,0 +1,1 @@
+"""Notify: messages to holders (outbox), shown in the portal and sent by a worker."""
