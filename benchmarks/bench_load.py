@@ -5,6 +5,11 @@ Scenarios: read by id, ``Observation?patient=…&code=…&_sort=-date``, ``Patie
 the same run on the same database: a trivial FastAPI endpoint that reads one JSON row by primary
 key (``baseline_app.py``). Both servers run with the same uvicorn settings, one at a time.
 
+Every FHIR request carries a bearer token (the API answers 401 without one): the trusted demo
+system client's, obtained from the server's token endpoint (``client_credentials``), which the access
+decision does not restrict; ``bench_access.py`` compares it with a professional's. The baseline
+endpoint has no authentication.
+
 Run: ``python benchmarks/bench_load.py [--database-url URL] [--bundles N]``. Without a database
 URL, a scratch PostgreSQL database is filled with N Synthea bundles first (all 479 by default).
 Needs ``wrk`` (Debian package ``wrk``).
@@ -30,7 +35,15 @@ from sqlalchemy import create_engine, text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ROOT, report, scratch_database, synthea_bundles
+from common import (
+    ROOT,
+    register_demo_client,
+    report,
+    scratch_database,
+    server_env,
+    synthea_bundles,
+    system_token,
+)
 
 CONNECTIONS = 64
 DURATION = os.environ.get("BENCH_DURATION", "15s")
@@ -44,12 +57,7 @@ def _free_port() -> int:
 
 def _serve(app: str, url: str, workers: int, factory: bool) -> tuple[subprocess.Popen[bytes], int]:
     port = _free_port()
-    env = dict(
-        os.environ,
-        SHAREDCARE_DATABASE_URL=url,
-        SHAREDCARE_DEMO_DATA="false",
-        PYTHONPATH=str(ROOT / "benchmarks"),
-    )
+    env = dict(os.environ, **server_env(url), PYTHONPATH=str(ROOT / "benchmarks"))
     cmd = [
         sys.executable,
         "-m",
@@ -79,7 +87,13 @@ def _serve(app: str, url: str, workers: int, factory: bool) -> tuple[subprocess.
 
 
 def _wrk(
-    port: int, paths: list[str], workdir: Path, name: str, connections: int = CONNECTIONS, duration: str = ""
+    port: int,
+    paths: list[str],
+    workdir: Path,
+    name: str,
+    connections: int = CONNECTIONS,
+    duration: str = "",
+    token: str | None = None,
 ) -> dict[str, float]:
     script = workdir / f"{name}.lua"
     quoted = ",\n".join('"' + p.replace("\\", "\\\\").replace('"', '\\"') + '"' for p in paths)
@@ -88,6 +102,7 @@ def _wrk(
         "math.randomseed(os.time())\n"
         "request = function() return wrk.format('GET', paths[math.random(#paths)]) end\n"
     )
+    auth = ["-H", f"Authorization: Bearer {token}"] if token else []  # wrk.format adds -H headers
     out = subprocess.run(
         [
             "wrk",
@@ -95,6 +110,9 @@ def _wrk(
             f"-c{connections}",
             f"-d{duration or DURATION}",
             "--latency",
+            "--timeout",
+            "30s",  # wrk's default (2 s) drops the slowest answers from the figures
+            *auth,
             "-s",
             str(script),
             f"http://127.0.0.1:{port}",
@@ -115,7 +133,13 @@ def _wrk(
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if errors:
         raise RuntimeError(f"{name}: {errors.group(1)} failed responses")
-    return {"rps": rps, "p50": latency("50"), "p99": latency("99")}
+    timeouts = re.search(r"Socket errors:.*timeout (\d+)", out)
+    return {
+        "rps": rps,
+        "p50": latency("50"),
+        "p99": latency("99"),
+        "timeouts": float(timeouts.group(1)) if timeouts else 0.0,
+    }
 
 
 def _samples(url: str) -> dict[str, list[str]]:
@@ -124,13 +148,16 @@ def _samples(url: str) -> dict[str, list[str]]:
     with engine.connect() as conn:
         ids = conn.execute(text("SELECT type, id FROM resource WHERE NOT deleted ORDER BY pk")).all()
         pks = [str(p) for p in conn.execute(text("SELECT pk FROM resource WHERE NOT deleted")).scalars()]
-        pairs = conn.execute(
-            text(
-                "SELECT r.target_id, t.system, t.code FROM idx_reference r JOIN idx_token t "
-                "ON t.res_pk = r.res_pk AND t.param = 'code' AND t.rtype = 'Observation' "
-                "WHERE r.rtype = 'Observation' AND r.param = 'patient' GROUP BY 1, 2, 3"
-            )
-        ).all()
+        # patients from the compartment table, not from index rows (whose layout may change)
+        pairs = list(
+            conn.execute(
+                text(
+                    "SELECT c.patient_id, t.system, t.code FROM resource_compartment c JOIN idx_token t "
+                    "ON t.res_pk = c.res_pk AND t.param = 'code' AND t.rtype = 'Observation' "
+                    "GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+                )
+            ).all()
+        )
         families = list(
             conn.execute(
                 text("SELECT DISTINCT norm FROM idx_string WHERE rtype='Patient' AND param='family'")
@@ -140,8 +167,8 @@ def _samples(url: str) -> dict[str, list[str]]:
         sizes = conn.execute(
             text(
                 "SELECT c.patient_id, count(*) FROM resource_compartment c WHERE c.patient_id IN "
-                "(SELECT target_id FROM idx_reference WHERE rtype = 'Encounter' AND param = 'patient') "
-                "GROUP BY 1 ORDER BY 2"
+                "(SELECT e.patient_id FROM resource_compartment e JOIN resource r ON r.pk = e.res_pk "
+                "AND r.type = 'Encounter') GROUP BY 1 ORDER BY 2, 1"
             )
         ).all()
     engine.dispose()
@@ -167,6 +194,7 @@ def _samples(url: str) -> dict[str, list[str]]:
 def _fill(url: str, bundles: int | None) -> None:
     import orjson
 
+    from sharedcare.access.policy import category_of
     from sharedcare.fhir.bundle import BundleProcessor
     from sharedcare.fhir.service import FhirService
     from sharedcare.storage.engine import make_engine
@@ -174,7 +202,7 @@ def _fill(url: str, bundles: int | None) -> None:
 
     engine = make_engine(url)
     upgrade(engine)
-    processor = BundleProcessor(FhirService(engine))
+    processor = BundleProcessor(FhirService(engine, classify=category_of))  # as `sharedcare import`
     for _name, raw in synthea_bundles(bundles, include_shared=True):
         processor.process(orjson.loads(raw))
     engine.dispose()
@@ -206,12 +234,16 @@ def main() -> None:
         finally:
             proc.terminate()
             proc.wait()
+        register_demo_client(url)
         proc, port = _serve("sharedcare.app:create_app", url, args.workers, factory=True)
         try:
+            token = system_token(port)
             for name in ("read", "obs", "family", "include", "everything"):
-                results[name] = _wrk(port, samples[name], workdir, name)
+                results[name] = _wrk(port, samples[name], workdir, name, token=token)
                 # the same requests one at a time: the service time, without queueing
-                single[name] = _wrk(port, samples[name], workdir, name, connections=1, duration="5s")
+                single[name] = _wrk(
+                    port, samples[name], workdir, name, connections=1, duration="5s", token=token
+                )
         finally:
             proc.terminate()
             proc.wait()

@@ -47,7 +47,10 @@ def serve(
         if loaded:
             typer.echo(f"Loaded demo data: {loaded} resources.")
     _announce_demo_client(engine, settings)
-    typer.echo(f"SharedCare FHIR API on http://{host or settings.host}:{port or settings.port}/fhir")
+    base = f"http://{host or settings.host}:{port or settings.port}"
+    if settings.demo_data:
+        _announce_demo_accounts(engine, settings, base)
+    typer.echo(f"SharedCare FHIR API on {base}/fhir, portal on {base}/portal/login")
     uvicorn.run(
         "sharedcare.app:create_app",
         factory=True,
@@ -74,6 +77,15 @@ def _announce_demo_client(engine, settings) -> None:  # type: ignore[no-untyped-
         typer.echo("  (secret generated for this start; set SHAREDCARE_DEMO_CLIENT_SECRET to keep one)")
 
 
+def _announce_demo_accounts(engine, settings, base: str) -> None:  # type: ignore[no-untyped-def]
+    """Create the demo accounts of each role (idempotent) and print how to sign in as each."""
+    from sharedcare.demo.accounts import ensure_demo_accounts, format_logins
+
+    logins = ensure_demo_accounts(engine, settings)
+    if logins:
+        typer.echo(format_logins(logins, base))
+
+
 @app.command()
 def seed() -> None:
     """Load (or refresh) the Luxembourg demo population."""
@@ -85,6 +97,8 @@ def seed() -> None:
     upgrade(engine)
     count = load_demo(engine)
     typer.echo(f"Demo data loaded: {count} resources.")
+    settings = get_settings()
+    _announce_demo_accounts(engine, settings, f"http://{settings.host}:{settings.port}")
 
 
 @app.command("import")
