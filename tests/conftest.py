@@ -33,17 +33,6 @@ PG_ADMIN_URL = os.environ.get(
     "SHAREDCARE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
 REQUIRE_PG = os.environ.get("SHAREDCARE_REQUIRE_POSTGRES") == "1"
-SHARED_DATA = Path(
-    os.environ.get("SHAREDCARE_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data")
-)
-
-
-def shared_data(*parts: str) -> Path:
-    """A path in the shared data folder; skips the test (with the reason) when it is absent."""
-    path = SHARED_DATA.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"shared data not available: {path}")
-    return path
 
 
 def _postgres_engine() -> Iterator[Engine]:

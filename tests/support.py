@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, text
 
@@ -15,6 +17,19 @@ from sharedcare.oauth.clients import ensure_demo_client
 from sharedcare.schema import metadata
 from sharedcare.settings import Settings
 from sharedcare.storage.engine import writer
+
+SHARED_DATA = Path(
+    os.environ.get("SHAREDCARE_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data")
+)
+
+
+def shared_data(*parts: str) -> Path:
+    """A path in the shared data folder; skips the test (with the reason) when it is absent."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"shared data not available: {path}")
+    return path
+
 
 # the in-process test server is http://testserver: allow OAuth over plain http there
 os.environ.setdefault("AUTHLIB_INSECURE_TRANSPORT", "1")

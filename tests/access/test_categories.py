@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 
-from conftest import shared_data
 from sharedcare.access.categories import (
     CATEGORY_SYSTEM,
     DEFAULTS,
@@ -30,6 +29,7 @@ from sharedcare.access.categories import (
 )
 from sharedcare.access.matrix import access_matrix
 from sharedcare.fhir.definitions import definitions
+from support import shared_data
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "access-matrix.md"
 OBS = "http://terminology.hl7.org/CodeSystem/observation-category"

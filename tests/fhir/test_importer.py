@@ -12,10 +12,10 @@ import orjson
 import pytest
 from sqlalchemy import func, select
 
-from conftest import shared_data
 from sharedcare.fhir.importer import import_paths
 from sharedcare.storage.engine import make_engine
 from sharedcare.storage.tables import resource
+from support import shared_data
 
 SAMPLE_BUNDLES = 3
 

@@ -4,13 +4,16 @@ in-memory evaluation of the same query returns, on SQLite and on PostgreSQL.
 Data: 5-22 Patients (names with accents, mixed case and a ``use``; gender; birthDate at year,
 month or day precision; active; identifiers with or without a system; a city; a link to another
 patient) and Observations (code with 1-2 codings and/or a text; status; a subject that is
-relative, versioned, absolute on this server or on another one, dangling, or a Group;
+relative, versioned, absolute on this server or on another one, dangling, a Group, or only an
+identifier with ``type`` Patient;
 effectiveDateTime at every precision in several zones, or a Period with an open end; value[x] as
 Quantity, CodeableConcept, string, dateTime or Period; blood-pressure components), written in a
 random order, then some updated or deleted. Queries take their values mostly from the data
 (re-cased, unaccented, cut, re-zoned, at another precision) so that they hit: each parameter type
 with its modifiers and prefixes, OR (commas) and AND, ``:missing``, ``_id``, chains of one and two
-hops, ``_has``, composites, and ``_sort`` with ``_count`` pages followed to the end and back.
+hops, ``_has``, composites (and their ``:missing``), and ``_sort`` with ``_count`` pages followed
+to the end and back. Parameters whose rows are other parameters' (``combo-*``, ``patient``,
+``phonetic``, ``code-value-*``) are queried like the others: the oracle knows nothing of that.
 
 The oracle is deliberately independent of the code it checks:
 
@@ -58,7 +61,7 @@ from sharedcare.fhir.fhirpath import fallback_extractor
 from sharedcare.fhir.service import FhirService
 from sharedcare.fhir.store import Write
 from sharedcare.storage.engine import make_engine
-from sharedcare.storage.tables import metadata
+from sharedcare.storage.tables import INDEX_TABLES, resource, resource_compartment, resource_version
 
 Resource = dict[str, Any]
 Param = tuple[str, str]
@@ -71,6 +74,7 @@ MRN = "http://hospital.example/mrn"
 OID = "urn:oid:1.2.3"
 OTHER_SERVER = "http://other.example/fhir"
 BASE = "http://sharedcare.test/fhir"  # the base URL searches run under
+IDENTIFIED = "identifier"  # a subject drawn as this is an identifier-only Reference typed Patient
 
 PROPERTY_SETTINGS = settings(
     max_examples=int(os.environ.get("SHAREDCARE_PROPERTY_EXAMPLES", "40")),
@@ -485,17 +489,41 @@ class Composite:
         return self.code, ",".join(f"{t}${v}" for t, v in self.pairs)
 
     def holds(self, res: Resource, world: World) -> bool:
-        components = res.get("component", [])
-        elements = [res] if self.code.startswith("code-") else components
-        elements = [res, *components] if self.code.startswith("combo-") else elements
         keys, match = COMPOSITE_VALUES[self.code.rsplit("-", 1)[1]]
         return any(
             "code" in el
             and token_match(el["code"], t, None)
             and any(match(el[k], v, None) for k in keys if k in el)
-            for el in elements
+            for el in composite_elements(self.code, res)
             for t, v in self.pairs
         )
+
+
+@dataclass(frozen=True)
+class CompositeMissing:
+    """``[component-|combo-]code-value-x:missing``: no element has both a code and such a value
+    (every generated code and value is searchable)."""
+
+    code: str
+    missing: bool
+
+    def param(self) -> Param:
+        return f"{self.code}:missing", "true" if self.missing else "false"
+
+    def holds(self, res: Resource, world: World) -> bool:
+        keys, _match = COMPOSITE_VALUES[self.code.rsplit("-", 1)[1]]
+        present = any(
+            "code" in el and any(k in el for k in keys) for el in composite_elements(self.code, res)
+        )
+        return present != self.missing
+
+
+def composite_elements(code: str, res: Resource) -> list[Resource]:
+    """The elements a ``code-value-x`` composite reads: the Observation, its components, or both."""
+    components: list[Resource] = res.get("component", [])
+    if code.startswith("code-"):
+        return [res]
+    return [res, *components] if code.startswith("combo-") else components
 
 
 # the value elements and the comparison of each kind of composite value
@@ -507,7 +535,7 @@ COMPOSITE_VALUES = {
 }
 
 
-Criterion = Leaf | Chain | Has | Composite
+Criterion = Leaf | Chain | Has | Composite | CompositeMissing
 
 
 @dataclass(frozen=True)
@@ -628,7 +656,7 @@ _SUBJECT = st.one_of(
     st.builds("Patient/p{}".format, _PATIENT_NUMBER),
     st.builds(f"{BASE}/Patient/p{{}}".format, _PATIENT_NUMBER),
     st.builds("Patient/p{}/_history/1".format, _PATIENT_NUMBER),
-    st.sampled_from(["Group/g1", f"{OTHER_SERVER}/Patient/p0"]),
+    st.sampled_from(["Group/g1", f"{OTHER_SERVER}/Patient/p0", IDENTIFIED]),
 )
 _NAME_USE = st.none() | st.sampled_from(["official", "usual", "maiden"])
 _LINK = st.none() | st.builds("Patient/p{}".format, _PATIENT_NUMBER)
@@ -737,7 +765,8 @@ def observations(draw: st.DrawFn) -> Resource:
     """An Observation (id set by the scenario): code, status, subject, effective[x], values."""
     res: Resource = {"resourceType": "Observation", "status": draw(_STATUS), "code": draw(_CODE)}
     if subject := draw(_SUBJECT):
-        res["subject"] = {"reference": subject}
+        typed = {"identifier": {"system": MRN, "value": "123"}, "type": "Patient"}
+        res["subject"] = typed if subject == IDENTIFIED else {"reference": subject}
     effective = draw(_EFFECTIVE)
     if effective == "dateTime":
         res["effectiveDateTime"] = draw(_RESOURCE_DATE)
@@ -767,9 +796,9 @@ def _with_id(res: Resource, rid: str, n_patients: int) -> Resource:
     """``res`` under id ``rid``, its references to patients pointing at one of p0..p<n_patients>
     (the last one dangling)."""
 
-    def renumber(reference: dict[str, str]) -> dict[str, str]:
-        ref = reference["reference"]
-        if ref.startswith(OTHER_SERVER):
+    def renumber(reference: dict[str, Any]) -> dict[str, Any]:
+        ref = reference.get("reference")
+        if ref is None or ref.startswith(OTHER_SERVER):
             return reference
         return {"reference": re.sub(r"(?<=Patient/p)\d+", lambda m: str(int(m[0]) % (n_patients + 1)), ref)}
 
@@ -1001,6 +1030,7 @@ def values_of(strategy: st.SearchStrategy[str]) -> st.SearchStrategy[tuple[str, 
 KINDS = {
     "Patient": {
         "name": "string",
+        "phonetic": "string",
         "family": "string",
         "given": "string",
         "address-city": "string",
@@ -1034,6 +1064,7 @@ SORTS = {
         "family",
         "given",
         "name",
+        "phonetic",
         "address-city",
         "birthdate",
         "gender",
@@ -1045,9 +1076,11 @@ SORTS = {
         "date",
         "value-quantity",
         "component-value-quantity",
+        "combo-value-quantity",
         "value-date",
         "value-string",
         "code",
+        "combo-code",
         "status",
         "_id",
     ],
@@ -1083,6 +1116,7 @@ _STRING_LEAVES = [
     leaves("Patient", [code], values_of(string_queries(pick(pool, fallback), modifier)), [modifier])
     for code, pool, fallback in (
         ("name", "name", FAMILIES + GIVENS + PREFIXES_NAME),
+        ("phonetic", "name", FAMILIES + GIVENS + PREFIXES_NAME),
         ("family", "family", FAMILIES),
         ("given", "given", GIVENS),
         ("address-city", "city", CITIES),
@@ -1193,6 +1227,14 @@ COMPOSITE = st.one_of(
     composites("concept", [c.format("concept") for c in _WITH_PARTS], _VALUE_CODE_QUERY, "POS", False),
     composites("string", ["code-value-string"], string_queries(_PRESENT_VALUE_STRING, None), "Pos", False),
     composites("date", ["code-value-date"], _VALUE_DATE, "2020", True),
+    st.builds(
+        CompositeMissing,
+        st.sampled_from(
+            [c.format(k) for c in _WITH_PARTS for k in ("quantity", "concept")]
+            + ["code-value-string", "code-value-date"]
+        ),
+        _BOOL,
+    ),
 )
 
 
@@ -1258,7 +1300,9 @@ def load(svc: FhirService, scenario: Scenario) -> World:
     written in one batch (as the importer does), the later ones through the service.
     """
     with svc.write_engine.begin() as conn:
-        for table in reversed(metadata.sorted_tables):
+        # the FHIR store's tables only: other modules' tables share the MetaData, and the audit
+        # log refuses DELETE on PostgreSQL (append-only)
+        for table in (*INDEX_TABLES.values(), resource_compartment, resource_version, resource):
             conn.execute(table.delete())
         writes = [Write("PUT", r["resourceType"], r["id"], copy.deepcopy(r), None) for r in scenario.initial]
         svc.store.apply(conn, writes)

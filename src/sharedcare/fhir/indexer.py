@@ -4,6 +4,12 @@ For each search parameter of the resource's type, the parameter's FHIRPath expre
 evaluated (fast compiled extractors, fhirpathpy for the rest, see ``fhirpath``) and each value
 becomes rows of the typed index table of the parameter's type. The Patient compartment
 membership comes from the compartment definition's parameters.
+
+Parameters whose rows are other parameters' rows (``Definitions.layout``: ``combo-code``,
+``code-value-quantity``, ``phonetic``...) are not evaluated: storing index rows is the largest
+part of a write. A ``B.where(resolve() is T)`` parameter (``patient``) is evaluated, but only its
+rows that ``B``'s rows pointing at ``T`` do not already give are written, and a ``B`` row pointing
+at ``T`` that is not one of its rows is marked ``NOT_RESOLVED``, so that searches read it exactly.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from functools import cache
 from typing import Any
 
 from sharedcare.fhir import fhirpath
-from sharedcare.fhir.definitions import Definitions, SearchParam, definitions
+from sharedcare.fhir.definitions import NOT_RESOLVED, Definitions, SearchParam, definitions, relative_paths
 from sharedcare.fhir.search import date, number, quantity, reference, string, token, uri
 
 IndexFn = Callable[[Any, "str | None"], list[dict[str, Any]]]
@@ -62,20 +68,30 @@ class _Plan:
     parts: tuple[_CompositePart, ...] = ()
 
 
-def _relative_paths(expression: str) -> tuple[tuple[str, str | None], ...] | None:
-    """Parse a composite component expression: ``code``, ``value.ofType(Quantity) | value.ofType(Range)``."""
-    out: list[tuple[str, str | None]] = []
-    for part in expression.split("|"):
-        part = part.strip()
-        if "." not in part and part.isidentifier():
-            out.append((part, None))
-            continue
-        name, _, rest = part.partition(".")
-        if rest.startswith("ofType(") and rest.endswith(")") and name.isidentifier():
-            out.append((name, rest[7:-1]))
-        else:
-            return None
-    return tuple(out)
+@dataclass(frozen=True, slots=True)
+class _Filtered:
+    """A ``base.where(resolve() is target)`` reference parameter (see the module docstring)."""
+
+    code: str
+    base: str
+    target: str
+    extract: fhirpath.Extractor
+    fn: IndexFn
+
+
+@dataclass(frozen=True, slots=True)
+class _TypePlan:
+    plans: tuple[_Plan, ...]
+    filtered: tuple[_Filtered, ...]
+    links: frozenset[str]  # compartment parameters' stored rows...
+    resolved_links: frozenset[str]  # ...and those counted only when pointing at a Patient, unmarked
+
+
+_REF_KEY = ("target_type", "target_id", "url", "ident_system", "ident_value")
+
+
+def _ref_key(row: dict[str, Any]) -> tuple[Any, ...]:
+    return tuple(row.get(k) for k in _REF_KEY)
 
 
 def _children(element: Any, name: str, type_name: str | None) -> list[tuple[Any, str | None]]:
@@ -102,32 +118,50 @@ class Indexer:
 
     def __init__(self, defs: Definitions | None = None) -> None:
         self.defs = defs or definitions()
-        self._plans: dict[str, tuple[_Plan, ...]] = {}
+        self._plans: dict[str, _TypePlan] = {}
 
-    def _plan(self, resource_type: str) -> tuple[_Plan, ...]:
-        plans = self._plans.get(resource_type)
-        if plans is not None:
-            return plans
+    def _plan(self, resource_type: str) -> _TypePlan:
+        plan = self._plans.get(resource_type)
+        if plan is not None:
+            return plan
+        layout = self.defs.layout(resource_type)
         built: list[_Plan] = []
+        filtered: list[_Filtered] = []
         for code, param in sorted(self.defs.params_for(resource_type).items()):
-            if not param.is_indexed:
+            if not param.is_indexed or layout.is_derived(code):
                 continue
             extract = fhirpath.compile_expression(param.expression, resource_type)
+            if code in layout.filtered:
+                base, target = layout.filtered[code]
+                filtered.append(
+                    _Filtered(code, base, target, extract, _value_indexer("reference", self.defs))
+                )
+                continue
             if param.type == "composite":
                 parts = self._composite_parts(param)
                 if parts:
                     built.append(_Plan(code, "composite", extract, None, parts))
                 continue
             built.append(_Plan(code, param.type, extract, _value_indexer(param.type, self.defs)))
-        plans = tuple(built)
-        self._plans[resource_type] = plans
-        return plans
+        sources = [
+            s
+            for link in self.defs.patient_compartment.get(resource_type, ())
+            for s in layout.sources_of(link)
+        ]
+        plan = _TypePlan(
+            tuple(built),
+            tuple(filtered),
+            frozenset(s.param for s in sources if s.target_type is None),
+            frozenset(s.param for s in sources if s.target_type == "Patient"),
+        )
+        self._plans[resource_type] = plan
+        return plan
 
     def _composite_parts(self, param: SearchParam) -> tuple[_CompositePart, ...]:
         parts: list[_CompositePart] = []
         for i, comp in enumerate(param.components):
             sub = self.defs.by_url.get(comp.definition)
-            paths = _relative_paths(comp.expression)
+            paths = relative_paths(comp.expression)
             if (
                 sub is None
                 or paths is None
@@ -144,7 +178,8 @@ class Indexer:
         rtype = resource["resourceType"]
         out = IndexRows()
         group = 0
-        for plan in self._plan(rtype):
+        type_plan = self._plan(rtype)
+        for plan in type_plan.plans:
             values = plan.extract(resource)
             if not values:
                 continue
@@ -177,18 +212,39 @@ class Indexer:
                         row.pop("param_suffix", None)
                         row["grp"] = group
                         out.add(kind, row)
-        self._compartments(rtype, resource, out)
+        for filtered in type_plan.filtered:
+            self._filtered(filtered, resource, out)
+        self._compartments(type_plan, resource, out)
         return out
 
-    def _compartments(self, rtype: str, resource: dict[str, Any], out: IndexRows) -> None:
-        if rtype == "Patient" and resource.get("id"):
+    def _filtered(self, plan: _Filtered, resource: dict[str, Any], out: IndexRows) -> None:
+        """Write the rows of ``plan.code`` that its base's rows pointing at the target do not give,
+        and mark the base's rows pointing at the target that are not its rows."""
+        mine = {_ref_key(r): r for typed in plan.extract(resource) for r in plan.fn(typed.value, typed.type)}
+        bucket = out.rows.setdefault("reference", [])
+        given = set()
+        for row in bucket:
+            if row["param"] == plan.base and row["target_type"] == plan.target:
+                key = _ref_key(row)
+                if key in mine:
+                    given.add(key)
+                else:
+                    row["grp"] = NOT_RESOLVED
+        for key, row in mine.items():
+            if key not in given:
+                row["param"] = plan.code
+                bucket.append(row)
+
+    def _compartments(self, plan: _TypePlan, resource: dict[str, Any], out: IndexRows) -> None:
+        if resource["resourceType"] == "Patient" and resource.get("id"):
             out.patients.add(resource["id"])
-        links = self.defs.patient_compartment.get(rtype)
-        if not links:
+        if not plan.links and not plan.resolved_links:
             return
         for row in out.rows.get("reference", ()):
-            if row["param"] in links and row.get("target_type") == "Patient" and row.get("target_id"):
-                out.patients.add(row["target_id"])
+            if row.get("target_type") == "Patient" and row.get("target_id"):
+                param = row["param"]
+                if param in plan.links or (param in plan.resolved_links and row.get("grp") is None):
+                    out.patients.add(row["target_id"])
 
 
 @cache

@@ -2,12 +2,21 @@
 
 Each criterion becomes one EXISTS sub-query correlated on the resource row, so a whole search
 is one SQL statement whatever its criteria, chains and ``_has`` paths.
+
+A parameter's rows are read where ``Definitions.layout`` says they are stored: ``combo-code``
+reads the rows of ``code`` and ``component-code``, ``patient`` the ``subject`` rows pointing at a
+Patient plus its own few, ``code-value-quantity`` the rows of ``code`` and ``value-quantity`` on
+the same resource. A database written before the layout also holds rows under the derived
+parameters' own codes: they are not read (a filtered alias's are, but they are a subset of what
+it reads), so results do not change; only a reference whose literal type is not what it resolves
+to (``urn:x/Patient/1``) counts for ``patient`` there until the resource is written again.
 """
 
 from __future__ import annotations
 
 import functools
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -15,7 +24,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Table, and_, exists, false, func, not_, or_, select, true
 from sqlalchemy.sql import FromClause
 
-from sharedcare.fhir.definitions import Definitions
+from sharedcare.fhir.definitions import Definitions, GroupSource, Source
 from sharedcare.fhir.errors import BadRequest
 from sharedcare.fhir.search import date, number, quantity, reference, string, token, uri
 from sharedcare.fhir.search.parse import Filter, HasFilter, SortKey
@@ -34,6 +43,9 @@ class CompileContext:
     base_url: str
     now: datetime
     aliases: itertools.count[int] = field(default_factory=itertools.count)
+    access: Callable[[FromClause], ColumnElement[bool]] | None = None
+    """The caller's access filter, applied to every resource a chain or ``_has`` reaches: a
+    criterion on a resource the caller may not see must not match, or it would reveal it."""
 
     def alias(self, table: Table) -> Any:
         """A table alias unique within the statement (alias objects are cached: building their
@@ -44,6 +56,36 @@ class CompileContext:
 @functools.cache
 def _cached_alias(table: Table, number: int) -> Any:
     return table.alias(f"{table.name[:6]}_{number}")
+
+
+def stored_rows(table: Any, rtype: str, sources: tuple[Source, ...], suffix: str = "") -> tuple[Any, ...]:
+    """Conditions selecting, in an index table alias, the rows of ``sources`` of type ``rtype``
+    (``suffix``: the ``:of-type`` rows of a token parameter)."""
+    return _stored_rows(table, rtype, sources, suffix)
+
+
+@functools.lru_cache(maxsize=8192)
+def _stored_rows(table: Any, rtype: str, sources: tuple[Source, ...], suffix: str) -> tuple[Any, ...]:
+    # cached like the aliases it is made on: building clauses is most of the cost of a search
+    names = [s.param + suffix for s in sources]
+    conds = [
+        table.c.rtype == rtype,
+        table.c.param == names[0] if len(names) == 1 else table.c.param.in_(names),
+    ]
+    if any(s.target_type for s in sources):
+        alternatives: list[Any] = [
+            and_(table.c.param == s.param, table.c.target_type == s.target_type, table.c.grp.is_(None))
+            if s.target_type
+            else table.c.param == s.param + suffix
+            for s in sources
+        ]
+        conds.append(or_(*alternatives))
+    return tuple(conds)
+
+
+def param_rows(table: Any, rtype: str, code: str, defs: Definitions, suffix: str = "") -> tuple[Any, ...]:
+    """Conditions selecting, in an index table alias, the rows of parameter ``code`` of ``rtype``."""
+    return stored_rows(table, rtype, defs.layout(rtype).sources_of(code), suffix)
 
 
 def value_condition(kind: str, table: Any, value: str, modifier: str | None, ctx: CompileContext) -> Any:
@@ -90,9 +132,8 @@ def _indexed(r: FromClause, rtype: str, flt: Filter, ctx: CompileContext) -> Col
     if flt.type == "composite":
         return _composite(r, rtype, flt, ctx)
     table = ctx.alias(INDEX_TABLES[flt.type])
-    base = [table.c.res_pk == r.c.pk, table.c.rtype == rtype]
-    param_name = flt.code + (token.OF_TYPE_SUFFIX if flt.modifier == "of-type" else "")
-    base.append(table.c.param == param_name)
+    suffix = token.OF_TYPE_SUFFIX if flt.modifier == "of-type" else ""
+    base = [table.c.res_pk == r.c.pk, *param_rows(table, rtype, flt.code, ctx.defs, suffix)]
     if flt.modifier == "missing":
         present = exists(select(1).select_from(table).where(*base))
         return not_(present) if flt.values[0] == "true" else present
@@ -110,29 +151,64 @@ def _composite(r: FromClause, rtype: str, flt: Filter, ctx: CompileContext) -> C
         if sub is None:
             raise BadRequest(f"Composite parameter {flt.code} has an unknown component")
         kinds.append(sub.type)
+    groups = ctx.defs.layout(rtype).groups_of(flt.code)
     if flt.modifier == "missing":  # before the values, which are true/false here, not a$b pairs
-        table = INDEX_TABLES[kinds[0]].alias()
-        present = exists(
-            select(1).where(
-                table.c.res_pk == r.c.pk, table.c.rtype == rtype, table.c.param == f"{flt.code}#0"
-            )
-        )
+        present = or_(*(_group_present(r, rtype, group, kinds, ctx) for group in groups))
         return not_(present) if flt.values[0] == "true" else present
-    alternatives = []
+    alternatives: list[ColumnElement[bool]] = []
     for value in flt.values:
         parts = split_unescaped(value, "$")
         if len(parts) != len(kinds):
             raise BadRequest(f"Composite {flt.code} expects {len(kinds)} values joined by '$', got {value!r}")
-        tables = [ctx.alias(INDEX_TABLES[k]) for k in kinds]
-        first = tables[0]
-        where: list[Any] = [first.c.res_pk == r.c.pk]
-        for i, (kind, table, part) in enumerate(zip(kinds, tables, parts, strict=True)):
-            where += [table.c.rtype == rtype, table.c.param == f"{flt.code}#{i}"]
-            if i:
-                where += [table.c.res_pk == first.c.res_pk, table.c.grp == first.c.grp]
-            where.append(value_condition(kind, table, part, None, ctx))
-        alternatives.append(exists(select(1).select_from(*tables).where(*where)))
+        alternatives.extend(_group_match(r, rtype, group, kinds, parts, ctx) for group in groups)
     return or_(*alternatives)
+
+
+def _group_present(
+    r: FromClause, rtype: str, group: GroupSource, kinds: list[str], ctx: CompileContext
+) -> ColumnElement[bool]:
+    """The resource has a value of the composite in ``group``'s rows."""
+    if group.param is not None:
+        table = ctx.alias(INDEX_TABLES[kinds[0]])
+        where = [table.c.res_pk == r.c.pk, table.c.rtype == rtype, table.c.param == f"{group.param}#0"]
+        return exists(select(1).select_from(table).where(*where))
+    conds = []
+    for kind, sources in zip(kinds, group.components, strict=True):
+        table = ctx.alias(INDEX_TABLES[kind])
+        conds.append(
+            exists(
+                select(1)
+                .select_from(table)
+                .where(table.c.res_pk == r.c.pk, *stored_rows(table, rtype, sources))
+            )
+        )
+    return and_(*conds)
+
+
+def _group_match(
+    r: FromClause, rtype: str, group: GroupSource, kinds: list[str], parts: list[str], ctx: CompileContext
+) -> ColumnElement[bool]:
+    """The components of one value of the composite (``parts``) match in ``group``'s rows: rows of
+    one ``grp``, or for a composite on the whole resource, rows of each component's parameter."""
+    tables = [ctx.alias(INDEX_TABLES[k]) for k in kinds]
+    if group.param is None:
+        conds = []
+        for kind, table, sources, part in zip(kinds, tables, group.components, parts, strict=True):
+            where = [table.c.res_pk == r.c.pk, *stored_rows(table, rtype, sources)]
+            conds.append(
+                exists(
+                    select(1).select_from(table).where(*where, value_condition(kind, table, part, None, ctx))
+                )
+            )
+        return and_(*conds)
+    first = tables[0]
+    joined: list[Any] = [first.c.res_pk == r.c.pk]
+    for i, (kind, table, part) in enumerate(zip(kinds, tables, parts, strict=True)):
+        joined += [table.c.rtype == rtype, table.c.param == f"{group.param}#{i}"]
+        if i:
+            joined += [table.c.res_pk == first.c.res_pk, table.c.grp == first.c.grp]
+        joined.append(value_condition(kind, table, part, None, ctx))
+    return exists(select(1).select_from(*tables).where(*joined))
 
 
 def _leaf(r: FromClause, rtype: str, flt: Filter, ctx: CompileContext) -> ColumnElement[bool]:
@@ -167,10 +243,10 @@ def _chained(r: FromClause, rtype: str, flt: Filter, hop: int, ctx: CompileConte
         .join(target, and_(target.c.type == ref.c.target_type, target.c.id == ref.c.target_id))
         .where(
             ref.c.res_pk == r.c.pk,
-            ref.c.rtype == rtype,
-            ref.c.param == code,
+            *param_rows(ref, rtype, code, ctx.defs),
             reference.local(ref, ctx.base_url),
             target.c.deleted.is_(False),
+            *((ctx.access(target),) if ctx.access is not None else ()),
             or_(*branches),
         )
     )
@@ -186,12 +262,12 @@ def criterion(r: FromClause, rtype: str, flt: Filter | HasFilter, ctx: CompileCo
             .select_from(ref)
             .join(source, source.c.pk == ref.c.res_pk)
             .where(
-                ref.c.rtype == flt.source_type,
-                ref.c.param == flt.ref_param.code,
+                *param_rows(ref, flt.source_type, flt.ref_param.code, ctx.defs),
                 ref.c.target_type == rtype,
                 ref.c.target_id == r.c.id,
                 reference.local(ref, ctx.base_url),
                 source.c.deleted.is_(False),
+                *((ctx.access(source),) if ctx.access is not None else ()),
                 criterion(source, flt.source_type, flt.inner, ctx),
             )
         )
@@ -217,7 +293,7 @@ def sort_expression(r: FromClause, rtype: str, key: SortKey, ctx: CompileContext
     agg = func.max if key.descending else func.min
     return (
         select(agg(table.c[column]))
-        .where(table.c.res_pk == r.c.pk, table.c.rtype == rtype, table.c.param == key.code)
+        .where(table.c.res_pk == r.c.pk, *param_rows(table, rtype, key.code, ctx.defs))
         .scalar_subquery()
     )
 
@@ -231,4 +307,12 @@ def sort_kind(key: SortKey) -> str:
     return "str"
 
 
-__all__ = ["CompileContext", "criterion", "sort_expression", "sort_kind", "value_condition"]
+__all__ = [
+    "CompileContext",
+    "criterion",
+    "param_rows",
+    "sort_expression",
+    "sort_kind",
+    "stored_rows",
+    "value_condition",
+]

@@ -17,7 +17,7 @@ from sqlalchemy import ColumnElement, Connection, Select, and_, exists, false, f
 from sqlalchemy.sql import FromClause
 
 from sharedcare.fhir.errors import BadRequest
-from sharedcare.fhir.search.compile import CompileContext, criterion, sort_expression, sort_kind
+from sharedcare.fhir.search.compile import CompileContext, criterion, param_rows, sort_expression, sort_kind
 from sharedcare.fhir.search.parse import Include, SearchQuery
 from sharedcare.fhir.search.reference import local
 from sharedcare.fhir.search.values import to_utc_naive
@@ -288,6 +288,14 @@ class SearchEngine:
             sources = new
         return found
 
+    def _include_rows(self, ref: FromClause, inc: Include) -> list[Any]:
+        """Conditions selecting the reference rows an include follows."""
+        if inc.source_type == "*":
+            return []
+        if inc.param is None:
+            return [ref.c.rtype == inc.source_type]
+        return list(param_rows(ref, inc.source_type, inc.param.code, self.ctx.defs))
+
     def _include_statements(
         self, sources: list[Stored], fwd: list[Include], rev: list[Include], access: AccessFilter | None
     ) -> list[Select[Any]]:
@@ -298,9 +306,7 @@ class SearchEngine:
         if fwd:
             alts = []
             for inc in fwd:
-                cond = [] if inc.source_type == "*" else [ref.c.rtype == inc.source_type]
-                if inc.param is not None:
-                    cond.append(ref.c.param == inc.param.code)
+                cond = self._include_rows(ref, inc)
                 if inc.target_type:
                     cond.append(ref.c.target_type == inc.target_type)
                 alts.append(and_(*cond) if cond else ref.c.res_pk.is_not(None))
@@ -321,9 +327,7 @@ class SearchEngine:
             targets = or_(*(and_(ref.c.target_type == k, ref.c.target_id.in_(v)) for k, v in by_type.items()))
             alts = []
             for inc in rev:
-                cond = [] if inc.source_type == "*" else [ref.c.rtype == inc.source_type]
-                if inc.param is not None:
-                    cond.append(ref.c.param == inc.param.code)
+                cond = self._include_rows(ref, inc)
                 alts.append(and_(*cond) if cond else ref.c.res_pk.is_not(None))
             where = [targets, or_(*alts), local(ref, self.ctx.base_url), t.c.deleted.is_(False)]
             if access is not None:

@@ -28,8 +28,11 @@ def _row(q: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def index(value: Any, type_name: str | None) -> list[dict[str, Any]]:
-    """Index rows: a Quantity (and its kinds), Money (currency as code), or a Range's low and high."""
-    if not isinstance(value, dict):
+    """Index rows: a Quantity (and its kinds), Money (currency as code), or a Range's low and high.
+
+    A SampledData (in ``value-quantity``'s expression) is not a quantity and gives none, which
+    ``definitions.NO_ROWS`` relies on."""
+    if not isinstance(value, dict) or type_name == "SampledData":
         return []
     if type_name == "Range" or (type_name is None and ("low" in value or "high" in value)):
         return [r for r in (_row(value[k]) for k in ("low", "high") if isinstance(value.get(k), dict)) if r]
