@@ -232,7 +232,7 @@ class FhirService:
         return QueryParser(self.defs, strict, self.max_page_size)
 
     def engine_for(self, base_url: str) -> SearchEngine:
-        return SearchEngine(CompileContext(self.defs, base_url, utcnow()))
+        return SearchEngine(CompileContext(self.defs, base_url, utcnow(), access=self.access_filter()))
 
     def _match(self, conn: Connection, rtype: str, query_string: str, base_url: str) -> list[Stored]:
         """Resources matching a conditional-interaction query (strict: unknown params are errors).
