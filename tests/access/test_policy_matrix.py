@@ -27,6 +27,7 @@ from sharedcare.fhir.bundle import BundleProcessor
 from sharedcare.fhir.errors import BusinessRule, Forbidden, NotFound
 from sharedcare.fhir.service import FhirService
 from sharedcare.fhir.store import utcnow
+from sharedcare.notify import outbox
 from sharedcare.settings import Settings
 from sharedcare.storage.engine import make_engine, writer
 from support import truncate
@@ -475,6 +476,11 @@ def test_emergency_override_lifts_blocks_only_when_enabled(world: World, db_url:
         )
     with world.engine.connect() as conn:
         entries = audit.query(conn, principal_subject="acct-blocked")
+    with world.engine.connect() as conn:
+        told = outbox.for_patient(conn, "pa")
+    assert [(n.kind, n.params["reason"]) for n in told if n.kind == outbox.EMERGENCY_ACCESS] == [
+        (outbox.EMERGENCY_ACCESS, "unconscious patient")
+    ]
     assert [(e.record.action, e.record.emergency, e.record.emergency_reason) for e in entries] == [
         (audit.AuditAction.READ, True, "unconscious patient"),
         (audit.AuditAction.EMERGENCY_ACCESS, True, "unconscious patient"),

@@ -189,7 +189,18 @@ def emergency_override(
         created_by=professional.subject,
     )
     from sharedcare.audit import log as audit
+    from sharedcare.notify import outbox
 
+    outbox.queue(
+        conn,
+        patient_id,
+        outbox.EMERGENCY_ACCESS,
+        now,
+        practitioner_id=professional.practitioner_id,
+        display=professional.display,
+        reason=reason.strip(),
+        until=rel.ends.isoformat() if rel.ends else None,
+    )
     audit.append(
         conn,
         audit.record_for(
