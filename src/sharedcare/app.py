@@ -9,6 +9,7 @@ import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy.exc import IntegrityError
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -123,7 +124,9 @@ def create_app(settings: Settings | None = None, *, validator: Any = "default") 
     portal.install(app)  # /portal pages, /portal/static and their error pages
 
     @app.exception_handler(FhirError)
-    async def fhir_error(_request: Request, exc: FhirError) -> Response:
+    async def fhir_error(request: Request, exc: FhirError) -> Response:
+        if exc.status in (403, 404, 410, 422) and getattr(request.state, "principal", None) is not None:
+            await run_in_threadpool(fhir_api.record_refusal, request, exc)
         return Response(orjson.dumps(exc.outcome()), status_code=exc.status, media_type=fhir_api.FHIR_JSON)
 
     @app.exception_handler(RequestValidationError)

@@ -201,3 +201,21 @@ def test_first_professional_access_is_notified_once_and_activation_opens_the_win
     assert [(m.kind, m.params["practitioner_id"]) for m in messages] == [
         (outbox.FIRST_PROFESSIONAL_ACCESS, "gp")
     ]
+
+
+def test_refused_acts_are_logged_without_revealing_the_patient(world: TestClient) -> None:
+    from sharedcare.audit import log as audit
+
+    gp = as_(world, GP, "user/*.rs")
+    assert world.get("/fhir/Observation/lab-b", headers=gp).status_code == 404
+    assert world.post("/fhir/Observation", json=lab("n", "pb"), headers=gp).status_code == 403
+    app: Any = world.app
+    with app.state.engine.connect() as conn:
+        entries = audit.query(conn, principal_subject="acct-gp")
+    refused = [
+        (e.record.action, e.record.outcome, e.record.patient_id, e.record.outcome_desc) for e in entries
+    ]
+    assert refused == [
+        (audit.AuditAction.CREATE, audit.AuditOutcome.MINOR_FAILURE, None, "403 forbidden"),
+        (audit.AuditAction.READ, audit.AuditOutcome.MINOR_FAILURE, None, "404 not-found"),
+    ]

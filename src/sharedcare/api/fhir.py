@@ -16,12 +16,14 @@ from sharedcare.access.policy import category_of
 from sharedcare.access.session import PolicySession, RequestInfo
 from sharedcare.access.tokens import TokenMissing, principal_from_request
 from sharedcare.api.capability import capability_statement
+from sharedcare.audit import log as audit
 from sharedcare.fhir.bundle import BundleProcessor
 from sharedcare.fhir.errors import BadRequest, FhirError, Issue, NotFound, operation_outcome
 from sharedcare.fhir.render import history_bundle, resource_json, searchset
 from sharedcare.fhir.search.engine import SearchResult
 from sharedcare.fhir.service import FhirService, WriteOutcome
 from sharedcare.fhir.store import Stored, instant, utcnow
+from sharedcare.storage.engine import writer
 
 FHIR_JSON = "application/fhir+json"
 
@@ -54,6 +56,42 @@ def authenticate(request: Request) -> None:
         ),
     )
     request.state.fhir = request.app.state.fhir.for_session(session)
+
+
+_REFUSED_ACTIONS = {
+    "GET": audit.AuditAction.READ,
+    "POST": audit.AuditAction.CREATE,
+    "PUT": audit.AuditAction.UPDATE,
+    "PATCH": audit.AuditAction.PATCH,
+    "DELETE": audit.AuditAction.DELETE,
+}
+
+
+def record_refusal(request: Request, exc: FhirError) -> None:
+    """A refused or failed act is in the access log too (outcome 4), in its own transaction, as
+    the act's own was rolled back. It names no patient: a hidden resource answers as unknown,
+    and its log entry must not reveal more than the answer did."""
+    principal = getattr(request.state, "principal", None)
+    if principal is None or not request.url.path.startswith("/fhir"):
+        return
+    method = request.method
+    action = {
+        "GET": audit.AuditAction.READ,
+        "POST": audit.AuditAction.CREATE,
+        "PUT": audit.AuditAction.UPDATE,
+    }
+    client = request.client
+    record = audit.record_for(
+        principal,
+        action.get(method, audit.AuditAction.UPDATE if method == "PATCH" else audit.AuditAction.DELETE),
+        interaction=f"{method} {request.url.path}",
+        outcome=audit.AuditOutcome.MINOR_FAILURE,
+        outcome_desc=f"{exc.status} {exc.code}",
+        source_ip=client.host if client else None,
+        user_agent=request.headers.get("user-agent"),
+    )
+    with writer(request.app.state.engine).begin() as conn:
+        audit.append(conn, record)
 
 
 router = APIRouter(prefix="/fhir", dependencies=[Depends(_check_format), Depends(authenticate)])
