@@ -240,3 +240,26 @@ def test_representative_chooses_the_holder_and_acts_for_them(world: World, brows
         log = audit.query(conn, patient_id="pb", principal_subject=world.representative.account_id)
     assert [b.practitioner_id for b in blocks] == ["stranger"]
     assert all(e.record.purpose == "PWATRNY" for e in log)
+
+
+def test_home_tells_the_holder_of_the_first_professional_access(world: World, holder: TestClient) -> None:
+    from sharedcare.access.policy import category_of
+    from sharedcare.access.session import PolicySession
+    from sharedcare.notify import outbox
+
+    app = holder.app
+    gp = Principal(
+        PrincipalKind.PROFESSIONAL,
+        "acct-gp",
+        display="Dr Claire Hoffmann",
+        practitioner_id="gp",
+        profession="med",
+    )
+    with writer(world.engine).begin() as conn:
+        care.ensure_record(conn, "pa", letter_sent=None, activated=_now())
+    session = PolicySession(gp, app.state.policy, category_of, enforce_scopes=False)  # type: ignore[attr-defined]
+    app.state.fhir.for_session(session).read("Patient", "pa")  # type: ignore[attr-defined]
+    home = holder.get("/portal/home").text
+    assert "A professional used your record for the first time: Dr Claire Hoffmann." in home
+    with world.engine.connect() as conn:
+        assert len(outbox.for_patient(conn, "pa")) == 1

@@ -10,6 +10,7 @@ from fastapi.responses import Response
 
 from sharedcare.access import consent
 from sharedcare.fhir.errors import FhirError
+from sharedcare.notify import outbox
 from sharedcare.portal import csrf, records
 from sharedcare.portal.deps import holder_side, now, optional_user, signed_in
 from sharedcare.portal.pages import redirect, render
@@ -17,6 +18,8 @@ from sharedcare.portal.sessions import RECORD, PortalUser, login_url
 
 router = APIRouter(dependencies=[Depends(csrf.require_csrf)])
 HOME_ITEMS = 10
+HOME_MESSAGES = 5
+"""Newest notifications on the home page (first professional access, emergency access)."""
 
 
 @router.get("/")
@@ -72,7 +75,14 @@ def home(request: Request, user: PortalUser = Depends(holder_side), at: datetime
     patient, items = record_overview(service, user.record)
     with request.app.state.engine.connect() as conn:
         status = consent.status(conn, user.record)
-    context = {"patient": patient, "items": items[:HOME_ITEMS], "count": len(items), "status": status}
+        messages = outbox.for_patient(conn, user.record, limit=HOME_MESSAGES)
+    context = {
+        "patient": patient,
+        "items": items[:HOME_ITEMS],
+        "count": len(items),
+        "status": status,
+        "messages": messages,
+    }
     return render(request, "home.html", context, user=user)
 
 
