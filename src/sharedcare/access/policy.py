@@ -28,15 +28,34 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cache
 from typing import Any
 
-from sqlalchemy import ColumnElement, FromClause, Select, and_, exists, false, literal, or_, select
+from sqlalchemy import (
+    BindParameter,
+    Boolean,
+    ColumnElement,
+    FromClause,
+    Select,
+    String,
+    and_,
+    bindparam,
+    exists,
+    false,
+    literal,
+    literal_column,
+    or_,
+    select,
+)
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.visitors import InternalTraversal, iterate
 
 from sharedcare.access.categories import REFERENCE_DATA, classify
 from sharedcare.access.matrix import AccessMatrix, load_matrix
 from sharedcare.access.models import access_restriction, care_relationship, delegation, record_status
 from sharedcare.access.principals import Principal, PrincipalKind
 from sharedcare.fhir.search.engine import AccessFilter
+from sharedcare.fhir.store import utcnow
 from sharedcare.settings import Settings
 from sharedcare.storage.tables import idx_token, resource, resource_compartment
 
@@ -71,6 +90,249 @@ REFERENT = "referent"
 OVERRIDE = "override"
 
 
+# The read filter's own names for the tables it reads (short: it joins every statement).
+_CR = care_relationship.alias("acr")
+_AC = resource_compartment.alias("ac")
+_AR = access_restriction.alias("aar")
+_RS = record_status.alias("ars")
+_LR = resource.alias("alr")
+_LT = idx_token.alias("alt")
+_ONE: ColumnElement[int] = literal_column("1")
+
+
+def _sql(value: str) -> ColumnElement[str]:
+    """A constant written into the SQL (the statement stays the same from request to request, and
+    has fewer parameters: drivers and PostgreSQL then reuse its parsed and planned forms)."""
+    return literal_column("'" + value.replace("'", "''") + "'", String)
+
+
+@cache
+def _sql_list(values: tuple[str, ...]) -> list[ColumnElement[str]]:
+    return [_sql(v) for v in values]
+
+
+_PARTS_KEPT = 1024
+"""Professionals whose read-filter parts a policy keeps (SQL only: no right is kept)."""
+
+
+def _now() -> datetime:
+    return utcnow()
+
+
+@dataclass(frozen=True, slots=True)
+class _ProfessionalParts:
+    """A professional's read filter, as SQL that holds no right: the relationships, the records'
+    status, the blocks, the masks and the licence are all read by each statement, as of the
+    moment it runs. Kept by the policy per professional, so that a request does not build them
+    again (building these SQLAlchemy constructs cost more than running them). The statements
+    keep the same text from request to request, with constants written in and the
+    professional's identifiers bound once each: PostgreSQL and the driver reuse their plans."""
+
+    practitioner: BindParameter[str]
+    binds: tuple[BindParameter[Any], ...]
+    """Every parameter of the filter (the professional's ids, the clock): nothing else is bound."""
+    shape: str
+    """What the filter's SQL text depends on besides the row's table (part of its cache key)."""
+    licensed: ColumnElement[bool]
+    cared: tuple[ColumnElement[bool], ...]
+    """Conditions on ``_AC`` joined to ``_CR``: an active relationship of one of the contexts
+    of care, with a record open to professionals, and not blocked."""
+    overridden: tuple[ColumnElement[bool], ...] | None
+    """The same for an emergency override (blocks do not apply); None: no overrides."""
+    restricted: ColumnElement[bool]
+    """Some holder blocks or masks something from the professional (uncorrelated: PostgreSQL
+    tests it once per statement, and looks for each relationship's block and each row's mask
+    only when it holds)."""
+    either: tuple[str, ...]
+    readable: tuple[str, ...]
+    only_profession: tuple[str, ...]
+    only_referent: tuple[str, ...]
+
+    @classmethod
+    def build(cls, policy: AccessPolicy, p: Principal) -> _ProfessionalParts:
+        assert p.practitioner_id and p.profession
+        readable, referent_readable = policy._readable(p.profession)
+        cr, ar, status = _CR, _AR, _RS
+        practitioner = bindparam("access_practitioner", p.practitioner_id, type_=cr.c.practitioner_id.type)
+        # the clock is read when a statement runs; each value is one parameter, however often named
+        now = bindparam("access_now", callable_=_now, type_=cr.c.starts.type)
+        days = timedelta(days=policy.settings.activation_window_days)
+        window = bindparam("access_window", callable_=lambda: _now() - days, type_=status.c.letter_sent.type)
+        who = cr.c.practitioner_id == practitioner
+        if p.organization_id:
+            organization = bindparam(
+                "access_organization", p.organization_id, type_=cr.c.organization_id.type
+            )
+            who = or_(who, and_(cr.c.practitioner_id.is_(None), cr.c.organization_id == organization))
+        relationship = (
+            _AC.c.patient_id == cr.c.patient_id,
+            who,
+            cr.c.starts <= now,
+            or_(cr.c.ends.is_(None), cr.c.ends > now),
+            cr.c.revoked_at.is_(None),
+            ~exists(
+                select(_ONE)
+                .select_from(status)
+                .where(
+                    status.c.patient_id == cr.c.patient_id,
+                    or_(
+                        status.c.status != _sql("open"),
+                        and_(
+                            status.c.activated_at.is_(None),
+                            status.c.letter_sent.is_not(None),
+                            status.c.letter_sent > window,
+                        ),
+                    ),
+                )
+            ),
+        )
+        # blocks and masks are rare: their per-row checks run only when the professional has one
+        restricted = exists(
+            select(_ONE)
+            .select_from(ar)
+            .where(ar.c.practitioner_id == practitioner, ar.c.removed_at.is_(None))
+        )
+        blocked = exists(
+            select(_ONE)
+            .select_from(ar)
+            .where(
+                ar.c.patient_id == cr.c.patient_id,
+                ar.c.practitioner_id == practitioner,
+                ar.c.kind == _sql("block"),
+                ar.c.removed_at.is_(None),
+            )
+        )
+        lr, lt = _LR, _LT
+        binds = (practitioner, now, window) + ((organization,) if p.organization_id else ())
+        either = tuple(sorted(set(readable) | set(referent_readable)))
+        only_profession = tuple(sorted(set(readable) - set(referent_readable)))
+        only_referent = tuple(sorted(set(referent_readable) - set(readable)))
+        override = policy.settings.emergency_override
+        shape = repr(
+            (either, tuple(readable), only_profession, only_referent, bool(p.organization_id), override)
+        )
+        parts = cls(
+            practitioner=practitioner,
+            binds=binds,
+            shape=shape,
+            licensed=~exists(
+                select(_ONE)
+                .select_from(lr.join(lt, lt.c.res_pk == lr.c.pk))
+                .where(
+                    lr.c.type == _sql("Practitioner"),
+                    lr.c.id == practitioner,
+                    lr.c.deleted.is_(False),
+                    lt.c.param == _sql("active"),
+                    lt.c.code == _sql("false"),
+                )
+            ),
+            cared=(
+                cr.c.context.in_(_sql_list((*PROFESSIONAL_CONTEXTS, REFERENT))),
+                *relationship,
+                ~and_(restricted, blocked),
+            ),
+            overridden=(cr.c.context == _sql(OVERRIDE), *relationship)
+            if policy.settings.emergency_override
+            else None,
+            restricted=restricted,
+            either=either,
+            readable=tuple(readable),
+            only_profession=only_profession,
+            only_referent=only_referent,
+        )
+        parts._check_binds()
+        return parts
+
+    def _check_binds(self) -> None:
+        """The cached statements take every value from ``binds`` (see ``_ProfessionalFilter``):
+        a value bound anywhere else in the filter would be reused from another request."""
+        known = {id(b) for b in self.binds}
+        stray = [
+            b
+            for b in iterate(self.condition(resource))
+            if isinstance(b, BindParameter) and id(b) not in known
+        ]
+        if stray:
+            raise RuntimeError(f"the professional read filter binds values outside its parameters: {stray}")
+
+    def filter(self, r: FromClause) -> ColumnElement[bool]:
+        """The filter on ``r``, as a construct whose SQL SQLAlchemy caches by its shape."""
+        return _ProfessionalFilter(self, r)
+
+    def condition(self, r: FromClause) -> ColumnElement[bool]:
+        """The filter on the ``resource`` rows of ``r``."""
+        cr, ar = _CR, _AR
+        # a relationship opens its own column's categories (``either`` is checked on the row)
+        category: list[ColumnElement[bool]] = []
+        if self.only_profession:
+            category.append(
+                or_(cr.c.context != _sql(REFERENT), r.c.category.not_in(_sql_list(self.only_profession)))
+            )
+        if self.only_referent:
+            category.append(
+                or_(cr.c.context == _sql(REFERENT), r.c.category.not_in(_sql_list(self.only_referent)))
+            )
+        cared = exists(
+            select(_ONE).select_from(_AC, cr).where(_AC.c.res_pk == r.c.pk, *self.cared, *category)
+        )
+        mask = exists(
+            select(_ONE)
+            .select_from(ar)
+            .where(
+                ar.c.kind == _sql("mask"),
+                ar.c.resource_type == r.c.type,
+                ar.c.resource_id == r.c.id,
+                ar.c.practitioner_id == self.practitioner,
+                ar.c.removed_at.is_(None),
+            )
+        )
+        allowed = and_(r.c.category.in_(_sql_list(self.either)), cared, ~and_(self.restricted, mask))
+        if self.overridden is not None:
+            overridden = exists(
+                select(_ONE).select_from(_AC, cr).where(_AC.c.res_pk == r.c.pk, *self.overridden)
+            )
+            allowed = or_(allowed, and_(r.c.category.in_(_sql_list(self.readable)), overridden))
+        return or_(r.c.category == _sql(REFERENCE), and_(self.licensed, allowed))
+
+
+class _ProfessionalFilter(ColumnElement[bool]):
+    """A professional's read filter on the rows of ``r``, compiled from its parts' ``condition``.
+
+    SQLAlchemy caches a statement's SQL under a key it computes from every element of the
+    statement, at every execution: for the filter's full construct, computing that key (and
+    building the construct) cost more than running the statement in PostgreSQL. This element
+    stands for the construct: its key is the filter's shape, the row's table and the bound
+    parameters, so the SQL is compiled once per shape and each execution only binds its values
+    (matched by position to the parameters of the cached SQL: hence every value of the filter
+    is one of ``binds``, which the parts check when they are built)."""
+
+    __visit_name__ = "sharedcare_professional_filter"
+    inherit_cache = False
+    type = Boolean()
+    _traverse_internals = [
+        ("shape", InternalTraversal.dp_string),
+        ("columns", InternalTraversal.dp_clauseelement_tuple),
+        ("binds", InternalTraversal.dp_clauseelement_tuple),
+    ]
+
+    def __init__(self, parts: _ProfessionalParts, r: FromClause) -> None:
+        self.parts = parts
+        self.r = r
+        self.shape = parts.shape
+        self.columns = (r.c.pk, r.c.category, r.c.type, r.c.id)
+        self.binds = parts.binds
+
+    @property
+    def _from_objects(self) -> list[FromClause]:
+        return [self.r]
+
+
+@compiles(_ProfessionalFilter)
+def _compile_professional_filter(element: _ProfessionalFilter, compiler: Any, **kw: Any) -> str:
+    # in parentheses: the enclosing statement takes the element for a single term
+    return "(" + str(compiler.process(element.parts.condition(element.r), **kw)) + ")"
+
+
 @dataclass(frozen=True, slots=True)
 class WriteTarget:
     """What a write touches: the patients whose records it belongs to and its data category."""
@@ -85,6 +347,7 @@ class AccessPolicy:
     def __init__(self, settings: Settings, matrix: AccessMatrix | None = None) -> None:
         self.settings = settings
         self.matrix = matrix or load_matrix()
+        self._parts: dict[tuple[str, str | None, str], _ProfessionalParts] = {}
 
     # -- building blocks ----------------------------------------------------------------------
     def _open_for_professionals(self, patient_id: ColumnElement[str], now: datetime) -> ColumnElement[bool]:
@@ -215,33 +478,35 @@ class AccessPolicy:
         return flt
 
     def _professional_filter(self, p: Principal, now: datetime) -> AccessFilter:
+        """Reference data; while the professional's licence stands, the categories their
+        profession reads of the records of holders in their care, and those of the ``mr``
+        column where they are the referring physician, but for the items the holders mask from
+        them; under an emergency override, the categories the profession reads, masks lifted.
+
+        The relationships are checked as of the moment each statement runs (the clock is bound
+        when it executes), so the filter's parts are built once per professional and kept
+        (``_professional_parts``); only the conditions on the row itself are built for each
+        statement."""
         if not p.practitioner_id or not p.profession:
             return lambda r: r.c.category == REFERENCE
-        column = self.matrix.column_for_profession(p.profession) or p.profession
+        return self._professional_parts(p).filter
+
+    def _professional_parts(self, p: Principal) -> _ProfessionalParts:
+        """The parts of ``p``'s filter: built at the first request of ``p`` and kept (SQL, no right)."""
+        key = (p.practitioner_id or "", p.organization_id, p.profession or "")
+        parts = self._parts.get(key)
+        if parts is None:
+            if len(self._parts) >= _PARTS_KEPT:
+                self._parts.clear()
+            parts = self._parts[key] = _ProfessionalParts.build(self, p)
+        return parts
+
+    def _readable(self, profession: str) -> tuple[list[str], list[str]]:
+        """Categories the profession's column reads, and those the referring physician reads."""
+        column = self.matrix.column_for_profession(profession) or profession
         readable = sorted(self.matrix.readable_categories(column) | {IDENTITY})
         referent_readable = sorted(self.matrix.readable_categories("mr") | {IDENTITY})
-        in_care = self._care_patients(p, PROFESSIONAL_CONTEXTS, now, blocks=True)
-        referent = self._care_patients(p, (REFERENT,), now, blocks=True)
-        override = (
-            self._care_patients(p, (OVERRIDE,), now, blocks=False)
-            if self.settings.emergency_override
-            else None
-        )
-
-        def flt(r: FromClause) -> ColumnElement[bool]:
-            allowed = [
-                and_(r.c.category.in_(readable), self._in_compartment(r, in_care), ~self._masked(r, p)),
-                and_(
-                    r.c.category.in_(referent_readable),
-                    self._in_compartment(r, referent),
-                    ~self._masked(r, p),
-                ),
-            ]
-            if override is not None:
-                allowed.append(and_(r.c.category.in_(readable), self._in_compartment(r, override)))
-            return or_(r.c.category == REFERENCE, *allowed)
-
-        return flt
+        return readable, referent_readable
 
     def _system_filter(self, p: Principal, now: datetime) -> AccessFilter:
         if not p.organization_id:

@@ -12,7 +12,19 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, FromClause, and_, or_, select, update
+from sqlalchemy import (
+    Connection,
+    FromClause,
+    TextClause,
+    and_,
+    bindparam,
+    case,
+    func,
+    or_,
+    select,
+    text,
+    update,
+)
 
 from sharedcare.access import care
 from sharedcare.access.models import record_status
@@ -29,6 +41,64 @@ from sharedcare.notify import outbox
 from sharedcare.storage.tables import resource, resource_compartment
 
 LAST_ACCESS_RESOLUTION = timedelta(hours=1)
+
+_stale = or_(record_status.c.last_access.is_(None), record_status.c.last_access < bindparam("stale"))
+_NOTE_ACCESS = (
+    update(record_status)
+    .where(record_status.c.patient_id.in_(bindparam("patients", expanding=True)), _stale)
+    .values(last_access=bindparam("now"))
+)
+"""The inactivity clock: the records' last access, where it is older than the resolution."""
+_NOTE_PROFESSIONAL_ACCESS = (
+    update(record_status)
+    .where(
+        record_status.c.patient_id.in_(bindparam("patients", expanding=True)),
+        or_(_stale, record_status.c.first_professional_access.is_(None)),
+    )
+    .values(
+        last_access=case((_stale, bindparam("now")), else_=record_status.c.last_access),
+        first_professional_access=func.coalesce(record_status.c.first_professional_access, bindparam("now")),
+    )
+    .returning(record_status.c.patient_id, record_status.c.first_professional_access)
+)
+"""The same, and the first professional access where there was none."""
+
+
+def _owners_and_note(professional: bool) -> TextClause:
+    """PostgreSQL: the patients owning the acts' resources and the ``_note_access`` of their
+    records (and of ``known`` patients), in one statement. Rows ``(res_pk, patient_id, NULL)``
+    for the owners, ``(NULL, patient_id, first_professional_access)`` for each record dated."""
+    stale = "last_access IS NULL OR last_access < :stale"
+    if professional:
+        sets = (
+            f"last_access = CASE WHEN {stale} THEN :now ELSE last_access END, "
+            "first_professional_access = COALESCE(first_professional_access, :now)"
+        )
+        where, first = f"{stale} OR first_professional_access IS NULL", "first_professional_access"
+    else:
+        sets, where, first = "last_access = :now", stale, "CAST(NULL AS TIMESTAMP)"
+    return text(
+        "WITH owners AS (SELECT res_pk, patient_id FROM resource_compartment "
+        "WHERE res_pk = ANY(CAST(:pks AS BIGINT[]))), "
+        f"noted AS (UPDATE record_status SET {sets} WHERE patient_id IN "
+        "(SELECT patient_id FROM owners UNION SELECT unnest(CAST(:known AS VARCHAR[]))) "
+        f"AND ({where}) RETURNING patient_id, {first} AS first_access) "
+        "SELECT res_pk, patient_id, CAST(NULL AS TIMESTAMP) FROM owners "
+        "UNION ALL SELECT NULL, patient_id, first_access FROM noted"
+    )
+
+
+_OWNERS_AND_NOTE = {False: _owners_and_note(False), True: _owners_and_note(True)}
+
+
+@dataclass(slots=True)
+class _Recorded:
+    """An interaction noted for the audit trail whose resources' patients are not read yet."""
+
+    base: audit.AuditRecord
+    resources: list[tuple[int, str]]
+    """(key, ``Type/id/_history/version``) of each resource returned or written."""
+
 
 _ACTIONS = {
     "read": audit.AuditAction.READ,
@@ -65,6 +135,7 @@ class PolicySession:
     enforce_scopes: bool = True
     """False for portal sessions: a signed-in person has no token scopes to narrow the decision."""
     _pending: list[audit.AuditRecord] = field(default_factory=list)
+    _recorded: list[_Recorded] = field(default_factory=list)
     _filter: AccessFilter | None = None
     _filter_built: bool = False
     _scopes: ScopeSet | None = None
@@ -120,6 +191,8 @@ class PolicySession:
 
     # -- writes ----------------------------------------------------------------------------
     def check_writes(self, conn: Connection, writes: Sequence[Write]) -> None:
+        if self._recorded:  # the audit names the patients of what was read before these writes
+            self._split(self._owners(conn, self._recorded_keys()))
         p = self.principal
         trusted = self.policy.is_trusted(p)
         for w in writes:
@@ -192,21 +265,8 @@ class PolicySession:
 
     # -- audit -----------------------------------------------------------------------------
     def record(self, conn: Connection, interaction: Interaction) -> None:
-        refs_by_patient: dict[str | None, list[str]] = {}
-        pks = [s.pk for s in interaction.resources]
-        owners: dict[int, list[str | None]] = {}
-        if pks:
-            c = resource_compartment
-            for start in range(0, len(pks), 500):
-                chunk = pks[start : start + 500]
-                for row in conn.execute(select(c.c.res_pk, c.c.patient_id).where(c.c.res_pk.in_(chunk))):
-                    owners.setdefault(row.res_pk, []).append(row.patient_id)
-        for s in interaction.resources:
-            ref = f"{s.type}/{s.id}/_history/{s.version}"
-            for patient in owners.get(s.pk) or [None]:
-                refs_by_patient.setdefault(patient, []).append(ref)
-        if not refs_by_patient:
-            refs_by_patient[None] = []
+        """Note an interaction's audit record; the patients it concerns (one record each) are
+        read with the records' dating, at ``flush`` (or before the next writes)."""
         base = audit.record_for(
             self.principal,
             _ACTIONS[interaction.name],
@@ -216,24 +276,68 @@ class PolicySession:
             user_agent=self.info.user_agent,
             request_id=self.info.request_id,
         )
-        self._pending.extend(audit.split_by_patient(base, refs_by_patient))
+        self._recorded.append(
+            _Recorded(base, [(s.pk, f"{s.type}/{s.id}/_history/{s.version}") for s in interaction.resources])
+        )
+
+    def _recorded_keys(self) -> list[int]:
+        return sorted({pk for recorded in self._recorded for pk, _ in recorded.resources})
+
+    @staticmethod
+    def _owners(conn: Connection, pks: list[int]) -> dict[int, list[str]]:
+        owners: dict[int, list[str]] = {}
+        c = resource_compartment
+        for start in range(0, len(pks), 500):
+            chunk = pks[start : start + 500]
+            for row in conn.execute(select(c.c.res_pk, c.c.patient_id).where(c.c.res_pk.in_(chunk))):
+                owners.setdefault(row.res_pk, []).append(row.patient_id)
+        return owners
+
+    def _split(self, owners: dict[int, list[str]]) -> None:
+        """The noted interactions' records, one per patient concerned (BALP)."""
+        for recorded in self._recorded:
+            refs_by_patient: dict[str | None, list[str]] = {}
+            for pk, ref in recorded.resources:
+                patients: list[str | None] = [*owners.get(pk, ())] or [None]
+                for patient in patients:
+                    refs_by_patient.setdefault(patient, []).append(ref)
+            if not refs_by_patient:
+                refs_by_patient[None] = []
+            self._pending.extend(audit.split_by_patient(recorded.base, refs_by_patient))
+        self._recorded.clear()
 
     def flush(self, conn: Connection) -> None:
-        pending, self._pending = self._pending, []
-        if not pending:
+        if not self._recorded and not self._pending:
             return
         p = self.principal
-        touched = sorted({r.patient_id for r in pending if r.patient_id})
-        if touched:
-            self._note_access(conn, touched)
-        if (
-            p.kind is PrincipalKind.PROFESSIONAL
-            and self.policy.settings.emergency_override
-            and p.practitioner_id
-        ):
+        professional = p.kind is PrincipalKind.PROFESSIONAL
+        if conn.dialect.name == "postgresql":
+            owners: dict[int, list[str]] = {}
+            first: list[str] = []
+            known = sorted({r.patient_id for r in self._pending if r.patient_id})
+            pks = self._recorded_keys()
+            if pks or known:
+                values = {
+                    "pks": pks,
+                    "known": known,
+                    "now": self.now,
+                    "stale": self.now - LAST_ACCESS_RESOLUTION,
+                }
+                for res_pk, patient_id, first_access in conn.execute(_OWNERS_AND_NOTE[professional], values):
+                    if res_pk is not None:
+                        owners.setdefault(res_pk, []).append(patient_id)
+                    elif professional and first_access == self.now:  # dated by this statement
+                        first.append(patient_id)
+            self._split(owners)
+        else:
+            self._split(self._owners(conn, self._recorded_keys()))
+            touched = sorted({r.patient_id for r in self._pending if r.patient_id})
+            first = self._note_access(conn, touched) if touched else []
+        self._notify_first_access(conn, first)
+        pending, self._pending = self._pending, []
+        if professional and self.policy.settings.emergency_override and p.practitioner_id:
             pending = self._flag_emergencies(conn, p.practitioner_id, pending)
-        for rec in pending:
-            audit.append(conn, rec)
+        audit.append_all(conn, pending)
 
     def _flag_emergencies(
         self, conn: Connection, practitioner_id: str, pending: list[audit.AuditRecord]
@@ -251,28 +355,27 @@ class PolicySession:
 
     def discard(self) -> None:
         self._pending.clear()
+        self._recorded.clear()
 
-    def _note_access(self, conn: Connection, patients: list[str]) -> None:
+    def _note_access(self, conn: Connection, patients: list[str]) -> list[str]:
         """Date the record's last access (the inactivity clock of §A.2, to the hour: a busy record
         must not turn every read into a write of the same row) and its first professional access
-        (the holder is told of it, §A.1). Records without a life-cycle row have neither."""
-        s = record_status
-        stale = self.now - LAST_ACCESS_RESOLUTION
-        conn.execute(
-            update(s)
-            .where(s.c.patient_id.in_(patients), or_(s.c.last_access.is_(None), s.c.last_access < stale))
-            .values(last_access=self.now)
-        )
+        (the holder is told of it, §A.1), in one statement; return the records whose first
+        professional access this dated. Records without a life-cycle row have neither."""
+        values = {"patients": patients, "now": self.now, "stale": self.now - LAST_ACCESS_RESOLUTION}
+        if self.principal.kind is not PrincipalKind.PROFESSIONAL:
+            conn.execute(_NOTE_ACCESS, values)
+            return []
+        # a row this statement dated first holds this session's time (RETURNING gives new values)
+        return [
+            row.patient_id
+            for row in conn.execute(_NOTE_PROFESSIONAL_ACCESS, values)
+            if row.first_professional_access == self.now
+        ]
+
+    def _notify_first_access(self, conn: Connection, patients: list[str]) -> None:
         p = self.principal
-        if p.kind is not PrincipalKind.PROFESSIONAL:
-            return
-        first = conn.execute(
-            update(s)
-            .where(s.c.patient_id.in_(patients), s.c.first_professional_access.is_(None))
-            .values(first_professional_access=self.now)
-            .returning(s.c.patient_id)
-        ).scalars()
-        for patient_id in sorted(first):
+        for patient_id in sorted(set(patients)):
             outbox.queue(
                 conn,
                 patient_id,

@@ -11,6 +11,7 @@ this server's FHIR base URL, it is within its validity period (30 s leeway for c
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -157,8 +158,30 @@ def principal_from_claims(claims: dict[str, Any], *, own: bool = True) -> Princi
 # --- validation ------------------------------------------------------------------------------
 
 
+VERIFIED_KEPT = 4096
+"""Tokens whose verified signature a validator remembers (``TokenValidator._verified``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Verified:
+    """A token of ours whose signature, issuer, type and audience were verified, with the key
+    that verified it; what can change over its life (expiry, revocation) is checked at every
+    use."""
+
+    key: Any
+    kid: str | None
+    claims: dict[str, Any]
+    principal: Principal
+
+
 class TokenValidator:
-    """Checks bearer tokens; one per application (``app.state.tokens``)."""
+    """Checks bearer tokens; one per application (``app.state.tokens``).
+
+    A token is checked in full at every request, but the verification of the signature of our
+    own tokens (the same for every request of a token) is remembered while the key that
+    verified it is still published (``_verified``): the time and the revocation list are
+    checked every time, so a revoked or expired token is refused at once.
+    """
 
     def __init__(
         self, engine: Engine, keys: KeyStore, settings: Settings, leeway: int = LEEWAY_SECONDS
@@ -172,11 +195,25 @@ class TokenValidator:
             if self.external_issuer and settings.external_oidc_jwks_url
             else None
         )
+        self._verified: dict[tuple[str, str, str], _Verified] = {}
 
     def validate(self, token: str, urls: PublicUrls) -> Principal:
         """The principal of a valid access token; raises a ``TokenError`` subclass otherwise."""
+        known = self._verified.get((token, urls.issuer, urls.fhir_base))
+        if known is not None and self.keys.key_for(known.kid) is known.key:
+            self._check_time(known.claims)
+            self._check_revoked(known.claims, None)
+            return known.principal
         claims = self.claims(token, urls)
-        return principal_from_claims(claims, own=claims.get("iss") == urls.issuer)
+        principal = principal_from_claims(claims, own=claims.get("iss") == urls.issuer)
+        if claims.get("iss") == urls.issuer:  # our own tokens only (external keys are fetched)
+            kid = _peek(token)[0].get("kid")
+            if len(self._verified) >= VERIFIED_KEPT:
+                self._verified.clear()
+            self._verified[(token, urls.issuer, urls.fhir_base)] = _Verified(
+                self.keys.key_for(kid), kid, claims, principal
+            )
+        return principal
 
     def claims(
         self,
@@ -219,16 +256,24 @@ class TokenValidator:
         self._check_audience(claims, urls.fhir_base)
         if check_expiry:
             self._check_time(claims)
-        jti = claims.get("jti")
-        if check_revoked and isinstance(jti, str):
-            if conn is not None:
-                revoked = is_revoked(conn, jti)
-            else:
-                with self.engine.connect() as own:
-                    revoked = is_revoked(own, jti)
-            if revoked:
-                raise TokenRevoked("The token was revoked")
+        if check_revoked:
+            self._check_revoked(claims, conn)
         return claims
+
+    def _check_revoked(self, claims: dict[str, Any], conn: Connection | None) -> None:
+        jti = claims.get("jti")
+        if not isinstance(jti, str):
+            return
+        if conn is not None:
+            revoked = is_revoked(conn, jti)
+        else:
+            own = self.engine.connect()
+            if own.dialect.name == "postgresql":  # one statement, no transaction to end
+                own = own.execution_options(isolation_level="AUTOCOMMIT")
+            with own:
+                revoked = is_revoked(own, jti)
+        if revoked:
+            raise TokenRevoked("The token was revoked")
 
     @staticmethod
     def _check_audience(claims: dict[str, Any], audience: str) -> None:

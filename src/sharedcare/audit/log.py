@@ -19,7 +19,8 @@ from datetime import UTC, datetime
 from enum import IntEnum, StrEnum
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, func, select, update
+from sqlalchemy import Connection, Engine, Row, TextClause, bindparam, func, select, text, update
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -36,6 +37,7 @@ __all__ = [
     "Purpose",
     "VerifyResult",
     "append",
+    "append_all",
     "chain_heads",
     "content_hash",
     "get",
@@ -286,16 +288,78 @@ def append(conn: Connection, record: AuditRecord) -> int:
     is held only for the commit. All appends of one transaction go to the same chain. On
     SQLite the transaction must be a writer one (``storage.engine.writer``).
     """
-    values = _row_values(record)
+    return append_all(conn, [record])[0]
+
+
+def append_all(conn: Connection, records: Sequence[AuditRecord]) -> list[int]:
+    """``append`` each of ``records``, in order, consecutively on one chain; return their keys.
+
+    On PostgreSQL the chain head is locked and read, then the records are inserted and the head
+    moved in one statement (``_APPEND_ONE_PG``, or ``_APPEND_PG`` per 1,000 records): two
+    round trips for an act, however many patients it concerns, instead of three per record.
+    SQLite inserts them one by one, then moves the head.
+    """
+    if not records:
+        return []
+    rows = [_row_values(record) for record in records]
     chain, seq, prev = _lock_head(conn)
-    values.update(chain=chain, seq=seq + 1)
-    digest = content_hash(values, prev)
-    values.update(prev_hash=prev, hash=digest)
-    pk = conn.execute(audit_log.insert().values(values)).inserted_primary_key[0]  # type: ignore[index]
-    conn.execute(
-        update(audit_chain_head).where(audit_chain_head.c.chain == chain).values(seq=seq + 1, hash=digest)
+    for row in rows:
+        seq += 1
+        row.update(chain=chain, seq=seq)
+        digest = content_hash(row, prev)
+        row.update(prev_hash=prev, hash=digest)
+        prev = digest
+    if conn.dialect.name == "postgresql":
+        if len(rows) == 1:  # most acts: a row of values is cheaper to send than arrays
+            one = {name: rows[0][name] for name in _APPENDED_COLUMNS}
+            one.update(head_chain=chain, head_seq=seq, head_hash=prev)
+            return [int(conn.execute(_APPEND_ONE_PG, one).scalar_one())]
+        keys: list[int] = []
+        for start in range(0, len(rows), _APPEND_BATCH):
+            batch = rows[start : start + _APPEND_BATCH]
+            params: dict[str, Any] = {name: [row[name] for row in batch] for name in _APPENDED_COLUMNS}
+            params.update(head_chain=chain, head_seq=batch[-1]["seq"], head_hash=batch[-1]["hash"])
+            keys.extend(int(k) for k in conn.execute(_APPEND_PG, params).scalar_one())
+        return keys
+    keys = [
+        int(conn.execute(audit_log.insert().values(row)).inserted_primary_key[0])  # type: ignore[index]
+        for row in rows
+    ]
+    conn.execute(_MOVE_HEAD, {"head_chain": chain, "head_seq": seq, "head_hash": prev})
+    return keys
+
+
+_APPENDED_COLUMNS = (*HASHED_COLUMNS, "prev_hash", "hash")
+_APPEND_BATCH = 1000
+"""Records per statement (PostgreSQL): each column is one array parameter."""
+
+
+def _append_statement(many: bool) -> TextClause:
+    """The insert of the records in a CTE, and the head's move, in one statement: ``VALUES`` for
+    one record, ``SELECT * FROM unnest(<one array per column>)`` for several (one statement, so
+    one parsed and planned form, whatever their number)."""
+    dialect = postgresql.dialect()
+    columns = [audit_log.c[name] for name in _APPENDED_COLUMNS]
+    names = ", ".join(c.name for c in columns)
+    if many:
+        arrays = ", ".join(f"CAST(:{c.name} AS {c.type.compile(dialect=dialect)}[])" for c in columns)
+        rows, keys = f"SELECT * FROM unnest({arrays})", "array_agg(pk ORDER BY pk)"
+    else:
+        rows, keys = "VALUES (" + ", ".join(f":{c.name}" for c in columns) + ")", "pk"
+    return text(
+        f"WITH appended AS (INSERT INTO audit_log ({names}) {rows} RETURNING pk) "
+        "UPDATE audit_chain_head SET seq = :head_seq, hash = :head_hash WHERE chain = :head_chain "
+        f"RETURNING (SELECT {keys} FROM appended)"
     )
-    return int(pk)
+
+
+_APPEND_ONE_PG = _append_statement(many=False)
+_APPEND_PG = _append_statement(many=True)
+_MOVE_HEAD = (
+    update(audit_chain_head)
+    .where(audit_chain_head.c.chain == bindparam("head_chain"))
+    .values(seq=bindparam("head_seq"), hash=bindparam("head_hash"))
+)
 
 
 def content_hash(values: Mapping[Any, Any], prev_hash: str) -> str:
@@ -355,6 +419,11 @@ def _row_values(record: AuditRecord) -> dict[str, Any]:
     }
 
 
+_RELOCK = select(audit_chain_head).where(audit_chain_head.c.chain == bindparam("chain")).with_for_update()
+_PICK = select(audit_chain_head).where(audit_chain_head.c.chain < CHAINS).order_by(func.random()).limit(1)
+_PICK_FREE = _PICK.with_for_update(skip_locked=True)
+
+
 def _lock_head(conn: Connection) -> tuple[int, int, str]:
     """Lock one chain's head row for this transaction; return (chain, seq, hash)."""
     head = audit_chain_head
@@ -363,11 +432,10 @@ def _lock_head(conn: Connection) -> tuple[int, int, str]:
     sticky = conn.info.get(_STICKY)
     row: Row[Any] | None = None
     if txn is not None and sticky is not None and sticky[0] is txn:
-        row = conn.execute(select(head).where(head.c.chain == sticky[1]).with_for_update()).first()
+        row = conn.execute(_RELOCK, {"chain": sticky[1]}).first()
     if row is None:
         # Any free chain will do: chains are interchangeable, so skip those other appends hold.
-        pick = select(head).where(head.c.chain < CHAINS).order_by(func.random()).limit(1)
-        row = conn.execute(pick.with_for_update(skip_locked=True) if postgres else pick).first()
+        row = conn.execute(_PICK_FREE if postgres else _PICK).first()
     if row is None:
         present = conn.execute(select(func.count()).select_from(head)).scalar_one()
         if present < CHAINS:
