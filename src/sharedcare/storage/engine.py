@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, exc
 from sqlalchemy.engine import make_url
+
+PING_AFTER_IDLE_SECONDS = 0.5
+"""A pooled PostgreSQL connection idle longer than this is pinged before use (see ``_ping_idle``)."""
+_RETURNED = "sharedcare_returned"
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
@@ -39,8 +44,31 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         return engine
     kwargs.setdefault("pool_size", 20)
     kwargs.setdefault("max_overflow", 20)
-    kwargs.setdefault("pool_pre_ping", True)
-    return create_engine(url, **kwargs)
+    engine = create_engine(url, **kwargs)
+    if not kwargs.get("pool_pre_ping"):
+        _ping_idle(engine)
+    return engine
+
+
+def _ping_idle(engine: Engine) -> None:
+    """Check a pooled connection before use only when it sat idle, as HikariCP does
+    (``aliveBypassWindowMs``): SQLAlchemy's ``pool_pre_ping`` costs a round trip at every
+    checkout, i.e. on every request, though a connection returned a moment ago is alive. A dead
+    one (server restarted, connection cut) is discarded and the pool tries another."""
+
+    @event.listens_for(engine, "checkin")
+    def _returned(_dbapi_conn: Any, record: Any) -> None:
+        record.info[_RETURNED] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        returned = record.info.get(_RETURNED)
+        if returned is None or time.monotonic() - returned <= PING_AFTER_IDLE_SECONDS:
+            return  # new (just connected) or returned a moment ago
+        try:
+            engine.dialect.do_ping(dbapi_conn)
+        except Exception as err:  # any failure: this connection is unusable
+            raise exc.DisconnectionError(f"pooled connection is dead: {err}") from err
 
 
 def is_postgres(engine: Engine) -> bool:

@@ -1,0 +1,59 @@
+"""The PostgreSQL pool pings a connection only when it sat idle, and survives dead connections."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from sqlalchemy import text
+
+from sharedcare.storage import engine as engine_module
+from sharedcare.storage.engine import make_engine
+
+
+@pytest.fixture
+def pg_url(db_url: str) -> str:
+    if not db_url.startswith("postgresql"):
+        pytest.skip("the idle ping is PostgreSQL's (SQLite has no server connection to lose)")
+    return db_url
+
+
+def test_a_connection_returned_a_moment_ago_is_not_pinged(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = make_engine(pg_url, pool_size=1, max_overflow=0)
+    pings: list[object] = []
+    real = engine.dialect.do_ping
+    monkeypatch.setattr(engine.dialect, "do_ping", lambda c: pings.append(c) or real(c))
+    try:
+        for _ in range(5):
+            with engine.connect() as conn:
+                assert conn.execute(text("SELECT 1")).scalar_one() == 1
+        assert pings == []  # the same connection, back in the pool within the window
+        monkeypatch.setattr(engine_module, "PING_AFTER_IDLE_SECONDS", 0.0)
+        time.sleep(0.01)
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        assert len(pings) == 1  # idle longer than the window: checked before use
+    finally:
+        engine.dispose()
+
+
+def test_a_dead_pooled_connection_is_replaced_not_reported(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = make_engine(pg_url, pool_size=1, max_overflow=0)
+    admin = make_engine(pg_url, pool_size=1, max_overflow=0)
+    try:
+        with engine.connect() as conn:
+            pid = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        with admin.connect() as conn:  # the server drops the idle pooled connection
+            assert conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar_one()
+            conn.commit()
+        monkeypatch.setattr(engine_module, "PING_AFTER_IDLE_SECONDS", 0.0)
+        time.sleep(0.05)
+        with engine.connect() as conn:  # no error: the dead one is discarded, a new one made
+            assert conn.execute(text("SELECT pg_backend_pid()")).scalar_one() != pid
+    finally:
+        engine.dispose()
+        admin.dispose()
