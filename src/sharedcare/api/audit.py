@@ -2,7 +2,9 @@
 
 The log is written only by the platform (every act records itself); this endpoint reads it:
 the holder their record's log, agency staff for support, professionals where their column
-of the matrix reads the traces. Writes answer 405.
+of the matrix reads the traces. The traces of a closed record are archived (art. 8,
+``audit.retention``): only the holder's side, agency staff and trusted clients still read them.
+Writes answer 405.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from starlette.concurrency import run_in_threadpool
 from sharedcare.access import traces
 from sharedcare.access.principals import Principal
 from sharedcare.api.fhir import authenticate, base_url, fhir_response
+from sharedcare.audit import retention
 from sharedcare.audit.auditevent import to_audit_event
-from sharedcare.fhir.errors import BadRequest, MethodNotAllowed
+from sharedcare.fhir.errors import BadRequest, MethodNotAllowed, NotFound
 from sharedcare.fhir.search.values import date_range
 from sharedcare.fhir.store import utcnow
 
@@ -69,7 +72,7 @@ async def search_audit_events(request: Request) -> Response:
 
     def run() -> list[Any]:
         with app.state.engine.connect() as conn:
-            return traces.search(
+            found = traces.search(
                 conn,
                 app.state.policy,
                 _principal(request),
@@ -80,6 +83,9 @@ async def search_audit_events(request: Request) -> Response:
                 before=before,
                 limit=count + 1,
             )
+            # A caller restricted to some records reads one record's log per search, so this
+            # drops a whole page or nothing: the paging stays right.
+            return retention.readable(conn, _principal(request), found)
 
     entries = await run_in_threadpool(run)
     base = base_url(request)
@@ -111,7 +117,10 @@ async def read_audit_event(request: Request, entry_id: str) -> Response:
 
     def run() -> Any:
         with app.state.engine.connect() as conn:
-            return traces.read(conn, app.state.policy, _principal(request), utcnow(), entry_id)
+            entry = traces.read(conn, app.state.policy, _principal(request), utcnow(), entry_id)
+            if not retention.readable(conn, _principal(request), [entry]):
+                raise NotFound(f"Resource AuditEvent/{entry_id} is not known")
+            return entry
 
     entry = await run_in_threadpool(run)
     return fhir_response(request, to_audit_event(entry, server_url=base_url(request)))

@@ -11,9 +11,10 @@ PostgreSQL lock different head rows instead of queueing on one. See ``docs/audit
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import random
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import IntEnum, StrEnum
@@ -25,7 +26,15 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from sharedcare.access.principals import Principal, PrincipalKind
-from sharedcare.audit.models import CHAINS, GENESIS_HASH, HASHED_COLUMNS, audit_chain_head, audit_log
+from sharedcare.audit.models import (
+    CHAINS,
+    GENESIS_HASH,
+    HASHED_COLUMNS,
+    REDACTION_INTERACTION,
+    audit_chain_head,
+    audit_log,
+    audit_tombstone,
+)
 
 __all__ = [
     "AuditAction",
@@ -159,8 +168,8 @@ class ChainProblem:
     seq: int
     pk: int | None
     kind: str
-    """One of ``altered``, ``broken-link``, ``missing``, ``head-mismatch``, ``unknown-chain``,
-    ``anchor-mismatch``."""
+    """One of ``altered``, ``broken-link``, ``missing``, ``duplicate``, ``head-mismatch``,
+    ``unknown-chain``, ``anchor-mismatch``, ``unannounced-tombstone``, ``redaction-mismatch``."""
     detail: str
 
     def __str__(self) -> str:
@@ -170,11 +179,15 @@ class ChainProblem:
 
 @dataclass(frozen=True, slots=True)
 class VerifyResult:
-    """What :func:`verify` found: counts, and at most one problem per chain, in chain order."""
+    """What :func:`verify` found: counts, and at most one problem per chain, in chain order.
+
+    ``records`` counts the records present, ``tombstones`` those deleted with their patient's
+    record (art. 8, ``audit.retention``) of which only the hashes are left."""
 
     records: int
     chains: int
     problems: tuple[ChainProblem, ...] = field(default=())
+    tombstones: int = 0
 
     @property
     def ok(self) -> bool:
@@ -566,6 +579,11 @@ def verify(engine: Engine, *, anchors: Mapping[int, tuple[int, str]] | None = No
     row equal to the last record. ``anchors`` (chain → ``(seq, hash)`` as once returned by
     :func:`chain_heads` and kept outside the database) must still be in the chain: without
     them a writer who recomputes every hash after the tampered record goes unnoticed.
+
+    A tombstone (a record deleted with its patient's record, art. 8) takes its record's place:
+    its content is gone, so its own hash cannot be recomputed, but its links are checked like
+    any record's; and every tombstone must be announced by a ``delete-traces`` record whose
+    count matches, so a record cannot be turned into a tombstone unnoticed.
     Runs in one snapshot, so appends committed meanwhile do not disturb it.
     """
     with engine.connect() as conn:
@@ -573,9 +591,17 @@ def verify(engine: Engine, *, anchors: Mapping[int, tuple[int, str]] | None = No
             conn = conn.execution_options(isolation_level="REPEATABLE READ")
         with conn.begin():
             heads = chain_heads(conn)
-            stmt = select(audit_log).order_by(audit_log.c.chain, audit_log.c.seq)
-            rows = conn.execute(stmt.execution_options(yield_per=2000))
-            return _walk(heads, rows, dict(anchors or {}))
+            live = select(audit_log).order_by(audit_log.c.chain, audit_log.c.seq)
+            dead = select(audit_tombstone).order_by(audit_tombstone.c.chain, audit_tombstone.c.seq)
+            rows = heapq.merge(
+                ((row, False) for row in conn.execute(live.execution_options(yield_per=2000))),
+                ((row, True) for row in conn.execute(dead.execution_options(yield_per=2000))),
+                key=lambda item: (item[0].chain, item[0].seq),
+            )
+            walk = _Walk(heads, dict(anchors or {}))
+            for row, tombstone in rows:
+                walk.step(row._mapping, tombstone)
+            return walk.result()
 
 
 @dataclass(slots=True)
@@ -583,38 +609,108 @@ class _ChainState:
     seq: int = 0
     hash: str = GENESIS_HASH
     pk: int | None = None
+    tombstone: bool = False
 
 
-def _walk(
-    heads: dict[int, tuple[int, str]], rows: Iterator[Row[Any]], anchors: dict[int, tuple[int, str]]
-) -> VerifyResult:
-    states: dict[int, _ChainState] = {}
-    problems: dict[int, ChainProblem] = {}
-    records = 0
-    for row in rows:
-        records += 1
-        m = row._mapping
+@dataclass(slots=True)
+class _Announced:
+    """The tombstones naming one ``delete-traces`` record: how many, and the first of them."""
+
+    count: int
+    first: tuple[int, int, int]
+
+
+class _Walk:
+    """The state of :func:`verify`'s single pass over the merged records and tombstones."""
+
+    def __init__(self, heads: dict[int, tuple[int, str]], anchors: dict[int, tuple[int, str]]) -> None:
+        self.heads = heads
+        self.anchors = anchors
+        self.states: dict[int, _ChainState] = {}
+        self.problems: dict[int, ChainProblem] = {}
+        self.records = 0
+        self.tombstones = 0
+        self.announced: dict[int, _Announced] = {}
+        self.redactions: dict[int, tuple[int, int, str | None]] = {}
+
+    def step(self, m: Mapping[Any, Any], tombstone: bool) -> None:
         chain, seq, pk = int(m["chain"]), int(m["seq"]), int(m["pk"])
-        if chain in problems:
-            continue
-        state = states.setdefault(chain, _ChainState())
-        problem = _check_row(chain, seq, pk, m, state, heads, anchors)
+        if tombstone:
+            self.tombstones += 1
+            by = int(m["redacted_by"])
+            seen = self.announced.get(by)
+            if seen is None:
+                self.announced[by] = _Announced(1, (chain, seq, pk))
+            else:
+                seen.count += 1
+        else:
+            self.records += 1
+            if m["interaction"] == REDACTION_INTERACTION:
+                self.redactions[pk] = (chain, seq, m["query"])
+        if chain in self.problems:
+            return
+        state = self.states.setdefault(chain, _ChainState())
+        problem = _check_row(chain, seq, pk, m, tombstone, state, self.heads, self.anchors)
         if problem is not None:
-            problems[chain] = problem
-            continue
-        state.seq, state.hash, state.pk = seq, m["hash"], pk
-    for chain in sorted(heads.keys() | states.keys()):
-        if chain in problems:
-            continue
-        state = states.get(chain, _ChainState())
-        problem = _check_end(chain, state, heads.get(chain), anchors.get(chain))
-        if problem is not None:
-            problems[chain] = problem
-    return VerifyResult(
-        records=records,
-        chains=len(heads.keys() | states.keys()),
-        problems=tuple(problems[c] for c in sorted(problems)),
-    )
+            self.problems[chain] = problem
+            return
+        state.seq, state.hash, state.pk, state.tombstone = seq, m["hash"], pk, tombstone
+
+    def result(self) -> VerifyResult:
+        for chain in sorted(self.heads.keys() | self.states.keys()):
+            if chain in self.problems:
+                continue
+            state = self.states.get(chain, _ChainState())
+            problem = _check_end(chain, state, self.heads.get(chain), self.anchors.get(chain))
+            if problem is not None:
+                self.problems[chain] = problem
+        for problem in _check_announcements(self.announced, self.redactions):
+            self.problems.setdefault(problem.chain, problem)
+        return VerifyResult(
+            records=self.records,
+            chains=len(self.heads.keys() | self.states.keys()),
+            problems=tuple(self.problems[c] for c in sorted(self.problems)),
+            tombstones=self.tombstones,
+        )
+
+
+def _check_announcements(
+    announced: dict[int, _Announced], redactions: dict[int, tuple[int, int, str | None]]
+) -> list[ChainProblem]:
+    """Each tombstone names a ``delete-traces`` record (``redactions``: key → chain, seq,
+    query), and each such record announces as many deletions as there are tombstones naming
+    it: a record turned into a tombstone, or a deleted one put back, does not go unnoticed."""
+    problems: list[ChainProblem] = []
+    for key, seen in announced.items():
+        if key not in redactions:
+            chain, seq, pk = seen.first
+            problems.append(
+                ChainProblem(
+                    chain,
+                    seq,
+                    pk,
+                    "unannounced-tombstone",
+                    f"the tombstone names pk {key}, which is no record of a deletion of traces",
+                )
+            )
+    for key, (chain, seq, query) in redactions.items():
+        count = announced[key].count if key in announced else 0
+        if _announced_count(query) != count:
+            problems.append(
+                ChainProblem(
+                    chain,
+                    seq,
+                    key,
+                    "redaction-mismatch",
+                    f"the deletion of traces announced {query!r} but {count} tombstones name it",
+                )
+            )
+    return sorted(problems, key=lambda p: (p.chain, p.seq))
+
+
+def _announced_count(query: str | None) -> int | None:
+    value = (query or "").removeprefix("records=")
+    return int(value) if value.isdigit() and query != value else None
 
 
 def _check_row(
@@ -622,6 +718,7 @@ def _check_row(
     seq: int,
     pk: int,
     m: Mapping[Any, Any],
+    tombstone: bool,
     state: _ChainState,
     heads: dict[int, tuple[int, str]],
     anchors: dict[int, tuple[int, str]],
@@ -629,6 +726,10 @@ def _check_row(
     if chain not in heads:
         return ChainProblem(chain, seq, pk, "unknown-chain", "record of a chain that has no head row")
     expected = state.seq + 1
+    if seq < expected:
+        return ChainProblem(
+            chain, seq, pk, "duplicate", f"seq {seq} is held twice: by pk {state.pk} and by this one"
+        )
     if seq != expected:
         after = f"after seq {state.seq} (pk {state.pk})" if state.pk is not None else "at the start"
         return ChainProblem(
@@ -639,15 +740,26 @@ def _check_row(
             f"records {expected}..{seq - 1} are missing {after}; next present is seq {seq} (pk {pk})",
         )
     if m["prev_hash"] != state.hash:
+        if state.tombstone and not tombstone and content_hash(m, m["prev_hash"]) == m["hash"]:
+            # This record is intact, so its prev_hash is what was written: the tombstone changed.
+            return ChainProblem(
+                chain,
+                state.seq,
+                state.pk,
+                "altered",
+                f"the tombstone's hash is not the prev_hash of the intact record after it (pk {pk})",
+            )
+        what = "the tombstone's prev_hash" if tombstone else "prev_hash"
+        before = "the tombstone of " if state.tombstone else ""
         return ChainProblem(
             chain,
             seq,
             pk,
             "broken-link",
-            f"prev_hash does not match the hash of seq {state.seq}: a record before it was "
+            f"{what} does not match the hash of {before}seq {state.seq}: a record before it was "
             "removed, inserted, reordered or re-hashed",
         )
-    if content_hash(m, m["prev_hash"]) != m["hash"]:
+    if not tombstone and content_hash(m, m["prev_hash"]) != m["hash"]:
         return ChainProblem(chain, seq, pk, "altered", "the content no longer matches its hash")
     if seq > heads[chain][0]:
         return ChainProblem(

@@ -74,6 +74,25 @@ audit_chain_head = Table(
     Column("hash", String(64), nullable=False),
 )
 
+audit_tombstone = Table(
+    "audit_tombstone",
+    metadata,
+    Column("pk", PK, primary_key=True, autoincrement=False),
+    Column("chain", SmallInteger, nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+    Column("redacted_by", BigInteger, nullable=False),
+    UniqueConstraint("chain", "seq"),
+)
+"""What is left of a record deleted with its patient's record (art. 8): its key, its place in
+its chain and its hashes, so the chain still verifies; ``redacted_by`` is the key of the
+``delete-traces`` record that announced the deletion. Written only by ``audit.retention``."""
+
+REDACTION_INTERACTION = "delete-traces"
+"""``interaction`` of the record announcing a deletion of traces; its ``query`` is
+``records=<number deleted>``, which ``log.verify`` checks against the tombstones naming it."""
+
 HASHED_COLUMNS: tuple[str, ...] = tuple(
     c.name for c in audit_log.columns if c.name not in ("pk", "prev_hash", "hash")
 )
