@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Column, DateTime, Index, String, Table, Text
+from sqlalchemy import Column, DateTime, Index, Integer, String, Table, Text
 
 from sharedcare.storage.tables import PK, metadata
 
@@ -17,7 +17,18 @@ notification = Table(
     Column("created", DateTime(timezone=False), nullable=False),
     Column("read_at", DateTime(timezone=False), nullable=True),
     Column("sent_at", DateTime(timezone=False), nullable=True),
+    # e-mail delivery (``notify.delivery``, migration 0007)
+    Column("delivery", String(16), nullable=True),  # NULL: to deliver | sent | portal-only | failed
+    Column("attempts", Integer, nullable=False, default=0, server_default="0"),
+    Column("next_attempt_at", DateTime(timezone=False), nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("delivered_to", Text, nullable=True),  # JSON list of the account ids that got the e-mail
     Index("ix_notification_patient", "patient_id", "pk"),
+    Index("ix_notification_due", "delivery", "next_attempt_at"),
 )
 """One message to a holder (and their representatives). ``dedupe`` makes once-only messages
-(the first professional access of §A.1) idempotent under concurrency."""
+(the first professional access of §A.1) idempotent under concurrency. ``delivery`` is the state
+of the e-mail: NULL while the worker still has to send it (``next_attempt_at``: not before),
+``sent`` (``sent_at``), ``portal-only`` (nobody with an e-mail address to tell) or ``failed``
+(gave up after ``attempts``; ``last_error`` says why). The message itself is always in the
+portal."""

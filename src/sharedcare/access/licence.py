@@ -1,0 +1,221 @@
+"""Withdrawal of a professional's licence to practise: the holders are told (§A.3, art. 7(4)).
+
+The Minister's temporary or final withdrawal reaches the platform through the national
+directory, which marks the professional's ``Practitioner`` inactive (``active = false``). The
+access decision reads that same signal (``AccessPolicy._licensed``) and ends every right of the
+professional at once; nothing here changes a right. What art. 7(4) adds, "the Agence informs the
+DSP holder", is this job, run by ``sharedcare lifecycle``: for each withdrawal not seen before,
+one ``licence-withdrawn`` notification to every holder who had a care relationship naming the
+professional (code handed over, permanent grant, referring physician, emergency override) that
+was active when the licence was withdrawn, and a trace in that holder's access log.
+
+A withdrawal is the directory version that made the professional inactive (after an active
+one, or the first); it is kept in ``licence_withdrawal`` so that each is announced once, and a
+licence restored and withdrawn again is announced again. Facility and emergency-department
+registrations name the organisation, not the professional, and are left out: the facility's
+other professionals go on caring for the holder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, or_, select, update
+
+from sharedcare.access.models import care_relationship, licence_withdrawal, record_status
+from sharedcare.access.principals import Principal, PrincipalKind
+from sharedcare.audit import log as audit
+from sharedcare.notify import outbox
+from sharedcare.storage.tables import idx_token, resource, resource_version
+
+JOB = Principal(
+    PrincipalKind.SYSTEM, "sharedcare-lifecycle", display="SharedCare life-cycle job", trusted=True
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Withdrawal:
+    """A withdrawal announced by this run: to whom (``holders``: patient ids)."""
+
+    practitioner_id: str
+    version: int
+    withdrawn_at: datetime
+    display: str
+    holders: tuple[str, ...]
+
+
+def inactive_practitioners(conn: Connection) -> dict[str, int]:
+    """Practitioner id → row key of every professional the directory marks inactive (the same
+    index rows ``AccessPolicy._licensed`` reads)."""
+    r, t = resource, idx_token
+    rows = conn.execute(
+        select(r.c.id, r.c.pk)
+        .select_from(t.join(r, r.c.pk == t.c.res_pk))
+        .where(
+            t.c.rtype == "Practitioner",
+            t.c.param == "active",
+            t.c.code == "false",
+            r.c.type == "Practitioner",
+            r.c.deleted.is_(False),
+        )
+    )
+    return {row.id: row.pk for row in rows}
+
+
+@dataclass(frozen=True, slots=True)
+class _Run:
+    """The directory history of an inactive professional, read backwards from now."""
+
+    version: int
+    """The version that made the professional inactive (the start of the current inactive run)."""
+    withdrawn_at: datetime
+    restored_at: datetime | None
+    """When the version before it (active) was stored: the end of any earlier withdrawal."""
+    current: dict[str, Any]
+
+
+def _inactive_run(conn: Connection, res_pk: int) -> _Run | None:
+    """The current inactive run of a Practitioner; None if its history does not show one."""
+    v = resource_version
+    rows = conn.execute(
+        select(v.c.version, v.c.last_updated, v.c.deleted, v.c.content)
+        .where(v.c.res_pk == res_pk)
+        .order_by(v.c.version.desc())
+    )
+    start: tuple[int, datetime] | None = None
+    current: dict[str, Any] | None = None
+    before: datetime | None = None
+    for row in rows:
+        content = None if row.deleted or row.content is None else orjson.loads(row.content)
+        if content is None or content.get("active") is not False:
+            before = row.last_updated
+            break
+        current = current or content
+        start = (row.version, row.last_updated)
+    if start is None or current is None:
+        return None
+    return _Run(start[0], start[1], before, current)
+
+
+def display_name(practitioner: dict[str, Any]) -> str:
+    """The professional's name as the directory gives it (official name first)."""
+    names = [n for n in practitioner.get("name") or [] if isinstance(n, dict)]
+    if not names:
+        return ""
+    name = next((n for n in names if n.get("use") == "official"), names[0])
+    if name.get("text"):
+        return str(name["text"])
+    parts = [*name.get("prefix", []), *name.get("given", []), name.get("family", "")]
+    return " ".join(str(p) for p in parts if p)
+
+
+def holders_at(conn: Connection, practitioner_id: str, moment: datetime) -> list[str]:
+    """Holders with a relationship naming the professional that was active at ``moment`` (ended
+    or revoked since, or not), whose record still exists."""
+    cr, s = care_relationship, record_status
+    deleted = select(s.c.patient_id).where(s.c.status == "deleted")
+    rows = conn.execute(
+        select(cr.c.patient_id)
+        .where(
+            cr.c.practitioner_id == practitioner_id,
+            cr.c.starts <= moment,
+            or_(cr.c.ends.is_(None), cr.c.ends > moment),
+            or_(cr.c.revoked_at.is_(None), cr.c.revoked_at > moment),
+            cr.c.patient_id.not_in(deleted),
+        )
+        .distinct()
+    )
+    return sorted(rows.scalars())
+
+
+def _record(conn: Connection, values: dict[str, Any]) -> bool:
+    """Insert the withdrawal unless another run did; True if this run did."""
+    stmt: Any
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        stmt = pg_insert(licence_withdrawal).on_conflict_do_nothing(
+            index_elements=["practitioner_id", "version"]
+        )
+    else:
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        stmt = sqlite_insert(licence_withdrawal).on_conflict_do_nothing(
+            index_elements=["practitioner_id", "version"]
+        )
+    return bool(conn.execute(stmt.values(values)).rowcount)
+
+
+def notify_withdrawals(conn: Connection, now: datetime, actor: Principal = JOB) -> list[Withdrawal]:
+    """Announce every licence withdrawal not announced yet; note the licences restored since.
+
+    Works in the caller's transaction: the notifications, the audit records and the
+    ``licence_withdrawal`` rows commit together.
+    """
+    lw = licence_withdrawal
+    inactive = inactive_practitioners(conn)
+    announced = {
+        row.practitioner_id: row
+        for row in conn.execute(
+            select(lw.c.pk, lw.c.practitioner_id, lw.c.version).where(lw.c.restored_at.is_(None))
+        )
+    }
+    for practitioner_id, row in announced.items():
+        if practitioner_id not in inactive:
+            conn.execute(update(lw).where(lw.c.pk == row.pk).values(restored_at=now))
+    found: list[Withdrawal] = []
+    for practitioner_id, res_pk in sorted(inactive.items()):
+        run = _inactive_run(conn, res_pk)
+        if run is None:
+            continue
+        version, withdrawn_at = run.version, run.withdrawn_at
+        previous = announced.get(practitioner_id)
+        if previous is not None:
+            if previous.version == version:
+                continue
+            # restored and withdrawn again between two runs: the earlier withdrawal has ended
+            ended = run.restored_at or withdrawn_at
+            conn.execute(update(lw).where(lw.c.pk == previous.pk).values(restored_at=ended))
+        holders = holders_at(conn, practitioner_id, withdrawn_at)
+        recorded = _record(
+            conn,
+            {
+                "practitioner_id": practitioner_id,
+                "version": version,
+                "withdrawn_at": withdrawn_at,
+                "detected_at": now,
+                "holders": len(holders),
+            },
+        )
+        if not recorded:
+            continue
+        display = display_name(run.current) or practitioner_id
+        for patient_id in holders:
+            outbox.queue(
+                conn,
+                patient_id,
+                outbox.LICENCE_WITHDRAWN,
+                now,
+                dedupe=f"{outbox.LICENCE_WITHDRAWN}:{practitioner_id}:{version}:{patient_id}",
+                practitioner_id=practitioner_id,
+                display=display,
+                date=withdrawn_at.isoformat(),
+            )
+        audit.append_all(
+            conn,
+            [
+                audit.record_for(
+                    actor,
+                    audit.AuditAction.CONSENT_CHANGE,
+                    patient_id=patient_id,
+                    resources=(f"Practitioner/{practitioner_id}",),
+                    interaction="licence-withdrawn (holder informed)",
+                )
+                for patient_id in holders
+            ],
+        )
+        found.append(Withdrawal(practitioner_id, version, withdrawn_at, display, tuple(holders)))
+    return found

@@ -1,0 +1,247 @@
+"""Licence withdrawal (§A.3, art. 7(4)): the holders in the professional's care are told, once."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import orjson
+import pyotp
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine, select
+
+from sharedcare.access import licence, lifecycle
+from sharedcare.access.models import care_relationship, licence_withdrawal, record_status
+from sharedcare.access.policy import category_of
+from sharedcare.access.principals import PrincipalKind
+from sharedcare.app import create_app
+from sharedcare.audit import log as audit
+from sharedcare.fhir.service import FhirService
+from sharedcare.fhir.store import utcnow
+from sharedcare.identity import accounts, passwords
+from sharedcare.identity.matricule import MATRICULE_SYSTEM, generate
+from sharedcare.notify import outbox
+from sharedcare.notify.models import notification
+from sharedcare.portal.i18n import Translator
+from sharedcare.settings import Settings
+from sharedcare.storage.engine import make_engine, writer
+from support import truncate
+
+GP = {
+    "resourceType": "Practitioner",
+    "id": "gp",
+    "active": True,
+    "name": [{"prefix": ["Dr"], "given": ["Claire"], "family": "Hoffmann"}],
+}
+OTHER = {"resourceType": "Practitioner", "id": "other", "active": True}
+
+
+def practitioner(active: bool, **more: Any) -> dict[str, Any]:
+    return {**GP, "active": active, **more}
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    e = make_engine(db_url)
+    truncate(e)
+    yield e
+    e.dispose()
+
+
+@pytest.fixture
+def fhir(engine: Engine) -> FhirService:
+    return FhirService(engine, classify=category_of)
+
+
+def relate(engine: Engine, rid: str, patient: str, context: str, starts: datetime, **more: Any) -> None:
+    values = {"practitioner_id": "gp", "organization_id": None, "ends": None, "revoked_at": None, **more}
+    with writer(engine).begin() as conn:
+        conn.execute(
+            care_relationship.insert().values(
+                id=rid, patient_id=patient, context=context, starts=starts, created_by="test", **values
+            )
+        )
+
+
+def announced(engine: Engine) -> list[tuple[str, dict[str, Any]]]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(notification.c.patient_id, notification.c.params)
+            .where(notification.c.kind == outbox.LICENCE_WITHDRAWN)
+            .order_by(notification.c.patient_id, notification.c.pk)
+        )
+        return [(r.patient_id, orjson.loads(r.params)) for r in rows]
+
+
+def withdraw(fhir: FhirService, **more: Any) -> datetime:
+    """Mark the GP inactive in the directory; the time of that version."""
+    return fhir.update("Practitioner", "gp", practitioner(False, **more)).stored.last_updated
+
+
+def run(engine: Engine, now: datetime) -> list[licence.Withdrawal]:
+    with writer(engine).begin() as conn:
+        return licence.notify_withdrawals(conn, now)
+
+
+def test_the_holders_in_care_at_the_withdrawal_are_told_once(engine: Engine, fhir: FhirService) -> None:
+    fhir.update("Practitioner", "gp", GP)
+    fhir.update("Practitioner", "other", OTHER)
+    fhir.update("Practitioner", "gp", {**GP, "gender": "female"})  # still active
+    assert run(engine, utcnow()) == []
+    at = withdraw(fhir)
+    fhir.update("Practitioner", "gp", practitioner(False, gender="female"))  # a later edit, still inactive
+    day = timedelta(days=1)
+    relate(engine, "solo", "pa", "solo", at - day, ends=at + 14 * day)
+    relate(engine, "grant", "pb", "permanent", at - 30 * day)
+    relate(engine, "ended", "pc", "solo", at - 20 * day, ends=at - timedelta(hours=1))
+    relate(
+        engine, "revoked-after", "pd", "solo", at - day, ends=at + day, revoked_at=at + timedelta(minutes=1)
+    )
+    relate(
+        engine,
+        "facility",
+        "pe",
+        "facility",
+        at - day,
+        ends=at + day,
+        practitioner_id=None,
+        organization_id="h",
+    )
+    relate(engine, "someone-else", "pf", "solo", at - day, ends=at + day, practitioner_id="other")
+    relate(engine, "later", "pg", "solo", at + timedelta(minutes=1), ends=at + day)
+    relate(engine, "deleted-record", "ph", "referent", at - 100 * day)
+    relate(engine, "referent", "pi", "referent", at - 100 * day)
+    relate(engine, "revoked-before", "pj", "permanent", at - 9 * day, revoked_at=at - day)
+    with writer(engine).begin() as conn:
+        conn.execute(record_status.insert().values(patient_id="ph", status="deleted"))
+    (found,) = run(engine, at + timedelta(hours=2))
+    holders = ["pa", "pb", "pd", "pi"]
+    assert found.practitioner_id == "gp" and found.holders == tuple(holders)
+    assert found.withdrawn_at == at and found.display == "Dr Claire Hoffmann"
+    params = {"practitioner_id": "gp", "display": "Dr Claire Hoffmann", "date": at.isoformat()}
+    assert announced(engine) == [(p, params) for p in holders]
+    with engine.connect() as conn:
+        for patient in holders:
+            (entry,) = audit.query(conn, patient_id=patient, actions=[audit.AuditAction.CONSENT_CHANGE])
+            trace = entry.record
+            assert trace.principal_subject == "sharedcare-lifecycle"
+            assert trace.resources == ("Practitioner/gp",) and "licence-withdrawn" in (
+                trace.interaction or ""
+            )
+        assert audit.query(conn, patient_id="pc") == []
+        (row,) = conn.execute(select(licence_withdrawal)).all()
+        assert (row.practitioner_id, row.version, row.holders, row.restored_at) == ("gp", 3, 4, None)
+    assert run(engine, at + timedelta(days=1)) == []  # once
+    assert len(announced(engine)) == 4
+    assert audit.verify(engine).ok
+
+
+def test_a_licence_restored_then_withdrawn_again_is_announced_again(
+    engine: Engine, fhir: FhirService
+) -> None:
+    fhir.update("Practitioner", "gp", GP)
+    first = withdraw(fhir)
+    relate(engine, "grant", "pa", "permanent", first - timedelta(days=30))
+    assert [w.withdrawn_at for w in run(engine, first)] == [first]
+    fhir.update("Practitioner", "gp", GP)  # restored
+    restored_seen = utcnow()
+    assert run(engine, restored_seen) == []
+    second = withdraw(fhir)
+    assert [w.withdrawn_at for w in run(engine, second)] == [second]
+    restored = fhir.update("Practitioner", "gp", GP).stored.last_updated  # restored and withdrawn
+    third = withdraw(fhir)  # again between two runs
+    assert [w.withdrawn_at for w in run(engine, third)] == [third]
+    assert [p["date"] for _, p in announced(engine)] == [
+        first.isoformat(),
+        second.isoformat(),
+        third.isoformat(),
+    ]
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(licence_withdrawal.c.withdrawn_at, licence_withdrawal.c.restored_at).order_by(
+                licence_withdrawal.c.pk
+            )
+        ).all()
+    assert [tuple(r) for r in rows] == [(first, restored_seen), (second, restored), (third, None)]
+
+
+def test_the_lifecycle_job_announces_and_the_portal_shows_it(settings: Settings) -> None:
+    previous = passwords.set_parameters(passwords.HashParameters(time_cost=1, memory_cost=8, parallelism=1))
+    app = create_app(settings)
+    engine: Engine = app.state.engine
+    try:
+        truncate(engine)
+        fhir: FhirService = app.state.fhir
+        matricule = generate(date(1980, 4, 12), 7)
+        fhir.update("Practitioner", "gp", GP)
+        fhir.update(
+            "Patient",
+            "pa",
+            {
+                "resourceType": "Patient",
+                "id": "pa",
+                "identifier": [{"system": MATRICULE_SYSTEM, "value": matricule}],
+            },
+        )
+        secret, account_id = enrol_holder(engine, settings, matricule)
+        relate(engine, "solo", "pa", "solo", utcnow() - timedelta(days=1), ends=utcnow() + timedelta(days=14))
+        at = withdraw(fhir)
+        with writer(engine).begin() as conn:
+            report = lifecycle.run(conn, fhir, settings, utcnow())
+        assert report.licence_withdrawn == ["gp"]
+        client = TestClient(app, follow_redirects=False)
+        sign_in(client, matricule, secret)
+        expected = {
+            "en": "The licence to practise of Dr Claire Hoffmann was withdrawn on {}: they no longer have "
+            "any access to your record.",
+            "fr": "L'autorisation d'exercer de Dr Claire Hoffmann a été retirée le {} : cette personne n'a "
+            "plus aucun accès à votre dossier.",
+            "de": "Die Berufsausübungsberechtigung von Dr Claire Hoffmann wurde am {} entzogen: Diese Person "
+            "hat keinen Zugriff mehr auf Ihre Akte.",
+        }
+        for lang, text in expected.items():
+            with accounts.transaction(engine) as conn:
+                accounts.set_language(conn, account_id, lang)
+            home = client.get("/portal/home")
+            assert home.status_code == 200
+            page = home.text.replace("&#39;", "'")
+            assert text.format(Translator(lang).date(at)) in page, lang
+    finally:
+        passwords.set_parameters(previous)
+        engine.dispose()
+
+
+PASSWORD = "blue kettle sings at dawn"
+CSRF = re.compile(r'name="csrf" value="([^"]+)"')
+
+
+def enrol_holder(engine: Engine, settings: Settings, matricule: str) -> tuple[str, str]:
+    """A holder account enrolled for real (activation, password, TOTP confirmed a step ago)."""
+    past = datetime.now(UTC) - timedelta(seconds=60)
+    with accounts.transaction(engine) as conn:
+        created = accounts.create_account(
+            conn, PrincipalKind.PATIENT, display_name="Marie Muller", matricule=matricule, patient_id="pa"
+        )
+        code = accounts.issue_activation_code(conn, created.id, settings)
+        accounts.activate(
+            conn, settings, code=code, matricule_or_login=matricule, contact="marie@example.org"
+        )
+        accounts.set_password(conn, settings, created.id, PASSWORD)
+        secret, _uri, _svg = accounts.start_totp_enrolment(conn, created.id)
+        accounts.confirm_totp(conn, created.id, pyotp.TOTP(secret).at(past), now=past)
+    return secret, created.id
+
+
+def sign_in(client: TestClient, login: str, secret: str) -> None:
+    def post(url: str, data: dict[str, str]) -> Any:
+        found = CSRF.search(client.get(url).text)
+        assert found, url
+        return client.post(url, data={"csrf": found.group(1), **data})
+
+    first = post("/portal/login", {"login": login, "password": PASSWORD, "next": ""})
+    assert first.status_code == 303 and first.headers["location"] == "/portal/login/code", first.text[:300]
+    second = post("/portal/login/code", {"code": pyotp.TOTP(secret).now()})
+    assert second.status_code == 303, second.text[:300]
