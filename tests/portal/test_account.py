@@ -18,7 +18,7 @@ from sqlalchemy import select
 
 from sharedcare.audit import log as audit
 from sharedcare.audit.models import audit_log
-from sharedcare.identity import accounts
+from sharedcare.identity import accounts, sessions
 from sharedcare.identity.models import AccountStatus
 from sharedcare.oauth.clients import ClientKind, OAuthClient, save_client
 from sharedcare.storage.engine import writer
@@ -97,11 +97,14 @@ def test_sign_in_records_the_login_and_the_session_serves_oauth(world: World, br
     assert [(e.record.action, e.record.principal_subject, e.record.outcome) for e in entries] == [
         (audit.AuditAction.LOGIN, world.patient.account_id, audit.AuditOutcome.SUCCESS)
     ]
-    # the OAuth authorize endpoint reads ``account_id`` from this (signed, not encrypted) session
+    # the OAuth authorize endpoint reads the sign-in session's token (``sid``) from this (signed,
+    # not encrypted) cookie; the session itself, and the account, are on the server
     payload = c.cookies["sharedcare_session"].split(".", 1)[0]
     session = json.loads(base64.b64decode(payload + "=" * (-len(payload) % 4)))
-    assert session["account_id"] == world.patient.account_id
-    assert set(session) <= {"account_id", "csrf", "flash", "record"}
+    with world.engine.connect() as conn:
+        found = sessions.resume(conn, world.settings, session["sid"])
+    assert found is not None and found.account_id == world.patient.account_id
+    assert set(session) <= {"sid", "csrf", "flash", "record"}
 
 
 def test_wrong_password_and_lockout_are_readable_and_audited(world: World, browser: Browser) -> None:

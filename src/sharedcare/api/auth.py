@@ -13,6 +13,7 @@ import html
 import secrets
 from collections.abc import Callable
 from dataclasses import replace
+from datetime import datetime
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -34,6 +35,9 @@ from sharedcare.access.tokens import (
     principal_from_request,
 )
 from sharedcare.fhir.errors import Issue, operation_outcome
+from sharedcare.fhir.store import utcnow
+from sharedcare.identity import sessions
+from sharedcare.oauth import throttle
 from sharedcare.oauth.keys import KeyStore, session_secret
 from sharedcare.oauth.server import (
     AuthorizationServer,
@@ -88,6 +92,16 @@ def _server(request: Request) -> AuthorizationServer:
     return server
 
 
+def request_time() -> datetime:
+    """The time of the request, naive UTC (a dependency, so tests can move the clock)."""
+    return utcnow()
+
+
+def _attempt(request: Request, endpoint: str, oreq: StarletteOAuth2Request) -> throttle.TokenAttempt:
+    client = request.client
+    return throttle.attempt_of(endpoint, request.headers, oreq.form, client.host if client else None)
+
+
 async def oauth_request(request: Request) -> StarletteOAuth2Request:
     """The authlib request for a Starlette request (reads the form body: OAuth posts forms)."""
     form: list[tuple[str, str]] = []
@@ -119,6 +133,7 @@ async def authorize(request: Request) -> Response:
         decision,
         _login_url(request, oreq),
         csrf,
+        _session_id(request) if principal is not None else None,
     )
 
 
@@ -130,6 +145,7 @@ def _authorize(
     decision: str | None,
     login_url: str,
     csrf: str,
+    session_id: str | None,
 ) -> Response:
     def action() -> Response:
         try:
@@ -157,7 +173,13 @@ def _authorize(
         user = replace(principal, launch_patient=launch_patient_for(principal))
         return server.create_authorization_response(oreq, grant_user=user, grant=grant)
 
-    return server.run(urls, urls.authorization_endpoint, action)
+    return server.run(urls, urls.authorization_endpoint, action, session_id=session_id)
+
+
+def _session_id(request: Request) -> str | None:
+    """The stored key of the portal sign-in session the request carries, if any."""
+    token = request.session.get(sessions.SESSION_FIELD) if "session" in request.scope else None
+    return sessions.key_of(token) if isinstance(token, str) and token else None
 
 
 def _login_url(request: Request, oreq: StarletteOAuth2Request) -> str:
@@ -226,36 +248,53 @@ def _error_page(status: int, message: str) -> Response:
 # --- token, revocation, introspection --------------------------------------------------------
 
 
+def _guarded(
+    server: AuthorizationServer, attempt: throttle.TokenAttempt, at: datetime, action: Callable[[], Response]
+) -> Response:
+    """``action`` behind the limit on failed client authentications and grants (``oauth.throttle``)."""
+    return throttle.guard(server.engine, server.settings, attempt, at, action)
+
+
 @router.post("/auth/token", include_in_schema=False)
-async def token(request: Request) -> Response:
+async def token(request: Request, at: datetime = Depends(request_time)) -> Response:
     oreq = await oauth_request(request)
     server, urls = _server(request), public_urls(request)
     return await run_in_threadpool(
-        server.run, urls, urls.token_endpoint, lambda: server.create_token_response(oreq)
+        _guarded,
+        server,
+        _attempt(request, "token", oreq),
+        at,
+        lambda: server.run(urls, urls.token_endpoint, lambda: server.create_token_response(oreq)),
     )
 
 
 @router.post("/auth/revoke", include_in_schema=False)
-async def revoke(request: Request) -> Response:
+async def revoke(request: Request, at: datetime = Depends(request_time)) -> Response:
     oreq = await oauth_request(request)
     server, urls = _server(request), public_urls(request)
     return await run_in_threadpool(
-        server.run,
-        urls,
-        urls.revocation_endpoint,
-        lambda: server.create_endpoint_response("revocation", oreq),
+        _guarded,
+        server,
+        _attempt(request, "revoke", oreq),
+        at,
+        lambda: server.run(
+            urls, urls.revocation_endpoint, lambda: server.create_endpoint_response("revocation", oreq)
+        ),
     )
 
 
 @router.post("/auth/introspect", include_in_schema=False)
-async def introspect(request: Request) -> Response:
+async def introspect(request: Request, at: datetime = Depends(request_time)) -> Response:
     oreq = await oauth_request(request)
     server, urls = _server(request), public_urls(request)
     return await run_in_threadpool(
-        server.run,
-        urls,
-        urls.introspection_endpoint,
-        lambda: server.create_endpoint_response("introspection", oreq),
+        _guarded,
+        server,
+        _attempt(request, "introspect", oreq),
+        at,
+        lambda: server.run(
+            urls, urls.introspection_endpoint, lambda: server.create_endpoint_response("introspection", oreq)
+        ),
     )
 
 
@@ -369,24 +408,30 @@ def account_resolver() -> PrincipalResolver | None:
 
 
 def default_session_principal(request: Request) -> Principal | None:
-    """The portal user: ``account_id`` in the session, resolved through ``identity.accounts``."""
-    account_id = request.session.get("account_id") if "session" in request.scope else None
-    resolve = _server(request).resolve_account
-    if not account_id or resolve is None:
+    """The portal user: the sign-in session the cookie names (``identity.sessions``), if still in
+    force, and its account resolved through ``identity.accounts``."""
+    token = request.session.get(sessions.SESSION_FIELD) if "session" in request.scope else None
+    server = _server(request)
+    if not isinstance(token, str) or server.resolve_account is None:
         return None
     with request.app.state.engine.connect() as conn:
-        return resolve(conn, str(account_id))
+        session = sessions.resume(conn, server.settings, token, utcnow())
+        return server.resolve_account(conn, session.account_id) if session is not None else None
 
 
 def session_options(settings: Settings) -> dict[str, Any]:
-    """Options of Starlette's ``SessionMiddleware``: signed cookie, Secure when served over https."""
+    """Options of Starlette's ``SessionMiddleware``: signed cookie, Secure when served over https.
+
+    The cookie carries the sign-in session's token; the session itself (idle timeout, absolute
+    end, revocation) is checked on the server at every request (``identity.sessions``).
+    """
     public = settings.issuer or settings.base_url or ""
     return {
         "secret_key": session_secret(settings),
         "session_cookie": "sharedcare_session",
         "same_site": "lax",
         "https_only": public.startswith("https://"),
-        "max_age": 12 * 3600,
+        "max_age": settings.session_hours * 3600,
     }
 
 

@@ -13,7 +13,6 @@ The flow, and why each step is where it is, is in ``docs/identity.md``.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import secrets
 import uuid
@@ -24,12 +23,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Row, Table, delete, or_, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from sharedcare.access.principals import Principal, PrincipalKind
 from sharedcare.identity import matricule as matricule_rules
-from sharedcare.identity import passwords, totp
+from sharedcare.identity import passwords, sessions, throttle, totp
 from sharedcare.identity.errors import (
     AccountDisabled,
     AccountExists,
@@ -62,6 +59,10 @@ _USERNAME = re.compile(r"[a-z0-9][a-z0-9._@+\-]{2,253}")
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 _MOBILE = re.compile(r"\+[1-9]\d{7,14}")
 _PROFESSION = re.compile(r"[a-z]{2,8}")
+ACTIVATE = "activate"
+LOGIN = "login"
+"""``identity.throttle`` purposes: activation attempts per typed identifier, sign-in with a login
+that names no account."""
 PEOPLE = frozenset(PrincipalKind) - {PrincipalKind.SYSTEM}
 """Kinds that have accounts; system clients are OAuth clients (``oauth``), not accounts."""
 
@@ -218,8 +219,9 @@ def _row(conn: Connection, account_id: str) -> Row[Any]:
     return row
 
 
-def _lock(settings: Settings, now: datetime) -> datetime:
-    return now + timedelta(minutes=settings.lockout_minutes)
+def _rule(settings: Settings) -> throttle.Rule:
+    """The people's rule: ``max_failed_attempts`` consecutive failures lock for ``lockout_minutes``."""
+    return throttle.Rule(settings.max_failed_attempts, timedelta(minutes=settings.lockout_minutes))
 
 
 def _count_failure(
@@ -228,42 +230,9 @@ def _count_failure(
     """One more failed attempt on a row with a failure count; the lock end when this one locks.
 
     Reaching the limit sets ``locked_until`` and restarts the count, so each lock period is
-    followed by a fresh allowance of ``max_failed_attempts``.
+    followed by a fresh allowance of ``max_failed_attempts`` (``identity.throttle``).
     """
-    count = conn.execute(
-        update(table)
-        .where(where)
-        .values(failed_attempts=table.c.failed_attempts + 1)
-        .returning(table.c.failed_attempts)
-    ).scalar_one()
-    if count < settings.max_failed_attempts:
-        return None
-    until = _lock(settings, now)
-    conn.execute(update(table).where(where).values(failed_attempts=0, locked_until=until))
-    return until
-
-
-def _throttle_key(purpose: str, identifier: str) -> str:
-    return hashlib.sha256(f"{purpose}\x00{identifier}".encode()).hexdigest()
-
-
-def _throttle_locked(conn: Connection, key: str, now: datetime) -> datetime | None:
-    until = conn.execute(
-        select(attempt_throttle.c.locked_until).where(attempt_throttle.c.key == key)
-    ).scalar_one_or_none()
-    return until if until is not None and until > now else None
-
-
-def _throttle_failure(conn: Connection, settings: Settings, key: str, now: datetime) -> datetime | None:
-    """Count a failed attempt for a typed identifier; the lock end when it locks."""
-    insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-    stmt = insert(attempt_throttle).values(key=key, failed_attempts=0, updated=now)
-    conn.execute(stmt.on_conflict_do_update(index_elements=[attempt_throttle.c.key], set_={"updated": now}))
-    return _count_failure(conn, settings, attempt_throttle, attempt_throttle.c.key == key, now)
-
-
-def _throttle_clear(conn: Connection, key: str) -> None:
-    conn.execute(delete(attempt_throttle).where(attempt_throttle.c.key == key))
+    return throttle.count_failure(conn, table, where, _rule(settings), now)
 
 
 # --- accounts ---------------------------------------------------------------------------------------
@@ -382,7 +351,8 @@ def find_by_login(conn: Connection, login: str) -> Account | None:
 def set_status(
     conn: Connection, account_id: str, status: AccountStatus | str, *, now: datetime | None = None
 ) -> Account:
-    """Agency act: lock, disable or (re-)activate an account. Re-activating clears the lockout.
+    """Agency act: lock, disable or (re-)activate an account. Re-activating clears the lockout;
+    locking or disabling ends the account's sign-in sessions.
 
     Raises EnrolmentIncomplete when asked to activate an account whose enrolment is not finished.
     """
@@ -395,6 +365,8 @@ def set_status(
             raise EnrolmentIncomplete(account_id, missing)
         values.update(failed_attempts=0, locked_until=None)
     conn.execute(update(account).where(account.c.id == account_id).values(**values))
+    if status in (AccountStatus.LOCKED, AccountStatus.DISABLED):
+        sessions.end_all(conn, account_id, sessions.EndReason.ACCOUNT_STATUS, now=now)
     return get_account(conn, account_id)
 
 
@@ -472,10 +444,10 @@ def issue_activation_code(
 
 
 def _activation_failure(
-    conn: Connection, settings: Settings, key: str, codes: list[Row[Any]], now: datetime
+    conn: Connection, settings: Settings, identifier: str, codes: list[Row[Any]], now: datetime
 ) -> IdentityError:
     """Count a wrong activation attempt on the identifier and on the codes it hit; the error to raise."""
-    locks = [_throttle_failure(conn, settings, key, now)]
+    locks = [throttle.failure(conn, ACTIVATE, identifier, _rule(settings), now)]
     for row in codes:
         locks.append(_count_failure(conn, settings, activation_code, activation_code.c.pk == row.pk, now))
     until = max((u for u in locks if u is not None), default=None)
@@ -504,13 +476,12 @@ def activate(
     now = _utc(now)
     column, identifier = parse_login(matricule_or_login)
     contact_field, contact_value = parse_contact(contact)
-    key = _throttle_key("activate", identifier)
-    until = _throttle_locked(conn, key, now)
+    until = throttle.locked_until(conn, ACTIVATE, identifier, now)
     if until is not None:
         raise TooManyAttempts(_aware(until), _aware(now))
     typed = _normalize_code(code)
     if typed is None:
-        raise _activation_failure(conn, settings, key, [], now)
+        raise _activation_failure(conn, settings, identifier, [], now)
     candidates = conn.execute(
         select(activation_code).where(activation_code.c.selector == typed[:SELECTOR_LENGTH])
     ).all()
@@ -520,13 +491,13 @@ def activate(
         (c for c in open_codes if passwords.verify_password(c.verifier_hash, typed[SELECTOR_LENGTH:])), None
     )
     if match is None:
-        error = _activation_failure(conn, settings, key, open_codes, now)
+        error = _activation_failure(conn, settings, identifier, open_codes, now)
         if locked and isinstance(error, InvalidActivationCode):
             error = TooManyAttempts(_aware(max(locked)), _aware(now))
         raise error
     row = _row(conn, match.account_id)
     if row._mapping[column] != identifier:
-        raise _activation_failure(conn, settings, key, [match], now)
+        raise _activation_failure(conn, settings, identifier, [match], now)
     if match.used_at is not None:
         raise ActivationCodeUsed()
     if match.expires <= now:
@@ -553,8 +524,9 @@ def activate(
             totp_pending_secret=None,
             totp_confirmed=False,
         )
+        sessions.end_all(conn, row.id, sessions.EndReason.RECOVERY, now=now)
     conn.execute(update(account).where(account.c.id == row.id).values(**values))
-    _throttle_clear(conn, key)
+    throttle.clear(conn, ACTIVATE, identifier)
     return get_account(conn, row.id)
 
 
@@ -562,13 +534,21 @@ def activate(
 
 
 def set_password(
-    conn: Connection, settings: Settings, account_id: str, password: str, *, now: datetime | None = None
+    conn: Connection,
+    settings: Settings,
+    account_id: str,
+    password: str,
+    *,
+    now: datetime | None = None,
+    keep_session: str | None = None,
 ) -> Account:
     """Set the password (enrolment after :func:`activate`, or a change after a fresh sign-in).
 
     The caller vouches for the person: the portal calls it for the account its session just
-    activated or authenticated. Raises WeakPassword (``reason`` names the rule), EnrolmentIncomplete
-    before activation, AccountDisabled or AccountLocked.
+    activated or authenticated. Every sign-in session of the account ends (whoever knew the old
+    password is signed out), except the one of token ``keep_session`` (the person changing it).
+    Raises WeakPassword (``reason`` names the rule), EnrolmentIncomplete before activation,
+    AccountDisabled or AccountLocked.
     """
     row = _row(conn, account_id)
     _refuse_unusable(row)
@@ -581,6 +561,7 @@ def set_password(
     )
     changes = _complete(row, password_hash=passwords.hash_password(password))
     conn.execute(update(account).where(account.c.id == account_id).values(**changes))
+    sessions.end_all(conn, account_id, sessions.EndReason.PASSWORD, keep=keep_session, now=now)
     return get_account(conn, account_id)
 
 
@@ -649,11 +630,10 @@ def authenticate(
     column, identifier = parse_login(login)
     row = conn.execute(select(account).where(account.c[column] == identifier)).first()
     if row is None:
-        key = _throttle_key("login", identifier)
-        until = _throttle_locked(conn, key, now)
+        until = throttle.locked_until(conn, LOGIN, identifier, now)
         if until is None:
             passwords.verify_dummy(password)
-            until = _throttle_failure(conn, settings, key, now)
+            until = throttle.failure(conn, LOGIN, identifier, _rule(settings), now)
         if until is not None:
             raise AccountLocked(_aware(until), _aware(now))
         raise InvalidCredentials()

@@ -1,4 +1,5 @@
-"""Tables of the identity module: accounts, activation codes, attempt throttling (migration 0002).
+"""Tables of the identity module: accounts, activation codes, attempt throttling (migration 0002),
+sign-in sessions (0008).
 
 Times are stored as naive UTC, like the rest of the schema. Secrets are never stored in clear
 except the TOTP secret, which the server must read back to check codes (encryption at rest of
@@ -94,3 +95,22 @@ attempt_throttle = Table(
 """Failed attempts per typed identifier (activation, and sign-in with an unknown login). ``key`` is
 a SHA-256 of purpose and identifier, so typed text (sometimes a password in the wrong field) is
 never stored."""
+
+login_session = Table(
+    "login_session",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("account_id", String(32), ForeignKey("account.id", ondelete="CASCADE"), nullable=False),
+    Column("created", DateTime(timezone=False), nullable=False),
+    Column("last_seen", DateTime(timezone=False), nullable=False),
+    Column("expires", DateTime(timezone=False), nullable=False),
+    Column("revoked_at", DateTime(timezone=False), nullable=True),
+    Column("revoked_reason", String(32), nullable=True),
+    Column("user_agent", String(100), nullable=True),
+    Index("ix_login_session_account_id", "account_id"),
+    Index("ix_login_session_expires", "expires"),
+)
+"""Sign-in sessions of the portal (migration 0008). ``id`` is the SHA-256 of the session token the
+browser holds (256 random bits), so reading the table does not let anyone take over a session;
+``expires`` is the absolute end, ``last_seen`` drives the idle timeout; ``user_agent`` is a short
+summary ("Firefox on Linux") for the person's list of sessions. No health data."""

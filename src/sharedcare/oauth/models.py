@@ -54,6 +54,8 @@ oauth_code = Table(
     Column("family", String(64), nullable=True),
     Column("access_jti", String(64), nullable=True),
     Column("access_expires_at", DateTime(timezone=False), nullable=True),
+    # the portal sign-in session an ``online_access`` authorization lasts for (migration 0008)
+    Column("session_id", String(64), nullable=True),
     Index("ix_oauth_code_expires_at", "expires_at"),
 )
 
@@ -77,8 +79,11 @@ oauth_refresh_token = Table(
     # the access token issued together with this refresh token, revoked with the family
     Column("access_jti", String(64), nullable=True),
     Column("access_expires_at", DateTime(timezone=False), nullable=True),
+    # ``online_access``: the portal sign-in session (``login_session.id``) the token ends with
+    Column("session_id", String(64), nullable=True),
     Index("ix_oauth_refresh_token_family", "family"),
     Index("ix_oauth_refresh_token_expires_at", "expires_at"),
+    Index("ix_oauth_refresh_token_session_id", "session_id"),
 )
 
 oauth_revoked = Table(

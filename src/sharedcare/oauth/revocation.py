@@ -70,6 +70,28 @@ def revoke_family(conn: Connection, family: str) -> None:
         revoke_jti(conn, jti, expires_at)
 
 
+def revoke_session_tokens(conn: Connection, session_ids: list[str]) -> int:
+    """Revoke the ``online_access`` authorizations given during these portal sessions (their
+    refresh-token families and access tokens): they last only as long as the session. Returns
+    how many families were revoked."""
+    if not session_ids:
+        return 0
+    families = (
+        conn.execute(
+            select(oauth_refresh_token.c.family)
+            .where(
+                oauth_refresh_token.c.session_id.in_(session_ids), oauth_refresh_token.c.revoked.is_(False)
+            )
+            .distinct()
+        )
+        .scalars()
+        .all()
+    )
+    for family in families:
+        revoke_family(conn, family)
+    return len(families)
+
+
 def remember_assertion(conn: Connection, client_id: str, jti: str, expires_at: datetime) -> bool:
     """Record a client assertion's ``jti``; False when it was seen before (a replay)."""
     return insert_once(conn, oauth_assertion_jti, client_id=client_id, jti=jti, expires_at=expires_at)

@@ -64,6 +64,7 @@ from sharedcare.access.tokens import (
     principal_from_claims,
 )
 from sharedcare.fhir.store import utcnow
+from sharedcare.identity import sessions
 from sharedcare.oauth.clients import OAuthClient, get_client, hash_secret, new_secret
 from sharedcare.oauth.keys import ALGORITHM, KeyStore, RemoteJwks, SigningKey
 from sharedcare.oauth.models import oauth_code, oauth_refresh_token
@@ -105,6 +106,8 @@ class Exchange:
     signing_key: SigningKey
     replays: list[Callable[[Connection], object]] = field(default_factory=list)
     issued: IssuedAccess | None = None
+    session_id: str | None = None
+    """The portal sign-in session (``login_session.id``) of the user at the authorization endpoint."""
 
     def security_write(self, write: Callable[[Connection], T]) -> T:
         """Run an idempotent write that must survive a failed request (it is replayed then)."""
@@ -168,6 +171,8 @@ class StarletteOAuth2Request(OAuth2Request):
         self.payload = StarletteOAuth2Payload(query + form)
         self.family: str | None = None
         """The refresh-token family of the authorization being exchanged or refreshed."""
+        self.session_id: str | None = None
+        """The portal session an ``online_access`` authorization is bound to (None: not bound)."""
 
     @property
     def args(self) -> dict[str, str]:
@@ -361,6 +366,8 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
             scope = scope.without("launch/patient")  # no patient in context: grant less, as SMART allows
         now = utcnow()
         data = request.payload.data
+        # online_access (without offline_access) lasts as long as the portal session it was given in
+        online = "online_access" in scope.other and "offline_access" not in scope.other
         current().conn.execute(
             oauth_code.insert().values(
                 code_hash=hash_secret(code),
@@ -376,6 +383,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
                 auth_time=now,
                 expires_at=now + timedelta(seconds=CODE_SECONDS),
                 used=False,
+                session_id=current().session_id if online else None,
             )
         )
 
@@ -416,6 +424,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
             raise InvalidGrantError("The authorization code was already used")
 
     def authenticate_user(self, authorization_code: StoredCode) -> Principal:
+        self.request.session_id = authorization_code.row.session_id
         return authorization_code.principal()
 
 
@@ -441,10 +450,17 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
             return None
         if row.expires_at <= utcnow():
             return None
+        server: AuthorizationServer = self.server
+        if row.session_id is not None and not sessions.is_open(ex.conn, server.settings, row.session_id):
+            # online_access: the portal session ended (signed out, idle, revoked), so does the grant
+            family = row.family
+            ex.security_write(lambda conn: revoke_family(conn, family))
+            return None
         return StoredRefreshToken(row)
 
     def authenticate_user(self, refresh_token: StoredRefreshToken) -> Principal | None:
         self.request.family = refresh_token.family
+        self.request.session_id = refresh_token.row.session_id
         server: AuthorizationServer = self.server
         principal = server.refresh_principal(refresh_token)
         if principal is None:
@@ -632,16 +648,24 @@ class AuthorizationServer(_AuthorizationServer):
         self.register_endpoint(IntrospectionEndpoint(self))
 
     # --- running a request
-    def run(self, urls: PublicUrls, endpoint_url: str, action: Callable[[], Response]) -> Response:
+    def run(
+        self,
+        urls: PublicUrls,
+        endpoint_url: str,
+        action: Callable[[], Response],
+        *,
+        session_id: str | None = None,
+    ) -> Response:
         """Serve ``action`` in one write transaction, rolled back when the answer is an error.
 
         Security writes made during a failed request are replayed after the rollback.
+        ``session_id`` is the user's portal session at the authorization endpoint.
         """
         signing_key = self.keys.signing_key()  # committed before, never inside, the transaction
         replays: list[Callable[[Connection], object]] = []
         try:
             with writer(self.engine).begin() as conn:
-                exchange = Exchange(conn, urls, endpoint_url, signing_key, replays)
+                exchange = Exchange(conn, urls, endpoint_url, signing_key, replays, session_id=session_id)
                 token = _exchange.set(exchange)
                 try:
                     response = action()
@@ -702,6 +726,7 @@ class AuthorizationServer(_AuthorizationServer):
                 revoked=False,
                 access_jti=issued.jti,
                 access_expires_at=issued.expires_at,
+                session_id=request.session_id,
             )
         )
 

@@ -3,14 +3,17 @@
 The Starlette session (a signed cookie, see ``api.auth.session_options``) holds only opaque ids
 and short-lived step markers, never names, codes or health data:
 
-- ``account_id``: the signed-in account (the OAuth authorize endpoint reads it too);
+- ``sid``: the token of the sign-in session, kept on the server (``identity.sessions``) and
+  checked at every request, so signing out or a revocation ends it even for a copied cookie
+  (the OAuth authorize endpoint reads it too);
 - ``pending_login``: password verified, second factor awaited (account id, time, ``next``);
 - ``enrol``: activation or enrolment under way (account id, time);
 - ``record``: the holder a representative (or a parent) chose to act for;
 - ``csrf`` and ``flash``.
 
-The account is read again at every request, so a disabled or locked account loses the
-portal at once, and representatives lose a holder as soon as the delegation ends.
+The session and the account are read again at every request, so a revoked, idle or expired
+session, or a disabled or locked account, loses the portal at once, and representatives lose a
+holder as soon as the delegation ends.
 """
 
 from __future__ import annotations
@@ -24,13 +27,16 @@ from urllib.parse import quote, urlsplit
 from fastapi import Request
 from sqlalchemy import Connection, or_, select
 
+from sharedcare.access.minors import representation_in_force
 from sharedcare.access.models import delegation
 from sharedcare.access.principals import Principal, PrincipalKind
-from sharedcare.identity import accounts
+from sharedcare.identity import accounts, sessions
 from sharedcare.identity.accounts import Account
 from sharedcare.identity.errors import IdentityError
+from sharedcare.portal.i18n import N_
+from sharedcare.storage.engine import writer
 
-ACCOUNT = "account_id"
+SIGNED_IN = sessions.SESSION_FIELD
 PENDING_LOGIN = "pending_login"
 ENROL = "enrol"
 RECORD = "record"
@@ -65,6 +71,8 @@ class PortalUser:
 
     account: Account
     principal: Principal
+    session: sessions.LoginSession
+    """The sign-in session of this request (``session.id`` is its stored key)."""
     records: tuple[str, ...] = ()
     """Patient ids whose record this person may act on: their own first, then delegations."""
     record: str | None = None
@@ -131,6 +139,7 @@ def delegated_records(conn: Connection, account_id: str, now: datetime) -> list[
             d.c.starts <= now,
             or_(d.c.ends.is_(None), d.c.ends > now),
             d.c.revoked_at.is_(None),
+            representation_in_force(d, now),  # a parent's ends at 18; a minor may suspend it
         )
         .order_by(d.c.starts)
     ).scalars()
@@ -138,22 +147,31 @@ def delegated_records(conn: Connection, account_id: str, now: datetime) -> list[
 
 
 def load_user(request: Request, now: datetime) -> PortalUser | None:
-    """The signed-in user, or None (signed out, or the account can no longer be used)."""
-    account_id = request.session.get(ACCOUNT)
-    if not isinstance(account_id, str):
+    """The signed-in user, or None (signed out, session ended, or the account can no longer be used)."""
+    token = request.session.get(SIGNED_IN)
+    if not isinstance(token, str):
         return None
-    with request.app.state.engine.connect() as conn:
+    engine = request.app.state.engine
+    with engine.connect() as conn:
+        session = sessions.resume(conn, request.app.state.settings, token, now)
+        if session is None:
+            request.session.clear()
+            request.session[FLASH] = [N_("Your session has ended. Please sign in again."), {}]
+            return None
         try:
-            account = accounts.get_account(conn, account_id)
+            account = accounts.get_account(conn, session.account_id)
             principal = accounts.principal_for(account)
         except IdentityError:
             request.session.clear()
             return None
         delegated = delegated_records(conn, account.id, now) if principal.kind in HOLDER_SIDE else []
+    if sessions.needs_touch(session, now):
+        with writer(engine).begin() as conn:
+            sessions.touch(conn, session.id, now)
     records = tuple(dict.fromkeys([*([principal.patient_id] if principal.patient_id else []), *delegated]))
     chosen = request.session.get(RECORD)
     if chosen not in records:
         chosen = principal.patient_id or (records[0] if len(records) == 1 else None)
     if chosen and chosen != principal.patient_id:
         principal = replace(principal, acting_for=(chosen,))
-    return PortalUser(account, principal, records, chosen)
+    return PortalUser(account, principal, session, records, chosen)

@@ -1,8 +1,9 @@
-"""Activation, sign-in with the second factor, sign-out and the language switch.
+"""Activation, sign-in with the second factor, sign-out, the account's sessions, the language switch.
 
 The steps follow ``identity.accounts``: every service call runs in ``accounts.transaction``,
 which commits failed-attempt counters even when the call raises, and the audit record of a
-sign-in (or of a failed one, outcome 4) is written in that same transaction.
+sign-in (or of a failed one, outcome 4) is written in that same transaction. A sign-in opens a
+server-side session (``identity.sessions``) whose token goes into the cookie; sign-out revokes it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from sqlalchemy import Connection
 from sharedcare.access import care
 from sharedcare.access.principals import Principal, PrincipalKind
 from sharedcare.audit import log as audit
-from sharedcare.identity import accounts
+from sharedcare.identity import accounts, sessions
 from sharedcare.identity.accounts import Account
 from sharedcare.identity.errors import (
     AccountDisabled,
@@ -31,16 +32,16 @@ from sharedcare.identity.errors import (
     TooManyAttempts,
 )
 from sharedcare.portal import csrf
-from sharedcare.portal.deps import now, optional_user
+from sharedcare.portal.deps import now, optional_user, signed_in
 from sharedcare.portal.i18n import N_, Translator, supported
 from sharedcare.portal.messages import identity_error
 from sharedcare.portal.pages import flash, language, redirect, render, set_language_cookie
 from sharedcare.portal.sessions import (
-    ACCOUNT,
     ENROL,
     ENROL_SECONDS,
     PENDING_LOGIN,
     PENDING_SECONDS,
+    SIGNED_IN,
     PortalUser,
     safe_next,
     start_step,
@@ -83,6 +84,7 @@ def _sign_in_record(
     who: Principal | None,
     action: audit.AuditAction = audit.AuditAction.LOGIN,
     failure: str | None = None,
+    detail: str | None = None,
 ) -> audit.AuditRecord:
     """A LOGIN or LOGOUT record; a failed sign-in of an unknown login names nobody (the typed
     text may be a password typed in the wrong field)."""
@@ -92,7 +94,7 @@ def _sign_in_record(
         action,
         interaction="portal",
         outcome=audit.AuditOutcome.MINOR_FAILURE if failure else audit.AuditOutcome.SUCCESS,
-        outcome_desc=failure,
+        outcome_desc=failure or detail,
         source_ip=client.host if client else None,
         user_agent=request.headers.get("user-agent"),
         request_id=request.headers.get("x-request-id"),
@@ -183,6 +185,9 @@ def second_factor(request: Request, code: Text = "", at: datetime = Depends(now)
             except IdentityError as exc:
                 _record_failure(conn, request, None, account_id, exc)
                 raise
+            session_token = sessions.start(
+                conn, settings, account.id, user_agent=request.headers.get("user-agent"), now=at
+            )
             audit.append(conn, _sign_in_record(request, principal))
     except InvalidSecondFactor as exc:
         return render(request, "second_factor.html", {"error": identity_error(_t(request), exc)}, status=400)
@@ -194,7 +199,7 @@ def second_factor(request: Request, code: Text = "", at: datetime = Depends(now)
     pending = request.session.get(PENDING_LOGIN) or {}
     target = safe_next(pending.get("next") if isinstance(pending, dict) else None)
     request.session.clear()  # a new session for the signed-in person: nothing carried over
-    request.session[ACCOUNT] = account.id
+    request.session[SIGNED_IN] = session_token
     csrf.renew(request)
     response = redirect(target)
     set_language_cookie(request, response, account.language)
@@ -202,14 +207,48 @@ def second_factor(request: Request, code: Text = "", at: datetime = Depends(now)
 
 
 @router.post("/logout")
-def logout(request: Request, user: PortalUser | None = Depends(optional_user)) -> Response:
+def logout(
+    request: Request, user: PortalUser | None = Depends(optional_user), at: datetime = Depends(now)
+) -> Response:
     if user is not None:
         with accounts.transaction(request.app.state.engine) as conn:
+            sessions.end(conn, request.session.get(SIGNED_IN), sessions.EndReason.SIGN_OUT, now=at)
             audit.append(conn, _sign_in_record(request, user.principal, audit.AuditAction.LOGOUT))
     request.session.clear()
     csrf.renew(request)
     flash(request, N_("You are signed out."))
     return redirect("/portal/login")
+
+
+# -- the account's sessions ------------------------------------------------------------------------
+@router.get("/account")
+def account_page(
+    request: Request, user: PortalUser = Depends(signed_in), at: datetime = Depends(now)
+) -> Response:
+    """Every signed-in person's account page: their sessions in force, this one first."""
+    with request.app.state.engine.connect() as conn:
+        found = sessions.active(conn, request.app.state.settings, user.account.id, at)
+    listed = sorted(found, key=lambda s: s.id != user.session.id)
+    return render(request, "account.html", {"sessions": listed, "current": user.session.id}, user=user)
+
+
+@router.post("/account/sessions/end-others")
+def end_other_sessions(
+    request: Request, user: PortalUser = Depends(signed_in), at: datetime = Depends(now)
+) -> Response:
+    """Sign out everywhere else: every other session of the account ends, with its app grants."""
+    with accounts.transaction(request.app.state.engine) as conn:
+        ended = sessions.end_all(
+            conn,
+            user.account.id,
+            sessions.EndReason.OTHER_SESSION,
+            keep=request.session.get(SIGNED_IN),
+            now=at,
+        )
+        detail = f"other sessions ended: {ended}"
+        audit.append(conn, _sign_in_record(request, user.principal, audit.AuditAction.LOGOUT, detail=detail))
+    flash(request, N_("You are signed out everywhere else."))
+    return redirect("/portal/account")
 
 
 # -- activation and enrolment ----------------------------------------------------------------------
