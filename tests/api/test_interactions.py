@@ -884,3 +884,16 @@ def test_advertised_search_params_work_in_strict_mode(client: TestClient, rtype:
         f"/fhir/{rtype}", params={"no-such-param": "x"}, headers={"Prefer": "handling=strict"}
     )
     outcome(refused, 400)
+
+
+def test_capability_statement_lists_the_record_item_operations_it_serves(client: TestClient) -> None:
+    from sharedcare.api.capability import ITEM_OPERATIONS
+
+    resources = {res["type"]: res for res in client.get("/fhir/metadata").json()["rest"][0]["resource"]}
+    assert {op["name"] for op in resources["Observation"]["operation"]} == {"validate", *ITEM_OPERATIONS}
+    assert "decide" in {op["name"] for op in resources["Task"]["operation"]}
+    missing = client.post("/fhir/Observation/nothing/$no-such-operation", json={"resourceType": "Parameters"})
+    for name in ITEM_OPERATIONS:  # each is served: the operation itself refuses this caller or item
+        r = client.post(f"/fhir/Observation/nothing/${name}", json={"resourceType": "Parameters"})
+        assert r.status_code in (403, 404) and r.json()["resourceType"] == "OperationOutcome", name
+        assert r.json()["issue"][0]["diagnostics"] != missing.json()["issue"][0]["diagnostics"], name

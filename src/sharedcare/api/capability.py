@@ -23,7 +23,16 @@ INTERACTIONS = (
 SYSTEM_INTERACTIONS = ("transaction", "batch", "history-system")
 OPERATIONS = {
     "everything": ("Patient", "http://hl7.org/fhir/OperationDefinition/Patient-everything"),
+    "decide": ("Task", "https://sharedcare.lu/fhir/OperationDefinition/record-request-decide"),
 }
+ITEM_OPERATIONS = (
+    "release-disclosure",
+    "object-to-filing",
+    "withdraw-objection",
+    "request-rectification",
+    "request-erasure",
+)
+"""The holder's and authors' operations on any item of a record (``api/requests.py``)."""
 
 
 @cache
@@ -73,6 +82,10 @@ def _resources() -> list[dict[str, Any]]:
         for name, (base, url) in OPERATIONS.items():
             if base == rtype:
                 res["operation"].append({"name": name, "definition": url})
+        res["operation"].extend(
+            {"name": name, "definition": f"https://sharedcare.lu/fhir/OperationDefinition/{name}"}
+            for name in ITEM_OPERATIONS
+        )
         out.append(res)
     return out
 

@@ -150,8 +150,13 @@ def _what(
     for ref in r.resources:
         rtype, _, rest = ref.partition("/")
         base = f"{rtype}/{rest.split('/', 1)[0]}"
+        if base not in titles:
+            # not readable by the holder now: held back for a consultation d'annonce (§A.4) or
+            # gone since; the trace is shown, the item's kind is not
+            shown.append(t.gettext("An item of your record"))
+            continue
         text = labels.label(t, labels.RESOURCE_TYPES, rtype)
-        if titles.get(base):
+        if rtype in TITLED and titles[base]:
             text = f"{text}: {titles[base]}"
         shown.append(text)
     unique = list(dict.fromkeys(shown))
@@ -166,7 +171,10 @@ def rows_for(request: Request, user: PortalUser, entries: list[AuditEntry], t: T
         refs.update(w for w in (e.record.interaction or "").split() if w.startswith("Practitioner/"))
     names = records.directory_names(request, refs)
     titled = [ref for e in entries for ref in e.record.resources]
-    titles = records.titles(records.view(request, user), titled, TITLED) if titled else {}
+    # every referenced item is looked up through the holder's own view: only what they may read
+    # now is named (a title for documents, the kind for the rest)
+    types = {ref.split("/", 1)[0] for ref in titled}
+    titles = records.titles(records.view(request, user), titled, types) if titled else {}
     rows = []
     for e in entries:
         r = e.record

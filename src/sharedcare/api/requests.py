@@ -1,0 +1,153 @@
+"""FHIR operations of the holder's rights on items (``access.requests``), under ``/fhir``.
+
+- ``POST [type]/[id]/$release-disclosure``: a professional releases an item held back for a
+  consultation d'annonce (answers the released resource);
+- ``POST [type]/[id]/$object-to-filing`` and ``$withdraw-objection``: the holder withdraws an
+  item from the shared record, or files it again;
+- ``POST [type]/[id]/$request-rectification`` and ``$request-erasure`` (Parameters ``reason``):
+  the holder's request, answered with its ``Task`` (201);
+- ``POST Task/[id]/$decide`` (Parameters ``status`` = accepted | rejected | completed |
+  cancelled, ``reason``): the author, an agency administrator or the holder moves it on.
+
+The caller's session (policy, scopes, audit) is the one ``api.fhir.authenticate`` binds; the
+module's ``RequestError``s become OperationOutcomes here, and only here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Depends, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from sharedcare.access import requests as rights
+from sharedcare.access.principals import Principal
+from sharedcare.api.fhir import authenticate, base_url, fhir_response
+from sharedcare.fhir.errors import BadRequest, FhirError, Issue, NotFound, operation_outcome
+from sharedcare.fhir.render import resource_json
+from sharedcare.fhir.service import FhirService
+from sharedcare.fhir.store import Stored, utcnow
+
+router = APIRouter(prefix="/fhir", dependencies=[Depends(authenticate)])
+_CODES = {400: "invalid", 403: "forbidden", 404: "not-found", 409: "conflict"}
+
+
+def _fail(exc: rights.RequestError) -> FhirError:
+    return FhirError(str(exc), status=exc.status, code=_CODES.get(exc.status, "invalid"))
+
+
+def _caller(request: Request) -> tuple[FhirService, Principal]:
+    service: FhirService = request.state.fhir
+    principal: Principal = request.state.principal
+    return service, principal
+
+
+async def _parameters(request: Request) -> dict[str, str]:
+    """The operation's string parameters: a FHIR ``Parameters`` body (or none at all)."""
+    body = await request.body()
+    if not body.strip():
+        return {}
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"The body is not valid JSON: {exc}") from None
+    if not isinstance(parsed, dict) or parsed.get("resourceType") != "Parameters":
+        raise BadRequest("The operation takes a Parameters resource")
+    out: dict[str, str] = {}
+    for p in parsed.get("parameter") or []:
+        if not isinstance(p, dict) or not isinstance(p.get("name"), str):
+            raise BadRequest("Each parameter needs a name")
+        value = next((v for k, v in p.items() if k.startswith("value")), None)
+        if not isinstance(value, str):
+            raise BadRequest(f"Parameter {p['name']!r} needs a string or code value")
+        out[p["name"]] = value
+    return out
+
+
+def _outcome(request: Request, text: str) -> Response:
+    return fhir_response(request, operation_outcome([Issue("information", "informational", text)]))
+
+
+def _task(request: Request, stored: Stored, status: int) -> Response:
+    location = f"{base_url(request)}/Task/{stored.id}/_history/{stored.version}"
+    headers = {"ETag": stored.etag, "Location": location} if status == 201 else {"ETag": stored.etag}
+    return fhir_response(request, resource_json(stored), status, headers)
+
+
+def _current_task(service: FhirService, task_id: str) -> Stored:
+    """The Task the operation just wrote (the caller filed or decided it: no access question)."""
+    with service.engine.connect() as conn:
+        found = service.store.current(conn, "Task", task_id)
+    if found is None:
+        raise NotFound(f"Resource Task/{task_id} is not known")
+    return found
+
+
+@router.post("/{rtype}/{rid}/$release-disclosure")
+async def release_disclosure(request: Request, rtype: str, rid: str) -> Response:
+    service, _who = _caller(request)
+    try:
+        stored = await run_in_threadpool(rights.release_disclosure, service, f"{rtype}/{rid}")
+    except rights.RequestError as exc:
+        raise _fail(exc) from None
+    return fhir_response(request, resource_json(stored), headers={"ETag": stored.etag})
+
+
+@router.post("/{rtype}/{rid}/$object-to-filing")
+async def object_to_filing(request: Request, rtype: str, rid: str) -> Response:
+    service, who = _caller(request)
+    try:
+        await run_in_threadpool(rights.object_to_filing, service, who, f"{rtype}/{rid}", utcnow())
+    except rights.RequestError as exc:
+        raise _fail(exc) from None
+    return _outcome(request, f"{rtype}/{rid} is withdrawn from the shared record at the holder's request")
+
+
+@router.post("/{rtype}/{rid}/$withdraw-objection")
+async def withdraw_objection(request: Request, rtype: str, rid: str) -> Response:
+    service, who = _caller(request)
+    try:
+        await run_in_threadpool(rights.withdraw_objection, service, who, f"{rtype}/{rid}", utcnow())
+    except rights.RequestError as exc:
+        raise _fail(exc) from None
+    return _outcome(request, f"{rtype}/{rid} is filed in the shared record again")
+
+
+async def _file(request: Request, rtype: str, rid: str, kind: str) -> Response:
+    service, who = _caller(request)
+    params = await _parameters(request)
+    try:
+        filed = await run_in_threadpool(
+            rights.file_request, service, who, f"{rtype}/{rid}", kind, params.get("reason", ""), utcnow()
+        )
+    except rights.RequestError as exc:
+        raise _fail(exc) from None
+    return _task(request, await run_in_threadpool(_current_task, service, filed.id), 201)
+
+
+@router.post("/{rtype}/{rid}/$request-rectification")
+async def request_rectification(request: Request, rtype: str, rid: str) -> Response:
+    return await _file(request, rtype, rid, rights.RECTIFY)
+
+
+@router.post("/{rtype}/{rid}/$request-erasure")
+async def request_erasure(request: Request, rtype: str, rid: str) -> Response:
+    return await _file(request, rtype, rid, rights.ERASE)
+
+
+@router.post("/{rtype}/{rid}/$decide")
+async def decide(request: Request, rtype: str, rid: str) -> Response:
+    if rtype != "Task":
+        raise NotFound(f"$decide is an operation on Task, not {rtype}")
+    service, who = _caller(request)
+    params: dict[str, Any] = await _parameters(request)
+    if "status" not in params:
+        raise BadRequest("$decide needs a 'status' parameter: accepted, rejected, completed or cancelled")
+    try:
+        await run_in_threadpool(
+            rights.decide, service, who, rid, params["status"], params.get("reason", ""), utcnow()
+        )
+    except rights.RequestError as exc:
+        raise _fail(exc) from None
+    return _task(request, await run_in_threadpool(_current_task, service, rid), 200)

@@ -1,0 +1,310 @@
+"""The holder's rights on items (``access.requests``) in the portal.
+
+- the holder (or a representative) lists the record's items and their own requests, withdraws
+  an item from the shared record (objection to filing) or files it again, asks its author for a
+  correction or the agency for its erasure, and cancels an open request;
+- professionals release items held back for a consultation d'annonce, and decide the
+  correction requests on the items they (or their organisation) wrote;
+- agency administrators decide the erasure requests.
+
+Every item is read through the user's own access decision (``records.view``): an item the user
+may not see (for the holder: one still held back) answers exactly like an unknown one, and a
+pending item is never hinted at. A refused action changes nothing and shows why.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Form, Request
+from fastapi.responses import Response
+
+from sharedcare.access import requests as rights
+from sharedcare.access.principals import PrincipalKind
+from sharedcare.fhir.errors import FhirError
+from sharedcare.portal import csrf, records
+from sharedcare.portal.deps import holder_side, now, professional, signed_in
+from sharedcare.portal.i18n import N_, Translator
+from sharedcare.portal.pages import flash, language, redirect, render
+from sharedcare.portal.sessions import PortalError, PortalUser
+from sharedcare.portal.views.patient import record_overview
+
+router = APIRouter(dependencies=[Depends(csrf.require_csrf)])
+Text = Annotated[str, Form()]
+ITEMS = "/portal/items"
+PRO_REQUESTS = "/portal/pro/requests"
+ERASURES = "/portal/erasures"
+
+REQUEST_MESSAGES = (
+    N_("This item is not held back: the patient already sees it"),
+    N_("Only a professional who may write this item can release it"),
+    N_("You have already withdrawn this item from the shared record"),
+    N_("This item is not withdrawn from the shared record"),
+    N_("Choose what you ask for: a correction or an erasure"),
+    N_("Say what is wrong with this item"),
+    N_("Say why this item should be erased"),
+    N_("Keep the explanation under 2000 characters"),
+    N_("You have already asked for this: your request is still open"),
+    N_("Choose accept, reject, complete or cancel"),
+    N_("There is no such request, or you have no access to it"),
+    N_("Only the holder can cancel a request"),
+    N_("Only the author of the item or the Agence can decide this request"),
+    N_("Only an agency administrator can decide an erasure request"),
+    N_("This request is already decided"),
+    N_("Give the reason for the refusal"),
+    N_("Correct the item first: it has not changed since the request"),
+    N_("Choose an item of the record"),
+    N_("Only the holder of the record or their representative can ask for this"),
+    N_("There is no such item, or you have no access to it"),
+    N_("This kind of item cannot be withdrawn, corrected or erased this way"),
+)
+"""The messages of ``access.requests``, for extraction (they are shown translated)."""
+KIND_LABELS = {rights.RECTIFY: N_("Correction"), rights.ERASE: N_("Erasure")}
+STATUS_LABELS = {
+    "requested": N_("Sent"),
+    "accepted": N_("Accepted"),
+    "rejected": N_("Refused"),
+    "completed": N_("Done"),
+    "cancelled": N_("Cancelled"),
+}
+
+
+def _labels(t: Translator) -> dict[str, Any]:
+    return {
+        "kind_label": lambda code: t.gettext(KIND_LABELS[code]) if code in KIND_LABELS else code,
+        "status_label": lambda code: t.gettext(STATUS_LABELS[code]) if code in STATUS_LABELS else code,
+    }
+
+
+def _message(t: Translator, exc: Exception) -> str:
+    return t.gettext(str(exc))
+
+
+# -- the holder's items and requests ------------------------------------------------------------
+def _items_context(request: Request, user: PortalUser) -> dict[str, Any]:
+    assert user.record is not None
+    _patient, items = record_overview(records.view(request, user), user.record)
+    with request.app.state.engine.connect() as conn:
+        withdrawn = rights.objections(conn, user.record)
+        mine = rights.requests_of(conn, user.record)
+    titles = {i.reference: i for i in items}
+    t = Translator(language(request, user))
+    return {"items": items, "withdrawn": withdrawn, "requests": mine, "titles": titles, **_labels(t)}
+
+
+@router.get("/items")
+def items_page(request: Request, user: PortalUser = Depends(holder_side)) -> Response:
+    return render(request, "items.html", _items_context(request, user), user=user)
+
+
+def _item(request: Request, user: PortalUser, reference: str) -> records.Item:
+    """An item of the record the user sees (one audited read); else "not found"."""
+    rtype, _, rid = reference.partition("/")
+    try:
+        stored = records.view(request, user).read(rtype, rid)
+    except FhirError:
+        stored = None
+    found = records.items_of([stored]) if stored is not None else []
+    if not found or found[0].reference != reference:
+        raise PortalError(404, N_("This item is not in your record."))
+    return found[0]
+
+
+def _item_page(
+    request: Request, user: PortalUser, reference: str, *, error: str | None = None, status: int = 200
+) -> Response:
+    assert user.record is not None
+    item = _item(request, user, reference)
+    with request.app.state.engine.connect() as conn:
+        withdrawn = reference in rights.objections(conn, user.record)
+        about = [r for r in rights.requests_of(conn, user.record) if r.reference == reference]
+    t = Translator(language(request, user))
+    context = {"item": item, "withdrawn": withdrawn, "requests": about, "error": error, **_labels(t)}
+    return render(request, "item.html", context, user=user, status=status)
+
+
+@router.get("/items/{rtype}/{rid}")
+def item_page(request: Request, rtype: str, rid: str, user: PortalUser = Depends(holder_side)) -> Response:
+    return _item_page(request, user, f"{rtype}/{rid}")
+
+
+def _holder_act(
+    request: Request, user: PortalUser, reference: str, done: str, act: Any, back: str | None = None
+) -> Response:
+    """Run one of the holder's acts; on refusal show the item again with the reason."""
+    t = Translator(language(request, user))
+    try:
+        act(records.view(request, user))
+    except rights.RequestError as exc:
+        if isinstance(exc, rights.UnknownItem):
+            raise PortalError(404, N_("This item is not in your record.")) from None
+        return _item_page(request, user, reference, error=_message(t, exc), status=exc.status)
+    flash(request, done)
+    return redirect(back or f"{ITEMS}/{reference}")
+
+
+@router.post("/items/object")
+def object_to_filing(
+    request: Request,
+    reference: Text = "",
+    understood: Text = "",
+    user: PortalUser = Depends(holder_side),
+    at: datetime = Depends(now),
+) -> Response:
+    """Withdraw an item from the shared record: a restriction, so the risk warning is confirmed."""
+    if understood != "yes":
+        _item(request, user, reference)
+        message = N_(
+            "Please read the warning about the health risks and confirm it before restricting access."
+        )
+        t = Translator(language(request, user))
+        return _item_page(request, user, reference, error=t.gettext(message), status=400)
+
+    def act(svc: Any) -> None:
+        rights.object_to_filing(svc, user.principal, reference, at, patient_id=user.record)
+
+    return _holder_act(request, user, reference, N_("The item is withdrawn from the shared record."), act)
+
+
+@router.post("/items/undo")
+def withdraw_objection(
+    request: Request,
+    reference: Text = "",
+    user: PortalUser = Depends(holder_side),
+    at: datetime = Depends(now),
+) -> Response:
+    def act(svc: Any) -> None:
+        rights.withdraw_objection(svc, user.principal, reference, at, patient_id=user.record)
+
+    return _holder_act(request, user, reference, N_("The item is filed in the shared record again."), act)
+
+
+@router.post("/items/request")
+def file_request(
+    request: Request,
+    reference: Text = "",
+    kind: Text = "",
+    reason: Text = "",
+    user: PortalUser = Depends(holder_side),
+    at: datetime = Depends(now),
+) -> Response:
+    def act(svc: Any) -> None:
+        rights.file_request(svc, user.principal, reference, kind, reason, at, patient_id=user.record)
+
+    return _holder_act(request, user, reference, N_("Your request is sent."), act)
+
+
+@router.post("/items/cancel")
+def cancel_request(
+    request: Request,
+    request_id: Text = "",
+    user: PortalUser = Depends(holder_side),
+    at: datetime = Depends(now),
+) -> Response:
+    assert user.record is not None
+    with request.app.state.engine.connect() as conn:
+        mine = {r.id for r in rights.requests_of(conn, user.record)}
+    t = Translator(language(request, user))
+    try:
+        if request_id not in mine:  # only this record's requests, whatever the user may see
+            raise rights.UnknownItem("There is no such request, or you have no access to it")
+        rights.decide(records.view(request, user), user.principal, request_id, "cancelled", "", at)
+    except rights.RequestError as exc:
+        context = _items_context(request, user) | {"error": _message(t, exc)}
+        return render(request, "items.html", context, user=user, status=exc.status)
+    flash(request, N_("Your request is cancelled."))
+    return redirect(ITEMS)
+
+
+# -- professionals ------------------------------------------------------------------------------------
+@router.post("/pro/patients/{patient_id}/release")
+def release(
+    request: Request, patient_id: str, reference: Text = "", user: PortalUser = Depends(professional)
+) -> Response:
+    """Release an item held back for a consultation d'annonce (the patient is present)."""
+    try:
+        rights.release_disclosure(records.view(request, user), reference)
+    except rights.RequestError as exc:
+        raise PortalError(exc.status, str(exc)) from None
+    flash(request, N_("The item is released: the patient can see it now."))
+    return redirect(f"/portal/pro/patients/{patient_id}")
+
+
+def _pro_requests(
+    request: Request, user: PortalUser, *, error: str | None = None, status: int = 200
+) -> Response:
+    service = records.view(request, user)
+    found = rights.rectification_requests(service, open_only=False)
+    refs = [r.reference for r in found]
+    titles = records.titles(service, refs, {ref.split("/")[0] for ref in refs})
+    t = Translator(language(request, user))
+    context = {
+        "open": [r for r in found if r.open],
+        "closed": [r for r in found if not r.open][:20],
+        "titles": titles,
+        "error": error,
+        **_labels(t),
+    }
+    return render(request, "pro_requests.html", context, user=user, status=status)
+
+
+@router.get("/pro/requests")
+def pro_requests(request: Request, user: PortalUser = Depends(professional)) -> Response:
+    return _pro_requests(request, user)
+
+
+@router.post("/pro/requests/decide")
+def pro_decide(
+    request: Request,
+    request_id: Text = "",
+    status: Text = "",
+    reason: Text = "",
+    user: PortalUser = Depends(professional),
+    at: datetime = Depends(now),
+) -> Response:
+    t = Translator(language(request, user))
+    try:
+        rights.decide(records.view(request, user), user.principal, request_id, status, reason, at)
+    except rights.RequestError as exc:
+        return _pro_requests(request, user, error=_message(t, exc), status=exc.status)
+    flash(request, N_("The request is updated."))
+    return redirect(PRO_REQUESTS)
+
+
+# -- agency administrators ----------------------------------------------------------------------------
+def _administrator(user: PortalUser = Depends(signed_in)) -> PortalUser:
+    if user.principal.kind is not PrincipalKind.ADMIN:
+        raise PortalError(403, N_("This page is for agency administrators."))
+    return user
+
+
+def _erasures(request: Request, user: PortalUser, *, error: str | None = None, status: int = 200) -> Response:
+    """The open erasure requests: metadata and the holder's reason, never the item's content."""
+    with request.app.state.engine.connect() as conn:
+        found = rights.erasure_requests(conn)
+    context = {"requests": found, "error": error}
+    return render(request, "erasures.html", context, user=user, status=status)
+
+
+@router.get("/erasures")
+def erasures(request: Request, user: PortalUser = Depends(_administrator)) -> Response:
+    return _erasures(request, user)
+
+
+@router.post("/erasures/decide")
+def decide_erasure(
+    request: Request,
+    request_id: Text = "",
+    status: Text = "",
+    reason: Text = "",
+    user: PortalUser = Depends(_administrator),
+    at: datetime = Depends(now),
+) -> Response:
+    t = Translator(language(request, user))
+    try:
+        rights.decide(records.view(request, user), user.principal, request_id, status, reason, at)
+    except rights.RequestError as exc:
+        return _erasures(request, user, error=_message(t, exc), status=exc.status)
+    flash(request, N_("The request is updated."))
+    return redirect(ERASURES)
