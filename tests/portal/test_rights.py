@@ -208,7 +208,7 @@ def test_representative_chooses_the_holder_and_acts_for_them(world: World, brows
     assistant = Principal(PrincipalKind.PATIENT, world.patient.account_id, patient_id="pa")
     with writer(world.engine).begin() as conn:
         consent.appoint(
-            conn, world.app.state.fhir, assistant, "pa", world.representative.account_id, "parent", _now()
+            conn, world.app.state.fhir, assistant, "pa", world.representative.account_id, "assistant", _now()
         )
         consent.appoint(
             conn,

@@ -7,8 +7,12 @@ A resource scope is ``<context>/<type>.<permissions>[?<query>]``:
 - type a FHIR resource type or ``*``;
 - permissions v1 ``read`` (= ``rs``), ``write`` (= ``cud``), ``*`` (= ``cruds``), or v2 a subset
   of ``cruds`` in that order (create, read, update, delete, search);
-- v2 may add a query (``patient/Observation.rs?category=laboratory``): kept verbatim and returned
-  by ``ScopeSet.conditions`` for the caller to apply as a search filter.
+- v2 may add a query (``patient/Observation.rs?category=laboratory``): kept verbatim, returned
+  by ``ScopeSet.conditions``, and applied by ``access.session`` as a search filter compiled by
+  the FHIR search compiler (``scope_query``). A query the server cannot run as a search of that
+  type (unknown parameter, bad value, result parameters such as ``_count``, or any query on
+  ``*``) makes the scope malformed: it is kept aside and never granted, as SMART App Launch 2
+  lets a server ignore scopes it does not support (a narrowing it cannot apply must not widen).
 
 Other scopes (``openid fhirUser launch launch/patient offline_access online_access``…) are kept
 as names.
@@ -20,6 +24,14 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
+from urllib.parse import unquote
+
+from sharedcare.fhir.definitions import definitions
+from sharedcare.fhir.errors import FhirError
+from sharedcare.fhir.search.compile import CompileContext, criterion
+from sharedcare.fhir.search.parse import RESULT_PARAMS, QueryParser, SearchQuery
+from sharedcare.fhir.store import utcnow
+from sharedcare.storage.tables import resource
 
 INTERACTIONS = "cruds"
 """create, read, update, delete, search: the v2 permission letters, in their mandatory order."""
@@ -67,6 +79,8 @@ class ResourceScope:
             if not pairs or any(not name or not sep for name, sep, _ in pairs):
                 return None
             params = tuple((name, value) for name, _, value in pairs)
+            if scope_query(rtype, params) is None:
+                return None
         return cls(context, rtype, frozenset(letters), params, text)
 
     def applies_to(self, resource_type: str, interaction: str) -> bool:
@@ -218,3 +232,26 @@ class ScopeSet:
 def parse_cached(scopes: frozenset[str]) -> ScopeSet:
     """``ScopeSet.parse`` memoised for the scopes of a principal (parsed on every request)."""
     return ScopeSet.parse(sorted(scopes))
+
+
+@lru_cache(maxsize=1024)
+def scope_query(resource_type: str, params: Params) -> SearchQuery | None:
+    """The search a v2 scope's query stands for (its criteria are AND-ed); None when it is not a
+    search this server can run on ``resource_type``. The query is parsed strictly and compiled
+    once here, so that a value the compiler refuses (a malformed date, say) is found now, not
+    at the first request. Names and values may be percent-encoded. The result is shared: do not
+    change it."""
+    defs = definitions()
+    if resource_type not in defs.resource_types:
+        return None
+    pairs = [(unquote(name), unquote(value)) for name, value in params]
+    if any(name.partition(":")[0] in RESULT_PARAMS for name, _ in pairs):
+        return None
+    try:
+        query = QueryParser(defs, strict=True, max_count=1).parse(resource_type, pairs)
+        ctx = CompileContext(defs, "", utcnow())
+        for flt in query.filters:
+            criterion(resource, resource_type, flt, ctx)
+    except (FhirError, ValueError):
+        return None
+    return query if query.filters else None

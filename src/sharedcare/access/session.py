@@ -7,18 +7,21 @@ each interaction returned; the session writes the audit records just before the 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
+    ColumnElement,
     Connection,
     FromClause,
     TextClause,
     and_,
     bindparam,
     case,
+    false,
     func,
     or_,
     select,
@@ -30,17 +33,25 @@ from sharedcare.access import care
 from sharedcare.access.models import record_status
 from sharedcare.access.policy import REFERENCE, AccessPolicy, WriteTarget
 from sharedcare.access.principals import Principal, PrincipalKind
-from sharedcare.access.scopes import ScopeSet, parse_cached
+from sharedcare.access.scopes import ScopeSet, parse_cached, scope_query
 from sharedcare.audit import log as audit
+from sharedcare.fhir.definitions import definitions
 from sharedcare.fhir.errors import BusinessRule, Forbidden, NotFound
 from sharedcare.fhir.indexer import Indexer, default_indexer
+from sharedcare.fhir.search.compile import CompileContext, criterion
 from sharedcare.fhir.search.engine import AccessFilter
+from sharedcare.fhir.search.parse import SearchQuery
 from sharedcare.fhir.session import Interaction
 from sharedcare.fhir.store import Classifier, Stored, Write, utcnow
 from sharedcare.notify import outbox
 from sharedcare.storage.tables import resource, resource_compartment
 
 LAST_ACCESS_RESOLUTION = timedelta(hours=1)
+SCOPE_ALIASES = 10_000
+"""First table-alias number of the scope conditions: the search statements they are nested in
+number their own aliases from 0, and an alias shared with an enclosing query would correlate."""
+Conditions = tuple[SearchQuery, ...]
+"""The queries of the v2 scopes that allow an interaction on a type: a resource must match one."""
 
 _stale = or_(record_status.c.last_access.is_(None), record_status.c.last_access < bindparam("stale"))
 _NOTE_ACCESS = (
@@ -139,6 +150,8 @@ class PolicySession:
     _filter: AccessFilter | None = None
     _filter_built: bool = False
     _scopes: ScopeSet | None = None
+    _write_checks: dict[tuple[str, str], Conditions] = field(default_factory=dict)
+    """Resources being written under conditional scopes: checked once written (``record``)."""
 
     # -- scopes ----------------------------------------------------------------------------
     @property
@@ -147,10 +160,59 @@ class PolicySession:
             self._scopes = parse_cached(self.principal.scopes)
         return self._scopes
 
-    def _readable_types(self) -> frozenset[str] | None:
-        """Resource types some scope lets the caller read (None: every type)."""
-        types = {s.resource_type for s in self.scopes.resources if "r" in s.interactions}
-        return None if "*" in types else frozenset(types)
+    def _readable_types(self) -> tuple[frozenset[str] | None, dict[str, Conditions]]:
+        """Resource types some scope lets the caller read without condition (None: every type),
+        and for the other types the queries of the v2 scopes that let the caller read them:
+        a resource of such a type is readable when it matches one of them (scopes are OR-ed)."""
+        plain: set[str] = set()
+        conditional: dict[str, list[SearchQuery]] = {}
+        for s in self.scopes.resources:
+            if "r" not in s.interactions:
+                continue
+            if not s.params:
+                plain.add(s.resource_type)
+                continue
+            query = scope_query(s.resource_type, s.params)
+            if query is not None:  # a query the server cannot run grants nothing
+                conditional.setdefault(s.resource_type, []).append(query)
+        if "*" in plain:
+            return None, {}
+        return frozenset(plain), {t: tuple(q) for t, q in conditional.items() if t not in plain}
+
+    def _write_conditions(self, resource_type: str, interaction: str) -> Conditions | None:
+        """The queries a resource written by ``interaction`` must match (None: no condition)."""
+        if self.principal.is_staff or not self.enforce_scopes:
+            return None
+        found = self.scopes.conditions(resource_type, interaction)
+        if not found:
+            return None
+        return tuple(q for q in (scope_query(resource_type, params) for params in found) if q is not None)
+
+    def _scope_context(self, access: AccessFilter | None) -> CompileContext:
+        """A compile context for scope conditions, its aliases apart from the statement's own;
+        a chain in a scope's query reaches only resources the access decision shows."""
+        base_url = str(self.policy.settings.base_url or "").rstrip("/")
+        return CompileContext(
+            definitions(), base_url, self.now, aliases=itertools.count(SCOPE_ALIASES), access=access
+        )
+
+    @staticmethod
+    def _matching(
+        r: FromClause, resource_type: str, conditions: Conditions, ctx: CompileContext
+    ) -> ColumnElement[bool]:
+        """SQL: the row ``r`` (of ``resource_type``) matches one of the scopes' queries."""
+        if not conditions:
+            return false()
+        return or_(*(and_(*(criterion(r, resource_type, f, ctx) for f in q.filters)) for q in conditions))
+
+    def _matches(self, conn: Connection, pk: int, resource_type: str, conditions: Conditions) -> bool:
+        """The stored resource ``pk`` matches one of the scopes' queries (its index rows decide)."""
+        ctx = self._scope_context(self.policy.read_filter(self.principal, self.now))
+        r = resource
+        found = conn.execute(
+            select(r.c.pk).where(r.c.pk == pk, self._matching(r, resource_type, conditions, ctx))
+        ).first()
+        return found is not None
 
     def require(self, resource_type: str | None, interaction: str) -> None:
         """SMART scopes narrow the decision: refuse an interaction no granted scope covers."""
@@ -172,7 +234,10 @@ class PolicySession:
 
     def _build_filter(self) -> AccessFilter | None:
         base = self.policy.read_filter(self.principal, self.now)
-        readable = None if self.principal.is_staff or not self.enforce_scopes else self._readable_types()
+        readable: frozenset[str] | None = None
+        conditional: dict[str, Conditions] = {}
+        if not self.principal.is_staff and self.enforce_scopes:
+            readable, conditional = self._readable_types()
         launch = self.principal.launch_patient
         if readable is None and launch is None:
             return base
@@ -181,7 +246,13 @@ class PolicySession:
         def flt(r: FromClause) -> object:
             conds = [] if base is None else [base(r)]
             if readable is not None:
-                conds.append(r.c.type.in_(sorted(readable)))
+                ctx = self._scope_context(base)
+                allowed: list[ColumnElement[bool]] = [r.c.type.in_(sorted(readable))] if readable else []
+                allowed += [
+                    and_(r.c.type == rtype, self._matching(r, rtype, queries, ctx))
+                    for rtype, queries in sorted(conditional.items())
+                ]
+                conds.append(or_(*allowed) if allowed else false())
             if launch is not None:
                 in_launch = select(c.c.res_pk).where(c.c.res_pk == r.c.pk, c.c.patient_id == launch).exists()
                 conds.append((r.c.category == REFERENCE) | in_launch)
@@ -202,6 +273,7 @@ class PolicySession:
                 )
             letter = "d" if w.method == "DELETE" else ("c" if w.current is None or w.current.deleted else "u")
             self.require(w.type, letter)
+            self._check_scope_conditions(conn, w, letter)
             if w.current is None and w.method != "POST" and not trusted:
                 # no update-as-create with client ids outside the agency: a PUT on an id the
                 # caller cannot see must look the same whether or not the resource exists
@@ -213,6 +285,25 @@ class PolicySession:
                 targets.append(self._stored_target(conn, w.current))
             for target in targets:
                 self._check_target(conn, target, w)
+
+    def _check_scope_conditions(self, conn: Connection, w: Write, letter: str) -> None:
+        """Under v2 scopes with a query, a write touches only matching resources: the stored
+        version it changes or deletes is checked now, in SQL; what it writes is checked once
+        written, in the same transaction, by the same SQL on its new index rows (``record``),
+        so that the check is the search itself; a mismatch raises and rolls everything back."""
+        conditions = self._write_conditions(w.type, letter)
+        if conditions is None:
+            return
+        changed = w.current is not None and not w.current.deleted
+        if changed and w.current is not None and not self._matches(conn, w.current.pk, w.type, conditions):
+            raise Forbidden(f"{w.type}/{w.id}: {self._outside_scopes(letter)}")
+        if w.resource is not None:
+            self._write_checks[(w.type, w.id)] = conditions
+
+    @staticmethod
+    def _outside_scopes(letter: str) -> str:
+        verb = {"c": "create", "u": "update", "d": "delete"}[letter]
+        return f"the granted scopes allow to {verb} only resources matching their query"
 
     def _target_of(self, res: dict[str, Any]) -> WriteTarget:
         rows = self.indexer.index(res)
@@ -266,7 +357,15 @@ class PolicySession:
     # -- audit -----------------------------------------------------------------------------
     def record(self, conn: Connection, interaction: Interaction) -> None:
         """Note an interaction's audit record; the patients it concerns (one record each) are
-        read with the records' dating, at ``flush`` (or before the next writes)."""
+        read with the records' dating, at ``flush`` (or before the next writes). Resources just
+        written under a conditional scope must match it (``_check_scope_conditions``)."""
+        for stored in interaction.resources:
+            conditions = self._write_checks.pop((stored.type, stored.id), None)
+            if conditions is None or stored.deleted:
+                continue
+            if not self._matches(conn, stored.pk, stored.type, conditions):
+                letter = "c" if interaction.name == "create" else "u"
+                raise Forbidden(f"{stored.type}/{stored.id}: {self._outside_scopes(letter)}")
         base = audit.record_for(
             self.principal,
             _ACTIONS[interaction.name],
@@ -356,6 +455,7 @@ class PolicySession:
     def discard(self) -> None:
         self._pending.clear()
         self._recorded.clear()
+        self._write_checks.clear()
 
     def _note_access(self, conn: Connection, patients: list[str]) -> list[str]:
         """Date the record's last access (the inactivity clock of §A.2, to the hour: a busy record

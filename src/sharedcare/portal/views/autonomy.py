@@ -1,0 +1,125 @@
+"""Minors acting alone (§A.7): the professional's decision and the minor's objection to the parents.
+
+A professional in the care of a minor records, from the record page, that the minor exercises
+their rights alone; that minor, signed in to their own account, may then object to their parents'
+access from the access-rights page, and withdraw the objection. The sections these pages show
+are built here (``pro_section``, ``holder_section``) and included by their templates; each change
+runs ``access.minors`` in one writer transaction; a refused one changes nothing and shows why.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Form, Request
+from fastapi.responses import Response
+
+from sharedcare.access import minors
+from sharedcare.access.principals import PrincipalKind
+from sharedcare.portal import csrf, records
+from sharedcare.portal.deps import holder_side, now, professional
+from sharedcare.portal.i18n import N_
+from sharedcare.portal.pages import flash, redirect
+from sharedcare.portal.sessions import PortalError, PortalUser
+from sharedcare.storage.engine import writer
+
+router = APIRouter(dependencies=[Depends(csrf.require_csrf)])
+Text = Annotated[str, Form()]
+
+MINOR_MESSAGES = (
+    N_("Only a professional taking part in the care of this minor can record this decision"),
+    N_("This decision is only for a minor whose date of birth is in the record"),
+    N_("This minor already exercises their rights alone"),
+    N_("Only the minor themselves can object to their parents' access"),
+    N_(
+        "Only a minor whom a professional has admitted to exercise their rights alone can object "
+        "to their parents' access"
+    ),
+    N_("You already object to your parents' access"),
+    N_("You do not object to your parents' access"),
+)
+"""User-facing messages of ``access.minors``, for extraction."""
+
+
+def pro_section(request: Request, user: PortalUser, patient_id: str, at: datetime) -> dict[str, Any] | None:
+    """What the professional's record page shows of a minor (None: not a minor)."""
+    with request.app.state.engine.connect() as conn:
+        state = minors.status(conn, patient_id, at)
+        if not state.minor:
+            return None
+        can_record = state.autonomy is None and minors.in_care(
+            conn, request.app.state.policy, user.principal, patient_id, at
+        )
+    decided_by = ""
+    if state.autonomy is not None:
+        ref = f"Practitioner/{state.autonomy.practitioner_id}"
+        decided_by = records.directory_names(request, [ref]).get(ref) or ref
+    return {"patient_id": patient_id, "state": state, "can_record": can_record, "decided_by": decided_by}
+
+
+def holder_section(request: Request, user: PortalUser, at: datetime) -> dict[str, Any] | None:
+    """What the minor's own access-rights page shows of their parents' access (None: nothing:
+    the user is not an autonomous minor looking at their own record)."""
+    p = user.principal
+    if p.kind is not PrincipalKind.PATIENT or user.record is None or user.record != p.patient_id:
+        return None
+    with request.app.state.engine.connect() as conn:
+        state = minors.status(conn, user.record, at)
+    if not state.minor or state.autonomy is None:
+        return None
+    return {"since": state.autonomy.decided_at, "objection_since": state.objection_since}
+
+
+@router.post("/pro/patients/{patient_id}/autonomy")
+def record_autonomy(
+    request: Request,
+    patient_id: str,
+    understood: Text = "",
+    user: PortalUser = Depends(professional),
+    at: datetime = Depends(now),
+) -> Response:
+    """The professional admits the minor to exercise their rights alone (confirmed first)."""
+    if understood != "yes":
+        raise PortalError(400, N_("Confirm that you have assessed the minor's discernment first."))
+    try:
+        with writer(request.app.state.engine).begin() as conn:
+            minors.record_autonomy(
+                conn, request.app.state.fhir, request.app.state.policy, user.principal, patient_id, at
+            )
+    except minors.MinorError as exc:
+        raise PortalError(403, str(exc)) from None
+    flash(request, N_("The minor now exercises their rights alone."))
+    return redirect(f"/portal/pro/patients/{patient_id}")
+
+
+def _parents(request: Request, user: PortalUser, at: datetime, objecting: bool) -> Response:
+    """Object to the parents' access, or allow it again."""
+    assert user.record is not None
+    change = minors.object_to_parents if objecting else minors.allow_parents
+    try:
+        with writer(request.app.state.engine).begin() as conn:
+            change(conn, request.app.state.fhir, user.principal, user.record, at)
+    except minors.MinorError as exc:
+        raise PortalError(403, str(exc)) from None
+    done = (
+        N_("Your parents no longer have access to your record.")
+        if objecting
+        else N_("Your parents have access to your record again.")
+    )
+    flash(request, done)
+    return redirect("/portal/access")
+
+
+@router.post("/access/parents/object")
+def object_to_parents(
+    request: Request, user: PortalUser = Depends(holder_side), at: datetime = Depends(now)
+) -> Response:
+    return _parents(request, user, at, objecting=True)
+
+
+@router.post("/access/parents/allow")
+def allow_parents(
+    request: Request, user: PortalUser = Depends(holder_side), at: datetime = Depends(now)
+) -> Response:
+    return _parents(request, user, at, objecting=False)
