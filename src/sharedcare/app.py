@@ -19,6 +19,7 @@ from sharedcare.access.policy import AccessPolicy, category_of
 from sharedcare.api import audit as audit_api
 from sharedcare.api import auth as auth_api
 from sharedcare.api import fhir as fhir_api
+from sharedcare.api import requests as requests_api
 from sharedcare.fhir.errors import FhirError, Issue, operation_outcome
 from sharedcare.fhir.service import FhirService
 from sharedcare.fhir.store import utcnow
@@ -121,6 +122,7 @@ def create_app(settings: Settings | None = None, *, validator: Any = "default") 
     auth_api.install(app)  # OAuth/OIDC server and SMART discovery: before the FHIR routes
     app.include_router(audit_api.router)  # before the generic /fhir/{type} routes
     app.include_router(fhir_api.router)
+    app.include_router(requests_api.router)  # operations on items: $release-disclosure…
     portal.install(app)  # /portal pages, /portal/static and their error pages
 
     @app.exception_handler(FhirError)

@@ -160,8 +160,11 @@ def lifecycle() -> None:
         report = run(conn, FhirService(engine, classify=category_of), settings, utcnow())
     typer.echo(
         f"closed at death: {len(report.closed_at_death)}, closed after inactivity: "
-        f"{len(report.closed_inactive)}, deleted after retention: {len(report.deleted)}"
+        f"{len(report.closed_inactive)}, deleted after retention: {len(report.deleted)} "
+        f"(with {report.traces_deleted} audit records, art. 8)"
     )
+    if report.licence_withdrawn:
+        typer.echo(f"licence withdrawals announced to holders: {', '.join(report.licence_withdrawn)}")
 
 
 audit_app = typer.Typer(help="The audit trail (docs/audit.md).", no_args_is_help=True)
@@ -180,7 +183,85 @@ def audit_verify() -> None:
         broken = len(result.problems)
         typer.echo(f"{result.records} records in {result.chains} chains: {broken} broken", err=True)
         raise typer.Exit(1)
-    typer.echo(f"{result.records} records in {result.chains} chains verified")
+    deleted = f" ({result.tombstones} deleted under art. 8, as tombstones)" if result.tombstones else ""
+    typer.echo(f"{result.records} records in {result.chains} chains verified{deleted}")
+
+
+notify_app = typer.Typer(help="The holders' notifications (docs/notifications.md).", no_args_is_help=True)
+app.add_typer(notify_app, name="notify")
+
+
+@notify_app.command("deliver")
+def notify_deliver(
+    loop: bool = typer.Option(False, "--loop", help="Keep delivering, one pass every --interval seconds"),
+    interval: float = typer.Option(60.0, help="Seconds between two passes with --loop"),
+) -> None:
+    """E-mail the pending notifications (one pass, or --loop); off while SHAREDCARE_SMTP_HOST is unset."""
+    from sharedcare.notify import delivery
+
+    settings = get_settings()
+    if not delivery.enabled(settings):
+        typer.echo("E-mail delivery is off (SHAREDCARE_SMTP_HOST is unset): messages stay in the portal.")
+        return
+    try:
+        delivery.Mailer(settings)
+    except delivery.DeliveryNotConfigured as exc:
+        typer.echo(f"E-mail delivery is misconfigured: {exc}", err=True)
+        raise typer.Exit(2) from None
+    engine = _engine()
+
+    def show(report: delivery.DeliveryReport) -> None:
+        if report.sent or report.portal_only or report.retried or report.failed:
+            typer.echo(
+                f"sent: {report.sent}, portal only: {report.portal_only}, to retry: {report.retried}, "
+                f"given up: {report.failed}"
+            )
+
+    if loop:
+        delivery.run_loop(engine, settings, interval, on_pass=show)
+        return
+    report = delivery.deliver_pending(engine, settings)
+    show(report)
+    with engine.connect() as conn:
+        counts = delivery.status(conn)
+    states = ", ".join(f"{state}: {count}" for state, count in sorted(counts.items()))
+    typer.echo(f"notifications by delivery state: {states or 'none'}")
+
+
+accounts_app = typer.Typer(help="People's accounts (docs/identity.md).", no_args_is_help=True)
+app.add_typer(accounts_app, name="accounts")
+
+
+@accounts_app.command("revoke-sessions")
+def accounts_revoke_sessions(
+    account: str = typer.Argument(..., help="Account id, matricule or login name"),
+) -> None:
+    """End every portal session of an account (stolen device or cookie) and the app grants given
+    in them: the agency's act, audited."""
+    from sharedcare.access.principals import Principal, PrincipalKind
+    from sharedcare.audit import log as audit
+    from sharedcare.identity import accounts, sessions
+    from sharedcare.identity.errors import AccountNotFound
+    from sharedcare.storage.engine import writer
+
+    agency = Principal(PrincipalKind.ADMIN, "sharedcare-cli", display="Agency (command line)")
+    with writer(_engine()).begin() as conn:
+        try:
+            found: accounts.Account | None = accounts.get_account(conn, account)
+        except AccountNotFound:
+            found = accounts.find_by_login(conn, account)
+        if found is None:
+            typer.echo("No such account.", err=True)
+            raise typer.Exit(1)
+        ended = sessions.end_all(conn, found.id, sessions.EndReason.AGENCY)
+        record = audit.record_for(
+            agency,
+            audit.AuditAction.LOGOUT,
+            interaction="revoke-sessions",
+            outcome_desc=f"account {found.id}: {ended} sessions ended",
+        )
+        audit.append(conn, record)
+    typer.echo(f"{ended} sessions of account {found.id} ended.")
 
 
 if __name__ == "__main__":

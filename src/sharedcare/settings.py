@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     )
     lockout_minutes: int = Field(15, description="Minutes a lock after too many failed attempts lasts.")
     password_min_length: int = Field(12, description="Shortest accepted password.")
+    session_idle_minutes: int = Field(
+        30, description="A portal session ends after this many minutes without a request."
+    )
+    session_hours: int = Field(12, description="A portal session ends this many hours after sign-in.")
     # --- OAuth2 / OpenID Connect, SMART on FHIR (issue 3) ---
     issuer: str | None = Field(
         None,
@@ -71,6 +75,19 @@ class Settings(BaseSettings):
     demo_client_secret: str | None = Field(
         None,
         description="Secret of the demo system client `demo-system`; unset: generated, printed at start.",
+    )
+    token_max_failures: int = Field(
+        10,
+        description="Failed client authentications or code/refresh-token redemptions of one client "
+        "before the token endpoint refuses it for TOKEN_LOCKOUT_SECONDS.",
+    )
+    token_max_failures_per_address: int = Field(
+        30, description="The same limit per source address (clients behind one proxy share it)."
+    )
+    token_lockout_seconds: int = Field(
+        300,
+        description="How long the token endpoint refuses a locked client or address; failures "
+        "further apart than this start a new count.",
     )
     # --- access decision: LAW-AND-CROSSBORDER.md §A.11 (issue 3) ---
     activation_window_days: int = Field(
@@ -103,6 +120,26 @@ class Settings(BaseSettings):
         description="Allow the EHDS emergency override of the holder's restrictions (off in Luxembourg).",
     )
     emergency_override_hours: int = Field(12, description="Duration of one emergency override.")
+    # --- e-mail delivery of the holders' notifications (docs/notifications.md) ---
+    smtp_host: str | None = Field(
+        None, description="SMTP server for e-mail notifications; unset: messages stay in the portal only."
+    )
+    smtp_port: int = Field(587, description="Port of the SMTP server.")
+    smtp_from: str | None = Field(
+        None, description="Sender address of the e-mails (required when SMTP_HOST is set)."
+    )
+    smtp_username: str | None = Field(None, description="SMTP login, if the server requires one.")
+    smtp_password: SecretStr | None = Field(None, description="SMTP password, if the server requires one.")
+    smtp_starttls: bool = Field(
+        True, description="Upgrade the SMTP connection with STARTTLS; a server without it is an error."
+    )
+    smtp_timeout_seconds: int = Field(20, description="Time-out of one SMTP connection or command.")
+    notify_max_attempts: int = Field(
+        8, description="Delivery attempts of one notification before it is marked failed."
+    )
+    notify_retry_seconds: int = Field(
+        300, description="Wait before the first retry of a failed delivery; doubles at each retry."
+    )
 
     @property
     def effective_database_url(self) -> str:

@@ -510,3 +510,51 @@ def test_a_failed_write_leaves_no_audit_record(world: World) -> None:
         world.as_("pharmacist").create(_new_lab("pa"))
     with world.engine.connect() as conn:
         assert audit.query(conn, principal_subject="acct-pharm") == []
+
+
+# -- the holder's rights on items (access.requests) -----------------------------------------------
+def _visible_to(world: World, ref: str) -> set[str]:
+    rtype, rid = ref.split("/")
+    seen = set()
+    for name in PRINCIPALS:
+        try:
+            world.as_(name).read(rtype, rid)
+        except NotFound:
+            continue
+        seen.add(name)
+    return seen
+
+
+def test_a_pending_item_is_hidden_from_the_holder_side_only(world: World) -> None:
+    from sharedcare.access import requests
+
+    gp = world.as_("gp")
+    with gp.transaction() as conn:
+        gp.create_in(conn, requests.mark_pending(_lab("lab-new", "pa", "2345-7")), new_id="lab-new")
+    readers = {n for n in PRINCIPALS if "Observation/lab-a" in EXPECTED[n]}
+    assert _visible_to(world, "Observation/lab-new") == readers - {"holder", "representative"}
+    requests.release_disclosure(gp, "Observation/lab-new")
+    assert _visible_to(world, "Observation/lab-new") == readers
+
+
+def test_an_objected_item_is_left_to_the_holder_side_and_the_agency(world: World) -> None:
+    from sharedcare.access import requests
+
+    requests.object_to_filing(world.as_("holder"), PRINCIPALS["holder"], "Observation/lab-a", utcnow())
+    assert _visible_to(world, "Observation/lab-a") == {"holder", "representative", "trusted-system"}
+    requests.withdraw_objection(world.as_("holder"), PRINCIPALS["holder"], "Observation/lab-a", utcnow())
+    assert _visible_to(world, "Observation/lab-a") == {
+        n for n in PRINCIPALS if "Observation/lab-a" in EXPECTED[n]
+    }
+
+
+def test_a_rectification_request_is_seen_by_the_holder_side_and_the_author_only(world: World) -> None:
+    from sharedcare.access import requests
+
+    gp = world.as_("gp")
+    with gp.transaction() as conn:
+        gp.create_in(conn, _lab("lab-gp", "pa", "2345-7"), new_id="lab-gp")
+    filed = requests.file_request(
+        world.as_("holder"), PRINCIPALS["holder"], "Observation/lab-gp", requests.RECTIFY, "Wrong", utcnow()
+    )
+    assert _visible_to(world, f"Task/{filed.id}") == {"holder", "representative", "gp", "trusted-system"}

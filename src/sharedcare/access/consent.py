@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import Connection, select, update
 
-from sharedcare.access import care
+from sharedcare.access import care, minors
 from sharedcare.access.models import access_restriction, care_relationship, delegation, record_status
 from sharedcare.access.principals import Principal, PrincipalKind
 from sharedcare.audit import log as audit
@@ -104,6 +104,7 @@ def _require_holder(conn: Connection, who: Principal, patient_id: str, now: date
             d.c.starts <= now,
             (d.c.ends.is_(None)) | (d.c.ends > now),
             d.c.revoked_at.is_(None),
+            minors.representation_in_force(d, now),
         )
     ).first()
     if found is None:

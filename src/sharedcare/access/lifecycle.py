@@ -2,9 +2,10 @@
 deletion ten years after closure. ``run`` is the scheduled job (``sharedcare lifecycle``).
 
 Deletion (opt-out, end of retention) removes the record's resources, every version and index
-row, and the projection rows of the holder's choices, in one transaction. The access log is
-append-only and hash-chained: its entries stay, which art. 8 allows only as long as the data
-(documented as a known gap until the log can be archived per record).
+row, the projection rows of the holder's choices and the record's access traces (art. 8:
+``audit.retention.delete_traces`` leaves tombstones, so the hash chains still verify), in one
+transaction. Closure archives the traces with the data: ``audit.retention`` reads the
+record's status, so there is nothing more to do here.
 """
 
 from __future__ import annotations
@@ -14,16 +15,22 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, delete, select, update
 
+from sharedcare.access import licence
 from sharedcare.access.care import ensure_record
 from sharedcare.access.models import (
     access_restriction,
     care_relationship,
     connection_code,
     delegation,
+    filing_objection,
+    minor_autonomy,
+    minor_objection,
+    record_request,
     record_status,
 )
 from sharedcare.access.principals import Principal, PrincipalKind
 from sharedcare.audit import log as audit
+from sharedcare.audit import retention
 from sharedcare.fhir.service import FhirService
 from sharedcare.settings import Settings
 from sharedcare.storage.tables import INDEX_TABLES, resource, resource_compartment, resource_version
@@ -40,6 +47,10 @@ class LifecycleReport:
     closed_at_death: list[str] = field(default_factory=list)
     closed_inactive: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
+    licence_withdrawn: list[str] = field(default_factory=list)
+    """Professionals whose licence withdrawal was announced to their holders (``access.licence``)."""
+    traces_deleted: int = 0
+    """Audit records deleted with the deleted records (art. 8)."""
 
 
 def _years(n: int) -> timedelta:
@@ -78,7 +89,16 @@ def purge(conn: Connection, patient_id: str) -> int:
         for table in (*INDEX_TABLES.values(), resource_compartment, resource_version):
             conn.execute(delete(table).where(table.c.res_pk.in_(chunk)))
         conn.execute(delete(resource).where(resource.c.pk.in_(chunk)))
-    for table in (care_relationship, access_restriction, delegation, connection_code):
+    for table in (
+        care_relationship,
+        access_restriction,
+        delegation,
+        connection_code,
+        minor_autonomy,
+        minor_objection,
+        filing_objection,
+        record_request,
+    ):
         conn.execute(delete(table).where(table.c.patient_id == patient_id))
     return len(pks)
 
@@ -95,11 +115,13 @@ def opt_out(conn: Connection, patient_id: str, now: datetime) -> int:
     audit.append(
         conn, audit.record_for(AGENCY, audit.AuditAction.DELETE, patient_id=patient_id, interaction="opt-out")
     )
+    retention.delete_traces(conn, patient_id, AGENCY)
     return count
 
 
 def run(conn: Connection, fhir: FhirService, settings: Settings, now: datetime) -> LifecycleReport:
-    """Apply the rules once: close at death, close after inactivity, delete after retention."""
+    """Apply the rules once: close at death, close after inactivity, delete after retention;
+    tell the holders of the professionals whose licence was withdrawn."""
     report = LifecycleReport()
     s = record_status
     closed = set(conn.execute(select(s.c.patient_id).where(s.c.status != "open")).scalars())
@@ -137,5 +159,7 @@ def run(conn: Connection, fhir: FhirService, settings: Settings, now: datetime) 
                 AGENCY, audit.AuditAction.DELETE, patient_id=patient_id, interaction="delete-after-retention"
             ),
         )
+        report.traces_deleted += retention.delete_traces(conn, patient_id, AGENCY).records
         report.deleted.append(patient_id)
+    report.licence_withdrawn = [w.practitioner_id for w in licence.notify_withdrawals(conn, now, AGENCY)]
     return report

@@ -8,7 +8,7 @@ Care relationships are facts from the care process (a code handed over, a regist
 
 from __future__ import annotations
 
-from sqlalchemy import Column, DateTime, Index, String, Table, Text
+from sqlalchemy import Column, DateTime, Index, Integer, String, Table, Text, UniqueConstraint
 
 from sharedcare.storage.tables import PK, metadata
 
@@ -99,3 +99,89 @@ connection_code = Table(
     Column("used_by", String(64), nullable=True),
 )
 """One-time connection codes the holder hands over in a solo-practice consultation (§A.3)."""
+
+licence_withdrawal = Table(
+    "licence_withdrawal",
+    metadata,
+    Column("pk", PK, primary_key=True, autoincrement=True),
+    Column("practitioner_id", String(64), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("withdrawn_at", DateTime(timezone=False), nullable=False),
+    Column("detected_at", DateTime(timezone=False), nullable=False),
+    Column("restored_at", DateTime(timezone=False), nullable=True),
+    Column("holders", Integer, nullable=False),
+    UniqueConstraint("practitioner_id", "version"),
+)
+"""Withdrawals of a licence to practise the life-cycle job has seen (§A.3, art. 7(4)): the
+directory version that made the professional inactive, when, and how many holders were told.
+A restored licence ends the row, so a later withdrawal is a new one (``access.licence``)."""
+
+filing_objection = Table(
+    "filing_objection",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("patient_id", String(64), nullable=False),
+    Column("resource_type", String(64), nullable=False),
+    Column("resource_id", String(64), nullable=False),
+    Column("created", DateTime(timezone=False), nullable=False),
+    Column("created_by", String(64), nullable=False),
+    Column("removed_at", DateTime(timezone=False), nullable=True),
+    Column("consent_id", String(64), nullable=True),
+    Index("ix_filing_objection_resource", "resource_type", "resource_id"),
+    Index("ix_filing_objection_patient", "patient_id"),
+)
+"""The holder's objections to an item being filed (§A.4, art. 6(3)): while a row is not
+removed, the item is in no professional's or facility system's view (``access.requests``)."""
+
+record_request = Table(
+    "record_request",
+    metadata,
+    Column("id", String(64), primary_key=True),  # the id of the request's FHIR Task
+    Column("patient_id", String(64), nullable=False),
+    Column("kind", String(8), nullable=False),  # rectify | erase
+    Column("resource_type", String(64), nullable=False),
+    Column("resource_id", String(64), nullable=False),
+    Column("item_version", Integer, nullable=False),
+    Column("status", String(16), nullable=False),  # requested | accepted | rejected | completed | cancelled
+    Column("author_practitioner_id", String(64), nullable=True),
+    Column("owner_organization_id", String(64), nullable=True),
+    Column("reason", Text, nullable=True),
+    Column("decision_reason", Text, nullable=True),
+    Column("created", DateTime(timezone=False), nullable=False),
+    Column("created_by", String(64), nullable=False),
+    Column("decided_at", DateTime(timezone=False), nullable=True),
+    Column("decided_by", String(64), nullable=True),
+    Index("ix_record_request_patient", "patient_id"),
+    Index("ix_record_request_practitioner", "author_practitioner_id"),
+    Index("ix_record_request_organization", "owner_organization_id"),
+    Index("ix_record_request_resource", "resource_type", "resource_id"),
+)
+"""The holder's requests for rectification (to the item's author, art. 6(5)) and erasure (to
+the Agence, GDPR art. 17), projected from their FHIR Tasks: who may see and decide them."""
+
+minor_autonomy = Table(
+    "minor_autonomy",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("patient_id", String(64), nullable=False),
+    Column("practitioner_id", String(64), nullable=False),
+    Column("organization_id", String(64), nullable=True),
+    Column("decided_at", DateTime(timezone=False), nullable=False),
+    Column("consent_id", String(64), nullable=True),
+    Index("ix_minor_autonomy_patient", "patient_id"),
+)
+"""A professional in the minor's care admitted them to exercise their rights alone (§A.7, law of
+24 July 2014 art. 13): who decided and when, projected from its FHIR Consent."""
+
+minor_objection = Table(
+    "minor_objection",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("patient_id", String(64), nullable=False),
+    Column("created", DateTime(timezone=False), nullable=False),
+    Column("removed_at", DateTime(timezone=False), nullable=True),
+    Column("consent_id", String(64), nullable=True),
+    Index("ix_minor_objection_patient", "patient_id"),
+)
+"""An autonomous minor objects to their parents' access: while a row is not removed, and the holder
+is under 18, the delegations of parents and guardians to the record are suspended (not ended)."""

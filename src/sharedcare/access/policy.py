@@ -52,12 +52,21 @@ from sqlalchemy.sql.visitors import InternalTraversal, iterate
 
 from sharedcare.access.categories import REFERENCE_DATA, classify
 from sharedcare.access.matrix import AccessMatrix, load_matrix
-from sharedcare.access.models import access_restriction, care_relationship, delegation, record_status
+from sharedcare.access.minors import representation_in_force
+from sharedcare.access.models import (
+    access_restriction,
+    care_relationship,
+    delegation,
+    filing_objection,
+    record_request,
+    record_status,
+)
 from sharedcare.access.principals import Principal, PrincipalKind
+from sharedcare.access.requests import DISCLOSURE_SYSTEM, PENDING_DISCLOSURE, RECTIFY
 from sharedcare.fhir.search.engine import AccessFilter
 from sharedcare.fhir.store import utcnow
 from sharedcare.settings import Settings
-from sharedcare.storage.tables import idx_token, resource, resource_compartment
+from sharedcare.storage.tables import idx_token, resource, resource_compartment, resource_version
 
 IDENTITY = "identity"
 """Category of the holder's demographics (Patient, RelatedPerson): needed to read any record."""
@@ -98,6 +107,10 @@ _RS = record_status.alias("ars")
 _LR = resource.alias("alr")
 _LT = idx_token.alias("alt")
 _ONE: ColumnElement[int] = literal_column("1")
+_PT = idx_token.alias("apt")
+_PV = resource_version.alias("apv")
+_FO = filing_objection.alias("afo")
+_RQ = record_request.alias("arq")
 
 
 def _sql(value: str) -> ColumnElement[str]:
@@ -129,6 +142,7 @@ class _ProfessionalParts:
     professional's identifiers bound once each: PostgreSQL and the driver reuse their plans."""
 
     practitioner: BindParameter[str]
+    organization: BindParameter[str] | None
     binds: tuple[BindParameter[Any], ...]
     """Every parameter of the filter (the professional's ids, the clock): nothing else is bound."""
     shape: str
@@ -213,6 +227,7 @@ class _ProfessionalParts:
         )
         parts = cls(
             practitioner=practitioner,
+            organization=organization if p.organization_id else None,
             binds=binds,
             shape=shape,
             licensed=~exists(
@@ -292,7 +307,14 @@ class _ProfessionalParts:
                 select(_ONE).select_from(_AC, cr).where(_AC.c.res_pk == r.c.pk, *self.overridden)
             )
             allowed = or_(allowed, and_(r.c.category.in_(_sql_list(self.readable)), overridden))
-        return or_(r.c.category == _sql(REFERENCE), and_(self.licensed, allowed))
+        # the holder's objections to filing and requests on items (``access.requests``): an
+        # objected item is in no professional's view; a request's Task only in its author's
+        withheld = and_(~AccessPolicy._objected(r), ~AccessPolicy._record_request(r))
+        authors = [_RQ.c.author_practitioner_id == self.practitioner]
+        if self.organization is not None:
+            authors.append(_RQ.c.owner_organization_id == self.organization)
+        owned = AccessPolicy._record_request(r, _RQ.c.kind == _sql(RECTIFY), or_(*authors))
+        return or_(r.c.category == _sql(REFERENCE), and_(self.licensed, or_(and_(allowed, withheld), owned)))
 
 
 class _ProfessionalFilter(ColumnElement[bool]):
@@ -452,7 +474,9 @@ class AccessPolicy:
 
     def _holder_filter(self, p: Principal, now: datetime) -> AccessFilter:
         d = delegation
-        delegated = select(d.c.patient_id).where(d.c.account_id == p.subject, self._active(d, now))
+        delegated = select(d.c.patient_id).where(
+            d.c.account_id == p.subject, self._active(d, now), representation_in_force(d, now)
+        )
         c = resource_compartment
         s = record_status
 
@@ -462,16 +486,19 @@ class AccessPolicy:
                 mine.append(c.c.patient_id == p.patient_id)
             return or_(
                 r.c.category == REFERENCE,
-                exists(
-                    select(c.c.res_pk).where(
-                        c.c.res_pk == r.c.pk,
-                        or_(*mine),
-                        ~exists(
-                            select(s.c.patient_id).where(
-                                s.c.patient_id == c.c.patient_id, s.c.status != "open"
-                            )
-                        ),
-                    )
+                and_(
+                    exists(
+                        select(c.c.res_pk).where(
+                            c.c.res_pk == r.c.pk,
+                            or_(*mine),
+                            ~exists(
+                                select(s.c.patient_id).where(
+                                    s.c.patient_id == c.c.patient_id, s.c.status != "open"
+                                )
+                            ),
+                        )
+                    ),
+                    ~self._pending_disclosure(r),
                 ),
             )
 
@@ -518,8 +545,59 @@ class AccessPolicy:
             self._active(cr, now),
             self._open(cr.c.patient_id),
         )
+        owned = (_RQ.c.kind == _sql(RECTIFY), _RQ.c.owner_organization_id == p.organization_id)
         return lambda r: or_(
-            r.c.category == REFERENCE, and_(r.c.category == IDENTITY, self._in_compartment(r, registered))
+            r.c.category == REFERENCE,
+            and_(r.c.category == IDENTITY, self._in_compartment(r, registered), ~self._objected(r)),
+            self._record_request(r, *owned),
+        )
+
+    # -- the holder's rights on items (``access.requests``) -----------------------------------
+    @staticmethod
+    def _pending_disclosure(r: FromClause) -> ColumnElement[bool]:
+        """The item waits for its consultation d'annonce: its ``_security`` index holds the
+        pending code (the store indexes every write). A deleted item has no index rows: its
+        last live version's content decides, so its history stays hidden too."""
+        t, v = _PT, _PV
+        tagged = exists(
+            select(_ONE)
+            .select_from(t)
+            .where(
+                t.c.rtype == r.c.type,
+                t.c.param == _sql("_security"),
+                t.c.code == _sql(PENDING_DISCLOSURE),
+                t.c.system == _sql(DISCLOSURE_SYSTEM),
+                t.c.res_pk == r.c.pk,
+            )
+        )
+        was_tagged = exists(
+            select(_ONE)
+            .select_from(v)
+            .where(
+                v.c.res_pk == r.c.pk,
+                v.c.version == r.c.version - 1,
+                v.c.content.like(_sql(f'%"code":"{PENDING_DISCLOSURE}"%')),
+            )
+        )
+        return or_(tagged, and_(r.c.deleted, was_tagged))
+
+    @staticmethod
+    def _objected(r: FromClause) -> ColumnElement[bool]:
+        """The holder objected to the item being filed: no professional or system sees it."""
+        fo = _FO
+        return exists(
+            select(_ONE)
+            .select_from(fo)
+            .where(fo.c.resource_type == r.c.type, fo.c.resource_id == r.c.id, fo.c.removed_at.is_(None))
+        )
+
+    @staticmethod
+    def _record_request(r: FromClause, *conditions: ColumnElement[bool]) -> ColumnElement[bool]:
+        """The row is the Task of a holder's rectification or erasure request (meeting
+        ``conditions`` on its ``record_request`` row)."""
+        return and_(
+            r.c.type == _sql("Task"),
+            exists(select(_ONE).select_from(_RQ).where(_RQ.c.id == r.c.id, *conditions)),
         )
 
     # -- writes -------------------------------------------------------------------------------
@@ -569,7 +647,9 @@ class AccessPolicy:
     def holder_patients(self, p: Principal, now: datetime) -> Select:
         """Patients a representative acts for through an active delegation."""
         d = delegation
-        delegated = select(d.c.patient_id).where(d.c.account_id == p.subject, self._active(d, now))
+        delegated = select(d.c.patient_id).where(
+            d.c.account_id == p.subject, self._active(d, now), representation_in_force(d, now)
+        )
         return delegated
 
     # -- the access log ------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from sharedcare.portal.deps import RecordChoiceRequired
 from sharedcare.portal.i18n import N_, Translator, load_catalogues
 from sharedcare.portal.pages import language, redirect, render
 from sharedcare.portal.sessions import LoginRequired, PortalError, login_url
-from sharedcare.portal.views import accesslog, account, patient, professional, rights
+from sharedcare.portal.views import accesslog, account, autonomy, items, patient, professional, rights
 
 STATIC = Path(__file__).parent / "static"
 _TITLES = {
@@ -59,7 +59,7 @@ def install(app: FastAPI) -> None:
     """Mount ``/portal/static``, add the pages under ``/portal`` and their error handlers."""
     load_catalogues()
     app.mount("/portal/static", StaticFiles(directory=STATIC), name="portal-static")
-    for module in (account, patient, rights, accesslog, professional):
+    for module in (account, patient, rights, accesslog, professional, autonomy, items):
         app.include_router(module.router, prefix="/portal", include_in_schema=False)
     app.add_exception_handler(CsrfRefused, _csrf_refused)
     app.add_exception_handler(LoginRequired, _login_required)

@@ -79,6 +79,9 @@ CONSENT_CHANGES = {
     "open-care-relationship": N_("Access opened with your connection code"),
     "register": N_("Registered by a care facility"),
     "issue-connection-code": N_("Connection code issued"),
+    "minor-autonomy": N_("Admitted to exercise your rights alone"),
+    "object-to-parents": N_("Objection to the parents' access"),
+    "allow-parents": N_("Parents' access allowed again"),
 }
 KINDS = {
     "patient": N_("Patient"),

@@ -18,6 +18,7 @@ from typing import Any
 from fastapi import Request
 
 from sharedcare.access.policy import category_of
+from sharedcare.access.requests import is_pending
 from sharedcare.access.session import PolicySession, RequestInfo
 from sharedcare.fhir.errors import FhirError
 from sharedcare.fhir.service import FhirService
@@ -75,6 +76,8 @@ class Item:
     type: str
     title: str
     when: datetime | None
+    pending: bool = False
+    """Held back for a consultation d'annonce (only professionals ever see such an item)."""
 
 
 def view(request: Request, user: PortalUser) -> FhirService:
@@ -154,7 +157,7 @@ def items_of(matches: Iterable[Stored]) -> list[Item]:
             continue
         res = stored.resource()
         when = when_of(res) or stored.last_updated.replace(tzinfo=UTC)
-        items.append(Item(f"{stored.type}/{stored.id}", stored.type, title_of(res), when))
+        items.append(Item(f"{stored.type}/{stored.id}", stored.type, title_of(res), when, is_pending(res)))
     items.sort(key=lambda i: i.when or datetime.min.replace(tzinfo=UTC), reverse=True)
     return items
 

@@ -19,7 +19,8 @@ from sharedcare.portal.sessions import RECORD, PortalUser, login_url
 router = APIRouter(dependencies=[Depends(csrf.require_csrf)])
 HOME_ITEMS = 10
 HOME_MESSAGES = 5
-"""Newest notifications on the home page (first professional access, emergency access)."""
+"""Newest notifications on the home page (first professional access, emergency access, licence
+withdrawn)."""
 
 
 @router.get("/")
@@ -82,8 +83,17 @@ def home(request: Request, user: PortalUser = Depends(holder_side), at: datetime
         "count": len(items),
         "status": status,
         "messages": messages,
+        "stored_time": stored_time,
     }
     return render(request, "home.html", context, user=user)
+
+
+def stored_time(value: object) -> datetime | None:
+    """A time a notification keeps in its parameters (ISO text, naive UTC), for ``t.date``."""
+    try:
+        return datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
 
 
 def record_overview(service: Any, patient_id: str) -> tuple[dict[str, str] | None, list[records.Item]]:

@@ -24,6 +24,7 @@ from sharedcare.portal.i18n import N_, Translator
 from sharedcare.portal.messages import domain_error, lockout
 from sharedcare.portal.pages import language, redirect, render
 from sharedcare.portal.sessions import PortalError, PortalUser
+from sharedcare.portal.views import autonomy
 from sharedcare.portal.views.patient import record_overview
 from sharedcare.storage.engine import writer
 
@@ -170,5 +171,11 @@ def patient_record(
             if r.practitioner_id == user.principal.practitioner_id
             or (r.organization_id and r.organization_id == user.principal.organization_id)
         ]
-    context = {"patient": patient, "items": items, "relationships": mine}
+    context = {
+        "patient": patient,
+        "items": items,
+        "pending": [i for i in items if i.pending],  # held back from the patient: "release" (views.items)
+        "relationships": mine,
+        "minor": autonomy.pro_section(request, user, patient_id, at),
+    }
     return render(request, "pro_patient.html", context, user=user)

@@ -32,6 +32,7 @@ from sharedcare.portal.i18n import N_, TIMEZONE, Translator
 from sharedcare.portal.messages import domain_error
 from sharedcare.portal.pages import flash, language, redirect, render
 from sharedcare.portal.sessions import PortalError, PortalUser, safe_next
+from sharedcare.portal.views import autonomy
 from sharedcare.storage.engine import writer
 
 router = APIRouter(prefix="/access", dependencies=[Depends(csrf.require_csrf)])
@@ -119,6 +120,7 @@ def overview(request: Request, user: PortalUser, at: datetime) -> dict[str, Any]
         "found": None,
         "search": "",
         "appoint": {"login": "", "kind": "", "ends": "", "legal_basis": ""},
+        "minor": autonomy.holder_section(request, user, at),
     }
 
 
