@@ -24,6 +24,7 @@ from sharedcare.fhir.errors import FhirError, Issue, operation_outcome
 from sharedcare.fhir.service import FhirService
 from sharedcare.fhir.store import utcnow
 from sharedcare.settings import Settings, get_settings
+from sharedcare.storage.blobstore import FileBlobStore
 from sharedcare.storage.engine import make_engine
 
 log = logging.getLogger("sharedcare")
@@ -119,6 +120,7 @@ def create_app(settings: Settings | None = None, *, validator: Any = "default") 
         classify=category_of,
     )
     app.state.policy = AccessPolicy(settings)
+    app.state.blobs = FileBlobStore(settings.data_dir / "blobs")  # document content (issue 4)
     auth_api.install(app)  # OAuth/OIDC server and SMART discovery: before the FHIR routes
     app.include_router(audit_api.router)  # before the generic /fhir/{type} routes
     app.include_router(fhir_api.router)
