@@ -7,6 +7,7 @@ import io
 import tarfile
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -70,10 +71,27 @@ def synthea_sample(tmp_path: Path) -> tuple[Path, Counter[str]]:
 def test_import_synthea_bundle_archive(db_url: str, synthea_sample: tuple[Path, Counter[str]]) -> None:
     _empty(db_url)
     path, expected = synthea_sample
-    report = import_paths(make_engine(db_url), [path])
+    engine = make_engine(db_url)
+    before = _analyzed(engine)
+    report = import_paths(engine, [path])
     assert report.errors == []
     assert report.counts == expected
     assert _db_counts(db_url) == expected
+    if engine.dialect.name == "postgresql":  # the planner has fresh statistics after a bulk load
+        after = _analyzed(engine)
+        assert after["resource"] is not None and after["resource"] != before["resource"]
+        assert after["idx_token"] is not None and after["idx_token"] != before["idx_token"]
+
+
+def _analyzed(engine: Any) -> dict[str, Any]:
+    if engine.dialect.name != "postgresql":
+        return {}
+    with engine.connect() as conn:
+        conn.exec_driver_sql("SELECT pg_stat_clear_snapshot()")
+        rows = conn.exec_driver_sql(
+            "SELECT relname, last_analyze FROM pg_stat_user_tables WHERE relname IN ('resource', 'idx_token')"
+        ).all()
+    return {name: when for name, when in rows}
 
 
 def test_import_bulk_ndjson_with_conditional_references(db_url: str) -> None:

@@ -25,6 +25,7 @@ from sharedcare.fhir.bundle import BundleProcessor
 from sharedcare.fhir.errors import FhirError
 from sharedcare.fhir.service import FhirService
 from sharedcare.fhir.store import Classifier
+from sharedcare.storage.engine import refresh_statistics
 
 CHUNK = 500
 # Types referenced (often conditionally) by the rest; imported first.
@@ -269,6 +270,8 @@ def import_paths(
             importer.import_bytes(source.name, source.kind, data, report)
             if progress:
                 progress(source.name, report.total)
+    if report.total:
+        refresh_statistics(engine)
     return report
 
 
