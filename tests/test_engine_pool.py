@@ -57,3 +57,27 @@ def test_a_dead_pooled_connection_is_replaced_not_reported(
     finally:
         engine.dispose()
         admin.dispose()
+
+
+def test_searches_are_planned_with_their_values_and_reads_by_id_stay_prepared(pg_url: str) -> None:
+    from sharedcare.fhir.service import FhirService
+    from support import truncate
+
+    engine = make_engine(pg_url, pool_size=1, max_overflow=0)
+    truncate(engine)
+    svc = FhirService(engine)
+    try:
+        svc.update("Patient", "p1", {"resourceType": "Patient", "id": "p1", "name": [{"family": "Weber"}]})
+        query = svc.parse_search("Patient", [("family", "web")], strict=True)
+        # psycopg prepares a statement on its fifth execution and keeps it past commits (as in
+        # the audited API, whose reads are write transactions); a rollback would discard it
+        for _ in range(8):
+            with svc.transaction() as conn:
+                assert len(svc.search_in(conn, query).matches) == 1
+                svc.read_in(conn, "Patient", "p1")
+        with engine.connect() as conn:  # the pool's only connection: the one that ran them
+            prepared = list(conn.execute(text("SELECT statement FROM pg_prepared_statements")).scalars())
+        assert not any("idx_string" in s for s in prepared)  # the search: never a generic plan
+        assert any(s.lstrip().startswith("SELECT") and "resource" in s for s in prepared)  # the read
+    finally:
+        engine.dispose()

@@ -37,7 +37,7 @@ from sharedcare.fhir.search.parse import RESULT_PARAMS, QueryParser, SearchQuery
 from sharedcare.fhir.search.values import date_range
 from sharedcare.fhir.session import AccessSession, Interaction
 from sharedcare.fhir.store import Classifier, ResourceStore, Stored, Write, stored_from_row, utcnow
-from sharedcare.storage.engine import writer
+from sharedcare.storage.engine import planned_with_values, writer
 from sharedcare.storage.tables import resource, resource_version
 
 ID_RE = re.compile(r"[A-Za-z0-9\-.]{1,64}")
@@ -484,14 +484,15 @@ class FhirService:
             patient = self._current_visible(conn, "Patient", compartment)
             if patient is not None and patient.deleted:
                 self.store.read(conn, "Patient", compartment)  # raises Gone
-        result = self.engine_for(base_url).search(
-            conn,
-            query,
-            size,
-            access=self.access_filter(access),
-            compartment=compartment,
-            default_total=self.default_total,
-        )
+        with planned_with_values(conn):
+            result = self.engine_for(base_url).search(
+                conn,
+                query,
+                size,
+                access=self.access_filter(access),
+                compartment=compartment,
+                default_total=self.default_total,
+            )
         self._record(
             conn,
             Interaction(
@@ -523,17 +524,18 @@ class FhirService:
         self._require("Patient", "r")
         with self.reading() as conn:
             self._current_visible(conn, "Patient", patient_id)
-            result = everything(
-                conn,
-                self.store,
-                patient_id,
-                count=size,
-                since=start,
-                types=types,
-                page=page,
-                access=self.access_filter(access),
-                base_url=base_url,
-            )
+            with planned_with_values(conn):
+                result = everything(
+                    conn,
+                    self.store,
+                    patient_id,
+                    count=size,
+                    since=start,
+                    types=types,
+                    page=page,
+                    access=self.access_filter(access),
+                    base_url=base_url,
+                )
             self._record(
                 conn,
                 Interaction(
