@@ -104,12 +104,13 @@ def planned_with_values(conn: Connection) -> Iterator[None]:
     """Run the statements inside unprepared, so PostgreSQL plans each with its actual values.
 
     psycopg prepares a statement on its fifth execution on a connection (and keeps it until a
-    rollback: audited reads commit, so the API's statements do get prepared), and PostgreSQL then
-    may keep a *generic* plan, one made without the parameters' values. That suits lookups by
-    key, but a search's best plan depends on the values: for ``Observation?patient=…&code=…`` the generic plan walks every
-    Observation of the code (thousands) instead of the patient's few hundred, 4x slower on the
-    mean and 8x at p90 in the load benchmark's data. Searches therefore pay the planning
-    (a fraction of a millisecond) each time; reads by id and audit appends stay prepared."""
+    rollback: audited reads commit, so the API's statements do get prepared), and PostgreSQL
+    then may keep a *generic* plan, one made without the parameters' values. That suits lookups
+    by key, but a search's best plan depends on the values: for ``Observation?patient&code``
+    the generic plan walks every Observation of the code (thousands) instead of the patient's
+    few hundred, 4x slower on the mean and 8x at p90 in the load benchmark's data. Searches
+    therefore pay their planning (a fraction of a millisecond) each time; reads by id and audit
+    appends stay prepared."""
     if conn.dialect.name != "postgresql":
         yield
         return
