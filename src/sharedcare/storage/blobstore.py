@@ -15,7 +15,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -76,6 +76,24 @@ class BlobStore(Protocol):
         ...
 
 
+class RawBlobStore(BlobStore, Protocol):
+    """A back end that also stores bytes it does not address itself: the encryption layer
+    (``storage.crypto``) keeps ciphertext under the digest of the *plaintext*, which is known
+    only once the stream is consumed. ``size`` of a raw store is the stored size."""
+
+    def put_named(self, namespace: str, chunks: Iterable[bytes], name: Callable[[], str]) -> int:
+        """Store the bytes of ``chunks`` atomically under the digest ``name()`` returns once they
+        are all consumed; return how many bytes were stored. An exception raised by ``chunks``
+        (BlobTooLarge…) leaves nothing behind."""
+        ...
+
+    def open_raw(
+        self, namespace: str, digest: str, start: int = 0, end: int | None = None
+    ) -> Iterator[bytes]:
+        """The stored bytes ``[start, end)``, unchecked; raise BlobNotFound."""
+        ...
+
+
 def check_names(namespace: str, digest: str | None = None) -> None:
     """Refuse names that could escape the store's layout (paths, keys)."""
     if not _NAMESPACE.match(namespace) or namespace in (".", ".."):
@@ -100,6 +118,19 @@ class Hashing:
         self.sha256.update(chunk)
         self.sha1.update(chunk)
 
+    def passing(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
+        """``chunks`` unchanged, fed to the hashes as they pass."""
+        for chunk in chunks:
+            self.feed(chunk)
+            yield chunk
+
+    def digest(self) -> str:
+        """The SHA-256 (hex) of what passed: the blob's name."""
+        return self.sha256.hexdigest()
+
+    def info(self, namespace: str) -> BlobInfo:
+        return BlobInfo(namespace, self.sha256.hexdigest(), self.size, self.sha1.digest())
+
 
 class FileBlobStore:
     """Blobs as files under ``root/<namespace>/<digest[:2]>/<digest>``, written to a temporary
@@ -114,27 +145,31 @@ class FileBlobStore:
         return self.root / namespace / digest[:2] / digest
 
     def put(self, namespace: str, chunks: Iterable[bytes], *, max_size: int | None = None) -> BlobInfo:
+        hashing = Hashing(max_size)
+        self.put_named(namespace, hashing.passing(chunks), hashing.digest)
+        return hashing.info(namespace)
+
+    def put_named(self, namespace: str, chunks: Iterable[bytes], name: Callable[[], str]) -> int:
         check_names(namespace)
         folder = self.root / namespace
         folder.mkdir(parents=True, exist_ok=True)
-        hashing = Hashing(max_size)
+        size = 0
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".incoming-")
         try:
             with os.fdopen(fd, "wb") as out:
                 for chunk in chunks:
-                    hashing.feed(chunk)
+                    size += len(chunk)
                     out.write(chunk)
                 out.flush()
                 os.fsync(out.fileno())
-            digest = hashing.sha256.hexdigest()
-            final = self._path(namespace, digest)
+            final = self._path(namespace, name())
             final.parent.mkdir(exist_ok=True)
             os.replace(tmp, final)  # same content, same name: a second put changes nothing
             _fsync_dir(final.parent)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        return BlobInfo(namespace, digest, hashing.size, hashing.sha1.digest())
+        return size
 
     def open(self, namespace: str, digest: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
         path = self._path(namespace, digest)
@@ -143,6 +178,16 @@ class FileBlobStore:
         except FileNotFoundError as err:
             raise BlobNotFound(f"{namespace}/{digest}") from err
         return _read_file(f, digest, start, end)
+
+    def open_raw(
+        self, namespace: str, digest: str, start: int = 0, end: int | None = None
+    ) -> Iterator[bytes]:
+        path = self._path(namespace, digest)
+        try:
+            f = path.open("rb")
+        except FileNotFoundError as err:
+            raise BlobNotFound(f"{namespace}/{digest}") from err
+        return _read_file(f, None, start, end)
 
     def size(self, namespace: str, digest: str) -> int:
         try:
@@ -160,12 +205,13 @@ class FileBlobStore:
         return count
 
 
-def _read_file(f: object, digest: str, start: int, end: int | None) -> Iterator[bytes]:
+def _read_file(f: object, digest: str | None, start: int, end: int | None) -> Iterator[bytes]:
+    """Bytes ``[start, end)`` of ``f``; a whole read is checked against ``digest`` if given."""
     import io
 
     assert isinstance(f, io.BufferedReader)
     whole = start == 0 and end is None
-    check = hashlib.sha256() if whole else None
+    check = hashlib.sha256() if whole and digest is not None else None
     with f:
         f.seek(start)
         left = None if end is None else max(0, end - start)
