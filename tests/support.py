@@ -1,22 +1,26 @@
-"""Helpers shared by the tests: emptying a database, storing fixtures, reading searchsets."""
+"""Helpers shared by the tests: emptying a database, storing fixtures, reading searchsets, tokens,
+principals and care relationships as the tests seed them."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, text
 
+from sharedcare.access.models import care_relationship
+from sharedcare.access.principals import Principal, PrincipalKind
 from sharedcare.oauth.clients import ensure_demo_client
 from sharedcare.schema import metadata
 from sharedcare.settings import Settings
-from sharedcare.storage.engine import writer
+from sharedcare.storage.engine import make_engine, writer
 
 SHARED_DATA = Path(
     os.environ.get("SHAREDCARE_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data")
@@ -49,6 +53,19 @@ def truncate(engine: Engine) -> None:
         else:
             for name in names:
                 conn.execute(text(f"DELETE FROM {name}"))
+
+
+def emptied_engine(db_url: str, *, empty_after: bool = False) -> Iterator[Engine]:
+    """The body of an ``engine`` fixture: an engine on the test database, emptied first (and after
+    the test too with ``empty_after``), disposed of at the end."""
+    engine = make_engine(db_url)
+    truncate(engine)
+    try:
+        yield engine
+    finally:
+        if empty_after:
+            truncate(engine)
+        engine.dispose()
 
 
 def put_all(client: TestClient, *resources: dict[str, Any]) -> None:
@@ -137,3 +154,63 @@ def mint_token(
     header = {"alg": ALGORITHM, "kid": key.kid, "typ": ACCESS_TOKEN_TYPE}
     token: str = jwt.encode(header, claims, key.key, algorithms=[ALGORITHM])
     return token
+
+
+OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
+
+
+def lab_result(rid: str, patient: str = "pa", code: str = "2345-7") -> dict[str, Any]:
+    """A final laboratory Observation (LOINC ``code``) of ``Patient/<patient>``."""
+    return {
+        "resourceType": "Observation",
+        "id": rid,
+        "status": "final",
+        "category": [{"coding": [{"system": OBSERVATION_CATEGORY, "code": "laboratory"}]}],
+        "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+        "subject": {"reference": f"Patient/{patient}"},
+    }
+
+
+def bearer(app: Any, principal: Any, scope: str) -> dict[str, str]:
+    """The ``Authorization`` header of a ``mint_token`` token."""
+    return {"Authorization": f"Bearer {mint_token(app, principal, scope)}"}
+
+
+def professional(pid: str, profession: str = "med", organization: str | None = None) -> Principal:
+    """A professional with user scopes: account ``acct-<pid>``, practitioner ``pid``."""
+    return Principal(
+        PrincipalKind.PROFESSIONAL,
+        f"acct-{pid}",
+        display=pid,
+        practitioner_id=pid,
+        profession=profession,
+        organization_id=organization,
+        scopes=frozenset({"user/*.cruds"}),
+    )
+
+
+def add_care(
+    conn: Connection,
+    rel_id: str,
+    patient_id: str,
+    practitioner_id: str | None,
+    now: datetime,
+    *,
+    organization_id: str | None = None,
+    context: str = "solo",
+    ends: timedelta | None = timedelta(days=14),
+) -> None:
+    """A care relationship as the tests seed one: begun a day before ``now``, ending ``ends``
+    after it (None: no end)."""
+    conn.execute(
+        care_relationship.insert().values(
+            id=rel_id,
+            patient_id=patient_id,
+            practitioner_id=practitioner_id,
+            organization_id=organization_id,
+            context=context,
+            starts=now - timedelta(days=1),
+            ends=None if ends is None else now + ends,
+            created_by="test",
+        )
+    )

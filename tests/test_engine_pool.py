@@ -14,7 +14,7 @@ from sharedcare.storage.engine import make_engine
 @pytest.fixture
 def pg_url(db_url: str) -> str:
     if not db_url.startswith("postgresql"):
-        pytest.skip("the idle ping is PostgreSQL's (SQLite has no server connection to lose)")
+        pytest.skip("PostgreSQL connection behaviour (SQLite has no server connections, pings or plans)")
     return db_url
 
 

@@ -18,13 +18,15 @@ from sharedcare import portal
 from sharedcare.access.policy import AccessPolicy, category_of
 from sharedcare.api import audit as audit_api
 from sharedcare.api import auth as auth_api
+from sharedcare.api import documents as documents_api
 from sharedcare.api import fhir as fhir_api
 from sharedcare.api import requests as requests_api
 from sharedcare.fhir.errors import FhirError, Issue, operation_outcome
 from sharedcare.fhir.service import FhirService
 from sharedcare.fhir.store import utcnow
+from sharedcare.imaging import views as imaging_api
 from sharedcare.settings import Settings, get_settings
-from sharedcare.storage.blobstore import FileBlobStore
+from sharedcare.storage.content import make_blob_store
 from sharedcare.storage.engine import make_engine
 
 log = logging.getLogger("sharedcare")
@@ -120,11 +122,13 @@ def create_app(settings: Settings | None = None, *, validator: Any = "default") 
         classify=category_of,
     )
     app.state.policy = AccessPolicy(settings)
-    app.state.blobs = FileBlobStore(settings.data_dir / "blobs")  # document content (issue 4)
+    app.state.blobs = make_blob_store(settings, engine)  # encrypted document content (storage.md)
     auth_api.install(app)  # OAuth/OIDC server and SMART discovery: before the FHIR routes
     app.include_router(audit_api.router)  # before the generic /fhir/{type} routes
+    app.include_router(documents_api.router)  # ITI-68 Binary retrieval: before the generic routes too
     app.include_router(fhir_api.router)
     app.include_router(requests_api.router)  # operations on items: $release-disclosure…
+    app.include_router(imaging_api.router)  # ImagingStudy $series and $preview (docs/imaging.md)
     portal.install(app)  # /portal pages, /portal/static and their error pages
 
     @app.exception_handler(FhirError)

@@ -264,5 +264,74 @@ def accounts_revoke_sessions(
     typer.echo(f"{ended} sessions of account {found.id} ended.")
 
 
+keys_app = typer.Typer(help="The master keys of content encryption (docs/storage.md).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("rotate")
+def keys_rotate() -> None:
+    """Re-wrap every record's data key under the newest master key (the first of
+    SHAREDCARE_MASTER_KEYS); the content is untouched. Exit 1 if some keys could not be."""
+    from sharedcare.access.principals import Principal, PrincipalKind
+    from sharedcare.audit import log as audit
+    from sharedcare.storage.crypto import KeyRing, master_keys
+    from sharedcare.storage.engine import writer
+
+    engine = _engine()
+    report = KeyRing(engine, master_keys(get_settings())).rotate()
+    left = sum(report.unreadable.values())
+    agency = Principal(PrincipalKind.ADMIN, "sharedcare-cli", display="Agency (command line)")
+    summary = f"{report.rewrapped} data keys re-wrapped under master key {report.master_key_id}"
+    with writer(engine).begin() as conn:
+        outcome = audit.AuditOutcome.SUCCESS if not left else audit.AuditOutcome.MINOR_FAILURE
+        record = audit.record_for(
+            agency,
+            audit.AuditAction.OPERATION,
+            interaction="keys-rotate",
+            outcome=outcome,
+            outcome_desc=summary,
+        )
+        audit.append(conn, record)
+    typer.echo(f"{summary}; {report.current} under it in all.")
+    if left:
+        for master_id, count in sorted(report.unreadable.items()):
+            typer.echo(
+                f"{count} data keys wrapped by {master_id!r} left: that master key is missing", err=True
+            )
+        raise typer.Exit(1)
+
+
+@keys_app.command("status")
+def keys_status() -> None:
+    """How many data keys each master key wraps: an old master key may go once it wraps none."""
+    from sharedcare.storage.crypto import KeyRing, master_keys
+
+    ring = KeyRing(_engine(), master_keys(get_settings()))
+    counts = ring.counts()
+    for master_id in [*ring.masters, *sorted(set(counts) - set(ring.masters))]:
+        state = (
+            "newest"
+            if master_id == ring.newest.id
+            else "configured"
+            if master_id in ring.masters
+            else "MISSING"
+        )
+        typer.echo(f"{master_id}\t{state}\t{counts.get(master_id, 0)} data keys")
+
+
+@keys_app.command("generate")
+def keys_generate(key_id: str = typer.Argument(..., help="Id of the new master key, e.g. 2027-01")) -> None:
+    """Print a new random master key as `id:base64key`, to put first in SHAREDCARE_MASTER_KEYS."""
+    from sharedcare.storage.crypto import MasterKeyError, new_master_key, parse_master_keys
+
+    value = new_master_key(key_id)
+    try:
+        parse_master_keys(value)
+    except MasterKeyError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+    typer.echo(value)
+
+
 if __name__ == "__main__":
     app()

@@ -11,8 +11,9 @@ from sharedcare.audit import models as audit_models
 from sharedcare.identity import models as identity_models
 from sharedcare.notify import models as notify_models
 from sharedcare.oauth import models as oauth_models
+from sharedcare.storage import models as storage_models
 from sharedcare.storage.tables import metadata
 
-MODULES = (access_models, audit_models, identity_models, notify_models, oauth_models)
+MODULES = (access_models, audit_models, identity_models, notify_models, oauth_models, storage_models)
 
 __all__ = ["MODULES", "metadata"]

@@ -8,9 +8,22 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class DicomWebServer(BaseModel):
+    """A hospital's DICOMweb server the imaging proxy may reach (``SHAREDCARE_DICOMWEB_ENDPOINTS``)."""
+
+    url: str = Field(
+        description="Base URL of its DICOMweb API (QIDO-RS and WADO-RS), e.g. https://pacs/dicom-web."
+    )
+    username: str | None = Field(
+        None, description="HTTP basic authentication user, if the server asks for one."
+    )
+    password: SecretStr | None = Field(None, description="HTTP basic authentication password.")
 
 
 class Settings(BaseSettings):
@@ -139,6 +152,44 @@ class Settings(BaseSettings):
     )
     notify_retry_seconds: int = Field(
         300, description="Wait before the first retry of a failed delivery; doubles at each retry."
+    )
+    # --- content storage: documents' bytes (docs/storage.md) ---
+    blob_backend: Literal["file", "s3"] = Field(
+        "file", description="Where document content is stored: file (DATA_DIR/blobs) or s3 (S3_* settings)."
+    )
+    s3_endpoint: str | None = Field(
+        None, description="URL of the S3-compatible service; unset means AWS S3 itself (S3_REGION)."
+    )
+    s3_bucket: str | None = Field(
+        None, description="Bucket holding the content (required with BLOB_BACKEND=s3)."
+    )
+    s3_access_key: str | None = Field(
+        None, description="S3 access key; unset: boto3's usual credential chain."
+    )
+    s3_secret_key: SecretStr | None = Field(None, description="S3 secret key.")
+    s3_region: str | None = Field(None, description="S3 region (signature scope), e.g. eu-west-1.")
+    max_content_bytes: int = Field(
+        256 * 1024 * 1024, description="Largest document content stored; larger content is refused (413)."
+    )
+    master_keys: SecretStr | None = Field(
+        None,
+        description="Master keys wrapping the content data keys, newest first: `id:base64key,…` (32-byte "
+        "AES keys); the first wraps new keys, the others still unwrap. Unset: generated once into "
+        "DATA_DIR/master.key (embedded mode only; see docs/storage.md).",
+    )
+    # --- imaging: the hospitals' DICOMweb servers (docs/imaging.md) ---
+    dicomweb_endpoints: dict[str, DicomWebServer] = Field(
+        default_factory=dict,
+        description="JSON object: endpoint id → {url, username, password} of each DICOMweb server the "
+        "imaging proxy may reach; an ImagingStudy's Endpoint must name one (by address or identifier).",
+    )
+    dicomweb_timeout_seconds: float = Field(
+        10.0, description="Time-out of one request to a DICOMweb server (504 beyond it)."
+    )
+    dicomweb_max_bytes: int = Field(
+        16 * 1024 * 1024,
+        description="Largest answer taken from a DICOMweb server (series list or rendered image); "
+        "a larger one is refused (502).",
     )
 
     @property

@@ -9,29 +9,15 @@ import pytest
 from fastapi.testclient import TestClient
 
 from sharedcare.access import consent
-from sharedcare.access.models import care_relationship
 from sharedcare.access.principals import Principal, PrincipalKind
 from sharedcare.fhir.store import utcnow
 from sharedcare.storage.engine import writer
-from support import mint_token, put_all
+from support import add_care, bearer, lab_result, put_all
 
-LOINC = "http://loinc.org"
-OBS_CAT = "http://terminology.hl7.org/CodeSystem/observation-category"
 GP = Principal(PrincipalKind.PROFESSIONAL, "acct-gp", display="Dr Gp", practitioner_id="gp", profession="med")
 STRANGER = Principal(PrincipalKind.PROFESSIONAL, "acct-x", practitioner_id="stranger", profession="med")
 HOLDER = Principal(PrincipalKind.PATIENT, "acct-pa", display="Anne", patient_id="pa")
 HELPDESK = Principal(PrincipalKind.HELPDESK, "acct-help")
-
-
-def lab(rid: str, patient: str) -> dict[str, Any]:
-    return {
-        "resourceType": "Observation",
-        "id": rid,
-        "status": "final",
-        "category": [{"coding": [{"system": OBS_CAT, "code": "laboratory"}]}],
-        "code": {"coding": [{"system": LOINC, "code": "2345-7"}]},
-        "subject": {"reference": f"Patient/{patient}"},
-    }
 
 
 @pytest.fixture
@@ -42,30 +28,16 @@ def world(client: TestClient) -> TestClient:
         {"resourceType": "Practitioner", "id": "stranger", "active": True},
         {"resourceType": "Patient", "id": "pa", "gender": "female"},
         {"resourceType": "Patient", "id": "pb", "gender": "male"},
-        lab("lab-a", "pa"),
-        lab("lab-hidden", "pa"),
-        lab("lab-b", "pb"),
+        lab_result("lab-a", "pa"),
+        lab_result("lab-hidden", "pa"),
+        lab_result("lab-b", "pb"),
     )
     app: Any = client.app
     now = utcnow()
     with writer(app.state.engine).begin() as conn:
-        conn.execute(
-            care_relationship.insert().values(
-                id="gp-solo",
-                patient_id="pa",
-                practitioner_id="gp",
-                context="solo",
-                starts=now - timedelta(days=1),
-                ends=now + timedelta(days=14),
-                created_by="test",
-            )
-        )
+        add_care(conn, "gp-solo", "pa", "gp", now)
         consent.mask(conn, app.state.fhir, HOLDER, "pa", "gp", "Observation/lab-hidden", now)
     return client
-
-
-def as_(client: TestClient, principal: Principal, scope: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {mint_token(client.app, principal, scope)}"}
 
 
 def ids(bundle: dict[str, Any]) -> set[str]:
@@ -79,7 +51,7 @@ def test_no_token_no_data_but_capabilities_stay_public(world: TestClient) -> Non
     assert resp.headers["www-authenticate"].startswith("Bearer")
     assert resp.json()["resourceType"] == "OperationOutcome"
     assert anonymous.get("/fhir/Observation/lab-a").status_code == 401
-    assert anonymous.post("/fhir/Observation", json=lab("x", "pa")).status_code == 401
+    assert anonymous.post("/fhir/Observation", json=lab_result("x", "pa")).status_code == 401
     assert anonymous.get("/fhir/metadata").status_code == 200
     assert anonymous.get("/fhir/.well-known/smart-configuration").status_code == 200
     forged = anonymous.get("/fhir/Observation", headers={"Authorization": "Bearer abc.def.ghi"})
@@ -87,7 +59,7 @@ def test_no_token_no_data_but_capabilities_stay_public(world: TestClient) -> Non
 
 
 def test_professional_sees_only_the_records_in_their_care(world: TestClient) -> None:
-    headers = as_(world, GP, "user/*.rs")
+    headers = bearer(world.app, GP, "user/*.rs")
     found = world.get("/fhir/Observation", headers=headers).json()
     assert ids(found) == {"Observation/lab-a"}
     assert found["total"] == 1
@@ -99,27 +71,27 @@ def test_professional_sees_only_the_records_in_their_care(world: TestClient) -> 
     assert world.get("/fhir/Patient/pb/$everything", headers=headers).status_code == 404
     history = world.get("/fhir/_history", headers=headers).json()
     assert ids(history) <= {"Patient/pa", "Observation/lab-a", "Practitioner/gp", "Practitioner/stranger"}
-    stranger = world.get("/fhir/Observation", headers=as_(world, STRANGER, "user/*.rs")).json()
+    stranger = world.get("/fhir/Observation", headers=bearer(world.app, STRANGER, "user/*.rs")).json()
     assert ids(stranger) == set() and stranger["total"] == 0
 
 
 def test_scopes_narrow_but_never_widen(world: TestClient) -> None:
-    only_patients = as_(world, GP, "user/Patient.rs")
+    only_patients = bearer(world.app, GP, "user/Patient.rs")
     assert world.get("/fhir/Observation/lab-a", headers=only_patients).status_code == 403
     assert world.get("/fhir/Observation", headers=only_patients).status_code == 403
     assert ids(world.get("/fhir/Patient", headers=only_patients).json()) == {"Patient/pa"}
     everything = world.get("/fhir/Patient/pa/$everything", headers=only_patients).json()
     assert ids(everything) == {"Patient/pa"}  # types no scope lets the caller read are left out
-    read_only = as_(world, GP, "user/*.rs")
-    assert world.post("/fhir/Observation", json=lab("n", "pa"), headers=read_only).status_code == 403
+    read_only = bearer(world.app, GP, "user/*.rs")
+    assert world.post("/fhir/Observation", json=lab_result("n", "pa"), headers=read_only).status_code == 403
     # system/*.* on a professional's token gives nothing the policy does not
-    wide = as_(world, GP, "user/*.cruds system/*.*")
+    wide = bearer(world.app, GP, "user/*.cruds system/*.*")
     assert world.get("/fhir/Observation/lab-b", headers=wide).status_code == 404
 
 
 def test_patient_in_context_token_sees_only_that_record(world: TestClient) -> None:
     rep = Principal(PrincipalKind.PATIENT, "acct-pa", patient_id="pa", launch_patient="pa")
-    headers = as_(world, rep, "patient/*.rs launch/patient")
+    headers = bearer(world.app, rep, "patient/*.rs launch/patient")
     assert ids(world.get("/fhir/Observation", headers=headers).json()) == {
         "Observation/lab-a",
         "Observation/lab-hidden",
@@ -128,17 +100,17 @@ def test_patient_in_context_token_sees_only_that_record(world: TestClient) -> No
 
 
 def test_rejected_transaction_writes_nothing(world: TestClient) -> None:
-    headers = as_(world, GP, "user/*.cruds")
+    headers = bearer(world.app, GP, "user/*.cruds")
     bundle = {
         "resourceType": "Bundle",
         "type": "transaction",
         "entry": [
             {
-                "resource": {**lab("t1", "pa"), "id": None},
+                "resource": {**lab_result("t1", "pa"), "id": None},
                 "request": {"method": "POST", "url": "Observation"},
             },
             {
-                "resource": {**lab("t2", "pb"), "id": None},
+                "resource": {**lab_result("t2", "pb"), "id": None},
                 "request": {"method": "POST", "url": "Observation"},
             },
         ],
@@ -154,9 +126,9 @@ def test_rejected_transaction_writes_nothing(world: TestClient) -> None:
 
 
 def test_access_log_as_audit_events(world: TestClient) -> None:
-    gp = as_(world, GP, "user/*.rs")
+    gp = bearer(world.app, GP, "user/*.rs")
     assert world.get("/fhir/Observation/lab-a", headers=gp).status_code == 200
-    holder = as_(world, HOLDER, "patient/*.rs")
+    holder = bearer(world.app, HOLDER, "patient/*.rs")
     log = world.get("/fhir/AuditEvent", headers=holder).json()
     assert log["resourceType"] == "Bundle"
     events = [e["resource"] for e in log["entry"]]
@@ -173,7 +145,9 @@ def test_access_log_as_audit_events(world: TestClient) -> None:
     assert world.get(f"/fhir/AuditEvent/{other[0]}", headers=holder).status_code == 404
     # a professional without the traces right reads no log; helpdesk reads traces for support
     assert world.get("/fhir/AuditEvent?patient=pa", headers=gp).json().get("entry", []) == []
-    assert world.get("/fhir/AuditEvent?patient=pa", headers=as_(world, HELPDESK, "user/*.rs")).json()["entry"]
+    assert world.get("/fhir/AuditEvent?patient=pa", headers=bearer(world.app, HELPDESK, "user/*.rs")).json()[
+        "entry"
+    ]
     assert (
         world.post("/fhir/AuditEvent", json={"resourceType": "AuditEvent"}, headers=holder).status_code == 405
     )
@@ -189,7 +163,7 @@ def test_first_professional_access_is_notified_once_and_activation_opens_the_win
     now = utcnow()
     with writer(app.state.engine).begin() as conn:
         care.ensure_record(conn, "pa", letter_sent=now - timedelta(days=5), activated=None)
-    gp = as_(world, GP, "user/*.rs")
+    gp = bearer(world.app, GP, "user/*.rs")
     assert world.get("/fhir/Observation/lab-a", headers=gp).status_code == 404  # activation window
     with writer(app.state.engine).begin() as conn:
         care.mark_activated(conn, "pa", now)
@@ -206,9 +180,9 @@ def test_first_professional_access_is_notified_once_and_activation_opens_the_win
 def test_refused_acts_are_logged_without_revealing_the_patient(world: TestClient) -> None:
     from sharedcare.audit import log as audit
 
-    gp = as_(world, GP, "user/*.rs")
+    gp = bearer(world.app, GP, "user/*.rs")
     assert world.get("/fhir/Observation/lab-b", headers=gp).status_code == 404
-    assert world.post("/fhir/Observation", json=lab("n", "pb"), headers=gp).status_code == 403
+    assert world.post("/fhir/Observation", json=lab_result("n", "pb"), headers=gp).status_code == 403
     app: Any = world.app
     with app.state.engine.connect() as conn:
         entries = audit.query(conn, principal_subject="acct-gp")

@@ -64,8 +64,10 @@ def test_every_r4_resource_type_is_decided() -> None:
 def test_every_patient_compartment_type_has_a_category_except_group() -> None:
     compartment = set(definitions().patient_compartment)
     assert compartment - set(DEFAULTS) == {"Group"}
-    # Patient data outside the R4 compartment: Device (Device.patient) and document content.
-    assert set(DEFAULTS) - compartment == {"Device", "Binary"}
+    # Patient data outside the compartment: Device (Device.patient). Document content (Binary) is in it
+    # through the platform's own link (fhir/data/search-parameters-local.json, docs/documents.md).
+    assert set(DEFAULTS) - compartment == {"Device"}
+    assert definitions().patient_compartment["Binary"] == ("patient",)
 
 
 def test_none_is_not_a_grant() -> None:
@@ -431,6 +433,11 @@ CASES: list[tuple[str, dict[str, Any], str | None]] = [
     ("medication", {"resourceType": "Medication"}, None),
     ("group", {"resourceType": "Group", "member": [{"entity": ref("Patient/p")}]}, None),
     ("binary", {"resourceType": "Binary", "securityContext": ref("DocumentReference/d")}, "care-reports"),
+    (
+        "binary of a lab report",
+        {"resourceType": "Binary", "meta": {"tag": [{"system": CATEGORY_SYSTEM, "code": "lab-results"}]}},
+        "lab-results",
+    ),
     ("unknown resource type", {"resourceType": "Gossip"}, None),
     ("no type", {"id": "x"}, None),
     ("type not a string", {"resourceType": ["Patient"]}, None),

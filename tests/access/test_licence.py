@@ -27,8 +27,8 @@ from sharedcare.notify import outbox
 from sharedcare.notify.models import notification
 from sharedcare.portal.i18n import Translator
 from sharedcare.settings import Settings
-from sharedcare.storage.engine import make_engine, writer
-from support import truncate
+from sharedcare.storage.engine import writer
+from support import emptied_engine, truncate
 
 GP = {
     "resourceType": "Practitioner",
@@ -45,10 +45,7 @@ def practitioner(active: bool, **more: Any) -> dict[str, Any]:
 
 @pytest.fixture
 def engine(db_url: str) -> Iterator[Engine]:
-    e = make_engine(db_url)
-    truncate(e)
-    yield e
-    e.dispose()
+    yield from emptied_engine(db_url)
 
 
 @pytest.fixture

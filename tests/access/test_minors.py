@@ -13,12 +13,12 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from sharedcare.access import consent, minors
-from sharedcare.access.models import care_relationship, delegation, minor_objection
+from sharedcare.access.models import delegation, minor_objection
 from sharedcare.access.principals import Principal, PrincipalKind
 from sharedcare.audit import log as audit
 from sharedcare.fhir.store import utcnow
 from sharedcare.storage.engine import writer
-from support import mint_token, put_all
+from support import add_care, bearer, put_all
 
 GP = Principal(PrincipalKind.PROFESSIONAL, "acct-gp", display="Dr Gp", practitioner_id="gp", profession="med")
 STRANGER = Principal(PrincipalKind.PROFESSIONAL, "acct-x", practitioner_id="stranger", profession="med")
@@ -74,24 +74,14 @@ def world(client: TestClient) -> TestClient:
     app: Any = client.app
     with writer(app.state.engine).begin() as conn:
         for patient in ("kid", "mum", "nobirth"):
-            conn.execute(
-                care_relationship.insert().values(
-                    id=f"gp-{patient}",
-                    patient_id=patient,
-                    practitioner_id="gp",
-                    context="solo",
-                    starts=now - timedelta(days=1),
-                    ends=now + timedelta(days=14),
-                    created_by="test",
-                )
-            )
+            add_care(conn, f"gp-{patient}", patient, "gp", now)
         for patient in ("kid", "turns-18-today", "turns-18-tomorrow"):
             consent.appoint(conn, app.state.fhir, AGENCY, patient, MUM.subject, "parent", now)
     return client
 
 
 def as_(client: TestClient, principal: Principal, scope: str = "user/*.cruds") -> dict[str, str]:
-    return {"Authorization": f"Bearer {mint_token(client.app, principal, scope)}"}
+    return bearer(client.app, principal, scope)
 
 
 def refs(bundle: dict[str, Any]) -> set[str]:

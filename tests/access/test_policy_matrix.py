@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import Engine, select
 
 from sharedcare.access import care, consent
-from sharedcare.access.models import care_relationship, record_status
+from sharedcare.access.models import record_status
 from sharedcare.access.policy import AccessPolicy
 from sharedcare.access.policy import category_of as classify
 from sharedcare.access.principals import Principal, PrincipalKind
@@ -30,20 +30,14 @@ from sharedcare.fhir.store import utcnow
 from sharedcare.notify import outbox
 from sharedcare.settings import Settings
 from sharedcare.storage.engine import make_engine, writer
-from support import truncate
+from support import add_care, lab_result, professional, truncate
 
 LOINC = "http://loinc.org"
-OBS_CAT = "http://terminology.hl7.org/CodeSystem/observation-category"
 
 
 def _lab(rid: str, patient: str, code: str) -> dict[str, Any]:
     return {
-        "resourceType": "Observation",
-        "id": rid,
-        "status": "final",
-        "category": [{"coding": [{"system": OBS_CAT, "code": "laboratory"}]}],
-        "code": {"coding": [{"system": LOINC, "code": code}]},
-        "subject": {"reference": f"Patient/{patient}"},
+        **lab_result(rid, patient, code),
         "valueQuantity": {
             "value": 5.4,
             "unit": "mmol/L",
@@ -132,18 +126,6 @@ CLINICAL = ALL_A | ALL_B
 DIRECTORY_KEYS = {key(r) for r in DIRECTORY}
 
 
-def professional(pid: str, profession: str = "med", organization: str | None = None) -> Principal:
-    return Principal(
-        PrincipalKind.PROFESSIONAL,
-        f"acct-{pid}",
-        display=pid,
-        practitioner_id=pid,
-        profession=profession,
-        organization_id=organization,
-        scopes=frozenset({"user/*.cruds"}),
-    )
-
-
 PRINCIPALS: dict[str, Principal] = {
     "holder": Principal(
         PrincipalKind.PATIENT, "acct-pa", patient_id="pa", scopes=frozenset({"patient/*.cruds"})
@@ -212,30 +194,23 @@ def world(db_url: str) -> Iterator[World]:
     for res in [*DIRECTORY, *RECORD_A, *RECORD_B]:
         svc.update(res["resourceType"], res["id"], res)
     now = utcnow()
-    past = now - timedelta(days=1)
     trusted = PRINCIPALS["trusted-system"]
     with writer(engine).begin() as conn:
-
-        def rel(practitioner: str | None, context: str, ends: Any, organization: str | None = None) -> None:
-            conn.execute(
-                care_relationship.insert().values(
-                    id=f"{practitioner or organization}-{context}",
-                    patient_id="pa",
-                    practitioner_id=practitioner,
-                    organization_id=organization,
-                    context=context,
-                    starts=past,
-                    ends=ends,
-                    created_by="test",
-                )
-            )
-
         for pid in ("gp", "pharm", "blocked", "masked", "withdrawn"):
-            rel(pid, "solo", now + timedelta(days=14))
-        rel("expired", "solo", now - timedelta(hours=1))
-        rel("er", "emergency", now + timedelta(days=15))
-        rel("referent", "referent", None)
-        rel(None, "facility", now + timedelta(days=44), organization="hosp")
+            add_care(conn, f"{pid}-solo", "pa", pid, now)
+        add_care(conn, "expired-solo", "pa", "expired", now, ends=timedelta(hours=-1))
+        add_care(conn, "er-emergency", "pa", "er", now, context="emergency", ends=timedelta(days=15))
+        add_care(conn, "referent-referent", "pa", "referent", now, context="referent", ends=None)
+        add_care(
+            conn,
+            "hosp-facility",
+            "pa",
+            None,
+            now,
+            organization_id="hosp",
+            context="facility",
+            ends=timedelta(days=44),
+        )
         consent.grant_permanent(conn, svc, PRINCIPALS["holder"], "pa", "permanent", now)
         consent.block(conn, svc, PRINCIPALS["holder"], "pa", "blocked", now)
         consent.mask(conn, svc, PRINCIPALS["holder"], "pa", "masked", "Observation/lab-hidden", now)

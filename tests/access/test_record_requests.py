@@ -14,7 +14,7 @@ from sqlalchemy import Engine, func, select
 
 from sharedcare.access import consent
 from sharedcare.access import requests as rights
-from sharedcare.access.models import care_relationship, filing_objection, record_request
+from sharedcare.access.models import filing_objection, record_request
 from sharedcare.access.policy import AccessPolicy
 from sharedcare.access.policy import category_of as classify
 from sharedcare.access.principals import Principal, PrincipalKind
@@ -26,22 +26,9 @@ from sharedcare.fhir.store import utcnow
 from sharedcare.settings import Settings
 from sharedcare.storage.engine import make_engine, writer
 from sharedcare.storage.tables import INDEX_TABLES, resource, resource_compartment, resource_version
-from support import mint_token, put_all, truncate
+from support import add_care, bearer, lab_result, professional, put_all, truncate
 
 LOINC = "http://loinc.org"
-OBS_CAT = "http://terminology.hl7.org/CodeSystem/observation-category"
-
-
-def professional(pid: str, profession: str = "med", organization: str | None = None) -> Principal:
-    return Principal(
-        PrincipalKind.PROFESSIONAL,
-        f"acct-{pid}",
-        display=pid,
-        practitioner_id=pid,
-        profession=profession,
-        organization_id=organization,
-        scopes=frozenset({"user/*.cruds"}),
-    )
 
 
 HOLDER = Principal(
@@ -65,17 +52,6 @@ FACILITY = Principal(
     PrincipalKind.SYSTEM, "hosp-his", organization_id="hosp", scopes=frozenset({"system/*.*"})
 )
 IN_CARE = (GP, COLLEAGUE, HOSPITAL_DOCTOR)
-
-
-def lab(rid: str, patient: str = "pa", code: str = "2345-7") -> dict[str, Any]:
-    return {
-        "resourceType": "Observation",
-        "id": rid,
-        "status": "final",
-        "category": [{"coding": [{"system": OBS_CAT, "code": "laboratory"}]}],
-        "code": {"coding": [{"system": LOINC, "code": code}]},
-        "subject": {"reference": f"Patient/{patient}"},
-    }
 
 
 def report(rid: str, results: list[str]) -> dict[str, Any]:
@@ -117,7 +93,7 @@ def world(db_url: str) -> Iterator[World]:
         {"resourceType": "Practitioner", "id": "stranger", "active": True},
         {"resourceType": "Patient", "id": "pa", "gender": "female"},
         {"resourceType": "Patient", "id": "pb", "gender": "male"},
-        lab("lab-b", "pb"),
+        lab_result("lab-b", "pb"),
     ]:
         svc.update(res["resourceType"], res["id"], res)
     now = utcnow()
@@ -128,24 +104,13 @@ def world(db_url: str) -> Iterator[World]:
             ("pharm", None, "solo"),
             (None, "hosp", "facility"),
         ):
-            conn.execute(
-                care_relationship.insert().values(
-                    id=f"{pid or org}-{context}",
-                    patient_id="pa",
-                    practitioner_id=pid,
-                    organization_id=org,
-                    context=context,
-                    starts=now - timedelta(days=1),
-                    ends=now + timedelta(days=14),
-                    created_by="test",
-                )
-            )
+            add_care(conn, f"{pid or org}-{context}", "pa", pid, now, organization_id=org, context=context)
         consent.appoint(conn, svc, TRUSTED, "pa", "acct-rep", "assistant", now, ends=now + timedelta(days=30))
     w = World(engine, svc, AccessPolicy(settings))
     # the GP files the items of pa's record: two of them held back for a consultation d'annonce
     for res in (
-        lab("lab-a"),
-        rights.mark_pending(lab("lab-pending", code="718-7")),
+        lab_result("lab-a"),
+        rights.mark_pending(lab_result("lab-pending", code="718-7")),
         report("dr-a", ["Observation/lab-a", "Observation/lab-pending"]),
         rights.mark_pending(report("dr-pending", ["Observation/lab-a"])),
     ):
@@ -371,7 +336,7 @@ def test_rectification_goes_to_the_author_who_completes_it_by_correcting_the_ite
 
 
 def test_a_rectification_of_an_organisations_item_goes_to_the_organisation(world: World) -> None:
-    _create_with_id(world, HOSPITAL_DOCTOR, lab("lab-hosp"))
+    _create_with_id(world, HOSPITAL_DOCTOR, lab_result("lab-hosp"))
     filed = rights.file_request(
         world.as_(HOLDER), HOLDER, "Observation/lab-hosp", rights.RECTIFY, "Not my sample", utcnow()
     )
@@ -491,39 +456,26 @@ def test_requests_are_committed_rows_that_outlive_the_process(world: World, db_u
 
 
 # -- over HTTP --------------------------------------------------------------------------------------
-def _bearer(client: TestClient, who: Principal, scope: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {mint_token(client.app, who, scope)}"}
-
-
 @pytest.fixture
 def api(client: TestClient) -> TestClient:
     put_all(
         client,
         {"resourceType": "Practitioner", "id": "gp", "active": True},
         {"resourceType": "Patient", "id": "pa"},
-        rights.mark_pending(lab("lab-pending", code="718-7")),
+        rights.mark_pending(lab_result("lab-pending", code="718-7")),
     )
     app: Any = client.app
     now = utcnow()
     with writer(app.state.engine).begin() as conn:
-        conn.execute(
-            care_relationship.insert().values(
-                id="gp-solo",
-                patient_id="pa",
-                practitioner_id="gp",
-                context="solo",
-                starts=now - timedelta(days=1),
-                ends=now + timedelta(days=14),
-                created_by="test",
-            )
-        )
+        add_care(conn, "gp-solo", "pa", "gp", now)
     return client
 
 
 def test_the_operations_over_the_fhir_api(api: TestClient) -> None:
-    holder = _bearer(api, HOLDER, "patient/*.cruds")
-    gp = _bearer(api, GP, "user/*.cruds")
-    filed = api.post("/fhir/Observation", json={k: v for k, v in lab("x").items() if k != "id"}, headers=gp)
+    holder = bearer(api.app, HOLDER, "patient/*.cruds")
+    gp = bearer(api.app, GP, "user/*.cruds")
+    new_lab = {k: v for k, v in lab_result("x").items() if k != "id"}
+    filed = api.post("/fhir/Observation", json=new_lab, headers=gp)
     assert filed.status_code == 201  # the GP is its author: rectifications go to them
     item = f"Observation/{filed.json()['id']}"
     assert api.get("/fhir/Observation/lab-pending", headers=holder).status_code == 404

@@ -37,8 +37,8 @@ from sharedcare.audit.models import CHAINS, GENESIS_HASH, audit_chain_head, audi
 from sharedcare.cli import app as cli_app
 from sharedcare.fhir.validation import validate_resource
 from sharedcare.settings import get_settings
-from sharedcare.storage.engine import make_engine, writer
-from support import truncate
+from sharedcare.storage.engine import writer
+from support import emptied_engine
 
 GP = Principal(
     kind=PrincipalKind.PROFESSIONAL,
@@ -60,13 +60,7 @@ HELPDESK = Principal(kind=PrincipalKind.HELPDESK, subject="acct-help-1", display
 @pytest.fixture
 def engine(db_url: str) -> Iterator[Engine]:
     """An emptied database: even the chain heads are gone, so appends create them lazily."""
-    engine = make_engine(db_url)
-    truncate(engine)
-    try:
-        yield engine
-    finally:
-        truncate(engine)
-        engine.dispose()
+    yield from emptied_engine(db_url, empty_after=True)
 
 
 def _read(principal: Principal = GP, patient: str = "p1", n: int = 1, **kw: object) -> AuditRecord:

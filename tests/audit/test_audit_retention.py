@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from sharedcare.access import consent
 from sharedcare.access.lifecycle import AGENCY, opt_out, run
-from sharedcare.access.models import care_relationship, record_status
+from sharedcare.access.models import record_status
 from sharedcare.access.policy import category_of
 from sharedcare.access.principals import Principal, PrincipalKind
 from sharedcare.audit import log as audit
@@ -26,8 +26,8 @@ from sharedcare.cli import app as cli_app
 from sharedcare.fhir.service import FhirService
 from sharedcare.fhir.store import utcnow
 from sharedcare.settings import Settings, get_settings
-from sharedcare.storage.engine import make_engine, writer
-from support import get_bundle, mint_token, put_all, truncate
+from sharedcare.storage.engine import writer
+from support import add_care, bearer, emptied_engine, get_bundle, put_all
 
 GP = Principal(PrincipalKind.PROFESSIONAL, "acct-gp", display="Dr Gp", practitioner_id="gp", profession="med")
 HOLDER = Principal(PrincipalKind.PATIENT, "acct-pa", display="Anne", patient_id="pa")
@@ -38,13 +38,7 @@ OPERATOR = Principal(PrincipalKind.SYSTEM, "operator", trusted=True)
 
 @pytest.fixture
 def engine(db_url: str) -> Iterator[Engine]:
-    engine = make_engine(db_url)
-    truncate(engine)
-    try:
-        yield engine
-    finally:
-        truncate(engine)
-        engine.dispose()
+    yield from emptied_engine(db_url, empty_after=True)
 
 
 def _read(patient: str | None, n: int = 1, who: Principal = GP) -> audit.AuditRecord:
@@ -144,19 +138,10 @@ def test_closure_archives_the_log_over_the_api_and_reopening_restores_it(client:
     now = utcnow()
     with writer(app.state.engine).begin() as conn:
         for p in ("pa", "pb"):  # the referring physician's column reads the traces
-            conn.execute(
-                care_relationship.insert().values(
-                    id=f"ref-{p}",
-                    patient_id=p,
-                    practitioner_id="gp",
-                    context="referent",
-                    starts=now - timedelta(days=1),
-                    created_by="test",
-                )
-            )
-    gp = {"Authorization": f"Bearer {mint_token(app, GP, 'user/*.rs')}"}
-    holder = {"Authorization": f"Bearer {mint_token(app, HOLDER, 'patient/*.rs')}"}
-    helpdesk = {"Authorization": f"Bearer {mint_token(app, HELPDESK, 'user/*.rs')}"}
+            add_care(conn, f"ref-{p}", p, "gp", now, context="referent", ends=None)
+    gp = bearer(app, GP, "user/*.rs")
+    holder = bearer(app, HOLDER, "patient/*.rs")
+    helpdesk = bearer(app, HELPDESK, "user/*.rs")
     for p in ("pa", "pb"):
         assert client.get(f"/fhir/Observation/obs-{p}", headers=gp).status_code == 200
 

@@ -27,8 +27,8 @@ from sharedcare.identity.models import account
 from sharedcare.notify import delivery, outbox
 from sharedcare.notify.models import notification
 from sharedcare.settings import Settings
-from sharedcare.storage.engine import make_engine, writer
-from support import truncate
+from sharedcare.storage.engine import writer
+from support import emptied_engine
 
 SENDER = "SharedCare <no-reply@sharedcare.test>"
 PROFESSIONAL = "Dr Claire Hoffmann"
@@ -84,10 +84,7 @@ def inbox() -> Iterator[tuple[Inbox, int]]:
 
 @pytest.fixture
 def engine(db_url: str) -> Iterator[Engine]:
-    e = make_engine(db_url)
-    truncate(e)
-    yield e
-    e.dispose()
+    yield from emptied_engine(db_url)
 
 
 def mail_settings(settings: Settings, port: int, **changes: Any) -> Settings:

@@ -8,19 +8,17 @@ the server cannot run is never granted.
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 from urllib.parse import quote
 
 import pytest
 from fastapi.testclient import TestClient
 
-from sharedcare.access.models import care_relationship
 from sharedcare.access.principals import Principal, PrincipalKind
 from sharedcare.access.scopes import ResourceScope, ScopeSet
 from sharedcare.fhir.store import utcnow
 from sharedcare.storage.engine import writer
-from support import DEMO_SECRET, mint_token, put_all
+from support import DEMO_SECRET, add_care, bearer, put_all
 
 CAT = "http://terminology.hl7.org/CodeSystem/observation-category"
 LAB = f"user/Observation.rs?category={CAT}|laboratory"
@@ -55,22 +53,12 @@ def world(client: TestClient) -> TestClient:
     )
     now = utcnow()
     with writer(client.app.state.engine).begin() as conn:  # type: ignore[attr-defined]
-        conn.execute(
-            care_relationship.insert().values(
-                id="gp-solo",
-                patient_id="pa",
-                practitioner_id="gp",
-                context="solo",
-                starts=now - timedelta(days=1),
-                ends=now + timedelta(days=14),
-                created_by="test",
-            )
-        )
+        add_care(conn, "gp-solo", "pa", "gp", now)
     return client
 
 
 def as_gp(client: TestClient, scope: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {mint_token(client.app, GP, scope)}"}
+    return bearer(client.app, GP, scope)
 
 
 def refs(bundle: dict[str, Any]) -> set[str]:

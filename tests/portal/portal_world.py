@@ -17,12 +17,12 @@ import pyotp
 from fastapi import FastAPI
 from sqlalchemy import Engine
 
-from sharedcare.access.models import care_relationship
 from sharedcare.access.principals import PrincipalKind
 from sharedcare.identity import accounts, passwords
 from sharedcare.identity.matricule import MATRICULE_SYSTEM, generate
 from sharedcare.settings import Settings
 from sharedcare.storage.engine import writer
+from support import add_care
 
 PASSWORD = "blue kettle sings at dawn"
 CHEAP = passwords.HashParameters(time_cost=1, memory_cost=8, parallelism=1)
@@ -232,15 +232,5 @@ def build_world(app: FastAPI, settings: Settings, *, solo_for_gp: bool = True) -
     if solo_for_gp:
         now = datetime.now(UTC).replace(tzinfo=None)
         with writer(engine).begin() as conn:
-            conn.execute(
-                care_relationship.insert().values(
-                    id="gp-solo",
-                    patient_id="pa",
-                    practitioner_id="gp",
-                    context="solo",
-                    starts=now - timedelta(days=1),
-                    ends=now + timedelta(days=14),
-                    created_by="test",
-                )
-            )
+            add_care(conn, "gp-solo", "pa", "gp", now)
     return World(app, settings, patient, representative, gp, pharmacist, stranger, pending_code)

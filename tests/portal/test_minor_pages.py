@@ -4,7 +4,7 @@ signed in to their own account, objects to their parents' access and allows it a
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 
 import pytest
 from fastapi.testclient import TestClient
@@ -12,10 +12,11 @@ from portal_http import post, sign_in
 from portal_world import Person, World, enrol
 
 from sharedcare.access import consent, minors
-from sharedcare.access.models import care_relationship, minor_objection
+from sharedcare.access.models import minor_objection
 from sharedcare.access.principals import Principal, PrincipalKind
 from sharedcare.identity.matricule import MATRICULE_SYSTEM, generate
 from sharedcare.storage.engine import writer
+from support import add_care
 
 Browser = Callable[[], TestClient]
 KID_PAGE = "/portal/pro/patients/kid"
@@ -47,17 +48,7 @@ def kid(world: World) -> Person:
     now = _now()
     agency = Principal(PrincipalKind.SYSTEM, "test-seed", trusted=True)
     with writer(world.engine).begin() as conn:
-        conn.execute(
-            care_relationship.insert().values(
-                id="gp-kid",
-                patient_id="kid",
-                practitioner_id="gp",
-                context="solo",
-                starts=now - timedelta(days=1),
-                ends=now + timedelta(days=14),
-                created_by="test",
-            )
-        )
+        add_care(conn, "gp-kid", "kid", "gp", now)
         consent.appoint(
             conn, world.app.state.fhir, agency, "kid", world.representative.account_id, "parent", now
         )

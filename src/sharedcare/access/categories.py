@@ -26,6 +26,9 @@ from typing import Any
 
 CATEGORY_SYSTEM = "https://sharedcare.lu/fhir/CodeSystem/dsp-data-category"
 """Our code system of the matrix's data categories, for ``DocumentReference.category`` and the like."""
+DOCUMENT_TYPE_SYSTEM = "https://sharedcare.lu/fhir/CodeSystem/document-type"
+"""Our document types that LOINC has no code for (DOMAIN.md §1.3: the patient-provided document)."""
+PERSONAL_DOCUMENT = "personal-document"
 
 LOINC = "http://loinc.org"
 SNOMED = "http://snomed.info/sct"
@@ -134,8 +137,8 @@ DEFAULTS: Mapping[str, DataCategory] = {
     "ResearchSubject": C.CARE_REPORTS,
     "MeasureReport": C.CARE_REPORTS,
     "Basic": C.CARE_REPORTS,
-    # Document content, outside the compartment: record access never reaches it by itself; it is served
-    # through the DocumentReference pointing to it (Binary.securityContext). Never None ("directory").
+    # Document content: in the compartment of the record holding it (the platform's ``Binary.meta`` link,
+    # docs/documents.md) with the category of its DocumentReference in ``meta.tag``; never None ("directory").
     "Binary": C.CARE_REPORTS,
     # social coverage and billing
     "Coverage": C.SOCIAL_COVERAGE,
@@ -400,8 +403,13 @@ _END_OF_LIFE = frozenset(
     | {(_CONSENT_CATEGORY, code) for code in ("acd", "dnr", "hcd", "polst")}
     | {(LOINC, "64300-7"), (LOINC, "42348-3")}
 )
+LOCAL_DOCUMENT_TYPES: Mapping[str, DataCategory] = {
+    PERSONAL_DOCUMENT: C.PERSONAL_EXPRESSION,  # a document the holder adds to their personal area
+}
+"""``DOCUMENT_TYPE_SYSTEM`` code → category."""
 _DOCUMENT_KEYS: Mapping[tuple[str, str], DataCategory] = {
-    (LOINC, code): cat for code, cat in DOCUMENT_TYPES.items()
+    **{(LOINC, code): cat for code, cat in DOCUMENT_TYPES.items()},
+    **{(DOCUMENT_TYPE_SYSTEM, code): cat for code, cat in LOCAL_DOCUMENT_TYPES.items()},
 }
 
 # --- helpers -------------------------------------------------------------------------------------------
@@ -527,6 +535,26 @@ def _care_category(resource: Resource) -> DataCategory | None:
     return _lookup(resource.get("category"), _PROCEDURE_CATEGORIES)
 
 
+def _tagged(resource: Resource) -> DataCategory | None:
+    """The category the platform copies into ``meta.tag`` when it stores a document's content
+    (Binary) or a submission's lists (``documents``): that of the documents they belong to. The
+    write check applies to it as to any."""
+    meta = resource.get("meta")
+    tags = meta.get("tag") if isinstance(meta, Mapping) else None
+    for tag in tags if isinstance(tags, list) else ():
+        if (
+            isinstance(tag, Mapping)
+            and tag.get("system") == CATEGORY_SYSTEM
+            and tag.get("code") in EXPLICIT_CODES
+        ):
+            return DataCategory(tag["code"])
+    return None
+
+
+def _list(resource: Resource) -> DataCategory | None:
+    return _tagged(resource) or _document("code")(resource)
+
+
 def _media(resource: Resource) -> DataCategory | None:
     modality = _codings(resource.get("modality"))
     return C.IMAGING if any(c.get("system") == _DICOM for c in modality) else None
@@ -536,12 +564,13 @@ _RULES: Mapping[str, Callable[[Resource], DataCategory | None]] = {
     "DocumentReference": _document("type"),
     "Composition": _document("type"),
     "DocumentManifest": _document("type"),
-    "List": _document("code"),
+    "List": _list,
     "DiagnosticReport": _diagnostic_report,
     "Observation": _observation,
     "Procedure": _care_category,
     "CarePlan": _care_category,
     "Media": _media,
+    "Binary": _tagged,
 }
 """Content rules; a rule's None keeps the type's default."""
 
@@ -558,7 +587,7 @@ def _consent(resource: Resource) -> DataCategory:
     return _lookup(scope, _TREATMENT_SCOPE) or C.HOLDER_CHOICES
 
 
-_BY_TYPE_ONLY = frozenset({"Patient", "RelatedPerson", "Person", "AuditEvent", "Provenance", "Binary"})
+_BY_TYPE_ONLY = frozenset({"Patient", "RelatedPerson", "Person", "AuditEvent", "Provenance"})
 _PATIENT_ELEMENT = {"Device": "patient"}
 """Types outside the R4 patient compartment that are patient data only when this element is set."""
 
@@ -595,7 +624,7 @@ def category_for_document_type(code: str, system: str = LOINC) -> str | None:
 
     For MHD submissions (issue 4): unlike ``classify``, an unknown type is reported, not defaulted.
     """
-    return DOCUMENT_TYPES.get(code) if system == LOINC else None
+    return _DOCUMENT_KEYS.get((system, code))
 
 
 VACCINATION_TYPES = frozenset({"Immunization", "ImmunizationEvaluation", "ImmunizationRecommendation"})

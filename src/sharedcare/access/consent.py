@@ -8,6 +8,7 @@ transaction, so they never disagree. Withdrawing a choice makes its Consent ``in
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -30,6 +31,8 @@ CONSENT_CATEGORY = [
 ]
 CHOICE_SYSTEM = "https://sharedcare.lu/fhir/CodeSystem/dsp-access-choice"
 """Our code system naming the kind of choice a Consent records."""
+PARTICIPATION_TYPE = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
+ROLE_CODE = "http://terminology.hl7.org/CodeSystem/v3-RoleCode"
 
 DELEGATION_KINDS = ("parent", "guardian", "trusted", "assistant")
 
@@ -52,44 +55,55 @@ class Choice:
     consent_id: str | None
 
 
-def _consent(
+def fhir_consent(
     patient_id: str,
     kind: str,
     provision_type: str,
     now: datetime,
     *,
-    actor: dict[str, Any] | None = None,
+    actors: Sequence[dict[str, Any]] = (),
+    actions: Sequence[dict[str, Any]] = (),
     data: str | None = None,
     ends: datetime | None = None,
+    performer: str | None = None,
+    organization_id: str | None = None,
 ) -> dict[str, Any]:
+    """The ``Consent`` of one change of a record's rights, ``kind`` its ``policyRule`` code in
+    ``CHOICE_SYSTEM``: the holder's choices here, and those of ``requests`` and ``minors``, are
+    all written this one way, so readers and other systems find them alike."""
     provision: dict[str, Any] = {"type": provision_type, "period": {"start": instant(now)}}
     if ends is not None:
         provision["period"]["end"] = instant(ends)
-    if actor is not None:
-        provision["actor"] = [actor]
+    if actors:
+        provision["actor"] = list(actors)
+    if actions:
+        provision["action"] = list(actions)
     if data is not None:
         provision["data"] = [{"meaning": "instance", "reference": {"reference": data}}]
-    return {
+    res: dict[str, Any] = {
         "resourceType": "Consent",
         "status": "active",
         "scope": CONSENT_SCOPE,
         "category": CONSENT_CATEGORY,
         "patient": {"reference": f"Patient/{patient_id}"},
         "dateTime": instant(now),
-        "policyRule": {"coding": [{"system": CHOICE_SYSTEM, "code": kind}]},
-        "provision": provision,
     }
+    if performer is not None:
+        res["performer"] = [{"reference": performer}]
+    res["policyRule"] = {"coding": [{"system": CHOICE_SYSTEM, "code": kind}]}
+    res["provision"] = provision
+    if organization_id:
+        res["organization"] = [{"reference": f"Organization/{organization_id}"}]
+    return res
+
+
+def actor(role_system: str, role_code: str, reference: dict[str, str]) -> dict[str, Any]:
+    """A ``Consent.provision.actor``: who the choice is about, in the role ``role_code``."""
+    return {"role": {"coding": [{"system": role_system, "code": role_code}]}, "reference": reference}
 
 
 def _practitioner_actor(practitioner_id: str) -> dict[str, Any]:
-    return {
-        "role": {
-            "coding": [
-                {"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "PRCP"}
-            ]
-        },
-        "reference": {"reference": f"Practitioner/{practitioner_id}"},
-    }
+    return actor(PARTICIPATION_TYPE, "PRCP", {"reference": f"Practitioner/{practitioner_id}"})
 
 
 def _require_holder(conn: Connection, who: Principal, patient_id: str, now: datetime) -> None:
@@ -113,10 +127,10 @@ def _require_holder(conn: Connection, who: Principal, patient_id: str, now: date
         )
 
 
-def _audit(
+def audit_change(
     conn: Connection, who: Principal, patient_id: str, what: str, consent_id: str | None = None
 ) -> None:
-    """Every change of the holder's choices is in the record's access log (same transaction)."""
+    """Every change of a record's rights is in its access log, in the same transaction."""
     audit.append(
         conn,
         audit.record_for(
@@ -129,11 +143,13 @@ def _audit(
     )
 
 
-def _write_consent(conn: Connection, fhir: FhirService, consent: dict[str, Any]) -> str:
+def write_consent(conn: Connection, fhir: FhirService, consent: dict[str, Any]) -> str:
+    """Store the Consent as the platform (not as the caller: the choice itself was authorised)."""
     return fhir.for_session(None).create_in(conn, consent).stored.id
 
 
-def _deactivate_consent(conn: Connection, fhir: FhirService, consent_id: str | None) -> None:
+def deactivate_consent(conn: Connection, fhir: FhirService, consent_id: str | None) -> None:
+    """Mark a withdrawn choice's Consent ``inactive`` (kept, versioned: the record's history)."""
     if not consent_id:
         return
     svc = fhir.for_session(None)
@@ -151,10 +167,10 @@ def grant_permanent(
 ) -> str:
     """The holder extends a professional's access without end, until revoked."""
     _require_holder(conn, who, patient_id, now)
-    consent_id = _write_consent(
+    consent_id = write_consent(
         conn,
         fhir,
-        _consent(patient_id, "permanent", "permit", now, actor=_practitioner_actor(practitioner_id)),
+        fhir_consent(patient_id, "permanent", "permit", now, actors=[_practitioner_actor(practitioner_id)]),
     )
     rid = uuid.uuid4().hex
     conn.execute(
@@ -169,7 +185,7 @@ def grant_permanent(
             created_by=who.subject,
         )
     )
-    _audit(conn, who, patient_id, f"grant-permanent Practitioner/{practitioner_id}", consent_id)
+    audit_change(conn, who, patient_id, f"grant-permanent Practitioner/{practitioner_id}", consent_id)
     return rid
 
 
@@ -191,8 +207,10 @@ def revoke_permanent(
     )
     for row in rows:
         care.end(conn, row.id, now)
-        _deactivate_consent(conn, fhir, row.consent_id)
-        _audit(conn, who, patient_id, f"revoke-permanent Practitioner/{practitioner_id}", row.consent_id)
+        deactivate_consent(conn, fhir, row.consent_id)
+        audit_change(
+            conn, who, patient_id, f"revoke-permanent Practitioner/{practitioner_id}", row.consent_id
+        )
     return len(rows)
 
 
@@ -204,10 +222,12 @@ def block(
     _require_holder(conn, who, patient_id, now)
     if _restriction(conn, patient_id, practitioner_id, "block", None) is not None:
         raise ChoiceError("This professional is already blocked")
-    consent_id = _write_consent(
-        conn, fhir, _consent(patient_id, "block", "deny", now, actor=_practitioner_actor(practitioner_id))
+    consent_id = write_consent(
+        conn,
+        fhir,
+        fhir_consent(patient_id, "block", "deny", now, actors=[_practitioner_actor(practitioner_id)]),
     )
-    _audit(conn, who, patient_id, f"block Practitioner/{practitioner_id}", consent_id)
+    audit_change(conn, who, patient_id, f"block Practitioner/{practitioner_id}", consent_id)
     return _insert_restriction(conn, patient_id, practitioner_id, "block", None, consent_id, now)
 
 
@@ -216,7 +236,7 @@ def unblock(
 ) -> None:
     _require_holder(conn, who, patient_id, now)
     consent_id = _remove_restriction(conn, fhir, patient_id, practitioner_id, "block", None, now)
-    _audit(conn, who, patient_id, f"unblock Practitioner/{practitioner_id}", consent_id)
+    audit_change(conn, who, patient_id, f"unblock Practitioner/{practitioner_id}", consent_id)
 
 
 def mask(
@@ -236,12 +256,14 @@ def mask(
         raise ChoiceError(f"{reference} is not an item of this record")
     if _restriction(conn, patient_id, practitioner_id, "mask", reference) is not None:
         raise ChoiceError("This item is already hidden from this professional")
-    consent_id = _write_consent(
+    consent_id = write_consent(
         conn,
         fhir,
-        _consent(patient_id, "mask", "deny", now, actor=_practitioner_actor(practitioner_id), data=reference),
+        fhir_consent(
+            patient_id, "mask", "deny", now, actors=[_practitioner_actor(practitioner_id)], data=reference
+        ),
     )
-    _audit(conn, who, patient_id, f"hide {reference} from Practitioner/{practitioner_id}", consent_id)
+    audit_change(conn, who, patient_id, f"hide {reference} from Practitioner/{practitioner_id}", consent_id)
     return _insert_restriction(conn, patient_id, practitioner_id, "mask", reference, consent_id, now)
 
 
@@ -256,7 +278,7 @@ def unmask(
 ) -> None:
     _require_holder(conn, who, patient_id, now)
     consent_id = _remove_restriction(conn, fhir, patient_id, practitioner_id, "mask", reference, now)
-    _audit(conn, who, patient_id, f"unhide {reference} from Practitioner/{practitioner_id}", consent_id)
+    audit_change(conn, who, patient_id, f"unhide {reference} from Practitioner/{practitioner_id}", consent_id)
 
 
 def _restriction(
@@ -314,7 +336,7 @@ def _remove_restriction(
     if row is None:
         raise ChoiceError("There is no such restriction")
     conn.execute(update(access_restriction).where(access_restriction.c.id == row.id).values(removed_at=now))
-    _deactivate_consent(conn, fhir, row.consent_id)
+    deactivate_consent(conn, fhir, row.consent_id)
     consent_id: str | None = row.consent_id
     return consent_id
 
@@ -339,16 +361,11 @@ def appoint(
         _require_holder(conn, who, patient_id, now)
     if ends is not None and ends <= now:
         raise ChoiceError("The end of the delegation must be in the future")
-    actor = {
-        "role": {
-            "coding": [
-                {"system": "http://terminology.hl7.org/CodeSystem/v3-RoleCode", "code": _ROLE_CODES[kind]}
-            ]
-        },
-        "reference": {"display": f"account {account_id}"},
-    }
-    consent_id = _write_consent(
-        conn, fhir, _consent(patient_id, f"delegation-{kind}", "permit", now, actor=actor, ends=ends)
+    representative = actor(ROLE_CODE, _ROLE_CODES[kind], {"display": f"account {account_id}"})
+    consent_id = write_consent(
+        conn,
+        fhir,
+        fhir_consent(patient_id, f"delegation-{kind}", "permit", now, actors=[representative], ends=ends),
     )
     delegation_id = uuid.uuid4().hex
     conn.execute(
@@ -363,7 +380,7 @@ def appoint(
             consent_id=consent_id,
         )
     )
-    _audit(conn, who, patient_id, f"appoint {kind} account {account_id}", consent_id)
+    audit_change(conn, who, patient_id, f"appoint {kind} account {account_id}", consent_id)
     return delegation_id
 
 
@@ -379,8 +396,8 @@ def remove_delegation(
         raise ChoiceError("There is no such representative")
     _require_holder(conn, who, row.patient_id, now)
     conn.execute(update(d).where(d.c.id == delegation_id).values(revoked_at=now))
-    _deactivate_consent(conn, fhir, row.consent_id)
-    _audit(conn, who, row.patient_id, f"remove {row.kind} account {row.account_id}", row.consent_id)
+    deactivate_consent(conn, fhir, row.consent_id)
+    audit_change(conn, who, row.patient_id, f"remove {row.kind} account {row.account_id}", row.consent_id)
 
 
 # -- closure -----------------------------------------------------------------------------------
@@ -397,7 +414,7 @@ def close_record(
         .where(s.c.patient_id == patient_id)
         .values(status="closed", closed_at=now, closed_reason=reason)
     )
-    _audit(conn, who, patient_id, f"close-record ({reason})")
+    audit_change(conn, who, patient_id, f"close-record ({reason})")
 
 
 def reopen_record(
@@ -418,7 +435,7 @@ def reopen_record(
         .where(s.c.patient_id == patient_id)
         .values(status="open", closed_at=None, closed_reason=None)
     )
-    _audit(conn, who, patient_id, "reopen-record")
+    audit_change(conn, who, patient_id, "reopen-record")
 
 
 def status(conn: Connection, patient_id: str) -> str:

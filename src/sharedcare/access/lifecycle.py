@@ -4,8 +4,9 @@ deletion ten years after closure. ``run`` is the scheduled job (``sharedcare lif
 Deletion (opt-out, end of retention) removes the record's resources, every version and index
 row, the projection rows of the holder's choices and the record's access traces (art. 8:
 ``audit.retention.delete_traces`` leaves tombstones, so the hash chains still verify), in one
-transaction. Closure archives the traces with the data: ``audit.retention`` reads the
-record's status, so there is nothing more to do here.
+transaction, and destroys the data key of its document content (crypto-shredding,
+docs/storage.md) before deleting the blobs. Closure archives the traces with the data:
+``audit.retention`` reads the record's status, so there is nothing more to do here.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ from sharedcare.audit import log as audit
 from sharedcare.audit import retention
 from sharedcare.fhir.service import FhirService
 from sharedcare.settings import Settings
+from sharedcare.storage.blobstore import BlobStore
+from sharedcare.storage.content import make_backend
+from sharedcare.storage.crypto import crypto_shred
 from sharedcare.storage.tables import INDEX_TABLES, resource, resource_compartment, resource_version
 
 AGENCY = Principal(
@@ -75,10 +79,12 @@ def _close(conn: Connection, patient_id: str, reason: str, now: datetime) -> Non
     )
 
 
-def purge(conn: Connection, patient_id: str) -> int:
+def purge(conn: Connection, patient_id: str, blobs: BlobStore | None = None) -> int:
     """Delete the record's content for good; returns how many resources went.
 
-    A resource shared with another patient's record (in several compartments) stays.
+    A resource shared with another patient's record (in several compartments) stays. The
+    record's document content is crypto-shredded (``storage.crypto.crypto_shred``): its data
+    key goes in this transaction, then its blobs are deleted from ``blobs`` when given.
     """
     c = resource_compartment
     mine = select(c.c.res_pk).where(c.c.patient_id == patient_id)
@@ -100,12 +106,14 @@ def purge(conn: Connection, patient_id: str) -> int:
         record_request,
     ):
         conn.execute(delete(table).where(table.c.patient_id == patient_id))
+    crypto_shred(conn, patient_id, blobs)
     return len(pks)
 
 
-def opt_out(conn: Connection, patient_id: str, now: datetime) -> int:
-    """The holder objected (§A.1): the record never becomes active and is deleted."""
-    count = purge(conn, patient_id)
+def opt_out(conn: Connection, patient_id: str, now: datetime, blobs: BlobStore | None = None) -> int:
+    """The holder objected (§A.1): the record never becomes active and is deleted (its content
+    from ``blobs``, the application's store)."""
+    count = purge(conn, patient_id, blobs)
     ensure_record(conn, patient_id, letter_sent=None, activated=None)
     conn.execute(
         update(record_status)
@@ -119,9 +127,12 @@ def opt_out(conn: Connection, patient_id: str, now: datetime) -> int:
     return count
 
 
-def run(conn: Connection, fhir: FhirService, settings: Settings, now: datetime) -> LifecycleReport:
+def run(
+    conn: Connection, fhir: FhirService, settings: Settings, now: datetime, blobs: BlobStore | None = None
+) -> LifecycleReport:
     """Apply the rules once: close at death, close after inactivity, delete after retention;
-    tell the holders of the professionals whose licence was withdrawn."""
+    tell the holders of the professionals whose licence was withdrawn. Deleted records' content
+    goes from ``blobs``, by default the store of the settings."""
     report = LifecycleReport()
     s = record_status
     closed = set(conn.execute(select(s.c.patient_id).where(s.c.status != "open")).scalars())
@@ -151,7 +162,9 @@ def run(conn: Connection, fhir: FhirService, settings: Settings, now: datetime) 
     for patient_id in conn.execute(
         select(s.c.patient_id).where(s.c.status == "closed", s.c.closed_at < expired)
     ).scalars():
-        purge(conn, patient_id)
+        if blobs is None:
+            blobs = make_backend(settings)
+        purge(conn, patient_id, blobs)
         conn.execute(update(s).where(s.c.patient_id == patient_id).values(status="deleted"))
         audit.append(
             conn,

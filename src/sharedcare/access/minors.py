@@ -55,9 +55,7 @@ from sqlalchemy import (
 from sharedcare.access import care, consent
 from sharedcare.access.models import delegation, minor_autonomy, minor_objection
 from sharedcare.access.principals import Principal, PrincipalKind
-from sharedcare.audit import log as audit
 from sharedcare.fhir.service import FhirService
-from sharedcare.fhir.store import instant
 from sharedcare.storage.tables import idx_date, resource
 
 if TYPE_CHECKING:
@@ -71,7 +69,6 @@ every other delegation their accounts hold to the record."""
 AUTONOMY = "minor-autonomy"
 OBJECTION = "minor-objection"
 _ROLE_CLASS = "http://terminology.hl7.org/CodeSystem/v3-RoleClass"
-_ROLE_CODE = "http://terminology.hl7.org/CodeSystem/v3-RoleCode"
 _ACCESS = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentaction", "code": "access"}]}
 
 # own aliases: the condition is nested in statements that read ``resource`` themselves
@@ -247,30 +244,18 @@ def record_autonomy(
     if current.autonomy is not None:
         raise MinorError("This minor already exercises their rights alone")
     assert who.practitioner_id is not None
-    consent_res: dict[str, Any] = {
-        "resourceType": "Consent",
-        "status": "active",
-        "scope": consent.CONSENT_SCOPE,
-        "category": consent.CONSENT_CATEGORY,
-        "patient": {"reference": f"Patient/{patient_id}"},
-        "dateTime": instant(now),
-        "performer": [{"reference": f"Practitioner/{who.practitioner_id}"}],
-        "policyRule": {"coding": [{"system": consent.CHOICE_SYSTEM, "code": AUTONOMY}]},
-        "provision": {
-            "type": "permit",
-            "period": {"start": instant(now)},
-            "actor": [
-                {
-                    "role": {"coding": [{"system": _ROLE_CLASS, "code": "PAT"}]},
-                    "reference": {"reference": f"Patient/{patient_id}"},
-                }
-            ],
-            "action": [_ACCESS],
-        },
-    }
-    if who.organization_id:
-        consent_res["organization"] = [{"reference": f"Organization/{who.organization_id}"}]
-    consent_id = fhir.for_session(None).create_in(conn, consent_res).stored.id
+    minor = consent.actor(_ROLE_CLASS, "PAT", {"reference": f"Patient/{patient_id}"})
+    decision = consent.fhir_consent(
+        patient_id,
+        AUTONOMY,
+        "permit",
+        now,
+        actors=[minor],
+        actions=[_ACCESS],
+        performer=f"Practitioner/{who.practitioner_id}",
+        organization_id=who.organization_id,
+    )
+    consent_id = consent.write_consent(conn, fhir, decision)
     decision_id = uuid.uuid4().hex
     conn.execute(
         minor_autonomy.insert().values(
@@ -282,7 +267,7 @@ def record_autonomy(
             consent_id=consent_id,
         )
     )
-    _audit(conn, who, patient_id, "minor-autonomy", consent_id)
+    consent.audit_change(conn, who, patient_id, "minor-autonomy", consent_id)
     return decision_id
 
 
@@ -306,34 +291,27 @@ def object_to_parents(
     _require_autonomous_minor(conn, who, patient_id, now)
     if _objection(conn, patient_id) is not None:
         raise MinorError("You already object to your parents' access")
-    actors = [
-        {"role": {"coding": [{"system": _ROLE_CODE, "code": code}]}, "reference": {"display": display}}
+    parents = [
+        consent.actor(consent.ROLE_CODE, code, {"display": display})
         for code, display in (("PRN", "parents"), ("GUARD", "legal representative"))
     ]
-    consent_res = {
-        "resourceType": "Consent",
-        "status": "active",
-        "scope": consent.CONSENT_SCOPE,
-        "category": consent.CONSENT_CATEGORY,
-        "patient": {"reference": f"Patient/{patient_id}"},
-        "dateTime": instant(now),
-        "performer": [{"reference": f"Patient/{patient_id}"}],
-        "policyRule": {"coding": [{"system": consent.CHOICE_SYSTEM, "code": OBJECTION}]},
-        "provision": {
-            "type": "deny",
-            "period": {"start": instant(now)},
-            "actor": actors,
-            "action": [_ACCESS],
-        },
-    }
-    consent_id = fhir.for_session(None).create_in(conn, consent_res).stored.id
+    objection = consent.fhir_consent(
+        patient_id,
+        OBJECTION,
+        "deny",
+        now,
+        actors=parents,
+        actions=[_ACCESS],
+        performer=f"Patient/{patient_id}",
+    )
+    consent_id = consent.write_consent(conn, fhir, objection)
     objection_id = uuid.uuid4().hex
     conn.execute(
         minor_objection.insert().values(
             id=objection_id, patient_id=patient_id, created=now, consent_id=consent_id
         )
     )
-    _audit(conn, who, patient_id, "object-to-parents", consent_id)
+    consent.audit_change(conn, who, patient_id, "object-to-parents", consent_id)
     return objection_id
 
 
@@ -346,25 +324,5 @@ def allow_parents(
     if row is None:
         raise MinorError("You do not object to your parents' access")
     conn.execute(update(minor_objection).where(minor_objection.c.id == row.id).values(removed_at=now))
-    if row.consent_id:
-        svc = fhir.for_session(None)
-        current = svc.store.current(conn, "Consent", row.consent_id)
-        if current is not None and not current.deleted:
-            res = current.resource()
-            res["status"] = "inactive"
-            svc.update_in(conn, "Consent", row.consent_id, res)
-    _audit(conn, who, patient_id, "allow-parents", row.consent_id)
-
-
-def _audit(conn: Connection, who: Principal, patient_id: str, what: str, consent_id: str | None) -> None:
-    """In the record's access log, in the same transaction, like every change of its rights."""
-    audit.append(
-        conn,
-        audit.record_for(
-            who,
-            audit.AuditAction.CONSENT_CHANGE,
-            patient_id=patient_id,
-            interaction=what,
-            resources=(f"Consent/{consent_id}",) if consent_id else (),
-        ),
-    )
+    consent.deactivate_consent(conn, fhir, row.consent_id)
+    consent.audit_change(conn, who, patient_id, "allow-parents", row.consent_id)

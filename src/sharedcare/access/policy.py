@@ -98,6 +98,51 @@ def category_of(res: Mapping[str, Any]) -> str:
 REFERENT = "referent"
 OVERRIDE = "override"
 
+AUTHORED_TYPES = frozenset({"DocumentReference"})
+"""Types whose stored versions only their author's side may change (``AccessPolicy.change_denial``)."""
+
+
+def _author_references(res: Mapping[str, Any]) -> set[str]:
+    """``Type/id`` of the authors of a document: ``author`` references, relative or absolute, and
+    the practitioner and organisation of a contained PractitionerRole author."""
+    contained = {
+        f"#{c.get('id')}": c for c in res.get("contained") or () if isinstance(c, dict) and c.get("id")
+    }
+    refs: set[str] = set()
+    authors = res.get("author")
+    for author in authors if isinstance(authors, list) else ():
+        value = author.get("reference") if isinstance(author, dict) else None
+        if not isinstance(value, str):
+            continue
+        inner = contained.get(value)
+        if inner is not None:
+            for name in ("practitioner", "organization"):
+                ref = inner.get(name)
+                if isinstance(ref, dict) and isinstance(ref.get("reference"), str):
+                    refs.add("/".join(ref["reference"].split("/")[-2:]))
+            continue
+        parts = value.split("/")
+        if len(parts) >= 4 and parts[-2] == "_history":
+            parts = parts[:-2]
+        if len(parts) >= 2:
+            refs.add(f"{parts[-2]}/{parts[-1]}")
+    return refs
+
+
+def authored_by(p: Principal, res: Mapping[str, Any]) -> bool:
+    """Whether ``p`` is on the author's side of ``res``: its professional (Practitioner or
+    PractitionerRole), the organisation the professional or system acts for, or the holder (or a
+    representative acting for them) when the holder wrote it."""
+    refs = _author_references(res)
+    mine = {
+        f"Practitioner/{p.practitioner_id}" if p.practitioner_id else "",
+        f"PractitionerRole/{p.practitioner_role_id}" if p.practitioner_role_id else "",
+        f"Organization/{p.organization_id}" if p.organization_id else "",
+    }
+    if p.kind in (PrincipalKind.PATIENT, PrincipalKind.REPRESENTATIVE):
+        mine |= {f"Patient/{pid}" for pid in (p.patient_id, *p.acting_for) if pid}
+    return bool(refs & (mine - {""}))
+
 
 # The read filter's own names for the tables it reads (short: it joins every statement).
 _CR = care_relationship.alias("acr")
@@ -624,6 +669,16 @@ class AccessPolicy:
                 return "the professional is not in the national directory"
             return None  # relationships and matrix: checked in SQL by ``writable_patients``
         return "not allowed"
+
+    def change_denial(self, p: Principal, current: Mapping[str, Any]) -> str | None:
+        """Why ``p`` may not change or delete the stored resource ``current`` although its category
+        and record allow writing (None: allowed). A document is replaced, deprecated or marked in
+        error only by its author's side (IHE MHD, ``docs/documents.md``): ``authored_by``."""
+        if self.is_trusted(p) or current.get("resourceType") not in AUTHORED_TYPES:
+            return None
+        if authored_by(p, current):
+            return None
+        return "only the author of a document (its professional or organisation) may change it"
 
     def writable_patients(self, p: Principal, category: str, now: datetime) -> Select:
         """Patients whose record ``p`` may write data of ``category`` into (professionals)."""

@@ -31,7 +31,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, delete, func, select, update
 
-from sharedcare.access.consent import CHOICE_SYSTEM, CONSENT_CATEGORY, CONSENT_SCOPE
+from sharedcare.access.consent import audit_change, deactivate_consent, fhir_consent, write_consent
 from sharedcare.access.minors import representation_in_force
 from sharedcare.access.models import delegation, filing_objection, record_request
 from sharedcare.access.principals import Principal, PrincipalKind
@@ -233,9 +233,8 @@ def object_to_filing(
         _refuse_category(conn, stored, _NOT_OBJECTABLE)
         if _objection(conn, patient, rtype, rid) is not None:
             raise RequestConflict("You have already withdrawn this item from the shared record")
-        consent_id = (
-            svc.for_session(None).create_in(conn, _objection_consent(patient, reference, now)).stored.id
-        )
+        objection = fhir_consent(patient, OBJECTION, "deny", now, data=reference)
+        consent_id = write_consent(conn, svc, objection)
         conn.execute(
             filing_objection.insert().values(
                 id=uuid.uuid4().hex,
@@ -247,9 +246,7 @@ def object_to_filing(
                 consent_id=consent_id,
             )
         )
-        _audit(
-            conn, who, audit.AuditAction.CONSENT_CHANGE, patient, f"object-to-filing {reference}", consent_id
-        )
+        audit_change(conn, who, patient, f"object-to-filing {reference}", consent_id)
     return consent_id
 
 
@@ -266,21 +263,8 @@ def withdraw_objection(
         if row is None:
             raise RequestConflict("This item is not withdrawn from the shared record")
         conn.execute(update(filing_objection).where(filing_objection.c.id == row.id).values(removed_at=now))
-        if row.consent_id:
-            internal = svc.for_session(None)
-            current = internal.store.current(conn, "Consent", row.consent_id)
-            if current is not None and not current.deleted:
-                consent = current.resource()
-                consent["status"] = "inactive"
-                internal.update_in(conn, "Consent", row.consent_id, consent)
-        _audit(
-            conn,
-            who,
-            audit.AuditAction.CONSENT_CHANGE,
-            patient,
-            f"withdraw-objection {reference}",
-            row.consent_id,
-        )
+        deactivate_consent(conn, svc, row.consent_id)
+        audit_change(conn, who, patient, f"withdraw-objection {reference}", row.consent_id)
 
 
 def objections(conn: Connection, patient_id: str) -> set[str]:
@@ -304,23 +288,6 @@ def _objection(conn: Connection, patient_id: str, rtype: str, rid: str) -> Any:
             fo.c.removed_at.is_(None),
         )
     ).first()
-
-
-def _objection_consent(patient_id: str, reference: str, now: datetime) -> dict[str, Any]:
-    return {
-        "resourceType": "Consent",
-        "status": "active",
-        "scope": CONSENT_SCOPE,
-        "category": CONSENT_CATEGORY,
-        "patient": {"reference": f"Patient/{patient_id}"},
-        "dateTime": instant(now),
-        "policyRule": {"coding": [{"system": CHOICE_SYSTEM, "code": OBJECTION}]},
-        "provision": {
-            "type": "deny",
-            "period": {"start": instant(now)},
-            "data": [{"meaning": "instance", "reference": {"reference": reference}}],
-        },
-    }
 
 
 # -- rectification and erasure requests ----------------------------------------------------------
@@ -382,15 +349,7 @@ def file_request(
                 created_by=who.subject,
             )
         )
-        _audit(
-            conn,
-            who,
-            audit.AuditAction.CREATE,
-            patient,
-            f"request-{kind} {reference}",
-            None,
-            f"Task/{task_id}",
-        )
+        _audit(conn, who, audit.AuditAction.CREATE, patient, f"request-{kind} {reference}", task_id)
         row = conn.execute(select(rq).where(rq.c.id == task_id)).one()
     return _request(row)
 
@@ -457,13 +416,7 @@ def decide(
                 ),
             )
         _audit(
-            conn,
-            who,
-            audit.AuditAction.UPDATE,
-            row.patient_id,
-            f"{row.kind}-request {status}",
-            None,
-            f"Task/{request_id}",
+            conn, who, audit.AuditAction.UPDATE, row.patient_id, f"{row.kind}-request {status}", request_id
         )
         done = conn.execute(select(rq).where(rq.c.id == request_id)).one()
     return _request(done)
@@ -721,17 +674,11 @@ def _refuse_category(conn: Connection, stored: Stored, refused: frozenset[str]) 
 
 
 def _audit(
-    conn: Connection,
-    who: Principal,
-    action: audit.AuditAction,
-    patient_id: str,
-    what: str,
-    consent_id: str | None,
-    *resources: str,
+    conn: Connection, who: Principal, action: audit.AuditAction, patient_id: str, what: str, task_id: str
 ) -> None:
-    """The act in the record's access log (same transaction, last write of the act)."""
-    refs = (f"Consent/{consent_id}",) if consent_id else ()
+    """A request's act in the record's access log (same transaction, last write of the act);
+    the objections are audited as every change of the record's rights (``consent.audit_change``)."""
+    resources = (f"Task/{task_id}",)
     audit.append(
-        conn,
-        audit.record_for(who, action, patient_id=patient_id, interaction=what, resources=(*refs, *resources)),
+        conn, audit.record_for(who, action, patient_id=patient_id, interaction=what, resources=resources)
     )

@@ -285,6 +285,10 @@ class PolicySession:
                 targets.append(self._stored_target(conn, w.current))
             for target in targets:
                 self._check_target(conn, target, w)
+            if w.current is not None and not w.current.deleted:
+                reason = self.policy.change_denial(p, w.current.resource())
+                if reason is not None:
+                    raise Forbidden(f"{w.type}/{w.id}: {reason}")
 
     def _check_scope_conditions(self, conn: Connection, w: Write, letter: str) -> None:
         """Under v2 scopes with a query, a write touches only matching resources: the stored

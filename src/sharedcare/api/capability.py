@@ -23,6 +23,7 @@ INTERACTIONS = (
 SYSTEM_INTERACTIONS = ("transaction", "batch", "history-system")
 OPERATIONS = {
     "everything": ("Patient", "http://hl7.org/fhir/OperationDefinition/Patient-everything"),
+    "summary": ("Patient", "http://hl7.org/fhir/uv/ips/OperationDefinition/summary"),
     "decide": ("Task", "https://sharedcare.lu/fhir/OperationDefinition/record-request-decide"),
 }
 ITEM_OPERATIONS = (

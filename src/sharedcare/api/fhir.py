@@ -13,12 +13,25 @@ from sqlalchemy import Connection
 from starlette.concurrency import run_in_threadpool
 
 from sharedcare.access.policy import category_of
+from sharedcare.access.principals import PrincipalKind
 from sharedcare.access.session import PolicySession, RequestInfo
 from sharedcare.access.tokens import TokenMissing, principal_from_request
 from sharedcare.api.capability import capability_statement
 from sharedcare.audit import log as audit
+from sharedcare.crossborder import ips
+from sharedcare.crossborder.texts import LANGUAGES, pick_language
+from sharedcare.documents import mhd, submission
 from sharedcare.fhir.bundle import BundleProcessor
-from sharedcare.fhir.errors import BadRequest, FhirError, Issue, NotFound, operation_outcome
+from sharedcare.fhir.errors import (
+    BadRequest,
+    FhirError,
+    Forbidden,
+    Issue,
+    MultipleMatches,
+    NotFound,
+    NotSupported,
+    operation_outcome,
+)
 from sharedcare.fhir.render import history_bundle, resource_json, searchset
 from sharedcare.fhir.search.engine import SearchResult
 from sharedcare.fhir.service import FhirService, WriteOutcome
@@ -216,6 +229,10 @@ async def system_bundle(request: Request) -> Response:
     body = await _json_body(request)
     svc = _service(request)
     base = base_url(request)
+    if mhd.is_provide_bundle(body):  # IHE MHD ITI-65: checked whole before anything is stored
+        blobs, limit = request.app.state.blobs, request.app.state.settings.max_content_bytes
+        result = await run_in_threadpool(submission.provide, svc, blobs, body, base_url=base, max_size=limit)
+        return fhir_response(request, result)
     processor = BundleProcessor(svc, get_handler=lambda url, b, conn: _bundle_get(svc, url, b, conn))
     result = await run_in_threadpool(processor.process, body, base)
     return fhir_response(request, result)
@@ -409,6 +426,93 @@ async def patient_everything(request: Request, pid: str) -> Response:
     )
     result = SearchResult(page.matches, page.included, page.total, page.next_cursor)
     return fhir_response(request, searchset(result, base, f"Patient/{pid}/$everything", params))
+
+
+# -- $summary: the International Patient Summary (crossborder.ips) ------------------------------
+_SUMMARY_PARAMS = ("identifier", "profile", "language", "persist")
+
+
+@router.api_route("/Patient/$summary", methods=["GET", "POST"])
+async def patient_summary_by_identifier(request: Request) -> Response:
+    params = await _summary_params(request)
+    identifier = params.get("identifier")
+    if not identifier:
+        raise BadRequest(
+            "Patient/$summary needs an 'identifier' (system|value); or call Patient/[id]/$summary"
+        )
+    svc = _service(request)
+    query = svc.parse_search("Patient", [("identifier", identifier)], strict=True)
+    found = await run_in_threadpool(svc.search, query, base_url=base_url(request))
+    if not found.matches:
+        raise NotFound(f"No patient is known by the identifier {identifier!r}")
+    if len(found.matches) > 1:
+        raise MultipleMatches(f"More than one patient has the identifier {identifier!r}")
+    return await _summary(request, found.matches[0].id, params)
+
+
+@router.api_route("/Patient/{pid}/$summary", methods=["GET", "POST"])
+async def patient_summary(request: Request, pid: str) -> Response:
+    params = await _summary_params(request)
+    if "identifier" in params:
+        raise BadRequest("'identifier' selects the patient of Patient/$summary, not of Patient/[id]/$summary")
+    return await _summary(request, pid, params)
+
+
+async def _summary_params(request: Request) -> dict[str, str]:
+    """The operation's parameters: the query string, and a ``Parameters`` body on POST."""
+    params = dict(_query_params(request))
+    body = await request.body() if request.method == "POST" else b""
+    if body.strip():
+        parsed = await _json_body(request)
+        if not isinstance(parsed, dict) or parsed.get("resourceType") != "Parameters":
+            raise BadRequest("$summary takes a Parameters resource in its body")
+        if not isinstance(parsed.get("parameter", []), list):
+            raise BadRequest("Parameters.parameter must be a list of parameters")
+        for p in parsed.get("parameter", []):
+            value = (
+                next((v for k, v in p.items() if k.startswith("value")), None)
+                if isinstance(p, dict)
+                else None
+            )
+            if (
+                not isinstance(p, dict)
+                or not isinstance(p.get("name"), str)
+                or not isinstance(value, str | bool)
+            ):
+                raise BadRequest("Each $summary parameter needs a name and a string, code or boolean value")
+            params[p["name"]] = str(value).lower() if isinstance(value, bool) else value
+    unknown = sorted(set(params) - set(_SUMMARY_PARAMS))
+    if unknown:
+        raise BadRequest(f"Unknown $summary parameter(s): {', '.join(unknown)}")
+    return params
+
+
+async def _summary(request: Request, pid: str, params: dict[str, str]) -> Response:
+    profile = params.get("profile")
+    if profile and profile not in (ips.BUNDLE_PROFILE, ips.COMPOSITION_PROFILE):
+        raise NotSupported(f"Only the IPS profile is supported ({ips.COMPOSITION_PROFILE}), not {profile!r}")
+    language = params.get("language")
+    if language and language[:2].lower() not in LANGUAGES:
+        raise BadRequest(f"language must be one of {', '.join(LANGUAGES)}, not {language!r}")
+    lang = pick_language(language, request.headers.get("accept-language"))
+    persist = params.get("persist", "false")
+    if persist not in ("true", "false"):
+        raise BadRequest(f"persist must be true or false, not {persist!r}")
+    svc, base = _service(request), base_url(request)
+    if persist == "false":
+        bundle = await run_in_threadpool(ips.generate_summary, svc, pid, base_url=base, language=lang)
+        return fhir_response(request, bundle)
+    if request.method != "POST":
+        raise BadRequest("persist=true stores a signed summary in the record: use POST")
+    who = request.state.principal
+    if who.kind is not PrincipalKind.PROFESSIONAL or not who.practitioner_id:
+        raise Forbidden("Only a health professional can author and sign a patient summary")
+    signer = ips.Signer(who.practitioner_id, who.display, who.organization_id)
+    bundle, stored = await run_in_threadpool(
+        ips.persist_summary, svc, signer, pid, base_url=base, language=lang
+    )
+    location = f"{base}/DocumentReference/{stored.id}/_history/{stored.version}"
+    return fhir_response(request, bundle, 201, {"Location": location})
 
 
 # -- instance level ----------------------------------------------------------------------------

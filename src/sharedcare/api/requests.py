@@ -15,7 +15,8 @@ module's ``RequestError``s become OperationOutcomes here, and only here.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
 
 import orjson
 from fastapi import APIRouter, Depends, Request, Response
@@ -31,10 +32,16 @@ from sharedcare.fhir.store import Stored, utcnow
 
 router = APIRouter(prefix="/fhir", dependencies=[Depends(authenticate)])
 _CODES = {400: "invalid", 403: "forbidden", 404: "not-found", 409: "conflict"}
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 
-def _fail(exc: rights.RequestError) -> FhirError:
-    return FhirError(str(exc), status=exc.status, code=_CODES.get(exc.status, "invalid"))
+async def _run(act: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
+    """One act of ``access.requests``, off the event loop; its refusal as an OperationOutcome."""
+    try:
+        return await run_in_threadpool(act, *args, **kwargs)
+    except rights.RequestError as exc:
+        raise FhirError(str(exc), status=exc.status, code=_CODES.get(exc.status, "invalid")) from None
 
 
 def _caller(request: Request) -> tuple[FhirService, Principal]:
@@ -87,42 +94,30 @@ def _current_task(service: FhirService, task_id: str) -> Stored:
 @router.post("/{rtype}/{rid}/$release-disclosure")
 async def release_disclosure(request: Request, rtype: str, rid: str) -> Response:
     service, _who = _caller(request)
-    try:
-        stored = await run_in_threadpool(rights.release_disclosure, service, f"{rtype}/{rid}")
-    except rights.RequestError as exc:
-        raise _fail(exc) from None
+    stored = await _run(rights.release_disclosure, service, f"{rtype}/{rid}")
     return fhir_response(request, resource_json(stored), headers={"ETag": stored.etag})
 
 
 @router.post("/{rtype}/{rid}/$object-to-filing")
 async def object_to_filing(request: Request, rtype: str, rid: str) -> Response:
     service, who = _caller(request)
-    try:
-        await run_in_threadpool(rights.object_to_filing, service, who, f"{rtype}/{rid}", utcnow())
-    except rights.RequestError as exc:
-        raise _fail(exc) from None
+    await _run(rights.object_to_filing, service, who, f"{rtype}/{rid}", utcnow())
     return _outcome(request, f"{rtype}/{rid} is withdrawn from the shared record at the holder's request")
 
 
 @router.post("/{rtype}/{rid}/$withdraw-objection")
 async def withdraw_objection(request: Request, rtype: str, rid: str) -> Response:
     service, who = _caller(request)
-    try:
-        await run_in_threadpool(rights.withdraw_objection, service, who, f"{rtype}/{rid}", utcnow())
-    except rights.RequestError as exc:
-        raise _fail(exc) from None
+    await _run(rights.withdraw_objection, service, who, f"{rtype}/{rid}", utcnow())
     return _outcome(request, f"{rtype}/{rid} is filed in the shared record again")
 
 
 async def _file(request: Request, rtype: str, rid: str, kind: str) -> Response:
     service, who = _caller(request)
     params = await _parameters(request)
-    try:
-        filed = await run_in_threadpool(
-            rights.file_request, service, who, f"{rtype}/{rid}", kind, params.get("reason", ""), utcnow()
-        )
-    except rights.RequestError as exc:
-        raise _fail(exc) from None
+    filed = await _run(
+        rights.file_request, service, who, f"{rtype}/{rid}", kind, params.get("reason", ""), utcnow()
+    )
     return _task(request, await run_in_threadpool(_current_task, service, filed.id), 201)
 
 
@@ -144,10 +139,5 @@ async def decide(request: Request, rtype: str, rid: str) -> Response:
     params: dict[str, Any] = await _parameters(request)
     if "status" not in params:
         raise BadRequest("$decide needs a 'status' parameter: accepted, rejected, completed or cancelled")
-    try:
-        await run_in_threadpool(
-            rights.decide, service, who, rid, params["status"], params.get("reason", ""), utcnow()
-        )
-    except rights.RequestError as exc:
-        raise _fail(exc) from None
+    await _run(rights.decide, service, who, rid, params["status"], params.get("reason", ""), utcnow())
     return _task(request, await run_in_threadpool(_current_task, service, rid), 200)

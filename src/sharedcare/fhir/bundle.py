@@ -42,6 +42,18 @@ class _Entry:
     rtype: str = ""
     rid: str | None = None
     query: str | None = None
+    assigned_id: str | None = None
+    """The id a plain POST gets, chosen by the caller before the transaction (``documents`` points
+    attachments at Binaries this way); None: a new server id."""
+
+
+Entry = _Entry
+"""A parsed Bundle entry (what ``transaction_in`` takes)."""
+
+
+def parse_entries(bundle: dict[str, Any]) -> list[_Entry]:
+    """The entries of a batch or transaction Bundle, parsed and checked (400 on malformed ones)."""
+    return _parse_entries(bundle)
 
 
 def _parse_entries(bundle: dict[str, Any]) -> list[_Entry]:
@@ -214,7 +226,7 @@ class BundleProcessor:
                     if found:
                         existing_creates[e.index] = WriteOutcome(found[0], 200)
                         target_id = found[0].id
-                e.rid = target_id or str(uuid.uuid4())
+                e.rid = target_id or e.assigned_id or str(uuid.uuid4())
                 if e.full_url:
                     mapping[e.full_url] = f"{e.resource['resourceType']}/{e.rid}"
             elif e.method == "PUT" and e.query and not e.rid:
@@ -409,4 +421,4 @@ def error_entry(issue: Issue) -> dict[str, Any]:
     return operation_outcome([issue])
 
 
-__all__ = ["BundleProcessor", "error_entry", "parse_qsl", "urlsplit"]
+__all__ = ["BundleProcessor", "Entry", "error_entry", "parse_entries", "parse_qsl", "urlsplit"]

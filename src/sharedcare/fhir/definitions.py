@@ -18,6 +18,9 @@ from typing import Any
 
 DATA = Path(__file__).parent / "data"
 
+LOCAL_DEFINITIONS = "search-parameters-local.json"
+"""This platform's own search parameters (IHE MHD's, and the record link of document content,
+``docs/documents.md``) and compartment links, in the form of HL7's files, added to theirs."""
 # Parameters the store answers from its own columns instead of index tables.
 COLUMN_PARAMS = frozenset({"_id", "_lastUpdated"})
 # Parameters of the specification this server does not implement (listed honestly nowhere).
@@ -323,11 +326,14 @@ class Definitions:
         schema = _load_json("fhir.schema.json.gz")
         self.resource_types: frozenset[str] = frozenset(schema["discriminator"]["mapping"])
         bundle = _load_json("search-parameters.json.gz")
+        local = _load_json(LOCAL_DEFINITIONS)
         self.by_url: dict[str, SearchParam] = {}
         self._by_type: dict[str, dict[str, SearchParam]] = {}
         generic: dict[str, SearchParam] = {}
-        for entry in bundle["entry"]:
+        for entry in bundle["entry"] + local["entry"]:
             res = entry["resource"]
+            if res["resourceType"] != "SearchParameter":
+                continue
             param = SearchParam(
                 code=res["code"],
                 type=res["type"],
@@ -353,6 +359,10 @@ class Definitions:
         self.patient_compartment: dict[str, tuple[str, ...]] = {
             r["code"]: tuple(r.get("param", ())) for r in compartment["resource"] if r.get("param")
         }
+        for entry in local["entry"]:  # the platform's additions to the compartment
+            if entry["resource"]["resourceType"] == "CompartmentDefinition":
+                for r in entry["resource"]["resource"]:
+                    self.patient_compartment[r["code"]] = tuple(r["param"])
         self._layouts: dict[str, Layout] = {}
 
     def params_for(self, resource_type: str) -> dict[str, SearchParam]:

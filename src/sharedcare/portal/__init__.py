@@ -18,7 +18,18 @@ from sharedcare.portal.deps import RecordChoiceRequired
 from sharedcare.portal.i18n import N_, Translator, load_catalogues
 from sharedcare.portal.pages import language, redirect, render
 from sharedcare.portal.sessions import LoginRequired, PortalError, login_url
-from sharedcare.portal.views import accesslog, account, autonomy, items, patient, professional, rights
+from sharedcare.portal.views import (
+    accesslog,
+    account,
+    autonomy,
+    items,
+    patient,
+    professional,
+    results,
+    rights,
+    timeline,
+)
+from sharedcare.portal.views import imaging as imaging_views
 
 STATIC = Path(__file__).parent / "static"
 _TITLES = {
@@ -60,6 +71,9 @@ def install(app: FastAPI) -> None:
     load_catalogues()
     app.mount("/portal/static", StaticFiles(directory=STATIC), name="portal-static")
     for module in (account, patient, rights, accesslog, professional, autonomy, items):
+        app.include_router(module.router, prefix="/portal", include_in_schema=False)
+    app.include_router(imaging_views.router, prefix="/portal", include_in_schema=False)  # study images
+    for module in (timeline, results):  # the record's timeline, laboratory results and trends
         app.include_router(module.router, prefix="/portal", include_in_schema=False)
     app.add_exception_handler(CsrfRefused, _csrf_refused)
     app.add_exception_handler(LoginRequired, _login_required)

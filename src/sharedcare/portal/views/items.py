@@ -14,8 +14,9 @@ pending item is never hinted at. A refused action changes nothing and shows why.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import Response
@@ -81,8 +82,55 @@ def _message(t: Translator, exc: Exception) -> str:
     return t.gettext(str(exc))
 
 
+# -- moving a request on (the holder cancels; its author or an agency administrator decides) ------
+@dataclass(frozen=True, slots=True)
+class _Decision:
+    """A request's next status, and why (the decision form of the request pages)."""
+
+    request_id: str
+    status: str
+    reason: str
+
+
+def _decision(request_id: Text = "", status: Text = "", reason: Text = "") -> _Decision:
+    return _Decision(request_id, status, reason)
+
+
+class _RequestsPage(Protocol):
+    def __call__(
+        self, request: Request, user: PortalUser, *, error: str | None = None, status: int = 200
+    ) -> Response: ...
+
+
+def _decide(
+    request: Request,
+    user: PortalUser,
+    decision: _Decision,
+    at: datetime,
+    page: _RequestsPage,
+    back: str,
+    done: str = N_("The request is updated."),
+) -> Response:
+    """Move a request on through the user's own access decision; refused, ``page`` again with
+    the reason (nothing changed)."""
+    t = Translator(language(request, user))
+    try:
+        rights.decide(
+            records.view(request, user),
+            user.principal,
+            decision.request_id,
+            decision.status,
+            decision.reason,
+            at,
+        )
+    except rights.RequestError as exc:
+        return page(request, user, error=_message(t, exc), status=exc.status)
+    flash(request, done)
+    return redirect(back)
+
+
 # -- the holder's items and requests ------------------------------------------------------------
-def _items_context(request: Request, user: PortalUser) -> dict[str, Any]:
+def _items(request: Request, user: PortalUser, *, error: str | None = None, status: int = 200) -> Response:
     assert user.record is not None
     _patient, items = record_overview(records.view(request, user), user.record)
     with request.app.state.engine.connect() as conn:
@@ -90,12 +138,20 @@ def _items_context(request: Request, user: PortalUser) -> dict[str, Any]:
         mine = rights.requests_of(conn, user.record)
     titles = {i.reference: i for i in items}
     t = Translator(language(request, user))
-    return {"items": items, "withdrawn": withdrawn, "requests": mine, "titles": titles, **_labels(t)}
+    context = {
+        "items": items,
+        "withdrawn": withdrawn,
+        "requests": mine,
+        "titles": titles,
+        "error": error,
+        **_labels(t),
+    }
+    return render(request, "items.html", context, user=user, status=status)
 
 
 @router.get("/items")
 def items_page(request: Request, user: PortalUser = Depends(holder_side)) -> Response:
-    return render(request, "items.html", _items_context(request, user), user=user)
+    return _items(request, user)
 
 
 def _item(request: Request, user: PortalUser, reference: str) -> records.Item:
@@ -205,16 +261,12 @@ def cancel_request(
     assert user.record is not None
     with request.app.state.engine.connect() as conn:
         mine = {r.id for r in rights.requests_of(conn, user.record)}
-    t = Translator(language(request, user))
-    try:
-        if request_id not in mine:  # only this record's requests, whatever the user may see
-            raise rights.UnknownItem("There is no such request, or you have no access to it")
-        rights.decide(records.view(request, user), user.principal, request_id, "cancelled", "", at)
-    except rights.RequestError as exc:
-        context = _items_context(request, user) | {"error": _message(t, exc)}
-        return render(request, "items.html", context, user=user, status=exc.status)
-    flash(request, N_("Your request is cancelled."))
-    return redirect(ITEMS)
+    if request_id not in mine:  # only this record's requests, whatever the user may see
+        unknown = rights.UnknownItem("There is no such request, or you have no access to it")
+        t = Translator(language(request, user))
+        return _items(request, user, error=_message(t, unknown), status=unknown.status)
+    cancel = _Decision(request_id, "cancelled", "")
+    return _decide(request, user, cancel, at, _items, ITEMS, N_("Your request is cancelled."))
 
 
 # -- professionals ------------------------------------------------------------------------------------
@@ -257,19 +309,11 @@ def pro_requests(request: Request, user: PortalUser = Depends(professional)) -> 
 @router.post("/pro/requests/decide")
 def pro_decide(
     request: Request,
-    request_id: Text = "",
-    status: Text = "",
-    reason: Text = "",
+    decision: _Decision = Depends(_decision),
     user: PortalUser = Depends(professional),
     at: datetime = Depends(now),
 ) -> Response:
-    t = Translator(language(request, user))
-    try:
-        rights.decide(records.view(request, user), user.principal, request_id, status, reason, at)
-    except rights.RequestError as exc:
-        return _pro_requests(request, user, error=_message(t, exc), status=exc.status)
-    flash(request, N_("The request is updated."))
-    return redirect(PRO_REQUESTS)
+    return _decide(request, user, decision, at, _pro_requests, PRO_REQUESTS)
 
 
 # -- agency administrators ----------------------------------------------------------------------------
@@ -295,16 +339,8 @@ def erasures(request: Request, user: PortalUser = Depends(_administrator)) -> Re
 @router.post("/erasures/decide")
 def decide_erasure(
     request: Request,
-    request_id: Text = "",
-    status: Text = "",
-    reason: Text = "",
+    decision: _Decision = Depends(_decision),
     user: PortalUser = Depends(_administrator),
     at: datetime = Depends(now),
 ) -> Response:
-    t = Translator(language(request, user))
-    try:
-        rights.decide(records.view(request, user), user.principal, request_id, status, reason, at)
-    except rights.RequestError as exc:
-        return _erasures(request, user, error=_message(t, exc), status=exc.status)
-    flash(request, N_("The request is updated."))
-    return redirect(ERASURES)
+    return _decide(request, user, decision, at, _erasures, ERASURES)
