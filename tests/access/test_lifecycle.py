@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,10 +32,10 @@ def _obs(patient: str) -> dict[str, Any]:
     }
 
 
-def test_lifecycle_rules(db_url: str) -> None:
+def test_lifecycle_rules(db_url: str, tmp_path: Path) -> None:
     engine = make_engine(db_url)
     truncate(engine)
-    settings = Settings(database_url=db_url)
+    settings = Settings(database_url=db_url, data_dir=tmp_path)  # its blob store, not ./var
     svc = FhirService(engine, classify=category_of)
     now = utcnow()
     svc.update("Patient", "dead", {"resourceType": "Patient", "id": "dead", "deceasedBoolean": True})

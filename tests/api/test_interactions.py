@@ -892,6 +892,10 @@ def test_capability_statement_lists_the_record_item_operations_it_serves(client:
     resources = {res["type"]: res for res in client.get("/fhir/metadata").json()["rest"][0]["resource"]}
     assert {op["name"] for op in resources["Observation"]["operation"]} == {"validate", *ITEM_OPERATIONS}
     assert "decide" in {op["name"] for op in resources["Task"]["operation"]}
+    assert {"series", "preview"} <= {op["name"] for op in resources["ImagingStudy"]["operation"]}
+    for name in ("series", "preview"):  # served: an unknown study is refused by the operation itself
+        r = client.get(f"/fhir/ImagingStudy/nothing/${name}", params={"series": "1.2.3"})
+        assert r.status_code == 404 and "ImagingStudy/nothing" in r.text, (name, r.text)
     missing = client.post("/fhir/Observation/nothing/$no-such-operation", json={"resourceType": "Parameters"})
     for name in ITEM_OPERATIONS:  # each is served: the operation itself refuses this caller or item
         r = client.post(f"/fhir/Observation/nothing/${name}", json={"resourceType": "Parameters"})

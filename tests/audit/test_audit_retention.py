@@ -6,6 +6,7 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -362,9 +363,9 @@ def test_tampering_around_tombstones_is_detected_and_named(
 
 
 def test_lifecycle_deletes_the_traces_with_the_record(
-    engine: Engine, db_url: str, monkeypatch: pytest.MonkeyPatch
+    engine: Engine, db_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    settings = Settings(database_url=db_url)
+    settings = Settings(database_url=db_url, data_dir=tmp_path)
     svc = FhirService(engine, classify=category_of)
     now = utcnow()
     for pid in ("old", "alive", "objector"):

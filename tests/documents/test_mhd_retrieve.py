@@ -229,6 +229,36 @@ def test_a_masked_document_hides_its_content_too(world: TestClient) -> None:
     assert world.get(url, headers=auth(world, OTHER_GP)).status_code == 200
 
 
+def _binaries(world: TestClient, who: Any, query: str) -> set[str]:
+    bundle = world.get(f"/fhir/{query}", headers={**auth(world, who), "Accept": "application/fhir+json"})
+    assert bundle.status_code == 200, bundle.text
+    return {
+        e["resource"]["id"]
+        for e in bundle.json().get("entry", [])
+        if e["resource"]["resourceType"] == "Binary"
+    }
+
+
+def test_a_hidden_documents_content_is_not_found_by_searches_either(world: TestClient) -> None:
+    pending = {"meta": {"security": [{"system": DISCLOSURE_SYSTEM, "code": PENDING_DISCLOSURE}]}}
+    (masked, held) = filed(world, Doc(data=b"private"), Doc(data=b"held", type_code="11526-1", extra=pending))
+    masked_bin, held_bin = masked[1].rsplit("/", 1)[1], held[1].rsplit("/", 1)[1]
+    assert _binaries(world, GP, "Binary?patient=Patient/pa") >= {masked_bin, held_bin}
+    assert _binaries(world, HOLDER, "Binary?patient=Patient/pa") >= {masked_bin}
+    assert held_bin not in _binaries(world, HOLDER, "Binary?patient=Patient/pa")  # waits for its announcement
+    app: Any = world.app
+    with writer(app.state.engine).begin() as conn:
+        consent.mask(conn, app.state.fhir, HOLDER, "pa", "gp", f"DocumentReference/{masked[0]}", utcnow())
+    assert masked_bin not in _binaries(world, GP, "Binary?patient=Patient/pa")  # not even its metadata
+    assert masked_bin not in _binaries(
+        world, GP, f"DocumentReference?_id={masked[0]},{held[0]}&_revinclude=Binary:security-context"
+    )
+    assert _binaries(world, OTHER_GP, "Binary?patient=Patient/pa") >= {masked_bin, held_bin}
+    assert held_bin in _binaries(
+        world, GP, f"DocumentReference?_id={held[0]}&_revinclude=Binary:security-context"
+    )
+
+
 def test_every_retrieval_is_in_the_holders_access_log(world: TestClient) -> None:
     ((_, url),) = filed(world, Doc(data=REPORT))
     binary_id = url.rsplit("/", 1)[1]

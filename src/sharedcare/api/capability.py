@@ -25,6 +25,8 @@ OPERATIONS = {
     "everything": ("Patient", "http://hl7.org/fhir/OperationDefinition/Patient-everything"),
     "summary": ("Patient", "http://hl7.org/fhir/uv/ips/OperationDefinition/summary"),
     "decide": ("Task", "https://sharedcare.lu/fhir/OperationDefinition/record-request-decide"),
+    "series": ("ImagingStudy", "https://sharedcare.lu/fhir/OperationDefinition/imaging-series"),
+    "preview": ("ImagingStudy", "https://sharedcare.lu/fhir/OperationDefinition/imaging-preview"),
 }
 ITEM_OPERATIONS = (
     "release-disclosure",
