@@ -66,7 +66,13 @@ from sharedcare.access.requests import DISCLOSURE_SYSTEM, PENDING_DISCLOSURE, RE
 from sharedcare.fhir.search.engine import AccessFilter
 from sharedcare.fhir.store import utcnow
 from sharedcare.settings import Settings
-from sharedcare.storage.tables import idx_token, resource, resource_compartment, resource_version
+from sharedcare.storage.tables import (
+    idx_reference,
+    idx_token,
+    resource,
+    resource_compartment,
+    resource_version,
+)
 
 IDENTITY = "identity"
 """Category of the holder's demographics (Patient, RelatedPerson): needed to read any record."""
@@ -154,8 +160,37 @@ _LT = idx_token.alias("alt")
 _ONE: ColumnElement[int] = literal_column("1")
 _PT = idx_token.alias("apt")
 _PV = resource_version.alias("apv")
+_PD = resource.alias("apd")
 _FO = filing_objection.alias("afo")
 _RQ = record_request.alias("arq")
+
+
+_CX = idx_reference.alias("acx")
+
+
+def _concerns(r: FromClause, rtype: ColumnElement[str], rid: ColumnElement[str]) -> ColumnElement[bool]:
+    """A restriction on the item ``(rtype, rid)`` concerns row ``r``: the item itself, or, for a
+    Binary, the document its ``securityContext`` names (FHIR's proxy for access control), so a
+    mask, an objection or a held-back announcement hides the content with its document."""
+    x = _CX
+    return or_(
+        and_(rtype == r.c.type, rid == r.c.id),
+        and_(
+            r.c.type == _sql("Binary"),
+            exists(
+                select(_ONE)
+                .select_from(x)
+                .where(
+                    x.c.res_pk == r.c.pk,
+                    x.c.rtype == _sql("Binary"),
+                    x.c.param == _sql("security-context"),
+                    x.c.target_type == rtype,
+                    x.c.target_id == rid,
+                )
+                .correlate_except(x)  # r is two levels up: not auto-correlated
+            ),
+        ),
+    )
 
 
 def _sql(value: str) -> ColumnElement[str]:
@@ -340,8 +375,7 @@ class _ProfessionalParts:
             .select_from(ar)
             .where(
                 ar.c.kind == _sql("mask"),
-                ar.c.resource_type == r.c.type,
-                ar.c.resource_id == r.c.id,
+                _concerns(r, ar.c.resource_type, ar.c.resource_id),
                 ar.c.practitioner_id == self.practitioner,
                 ar.c.removed_at.is_(None),
             )
@@ -624,7 +658,26 @@ class AccessPolicy:
                 v.c.content.like(_sql(f'%"code":"{PENDING_DISCLOSURE}"%')),
             )
         )
-        return or_(tagged, and_(r.c.deleted, was_tagged))
+        x, d = _CX, _PD
+        document_tagged = and_(
+            r.c.type == _sql("Binary"),
+            exists(
+                select(_ONE)
+                .select_from(x)
+                .join(d, and_(d.c.type == x.c.target_type, d.c.id == x.c.target_id))
+                .join(t, and_(t.c.res_pk == d.c.pk, t.c.rtype == d.c.type))
+                .where(
+                    x.c.res_pk == r.c.pk,
+                    x.c.rtype == _sql("Binary"),
+                    x.c.param == _sql("security-context"),
+                    t.c.param == _sql("_security"),
+                    t.c.code == _sql(PENDING_DISCLOSURE),
+                    t.c.system == _sql(DISCLOSURE_SYSTEM),
+                )
+                .correlate_except(x, d, t)
+            ),
+        )
+        return or_(tagged, and_(r.c.deleted, was_tagged), document_tagged)
 
     @staticmethod
     def _objected(r: FromClause) -> ColumnElement[bool]:
@@ -633,7 +686,7 @@ class AccessPolicy:
         return exists(
             select(_ONE)
             .select_from(fo)
-            .where(fo.c.resource_type == r.c.type, fo.c.resource_id == r.c.id, fo.c.removed_at.is_(None))
+            .where(_concerns(r, fo.c.resource_type, fo.c.resource_id), fo.c.removed_at.is_(None))
         )
 
     @staticmethod

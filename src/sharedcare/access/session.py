@@ -21,10 +21,8 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
-    exists,
     false,
     func,
-    literal_column,
     or_,
     select,
     text,
@@ -46,7 +44,7 @@ from sharedcare.fhir.search.parse import SearchQuery
 from sharedcare.fhir.session import Interaction
 from sharedcare.fhir.store import Classifier, Stored, Write, utcnow
 from sharedcare.notify import outbox
-from sharedcare.storage.tables import idx_reference, resource, resource_compartment
+from sharedcare.storage.tables import resource, resource_compartment
 
 LAST_ACCESS_RESOLUTION = timedelta(hours=1)
 SCOPE_ALIASES = 10_000
@@ -102,31 +100,6 @@ def _owners_and_note(professional: bool) -> TextClause:
 
 
 _OWNERS_AND_NOTE = {False: _owners_and_note(False), True: _owners_and_note(True)}
-
-_CONTEXT_REF = idx_reference.alias("actxr")
-_CONTEXT = resource.alias("actx")
-
-
-def _content_guard(r: FromClause, base: AccessFilter) -> ColumnElement[bool]:
-    """A Binary whose ``securityContext`` names a resource is read only where that resource is
-    (FHIR's proxy for access control): the content of a masked, objected, held-back or unreadable
-    DocumentReference stays hidden in searches and includes too, not only on retrieval. Other
-    rows pass."""
-    x, d = _CONTEXT_REF, _CONTEXT
-    readable_context = exists(
-        select(d.c.pk).where(
-            d.c.type == x.c.target_type, d.c.id == x.c.target_id, d.c.deleted.is_(False), base(d)
-        )
-    )
-    hidden_context = exists(
-        select(x.c.res_pk).where(
-            x.c.res_pk == r.c.pk,
-            x.c.rtype == literal_column("'Binary'"),
-            x.c.param == literal_column("'security-context'"),
-            ~readable_context,
-        )
-    )
-    return or_(r.c.type != literal_column("'Binary'"), ~hidden_context)
 
 
 @dataclass(slots=True)
@@ -266,12 +239,12 @@ class PolicySession:
         if not self.principal.is_staff and self.enforce_scopes:
             readable, conditional = self._readable_types()
         launch = self.principal.launch_patient
-        if base is None and readable is None and launch is None:
-            return None
+        if readable is None and launch is None:
+            return base
         c = resource_compartment
 
         def flt(r: FromClause) -> object:
-            conds = [] if base is None else [base(r), _content_guard(r, base)]
+            conds = [] if base is None else [base(r)]
             if readable is not None:
                 ctx = self._scope_context(base)
                 allowed: list[ColumnElement[bool]] = [r.c.type.in_(sorted(readable))] if readable else []
