@@ -22,6 +22,7 @@ from sharedcare.portal.views import (
     accesslog,
     account,
     autonomy,
+    documents,
     items,
     patient,
     professional,
@@ -75,6 +76,7 @@ def install(app: FastAPI) -> None:
     app.include_router(imaging_views.router, prefix="/portal", include_in_schema=False)  # study images
     for module in (timeline, results):  # the record's timeline, laboratory results and trends
         app.include_router(module.router, prefix="/portal", include_in_schema=False)
+    app.include_router(documents.router, prefix="/portal", include_in_schema=False)  # documents
     app.add_exception_handler(CsrfRefused, _csrf_refused)
     app.add_exception_handler(LoginRequired, _login_required)
     app.add_exception_handler(RecordChoiceRequired, _record_choice)

@@ -1,0 +1,436 @@
+"""The document viewer: one DocumentReference's metadata and its content, shown in the page.
+
+``/portal/documents/[id]`` (holder side) and ``/portal/pro/patients/[pid]/documents/[id]``
+(professional) read the DocumentReference through the reader's own access decision
+(``records.view``), and the content route streams the bytes through ``documents.retrieve`` with
+the same session: the Binary read is decided and audited like the API's ITI-68. A document the
+reader may not see, one of another record, one held back for a consultation d'annonce (holder
+side) and an unknown id all answer the same "not found" page.
+
+Only PDF, images and plain text are served ``inline`` (PDF in an ``<iframe>``, images as
+``<img>``, text in a ``<pre>``); anything else is a download, sandboxed, so no content a
+submitter sent ever runs as a page of the portal's origin.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+from fastapi.responses import Response, StreamingResponse
+
+from sharedcare.access.categories import DOCUMENT_TYPE_SYSTEM, PERSONAL_DOCUMENT
+from sharedcare.access.requests import is_pending
+from sharedcare.api.fhir import base_url
+from sharedcare.documents import submission
+from sharedcare.documents.categories import document_types
+from sharedcare.documents.mhd import literal
+from sharedcare.documents.retrieve import retrieve
+from sharedcare.fhir.errors import FhirError
+from sharedcare.fhir.service import FhirService
+from sharedcare.portal import csrf, records
+from sharedcare.portal.deps import holder_side, professional
+from sharedcare.portal.i18n import N_, Translator
+from sharedcare.portal.pages import SECURITY_HEADERS, flash, language, redirect, render
+from sharedcare.portal.sessions import PortalError, PortalUser
+from sharedcare.storage.blobstore import BlobCorrupted, BlobNotFound
+
+router = APIRouter(dependencies=[Depends(csrf.require_csrf)])
+NOT_FOUND = N_("This document was not found, or you have no access to it.")
+UNREADABLE = N_("The content of this document cannot be read at the moment.")
+INLINE_TYPES = frozenset({"application/pdf", "image/jpeg", "image/png", "text/plain"})
+"""Types shown in the page; everything else is offered as a download."""
+TEXT_LIMIT = 512 * 1024
+"""Plain text up to this size is shown in the page itself; longer text in its frame."""
+PAGE_CSP = SECURITY_HEADERS["Content-Security-Policy"] + "; frame-src 'self'"
+"""The portal's policy, plus frames of this site (the PDF viewer) for the document page only."""
+CONFIDENTIALITY = {
+    "N": N_("Normal"),
+    "R": N_("Restricted"),
+    "V": N_("Very restricted"),
+    "L": N_("Low"),
+    "M": N_("Moderate"),
+    "U": N_("Unrestricted"),
+}
+UPLOAD_TYPES = {
+    "application/pdf": b"%PDF-",
+    "image/jpeg": b"\xff\xd8\xff",
+    "image/png": b"\x89PNG\r\n\x1a\n",
+    "text/plain": b"",
+}
+"""Types a document may be uploaded as, and the first bytes that content of the type starts with."""
+MAX_TITLE = 200
+NO_FILE = N_("Choose the file to upload.")
+NO_TITLE = N_("Give the document a title (up to 200 characters).")
+BAD_TYPE = N_("Only PDF, JPEG, PNG and plain text files can be uploaded.")
+TOO_LARGE = N_("The file is too large: the limit is %(limit)s.")
+REFUSED = N_("The document could not be filed: %(reason)s")
+UPLOADED = N_("The document was added to the record.")
+MHD_CLASS = "urn:oid:1.3.6.1.4.1.19376.1.2.6.1"
+MHD_FORMAT = "http://ihe.net/fhir/ihe.formatcode.fhir/CodeSystem/formatcode"
+MHD_PROFILE = "https://profiles.ihe.net/ITI/MHD/StructureDefinition/IHE.MHD.Comprehensive.ProvideBundle"
+LIST_TYPES = "https://profiles.ihe.net/ITI/MHD/CodeSystem/MHDlistTypes"
+STATUSES = {
+    "current": N_("Current"),
+    "superseded": N_("Replaced or withdrawn by its author"),
+    "entered-in-error": N_("Entered in error"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """A document the reader may see, with the service that read it (for its content)."""
+
+    service: FhirService
+    id: str
+    resource: dict[str, Any]
+    base: str
+    """The address of the record's pages for this reader."""
+
+
+def bare_type(content_type: str) -> str:
+    return content_type.split(";")[0].strip().lower()
+
+
+def open_document(request: Request, user: PortalUser, document_id: str, patient_id: str | None) -> Opened:
+    """The DocumentReference as ``user`` sees it, in the record the page is about; else 404."""
+    service = records.view(request, user)
+    record = user.record if patient_id is None else patient_id
+    try:
+        resource = service.read("DocumentReference", document_id).resource()
+    except FhirError:
+        raise PortalError(404, NOT_FOUND) from None
+    subject = literal((resource.get("subject") or {}).get("reference"))
+    if record is None or subject != ("Patient", record) or (patient_id is None and is_pending(resource)):
+        raise PortalError(404, NOT_FOUND)
+    base = "/portal" if patient_id is None else f"/portal/pro/patients/{patient_id}"
+    return Opened(service, document_id, resource, base)
+
+
+def _attachment(resource: dict[str, Any]) -> dict[str, Any]:
+    for content in resource.get("content") or ():
+        if isinstance(content, dict) and isinstance(content.get("attachment"), dict):
+            attachment: dict[str, Any] = content["attachment"]
+            return attachment
+    return {}
+
+
+def _binary_id(attachment: dict[str, Any]) -> str | None:
+    url = attachment.get("url")
+    if isinstance(url, str) and "/Binary/" in url:
+        return url.rsplit("/Binary/", 1)[1].split("?")[0] or None
+    return None
+
+
+def _content_headers(content_type: str, size: int) -> dict[str, str]:
+    """Headers of the bytes: inline (framed by our own page only) or a sandboxed download."""
+    inline = bare_type(content_type) in INLINE_TYPES
+    return {
+        "Content-Type": content_type,
+        "Content-Length": str(size),
+        "Content-Disposition": "inline" if inline else "attachment",
+        "Content-Security-Policy": "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; "
+        "frame-ancestors 'self'" + ("" if inline else "; sandbox"),
+        "X-Frame-Options": "SAMEORIGIN",
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "same-origin",
+        "Cache-Control": "no-store",
+    }
+
+
+def content_response(request: Request, opened: Opened) -> Response:
+    """The document's first attachment: its Binary through ``documents.retrieve`` (the reader's
+    access decision and audit), or the inline ``data`` of a document filed without a Binary."""
+    attachment = _attachment(opened.resource)
+    binary_id = _binary_id(attachment)
+    if binary_id is None:
+        try:
+            data = base64.b64decode(str(attachment.get("data") or ""), validate=True)
+        except (binascii.Error, ValueError):
+            data = b""
+        if not data:
+            raise PortalError(404, NOT_FOUND)
+        content_type = str(attachment.get("contentType") or "application/octet-stream")
+        return Response(data, headers=_content_headers(content_type, len(data)))
+    try:
+        doc = retrieve(opened.service, request.app.state.blobs, binary_id)
+    except FhirError:
+        raise PortalError(404, NOT_FOUND) from None
+    except (BlobCorrupted, BlobNotFound):
+        raise PortalError(500, UNREADABLE) from None
+    headers = _content_headers(doc.content_type, doc.size)
+    if doc.body is not None:
+        return Response(doc.body, headers=headers)
+
+    def chunks() -> Iterator[bytes]:
+        yield from doc.stream()
+
+    return StreamingResponse(chunks(), headers=headers)
+
+
+def _text_of(request: Request, opened: Opened, attachment: dict[str, Any]) -> str | None:
+    """Short plain text, read (through the same checks) to be shown in a ``<pre>``."""
+    size = attachment.get("size")
+    if isinstance(size, int) and size > TEXT_LIMIT:
+        return None
+    response = content_response(request, opened)
+    body = getattr(response, "body", None)
+    if not isinstance(body, bytes | bytearray) or len(body) > TEXT_LIMIT:
+        return None
+    return bytes(body).decode("utf-8", errors="replace")
+
+
+def document_page(request: Request, user: PortalUser, opened: Opened) -> Response:
+    t = Translator(language(request, user))
+    res = opened.resource
+    attachment = _attachment(res)
+    content_type = bare_type(str(attachment.get("contentType") or ""))
+    types = document_types()
+    found = types.type_of(res)
+    category = types.category_of(res)
+    authors = [a.get("reference") for a in res.get("author") or () if isinstance(a, dict)]
+    names = records.directory_names(request, [a for a in authors if isinstance(a, str)])
+    codes = [
+        c.get("code")
+        for label in res.get("securityLabel") or ()
+        for c in (label.get("coding") or () if isinstance(label, dict) else ())
+        if isinstance(c, dict) and c.get("code") in CONFIDENTIALITY
+    ]
+    kind = (
+        "pdf"
+        if content_type == "application/pdf"
+        else "image"
+        if content_type in ("image/jpeg", "image/png")
+        else "text"
+        if content_type == "text/plain"
+        else "download"
+    )
+    text = _text_of(request, opened, attachment) if kind == "text" else None
+    address = f"{opened.base}/documents/{opened.id}"
+    context = {
+        "title": records.title_of(res) or t.gettext("Document"),
+        "type": found.display if found else records.title_of({"type": res.get("type")}),
+        "category": category.label(t.lang) if category else None,
+        "authors": [
+            names.get(a) or (t.gettext("The patient") if a.startswith("Patient/") else a)
+            for a in authors
+            if isinstance(a, str)
+        ],
+        "when": records.when_of(res),
+        "status": t.gettext(STATUSES.get(str(res.get("status")), str(res.get("status") or ""))),
+        "confidentiality": [t.gettext(CONFIDENTIALITY[str(c)]) for c in codes],
+        "kind": kind,
+        "text": text,
+        "content_url": f"{address}/content",
+        "back": f"{opened.base}/timeline",
+    }
+    return render(request, "document.html", context, user=user, headers={"Content-Security-Policy": PAGE_CSP})
+
+
+@router.get("/documents/{document_id}")
+def holder_document(request: Request, document_id: str, user: PortalUser = Depends(holder_side)) -> Response:
+    return document_page(request, user, open_document(request, user, document_id, None))
+
+
+@router.get("/documents/{document_id}/content")
+def holder_content(request: Request, document_id: str, user: PortalUser = Depends(holder_side)) -> Response:
+    return content_response(request, open_document(request, user, document_id, None))
+
+
+@router.get("/pro/patients/{patient_id}/documents/{document_id}")
+def pro_document(
+    request: Request, patient_id: str, document_id: str, user: PortalUser = Depends(professional)
+) -> Response:
+    return document_page(request, user, open_document(request, user, document_id, patient_id))
+
+
+@router.get("/pro/patients/{patient_id}/documents/{document_id}/content")
+def pro_content(
+    request: Request, patient_id: str, document_id: str, user: PortalUser = Depends(professional)
+) -> Response:
+    return content_response(request, open_document(request, user, document_id, patient_id))
+
+
+# -- upload ----------------------------------------------------------------------------------------
+
+
+class UploadRefused(ValueError):
+    """An upload the page refuses before anything is stored; ``args``: msgid and parameters."""
+
+
+def _size_words(size: int) -> str:
+    for unit, factor in (("GB", 1024**3), ("MB", 1024**2), ("kB", 1024)):
+        if size >= factor:
+            return f"{size / factor:.3g} {unit}"
+    return f"{size} B"
+
+
+def read_upload(upload: UploadFile | None, limit: int) -> tuple[bytes, str]:
+    """The uploaded bytes and their type, checked (size, allow-list, the type's first bytes)."""
+    if upload is None or not upload.filename:
+        raise UploadRefused(NO_FILE, {})
+    content_type = bare_type(upload.content_type or "")
+    if content_type not in UPLOAD_TYPES:
+        raise UploadRefused(BAD_TYPE, {})
+    data = upload.file.read(limit + 1)
+    if len(data) > limit:
+        raise UploadRefused(TOO_LARGE, {"limit": _size_words(limit)})
+    if not data:
+        raise UploadRefused(NO_FILE, {})
+    if not data.startswith(UPLOAD_TYPES[content_type]):
+        raise UploadRefused(BAD_TYPE, {})
+    if content_type == "text/plain":
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise UploadRefused(BAD_TYPE, {}) from None
+    return data, content_type
+
+
+def provide_bundle(
+    patient_id: str,
+    author: str,
+    data: bytes,
+    content_type: str,
+    title: str,
+    type_coding: dict[str, str],
+    confidentiality: str = "N",
+    lang: str = "fr",
+) -> dict[str, Any]:
+    """An ITI-65 Provide Document Bundle of one document, with its content inline."""
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    key = uuid.uuid4()
+    document = {
+        "resourceType": "DocumentReference",
+        "masterIdentifier": {"system": "urn:ietf:rfc:3986", "value": f"urn:uuid:{key}"},
+        "status": "current",
+        "type": {"coding": [type_coding]},
+        "category": [{"coding": [{"system": MHD_CLASS, "code": "REPORTS"}]}],
+        "subject": {"reference": f"Patient/{patient_id}"},
+        "date": now,
+        "author": [{"reference": author}],
+        "description": title,
+        "securityLabel": [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality",
+                        "code": confidentiality,
+                    }
+                ]
+            }
+        ],
+        "content": [
+            {
+                "attachment": {
+                    "contentType": content_type,
+                    "language": lang,
+                    "data": base64.b64encode(data).decode(),
+                    "size": len(data),
+                    "hash": base64.b64encode(hashlib.sha1(data).digest()).decode(),
+                    "title": title,
+                    "creation": now,
+                },
+                "format": {"system": MHD_FORMAT, "code": "urn:ihe:iti:xds:2017:mimeTypeSufficient"},
+            }
+        ],
+    }
+    submission_set = {
+        "resourceType": "List",
+        "identifier": [{"system": "urn:ietf:rfc:3986", "value": f"urn:uuid:{uuid.uuid4()}"}],
+        "status": "current",
+        "mode": "working",
+        "code": {"coding": [{"system": LIST_TYPES, "code": "submissionset"}]},
+        "subject": {"reference": f"Patient/{patient_id}"},
+        "date": now,
+        "source": {"reference": author},
+        "entry": [{"item": {"reference": f"urn:uuid:{key}"}}],
+    }
+    return {
+        "resourceType": "Bundle",
+        "meta": {"profile": [MHD_PROFILE]},
+        "type": "transaction",
+        "entry": [
+            {
+                "fullUrl": "urn:uuid:submission-set",
+                "resource": submission_set,
+                "request": {"method": "POST", "url": "List"},
+            },
+            {
+                "fullUrl": f"urn:uuid:{key}",
+                "resource": document,
+                "request": {"method": "POST", "url": "DocumentReference"},
+            },
+        ],
+    }
+
+
+def file_document(request: Request, user: PortalUser, bundle: dict[str, Any]) -> str:
+    """File ``bundle`` through the documents module as ``user`` (their write check, the audit);
+    the new DocumentReference's id. ``FhirError`` when refused: nothing is stored then."""
+    settings = request.app.state.settings
+    result = submission.provide(
+        records.view(request, user),
+        request.app.state.blobs,
+        bundle,
+        base_url=base_url(request),
+        max_size=settings.max_content_bytes,
+    )
+    for entry in result["entry"]:
+        location = str(entry.get("response", {}).get("location", ""))
+        if location.startswith("DocumentReference/"):
+            return location.split("/")[1]
+    raise AssertionError("the submission created no DocumentReference")
+
+
+def _refusal(t: Translator, exc: FhirError) -> str:
+    return t.gettext(REFUSED, reason=str(exc))
+
+
+def upload_page(
+    request: Request, user: PortalUser, typed: dict[str, str], error: str | None, status: int = 200
+) -> Response:
+    context = {"typed": typed, "error": error, "accept": ",".join(UPLOAD_TYPES)}
+    return render(request, "upload.html", context, user=user, status=status)
+
+
+@router.get("/documents/upload/new")
+def upload_form(request: Request, user: PortalUser = Depends(holder_side)) -> Response:
+    return upload_page(request, user, {"title": ""}, None)
+
+
+@router.post("/documents/upload/new")
+def upload(
+    request: Request,
+    title: Annotated[str, Form()] = "",
+    file: Annotated[UploadFile | None, File()] = None,
+    user: PortalUser = Depends(holder_side),
+) -> Response:
+    """The holder (or a representative) files a personal document into the record."""
+    t = Translator(language(request, user))
+    title = " ".join(title.split())
+    typed = {"title": title}
+    if not title or len(title) > MAX_TITLE:
+        return upload_page(request, user, typed, t.gettext(NO_TITLE), 400)
+    try:
+        data, content_type = read_upload(file, request.app.state.settings.max_content_bytes)
+    except UploadRefused as exc:
+        message, params = exc.args
+        return upload_page(request, user, typed, t.gettext(message, **params), 400)
+    assert user.record is not None
+    author = f"Patient/{user.record}"  # a personal document of the record (representatives too)
+    coding = {"system": DOCUMENT_TYPE_SYSTEM, "code": PERSONAL_DOCUMENT}
+    bundle = provide_bundle(user.record, author, data, content_type, title, coding, lang=t.lang)
+    try:
+        document_id = file_document(request, user, bundle)
+    except FhirError as exc:
+        return upload_page(request, user, typed, _refusal(t, exc), 400)
+    flash(request, UPLOADED)
+    return redirect(f"/portal/documents/{document_id}")

@@ -1,0 +1,167 @@
+"""The document viewer and the holder's upload: content through the reader's access decision,
+the same 404 for hidden and unknown documents, uploads checked before anything is stored."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from portal_http import sign_in, token
+from portal_world import World
+from sqlalchemy import func, select
+
+from sharedcare.portal.views import documents
+from sharedcare.settings import Settings
+from sharedcare.storage.tables import resource as resources
+
+Browser = Callable[[], TestClient]
+PDF = b"%PDF-1.7\n% a discharge letter\n%%EOF\n"
+LOINC = "http://loinc.org"
+
+
+def file_for(world: World, patient: str, data: bytes = PDF, content_type: str = "application/pdf") -> str:
+    """A hospital report filed through the documents module (as a trusted import): its id."""
+    from sharedcare.documents import submission
+
+    bundle = documents.provide_bundle(
+        patient,
+        "Practitioner/gp",
+        data,
+        content_type,
+        "Discharge letter",
+        {"system": LOINC, "code": "18842-5"},
+    )
+    result = submission.provide(
+        world.app.state.fhir, world.app.state.blobs, bundle, base_url="http://testserver/fhir"
+    )
+    locations = [e["response"]["location"] for e in result["entry"]]
+    return next(loc.split("/")[1] for loc in locations if loc.startswith("DocumentReference/"))
+
+
+def count(world: World, rtype: str) -> int:
+    with world.engine.connect() as conn:
+        return int(
+            conn.execute(
+                select(func.count()).select_from(resources).where(resources.c.type == rtype)
+            ).scalar_one()
+        )
+
+
+@pytest.fixture
+def holder(world: World, browser: Browser) -> TestClient:
+    client = browser()
+    sign_in(client, world.patient)
+    return client
+
+
+def upload(client: TestClient, title: str, name: str, data: bytes, content_type: str) -> httpx.Response:
+    csrf = token(client, "/portal/documents/upload/new")
+    return client.post(
+        "/portal/documents/upload/new",
+        data={"csrf": csrf, "title": title},
+        files={"file": (name, data, content_type)},
+    )
+
+
+def test_holder_sees_a_pdf_inline(world: World, holder: TestClient) -> None:
+    doc = file_for(world, "pa")
+    page = holder.get(f"/portal/documents/{doc}")
+    assert page.status_code == 200, page.text
+    assert "Discharge letter" in page.text and "Dr Claire Hoffmann" in page.text
+    assert f'<iframe class="document-frame" src="/portal/documents/{doc}/content"' in page.text
+    assert "frame-src 'self'" in page.headers["content-security-policy"]
+    content = holder.get(f"/portal/documents/{doc}/content")
+    assert content.status_code == 200
+    assert content.content == PDF
+    assert content.headers["content-type"] == "application/pdf"
+    assert content.headers["content-disposition"] == "inline"
+    assert "frame-ancestors 'self'" in content.headers["content-security-policy"]
+    timeline = holder.get("/portal/timeline")
+    assert f'href="/portal/documents/{doc}"' in timeline.text
+
+
+def test_other_content_is_a_sandboxed_download(world: World, holder: TestClient) -> None:
+    doc = file_for(world, "pa", b"<html><script>alert(1)</script></html>", "text/html")
+    content = holder.get(f"/portal/documents/{doc}/content")
+    assert content.status_code == 200
+    assert content.headers["content-disposition"] == "attachment"
+    assert "sandbox" in content.headers["content-security-policy"]
+    page = holder.get(f"/portal/documents/{doc}")
+    assert "<iframe" not in page.text and "Download the document" in page.text
+
+
+def test_hidden_and_unknown_documents_answer_the_same_404(
+    world: World, holder: TestClient, browser: Browser
+) -> None:
+    other = file_for(world, "pb")
+    hidden = holder.get(f"/portal/documents/{other}")
+    unknown = holder.get("/portal/documents/no-such-document")
+    assert hidden.status_code == unknown.status_code == 404
+    assert "This document was not found" in hidden.text
+    assert hidden.text.replace(other, "ID") == unknown.text.replace("no-such-document", "ID")
+    assert holder.get(f"/portal/documents/{other}/content").status_code == 404
+    stranger = browser()
+    sign_in(stranger, world.stranger)
+    mine = file_for(world, "pa")
+    assert stranger.get(f"/portal/pro/patients/pa/documents/{mine}").status_code == 404
+    assert stranger.get(f"/portal/pro/patients/pa/documents/{mine}/content").status_code == 404
+    gp = browser()
+    sign_in(gp, world.gp)
+    assert gp.get(f"/portal/pro/patients/pa/documents/{mine}/content").content == PDF
+    assert gp.get(f"/portal/pro/patients/pb/documents/{mine}").status_code == 404
+
+
+def test_holder_uploads_a_pdf(world: World, holder: TestClient) -> None:
+    resp = upload(holder, "My vaccination card", "card.pdf", PDF, "application/pdf")
+    assert resp.status_code == 303, resp.text
+    address = resp.headers["location"]
+    page = holder.get(address)
+    assert "My vaccination card" in page.text and "Personal documents" in page.text
+    assert holder.get(f"{address}/content").content == PDF
+
+
+@pytest.fixture
+def small_world(settings: Settings) -> Iterator[World]:
+    from portal_world import build_world
+
+    from sharedcare.app import create_app
+    from support import truncate
+
+    limited = settings.model_copy(update={"max_content_bytes": 64})
+    app = create_app(limited)
+    truncate(app.state.engine)
+    w = build_world(app, limited)
+    yield w
+    w.engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "content_type", "message"),
+    [
+        ("page.html", b"<html></html>", "text/html", "Only PDF, JPEG, PNG and plain text"),
+        ("fake.pdf", b"MZ not a pdf", "application/pdf", "Only PDF, JPEG, PNG and plain text"),
+        ("big.pdf", b"%PDF-" + b"x" * 100, "application/pdf", "The file is too large: the limit is 64 B"),
+    ],
+)
+def test_rejected_uploads_store_nothing(
+    small_world: World, name: str, data: bytes, content_type: str, message: str
+) -> None:
+    client = TestClient(small_world.app, follow_redirects=False)
+    client.cookies.set("sharedcare_lang", "en")
+    sign_in(client, small_world.patient)
+    before = count(small_world, "DocumentReference"), count(small_world, "Binary")
+    resp = upload(client, "Something", name, data, content_type)
+    assert resp.status_code == 400
+    assert message in resp.text
+    assert (count(small_world, "DocumentReference"), count(small_world, "Binary")) == before
+
+
+def test_upload_needs_the_csrf_token(world: World, holder: TestClient) -> None:
+    before = count(world, "DocumentReference")
+    resp = holder.post(
+        "/portal/documents/upload/new", data={"title": "x"}, files={"file": ("a.pdf", PDF, "application/pdf")}
+    )
+    assert resp.status_code == 403
+    assert count(world, "DocumentReference") == before
