@@ -12,6 +12,7 @@ from portal_http import sign_in, token
 from portal_world import World
 from sqlalchemy import func, select
 
+from sharedcare.access.categories import DOCUMENT_TYPE_SYSTEM, PERSONAL_DOCUMENT
 from sharedcare.portal.views import documents
 from sharedcare.settings import Settings
 from sharedcare.storage.tables import resource as resources
@@ -165,3 +166,147 @@ def test_upload_needs_the_csrf_token(world: World, holder: TestClient) -> None:
     )
     assert resp.status_code == 403
     assert count(world, "DocumentReference") == before
+
+
+# -- the professional's upload and status changes ----------------------------------------------------
+
+PRO_NEW = "/portal/pro/patients/pa/documents/new"
+
+
+@pytest.fixture
+def gp(world: World, browser: Browser) -> TestClient:
+    client = browser()
+    sign_in(client, world.gp)
+    return client
+
+
+def pro_upload(client: TestClient, fields: dict[str, str], data: bytes = PDF) -> httpx.Response:
+    csrf = token(client, PRO_NEW)
+    return client.post(
+        PRO_NEW, data={"csrf": csrf, **fields}, files={"file": ("letter.pdf", data, "application/pdf")}
+    )
+
+
+def stored(world: World, document_id: str) -> dict[str, object]:
+    return dict(world.app.state.fhir.read("DocumentReference", document_id).resource())
+
+
+def test_professional_uploads_a_restricted_report(world: World, gp: TestClient) -> None:
+    form = gp.get(PRO_NEW)
+    assert form.status_code == 200
+    assert 'value="http://loinc.org|18842-5"' in form.text  # a hospital report type
+    assert "Personal documents —" not in form.text  # the holder's own category is not offered
+    assert 'href="/portal/pro/patients/pa/documents/new"' in gp.get("/portal/pro/patients/pa").text
+    resp = pro_upload(
+        gp, {"title": "Discharge letter, cardiology", "type": f"{LOINC}|18842-5", "confidentiality": "R"}
+    )
+    assert resp.status_code == 303, resp.text
+    address = resp.headers["location"]
+    document_id = address.rsplit("/", 1)[1]
+    res = stored(world, document_id)
+    assert res["author"] == [{"reference": "Practitioner/gp"}]
+    assert res["securityLabel"][0]["coding"][0]["code"] == "R"  # type: ignore[index]
+    assert res["type"]["coding"][0]["code"] == "18842-5"  # type: ignore[index]
+    page = gp.get(address)
+    assert "Restricted" in page.text and "Discharge letter, cardiology" in page.text
+    assert gp.get(f"{address}/content").content == PDF
+    assert 'value="superseded"' in page.text and 'value="entered-in-error"' in page.text
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"title": "x", "type": "http://loinc.org|nope", "confidentiality": "N"}, "Choose the type"),
+        (
+            {"title": "x", "type": f"{DOCUMENT_TYPE_SYSTEM}|{PERSONAL_DOCUMENT}", "confidentiality": "N"},
+            "type",
+        ),
+        ({"title": "x", "type": "http://loinc.org|18842-5", "confidentiality": "U"}, "confidentiality"),
+        (
+            {"title": " ", "type": "http://loinc.org|18842-5", "confidentiality": "N"},
+            "Give the document a title",
+        ),
+    ],
+)
+def test_professional_upload_refusals_store_nothing(
+    world: World, gp: TestClient, fields: dict[str, str], message: str
+) -> None:
+    before = count(world, "DocumentReference"), count(world, "Binary")
+    resp = pro_upload(gp, fields)
+    assert resp.status_code == 400
+    assert message in resp.text
+    assert (count(world, "DocumentReference"), count(world, "Binary")) == before
+
+
+def test_professional_without_access_cannot_upload(world: World, browser: Browser) -> None:
+    stranger = browser()
+    sign_in(stranger, world.stranger)
+    assert stranger.get(PRO_NEW).status_code == 404
+    before = count(world, "DocumentReference")
+    csrf = token(stranger, "/portal/pro")
+    resp = stranger.post(
+        PRO_NEW,
+        data={"csrf": csrf, "title": "x", "type": f"{LOINC}|18842-5", "confidentiality": "N"},
+        files={"file": ("a.pdf", PDF, "application/pdf")},
+    )
+    assert resp.status_code == 404
+    assert count(world, "DocumentReference") == before
+
+
+def test_author_deprecates_then_marks_in_error(world: World, gp: TestClient) -> None:
+    doc = file_for(world, "pa")  # authored by Practitioner/gp
+    address = f"/portal/pro/patients/pa/documents/{doc}"
+    csrf = token(gp, address)
+    refused = gp.post(f"{address}/status", data={"status": "superseded"})
+    assert refused.status_code == 403  # no CSRF token
+    assert stored(world, doc)["status"] == "current"
+    done = gp.post(f"{address}/status", data={"csrf": csrf, "status": "superseded"})
+    assert done.status_code == 303, done.text
+    assert stored(world, doc)["status"] == "superseded"
+    page = gp.get(address)
+    assert "Replaced or withdrawn by its author" in page.text
+    assert 'value="superseded"' not in page.text and 'value="entered-in-error"' in page.text
+    again = gp.post(f"{address}/status", data={"csrf": csrf, "status": "superseded"})
+    assert again.status_code == 422 and "cannot become" in again.text
+    gp.post(f"{address}/status", data={"csrf": csrf, "status": "entered-in-error"})
+    assert stored(world, doc)["status"] == "entered-in-error"
+
+
+def test_only_the_author_may_change_the_status(world: World, gp: TestClient) -> None:
+    from sharedcare.documents import submission
+
+    bundle = documents.provide_bundle(
+        "pa",
+        "Practitioner/stranger",
+        PDF,
+        "application/pdf",
+        "Other letter",
+        {"system": LOINC, "code": "18842-5"},
+    )
+    result = submission.provide(
+        world.app.state.fhir, world.app.state.blobs, bundle, base_url="http://testserver/fhir"
+    )
+    doc = next(
+        e["response"]["location"].split("/")[1]
+        for e in result["entry"]
+        if e["response"]["location"].startswith("DocumentReference/")
+    )
+    address = f"/portal/pro/patients/pa/documents/{doc}"
+    page = gp.get(address)
+    assert page.status_code == 200 and 'name="status"' not in page.text
+    resp = gp.post(f"{address}/status", data={"csrf": token(gp, address), "status": "entered-in-error"})
+    assert resp.status_code == 403
+    assert "The status could not be changed" in resp.text
+    assert stored(world, doc)["status"] == "current"
+
+
+def test_the_holder_is_told_of_a_professionals_document(
+    world: World, gp: TestClient, holder: TestClient
+) -> None:
+    upload(holder, "My own notes", "notes.pdf", PDF, "application/pdf")
+    assert "A new document was added" not in holder.get("/portal/home").text  # not for their own
+    resp = pro_upload(gp, {"title": "Letter of 3 May", "type": f"{LOINC}|18842-5", "confidentiality": "N"})
+    assert resp.status_code == 303
+    home = holder.get("/portal/home")
+    assert "A new document was added to your record: Hospital reports." in home.text
+    assert "Letter of 3 May" not in home.text.split('id="messages"')[1].split("</section>")[0]

@@ -33,13 +33,18 @@ from typing import Any
 from sqlalchemy import Connection
 
 from sharedcare.access.categories import classify
+from sharedcare.access.principals import PrincipalKind
+from sharedcare.access.requests import is_pending
+from sharedcare.access.session import PolicySession
 from sharedcare.documents import lifecycle
+from sharedcare.documents.categories import document_types
 from sharedcare.documents.content import security_codings, stored_binary, strictest, tag_category
 from sharedcare.documents.mhd import Content, Submission, SubmissionRejected, literal, read
 from sharedcare.fhir.bundle import BundleProcessor, parse_entries
 from sharedcare.fhir.errors import Conflict, Issue, PayloadTooLarge
 from sharedcare.fhir.service import FhirService
-from sharedcare.fhir.store import Write, instant
+from sharedcare.fhir.store import Write, instant, utcnow
+from sharedcare.notify import outbox
 from sharedcare.storage.blobstore import CHUNK, BlobStore, BlobTooLarge
 
 
@@ -95,6 +100,7 @@ def provide(
             entry.assigned_id = plan.ids.get(position)
         processed = BundleProcessor(svc).transaction_in(conn, entries, base_url)
         changed = lifecycle.apply_statuses(svc, conn, plan.statuses)
+        _notify(svc, conn, submission.patient_id, plan)
     responses: dict[int, dict[str, Any]] = dict(zip(plan.positions, processed, strict=False))
     for update in submission.updates:
         stored = changed[update.document_id]
@@ -111,6 +117,40 @@ def provide(
         "type": "transaction-response",
         "entry": [responses[i] for i in range(len(bundle["entry"]))],
     }
+
+
+def _notify(svc: FhirService, conn: Connection, patient_id: str, plan: _Plan) -> None:
+    """Queue the holder's "new document" notice, in the write transaction (it exists exactly
+    when the documents do), once per submission set. Not for what the holder or a representative
+    files themselves, nor for documents held back for a consultation d'annonce (the notice would
+    disclose them). Its parameters name the patient category only: never a title or a type."""
+    session = svc.session
+    if isinstance(session, PolicySession) and session.principal.kind in (
+        PrincipalKind.PATIENT,
+        PrincipalKind.REPRESENTATIVE,
+    ):
+        return
+    created = [
+        (position, entry["resource"])
+        for position, entry in enumerate(plan.bundle["entry"])
+        if entry["request"]["method"] == "POST"
+    ]
+    documents = [
+        res for _, res in created if res["resourceType"] == "DocumentReference" and not is_pending(res)
+    ]
+    if not documents:
+        return
+    key = next((plan.ids[p] for p, res in created if res["resourceType"] == "List"), None)
+    category = document_types().category_of(documents[0])
+    outbox.queue(
+        conn,
+        patient_id,
+        outbox.NEW_DOCUMENT,
+        utcnow(),
+        dedupe=f"{outbox.NEW_DOCUMENT}:{key or plan.ids[created[0][0]]}",
+        category=category.code if category else None,
+        documents=len(documents),
+    )
 
 
 def _check_stored(

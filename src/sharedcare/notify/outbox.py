@@ -18,6 +18,8 @@ from sharedcare.notify.models import notification
 FIRST_PROFESSIONAL_ACCESS = "first-professional-access"
 LICENCE_WITHDRAWN = "licence-withdrawn"
 EMERGENCY_ACCESS = "emergency-access"
+NEW_DOCUMENT = "new-document"
+"""A document filed into the record by someone other than the holder's side (``documents.submission``)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,6 +37,11 @@ KIND = {
         "de": "Notfallzugriff auf die Akte",
         "en": "emergency access to the record",
     },
+    outbox.NEW_DOCUMENT: {  # never the document's title, type or category: e-mail is not safe
+        "fr": "nouveau document dans le dossier",
+        "de": "neues Dokument in der Akte",
+        "en": "new document in the record",
+    },
 }
 OTHER_KIND = {
     "fr": "changement concernant le dossier",

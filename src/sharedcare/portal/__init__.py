@@ -28,6 +28,7 @@ from sharedcare.portal.views import (
     professional,
     results,
     rights,
+    summary,
     timeline,
 )
 from sharedcare.portal.views import imaging as imaging_views
@@ -77,6 +78,7 @@ def install(app: FastAPI) -> None:
     for module in (timeline, results):  # the record's timeline, laboratory results and trends
         app.include_router(module.router, prefix="/portal", include_in_schema=False)
     app.include_router(documents.router, prefix="/portal", include_in_schema=False)  # documents
+    app.include_router(summary.router, prefix="/portal", include_in_schema=False)  # patient summary
     app.add_exception_handler(CsrfRefused, _csrf_refused)
     app.add_exception_handler(LoginRequired, _login_required)
     app.add_exception_handler(RecordChoiceRequired, _record_choice)

@@ -27,10 +27,11 @@ from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import Response, StreamingResponse
 
 from sharedcare.access.categories import DOCUMENT_TYPE_SYSTEM, PERSONAL_DOCUMENT
+from sharedcare.access.policy import authored_by
 from sharedcare.access.requests import is_pending
 from sharedcare.api.fhir import base_url
-from sharedcare.documents import submission
-from sharedcare.documents.categories import document_types
+from sharedcare.documents import lifecycle, submission
+from sharedcare.documents.categories import PERSONAL, document_types
 from sharedcare.documents.mhd import literal
 from sharedcare.documents.retrieve import retrieve
 from sharedcare.fhir.errors import FhirError
@@ -187,7 +188,9 @@ def _text_of(request: Request, opened: Opened, attachment: dict[str, Any]) -> st
     return bytes(body).decode("utf-8", errors="replace")
 
 
-def document_page(request: Request, user: PortalUser, opened: Opened) -> Response:
+def document_page(
+    request: Request, user: PortalUser, opened: Opened, error: str | None = None, status: int = 200
+) -> Response:
     t = Translator(language(request, user))
     res = opened.resource
     attachment = _attachment(res)
@@ -230,8 +233,154 @@ def document_page(request: Request, user: PortalUser, opened: Opened) -> Respons
         "text": text,
         "content_url": f"{address}/content",
         "back": f"{opened.base}/timeline",
+        "error": error,
+        "actions": _status_actions(user, opened),
+        "status_url": f"{address}/status",
     }
-    return render(request, "document.html", context, user=user, headers={"Content-Security-Policy": PAGE_CSP})
+    return render(
+        request,
+        "document.html",
+        context,
+        user=user,
+        status=status,
+        headers={"Content-Security-Policy": PAGE_CSP},
+    )
+
+
+def _status_actions(user: PortalUser, opened: Opened) -> list[tuple[str, str]]:
+    """The status changes the page offers: to a professional on the document's author side, those
+    its status allows (the write check decides again when the button is used)."""
+    if opened.base == "/portal" or not authored_by(user.principal, opened.resource):
+        return []
+    allowed = lifecycle.TRANSITIONS.get(str(opened.resource.get("status")), frozenset())
+    return [(status, label) for status, label in STATUS_ACTIONS.items() if status in allowed]
+
+
+# -- professional upload and status changes (before the document routes: ``new`` is no id) -------
+
+PRO_EXCLUDED = frozenset({PERSONAL, "patient-summary"})
+"""Patient categories a professional does not file by hand: the holder's own documents, and
+summaries (an IPS document is generated and signed through ``crossborder.ips``)."""
+PRO_CONFIDENTIALITY = ("N", "R", "V")
+NO_TYPE = N_("Choose the type of the document.")
+NO_CONFIDENTIALITY = N_("Choose the confidentiality of the document.")
+STATUS_CHANGED = N_("The status of the document was changed.")
+STATUS_REFUSED = N_("The status could not be changed: %(reason)s")
+STATUS_ACTIONS = {
+    "superseded": N_("Deprecate (withdraw without a replacement)"),
+    "entered-in-error": N_("Mark as entered in error"),
+}
+
+
+def pro_types(lang: str) -> list[tuple[str, str, str]]:
+    """The types a professional may choose: ``(value, label, category)`` sorted by category."""
+    found = [
+        (f"{t.system}|{t.code}", t.display, t.category.label(lang))
+        for t in document_types().types.values()
+        if t.category.code not in PRO_EXCLUDED
+    ]
+    return sorted(found, key=lambda x: (x[2], x[1]))
+
+
+def pro_upload_page(
+    request: Request,
+    user: PortalUser,
+    patient_id: str,
+    typed: dict[str, str],
+    error: str | None,
+    status: int = 200,
+) -> Response:
+    lang = language(request, user)
+    context = {
+        "typed": typed,
+        "error": error,
+        "accept": ",".join(UPLOAD_TYPES),
+        "types": pro_types(lang),
+        "levels": [(code, CONFIDENTIALITY[code]) for code in PRO_CONFIDENTIALITY],
+        "patient_id": patient_id,
+    }
+    return render(request, "pro_upload.html", context, user=user, status=status)
+
+
+def _pro_patient(request: Request, user: PortalUser, patient_id: str) -> None:
+    """404 unless the professional may open the record (read through their access decision)."""
+    try:
+        records.view(request, user).read("Patient", patient_id)
+    except FhirError:
+        raise PortalError(404, N_("No record was found, or you have no access to it.")) from None
+
+
+@router.get("/pro/patients/{patient_id}/documents/new")
+def pro_upload_form(request: Request, patient_id: str, user: PortalUser = Depends(professional)) -> Response:
+    _pro_patient(request, user, patient_id)
+    return pro_upload_page(request, user, patient_id, {"title": "", "type": "", "confidentiality": "N"}, None)
+
+
+@router.post("/pro/patients/{patient_id}/documents/new")
+def pro_upload(
+    request: Request,
+    patient_id: str,
+    title: Annotated[str, Form()] = "",
+    doc_type: Annotated[str, Form(alias="type")] = "",
+    confidentiality: Annotated[str, Form()] = "",
+    file: Annotated[UploadFile | None, File()] = None,
+    user: PortalUser = Depends(professional),
+) -> Response:
+    """A professional files a document for a patient, as its author, with its confidentiality;
+    the write check (their profession's rights on the type's category, the care relationship, a
+    closed record) decides, and a refusal stores nothing."""
+    _pro_patient(request, user, patient_id)
+    t = Translator(language(request, user))
+    title = " ".join(title.split())
+    typed = {"title": title, "type": doc_type, "confidentiality": confidentiality}
+
+    def refuse(message: str) -> Response:
+        return pro_upload_page(request, user, patient_id, typed, message, 400)
+
+    system, _, code = doc_type.partition("|")
+    found = document_types().get(system, code)
+    if found is None or found.category.code in PRO_EXCLUDED:
+        return refuse(t.gettext(NO_TYPE))
+    if confidentiality not in PRO_CONFIDENTIALITY:
+        return refuse(t.gettext(NO_CONFIDENTIALITY))
+    if not title or len(title) > MAX_TITLE:
+        return refuse(t.gettext(NO_TITLE))
+    try:
+        data, content_type = read_upload(file, request.app.state.settings.max_content_bytes)
+    except UploadRefused as exc:
+        message, params = exc.args
+        return refuse(t.gettext(message, **params))
+    author = f"Practitioner/{user.principal.practitioner_id}"
+    coding = {"system": found.system, "code": found.code, "display": found.display}
+    bundle = provide_bundle(patient_id, author, data, content_type, title, coding, confidentiality, t.lang)
+    try:
+        document_id = file_document(request, user, bundle)
+    except FhirError as exc:
+        return refuse(_refusal(t, exc))
+    flash(request, UPLOADED)
+    return redirect(f"/portal/pro/patients/{patient_id}/documents/{document_id}")
+
+
+@router.post("/pro/patients/{patient_id}/documents/{document_id}/status")
+def pro_change_status(
+    request: Request,
+    patient_id: str,
+    document_id: str,
+    status: Annotated[str, Form()] = "",
+    user: PortalUser = Depends(professional),
+) -> Response:
+    """The author deprecates a document or marks it in error (``lifecycle.change_status``, with
+    the professional's session: only the author's side may, and it is audited as an update)."""
+    opened = open_document(request, user, document_id, patient_id)
+    t = Translator(language(request, user))
+    if status not in STATUS_ACTIONS:
+        return document_page(request, user, opened, t.gettext(STATUS_REFUSED, reason=status or "—"), 400)
+    try:
+        lifecycle.change_status(opened.service, document_id, status)
+    except FhirError as exc:
+        return document_page(request, user, opened, t.gettext(STATUS_REFUSED, reason=str(exc)), exc.status)
+    flash(request, STATUS_CHANGED)
+    return redirect(f"/portal/pro/patients/{patient_id}/documents/{document_id}")
 
 
 @router.get("/documents/{document_id}")

@@ -9,11 +9,12 @@ from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import Response
 
 from sharedcare.access import consent
+from sharedcare.documents.categories import document_types
 from sharedcare.fhir.errors import FhirError
 from sharedcare.notify import outbox
 from sharedcare.portal import csrf, records
 from sharedcare.portal.deps import holder_side, now, optional_user, signed_in
-from sharedcare.portal.pages import redirect, render
+from sharedcare.portal.pages import language, redirect, render
 from sharedcare.portal.sessions import RECORD, PortalUser, login_url
 
 router = APIRouter(dependencies=[Depends(csrf.require_csrf)])
@@ -84,8 +85,15 @@ def home(request: Request, user: PortalUser = Depends(holder_side), at: datetime
         "status": status,
         "messages": messages,
         "stored_time": stored_time,
+        "category_label": lambda code: category_label(code, language(request, user)),
     }
     return render(request, "home.html", context, user=user)
+
+
+def category_label(code: object, lang: str) -> str:
+    """The patient category of a new-document notice, in words ("" for an unknown one)."""
+    found = document_types().categories.get(code) if isinstance(code, str) else None
+    return found.label(lang) if found else ""
 
 
 def stored_time(value: object) -> datetime | None:
