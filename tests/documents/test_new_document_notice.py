@@ -62,3 +62,14 @@ def test_the_email_says_nothing_of_the_document() -> None:
         body = texts.body(lang, outbox.NEW_DOCUMENT, representative=False, portal_url=None)
         assert texts.KIND[outbox.NEW_DOCUMENT][lang] in body
         assert "11502-2" not in body and "labor" not in body.lower() and "Document 1" not in body
+
+
+def test_no_notice_for_a_document_held_back_for_its_announcement(world: TestClient) -> None:
+    from sharedcare.access.requests import DISCLOSURE_SYSTEM, PENDING_DISCLOSURE
+
+    pending = {"meta": {"security": [{"system": DISCLOSURE_SYSTEM, "code": PENDING_DISCLOSURE}]}}
+    held = Doc(type_code="11526-1", extra=pending, data=b"%PDF-1.7 biopsy")
+    assert created(provide(world, LAB, provide_bundle("pa", held)), "DocumentReference")
+    assert notices(world) == []  # the notice would announce what the holder may not see yet
+    assert created(provide(world, LAB, provide_bundle("pa", Doc())), "DocumentReference")
+    assert len(notices(world)) == 1
