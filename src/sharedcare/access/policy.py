@@ -168,29 +168,30 @@ _RQ = record_request.alias("arq")
 _CX = idx_reference.alias("acx")
 
 
-def _concerns(r: FromClause, rtype: ColumnElement[str], rid: ColumnElement[str]) -> ColumnElement[bool]:
-    """A restriction on the item ``(rtype, rid)`` concerns row ``r``: the item itself, or, for a
-    Binary, the document its ``securityContext`` names (FHIR's proxy for access control), so a
-    mask, an objection or a held-back announcement hides the content with its document."""
-    x = _CX
-    return or_(
-        and_(rtype == r.c.type, rid == r.c.id),
-        and_(
-            r.c.type == _sql("Binary"),
-            exists(
-                select(_ONE)
-                .select_from(x)
-                .where(
-                    x.c.res_pk == r.c.pk,
-                    x.c.rtype == _sql("Binary"),
-                    x.c.param == _sql("security-context"),
-                    x.c.target_type == rtype,
-                    x.c.target_id == rid,
-                )
-                .correlate_except(x)  # r is two levels up: not auto-correlated
-            ),
-        ),
+def _restricts(r: FromClause, table: FromClause, *conditions: ColumnElement[bool]) -> ColumnElement[bool]:
+    """A row of ``table`` (keyed by ``resource_type``, ``resource_id``) meeting ``conditions``
+    restricts row ``r``: one on the item itself, or, for a Binary, one on the document its
+    ``securityContext`` names (FHIR's proxy for access control), so a mask or an objection hides
+    the content with its document. Two EXISTS, each answered by an index (one ``OR`` inside a
+    single EXISTS made PostgreSQL scan the restrictions and hash every Binary's link)."""
+    t, x = table, _CX
+    own = exists(
+        select(_ONE)
+        .select_from(t)
+        .where(t.c.resource_type == r.c.type, t.c.resource_id == r.c.id, *conditions)
     )
+    of_document = exists(
+        select(_ONE)
+        .select_from(x)
+        .join(t, and_(t.c.resource_type == x.c.target_type, t.c.resource_id == x.c.target_id))
+        .where(
+            x.c.res_pk == r.c.pk,
+            x.c.rtype == _sql("Binary"),
+            x.c.param == _sql("security-context"),
+            *conditions,
+        )
+    )
+    return or_(own, and_(r.c.type == _sql("Binary"), of_document))
 
 
 def _sql(value: str) -> ColumnElement[str]:
@@ -370,15 +371,12 @@ class _ProfessionalParts:
         cared = exists(
             select(_ONE).select_from(_AC, cr).where(_AC.c.res_pk == r.c.pk, *self.cared, *category)
         )
-        mask = exists(
-            select(_ONE)
-            .select_from(ar)
-            .where(
-                ar.c.kind == _sql("mask"),
-                _concerns(r, ar.c.resource_type, ar.c.resource_id),
-                ar.c.practitioner_id == self.practitioner,
-                ar.c.removed_at.is_(None),
-            )
+        mask = _restricts(
+            r,
+            ar,
+            ar.c.kind == _sql("mask"),
+            ar.c.practitioner_id == self.practitioner,
+            ar.c.removed_at.is_(None),
         )
         allowed = and_(r.c.category.in_(_sql_list(self.either)), cared, ~and_(self.restricted, mask))
         if self.overridden is not None:
@@ -674,7 +672,6 @@ class AccessPolicy:
                     t.c.code == _sql(PENDING_DISCLOSURE),
                     t.c.system == _sql(DISCLOSURE_SYSTEM),
                 )
-                .correlate_except(x, d, t)
             ),
         )
         return or_(tagged, and_(r.c.deleted, was_tagged), document_tagged)
@@ -682,12 +679,7 @@ class AccessPolicy:
     @staticmethod
     def _objected(r: FromClause) -> ColumnElement[bool]:
         """The holder objected to the item being filed: no professional or system sees it."""
-        fo = _FO
-        return exists(
-            select(_ONE)
-            .select_from(fo)
-            .where(_concerns(r, fo.c.resource_type, fo.c.resource_id), fo.c.removed_at.is_(None))
-        )
+        return _restricts(r, _FO, _FO.c.removed_at.is_(None))
 
     @staticmethod
     def _record_request(r: FromClause, *conditions: ColumnElement[bool]) -> ColumnElement[bool]:
