@@ -17,6 +17,7 @@ from sqlalchemy import Connection, Engine, text
 
 from sharedcare.access.models import care_relationship
 from sharedcare.access.principals import Principal, PrincipalKind
+from sharedcare.identity import passwords
 from sharedcare.oauth.clients import ensure_demo_client
 from sharedcare.schema import metadata
 from sharedcare.settings import Settings
@@ -66,6 +67,20 @@ def emptied_engine(db_url: str, *, empty_after: bool = False) -> Iterator[Engine
         if empty_after:
             truncate(engine)
         engine.dispose()
+
+
+CHEAP = passwords.HashParameters(time_cost=1, memory_cost=8, parallelism=1)
+"""The smallest argon2id costs: the suite stays fast, the code paths stay real."""
+
+
+def cheap_passwords() -> Iterator[None]:
+    """The body of a ``cheap_hashing`` fixture: password hashing at ``CHEAP`` costs for the test,
+    the previous parameters restored after it."""
+    previous = passwords.set_parameters(CHEAP)
+    try:
+        yield
+    finally:
+        passwords.set_parameters(previous)
 
 
 def put_all(client: TestClient, *resources: dict[str, Any]) -> None:

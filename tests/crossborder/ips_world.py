@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 from fastapi.testclient import TestClient
 
 from sharedcare.access import consent
-from sharedcare.access.models import care_relationship
 from sharedcare.access.principals import Principal, PrincipalKind
 from sharedcare.access.requests import PENDING_TAG
 from sharedcare.fhir.store import utcnow
 from sharedcare.storage.engine import writer
-from support import mint_token, put_all
+from support import add_care, bearer, put_all
 
 LOINC = "http://loinc.org"
 SNOMED = "http://snomed.info/sct"
@@ -222,7 +220,7 @@ class IpsWorld:
     def headers(self, principal: Principal, scope: str = "user/*.cruds") -> dict[str, str]:
         if principal.kind is PrincipalKind.PATIENT:
             scope = "patient/*.cruds"
-        return {"Authorization": f"Bearer {mint_token(self.client.app, principal, scope)}"}
+        return bearer(self.client.app, principal, scope)
 
 
 def build_world(client: TestClient) -> IpsWorld:
@@ -232,17 +230,7 @@ def build_world(client: TestClient) -> IpsWorld:
     now = utcnow()
     with writer(app.state.engine).begin() as conn:
         for practitioner in ("gp", "ph", "lab", "nu"):
-            conn.execute(
-                care_relationship.insert().values(
-                    id=f"care-{practitioner}",
-                    patient_id="pa",
-                    practitioner_id=practitioner,
-                    context="solo",
-                    starts=now - timedelta(days=1),
-                    ends=now + timedelta(days=14),
-                    created_by="test",
-                )
-            )
+            add_care(conn, f"care-{practitioner}", "pa", practitioner, now)
         consent.mask(conn, app.state.fhir, HOLDER, "pa", "gp", "Condition/c-masked", now)
     return IpsWorld(client)
 

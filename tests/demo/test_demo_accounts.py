@@ -29,9 +29,8 @@ from sharedcare.settings import Settings
 from sharedcare.storage.engine import make_engine
 from sharedcare.storage.migrate import upgrade
 from sharedcare.storage.tables import resource
-from support import DEMO_SECRET, truncate
+from support import CHEAP, DEMO_SECRET, truncate
 
-CHEAP = passwords.HashParameters(time_cost=1, memory_cost=8, parallelism=1)
 FATHER = "lu-pat-0009"
 STRANGER = "lu-pat-0021"
 """A demo patient nobody of the demo accounts takes care of."""

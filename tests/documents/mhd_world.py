@@ -12,7 +12,7 @@ from typing import Any
 from fastapi.testclient import TestClient
 
 from sharedcare.access.principals import Principal, PrincipalKind
-from support import mint_token
+from support import bearer
 
 LOINC = "http://loinc.org"
 CONFIDENTIALITY = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"
@@ -38,8 +38,7 @@ SCOPES = {
 
 def auth(client: TestClient, principal: Principal) -> dict[str, str]:
     """Headers carrying a real access token of ``principal``."""
-    token = mint_token(client.app, principal, SCOPES[principal.kind])
-    return {"Authorization": f"Bearer {token}"}
+    return bearer(client.app, principal, SCOPES[principal.kind])
 
 
 def sha1_b64(data: bytes) -> str:

@@ -22,12 +22,11 @@ import uvicorn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "portal"))  # the portal tests' world
 
 from live_portal import LivePortal
-from portal_world import CHEAP, build_world
+from portal_world import build_world
 
 from sharedcare.app import create_app
-from sharedcare.identity import passwords
 from sharedcare.settings import Settings
-from support import truncate
+from support import cheap_passwords, truncate
 
 CHROMIUM = os.environ.get("SHAREDCARE_CHROMIUM", "/usr/bin/chromium")
 REQUIRE_BROWSER = os.environ.get("SHAREDCARE_REQUIRE_BROWSER") == "1"
@@ -62,9 +61,8 @@ def chromium() -> Iterator[Any]:
 
 @pytest.fixture(autouse=True)
 def cheap_hashing() -> Iterator[None]:
-    previous = passwords.set_parameters(CHEAP)
-    yield
-    passwords.set_parameters(previous)
+    """Real argon2id with the smallest costs for the world's accounts."""
+    yield from cheap_passwords()
 
 
 @pytest.fixture

@@ -39,30 +39,23 @@ from sharedcare.identity.errors import (
 from sharedcare.identity.matricule import generate
 from sharedcare.identity.models import AccountStatus, account, activation_code, attempt_throttle
 from sharedcare.settings import Settings
-from sharedcare.storage.engine import make_engine
-from support import truncate
+from support import cheap_passwords, emptied_engine
 
 T0 = datetime(2026, 3, 2, 9, 0, 0, tzinfo=UTC)
 MATRICULE = generate(datetime(1980, 1, 1).date(), 1)  # 1980010100187
 PASSWORD = "correct horse battery staple"
-CHEAP = passwords.HashParameters(time_cost=1, memory_cost=8, parallelism=1)
 R = TypeVar("R")
 
 
 @pytest.fixture(autouse=True)
 def cheap_hashing() -> Iterator[None]:
     """Real argon2id with the smallest costs: the suite stays fast, the code paths stay real."""
-    previous = passwords.set_parameters(CHEAP)
-    yield
-    passwords.set_parameters(previous)
+    yield from cheap_passwords()
 
 
 @pytest.fixture
 def engine(db_url: str) -> Iterator[Engine]:
-    eng = make_engine(db_url)
-    truncate(eng)
-    yield eng
-    eng.dispose()
+    yield from emptied_engine(db_url)
 
 
 def run(engine: Engine, fn: Callable[..., R], *args: Any, **kwargs: Any) -> R:

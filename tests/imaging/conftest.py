@@ -20,12 +20,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "portal"))  # the p
 
 from imaging_helpers import endpoint
 from orthanc_server import ORTHANC_USER, OrthancServer, OrthancUnavailable, load_studies
-from portal_world import CHEAP, World, build_world
+from portal_world import World, build_world
 
 from sharedcare.app import create_app
-from sharedcare.identity import passwords
 from sharedcare.settings import DicomWebServer, Settings
-from support import ensure_demo, system_token, truncate
+from support import cheap_passwords, ensure_demo, system_token, truncate
 
 REQUIRE_ORTHANC = os.environ.get("SHAREDCARE_REQUIRE_ORTHANC") == "1"
 PACS = "pacs-nord"
@@ -53,9 +52,7 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancServer]
 @pytest.fixture(autouse=True)
 def cheap_hashing() -> Iterator[None]:
     """Real argon2id with the smallest costs for the world's accounts."""
-    previous = passwords.set_parameters(CHEAP)
-    yield
-    passwords.set_parameters(previous)
+    yield from cheap_passwords()
 
 
 @pytest.fixture

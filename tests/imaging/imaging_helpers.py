@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from orthanc_server import CT_MR_STUDY, SeriesSpec
 
 from sharedcare.access.principals import Principal, PrincipalKind
-from support import mint_token
+from support import bearer
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -30,7 +30,7 @@ def as_(client: TestClient, principal: Principal, scope: str | None = None) -> d
             PrincipalKind.SYSTEM: "system/ImagingStudy.c system/Patient.r",
             PrincipalKind.PATIENT: "patient/*.rs",
         }.get(principal.kind, "user/*.rs")
-    return {"Authorization": f"Bearer {mint_token(client.app, principal, scope)}"}
+    return bearer(client.app, principal, scope)
 
 
 def imaging_study(

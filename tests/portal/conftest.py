@@ -6,20 +6,19 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from fastapi.testclient import TestClient
-from portal_world import CHEAP, World, build_world
+from portal_http import sign_in
+from portal_world import World, build_world
+from record_content import add_record_content
 
 from sharedcare.app import create_app
-from sharedcare.identity import passwords
 from sharedcare.settings import Settings
-from support import truncate
+from support import cheap_passwords, truncate
 
 
 @pytest.fixture(autouse=True)
 def cheap_hashing() -> Iterator[None]:
     """Real argon2id with the smallest costs: the suite stays fast, the code paths stay real."""
-    previous = passwords.set_parameters(CHEAP)
-    yield
-    passwords.set_parameters(previous)
+    yield from cheap_passwords()
 
 
 def make_world(settings: Settings) -> World:
@@ -45,6 +44,21 @@ def browser(world: World) -> Callable[[], TestClient]:
         return client
 
     return new
+
+
+@pytest.fixture
+def record(world: World) -> World:
+    """The world with the record content of ``record_content`` (a pending result included)."""
+    add_record_content(world)
+    return world
+
+
+@pytest.fixture
+def holder(record: World, browser: Callable[[], TestClient]) -> TestClient:
+    """Marie Muller signed in over ``record`` (modules with another holder define their own)."""
+    c = browser()
+    sign_in(c, record.patient)
+    return c
 
 
 @pytest.fixture

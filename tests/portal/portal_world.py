@@ -18,14 +18,13 @@ from fastapi import FastAPI
 from sqlalchemy import Engine
 
 from sharedcare.access.principals import PrincipalKind
-from sharedcare.identity import accounts, passwords
+from sharedcare.identity import accounts
 from sharedcare.identity.matricule import MATRICULE_SYSTEM, generate
 from sharedcare.settings import Settings
 from sharedcare.storage.engine import writer
 from support import add_care
 
 PASSWORD = "blue kettle sings at dawn"
-CHEAP = passwords.HashParameters(time_cost=1, memory_cost=8, parallelism=1)
 MATRICULE_A = generate(date(1980, 4, 12), 7)
 MATRICULE_B = generate(date(1975, 9, 30), 12)
 MATRICULE_NEW = generate(date(1990, 1, 2), 3)

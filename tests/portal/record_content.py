@@ -8,15 +8,15 @@ that the tests can compare what a pharmacist and a GP see.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from portal_world import LOINC, World
 
 from sharedcare.access import requests as rights
 from sharedcare.access.categories import DOCUMENT_TYPE_SYSTEM, PERSONAL_DOCUMENT
-from sharedcare.access.models import care_relationship
 from sharedcare.storage.engine import writer
+from support import add_care
 
 LAB_CATEGORY = {
     "coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "laboratory"}]
@@ -173,14 +173,4 @@ def add_record_content(world: World, *, pending: bool = True) -> None:
         fhir.update("Observation", PENDING["id"], rights.mark_pending(PENDING))
     now = datetime.now(UTC).replace(tzinfo=None)
     with writer(world.engine).begin() as conn:
-        conn.execute(
-            care_relationship.insert().values(
-                id="pharm-solo",
-                patient_id="pa",
-                practitioner_id="pharm",
-                context="solo",
-                starts=now - timedelta(days=1),
-                ends=now + timedelta(days=14),
-                created_by="test",
-            )
-        )
+        add_care(conn, "pharm-solo", "pa", "pharm", now)

@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from portal_http import sign_in
 from portal_world import World
-from record_content import GLUCOSE, add_record_content, glucose
+from record_content import GLUCOSE, glucose
 
 from sharedcare.audit import log as audit
 from sharedcare.portal import charts
@@ -24,19 +24,6 @@ KEY_LINK = re.compile(r'<a class="analyte" href="([^"]+)">([^<]+)<')
 BAND = re.compile(r'<rect class="band" x="([\d.]+)" y="([\d.]+)" width="([\d.]+)" height="([\d.]+)"')
 CIRCLE = re.compile(r'<circle class="point" cx="([\d.]+)" cy="([\d.]+)"')
 DIAMOND = re.compile(r'<path class="point out" data-x="([\d.]+)" data-y="([\d.]+)"')
-
-
-@pytest.fixture
-def record(world: World) -> World:
-    add_record_content(world)
-    return world
-
-
-@pytest.fixture
-def holder(record: World, browser: Browser) -> TestClient:
-    c = browser()
-    sign_in(c, record.patient)
-    return c
 
 
 def _link(html: str, name: str) -> str:

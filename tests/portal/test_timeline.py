@@ -6,11 +6,10 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-import pytest
 from fastapi.testclient import TestClient
 from portal_http import post, sign_in
 from portal_world import World
-from record_content import EXPECTED_GROUPS, GLUCOSE_SERIES, PENDING, add_record_content
+from record_content import EXPECTED_GROUPS, GLUCOSE_SERIES, PENDING
 
 from sharedcare.audit import log as audit
 from sharedcare.documents.categories import document_types
@@ -24,19 +23,6 @@ ENTRY = re.compile(
 PRO_ENTRY = re.compile(r'<li class="entry" data-group="([a-z-]+)">(.*?)</li>', re.S)
 TIMELINE = "/portal/timeline"
 GP_TIMELINE = "/portal/pro/patients/pa/timeline"
-
-
-@pytest.fixture
-def record(world: World) -> World:
-    add_record_content(world)
-    return world
-
-
-@pytest.fixture
-def holder(record: World, browser: Browser) -> TestClient:
-    c = browser()
-    sign_in(c, record.patient)
-    return c
 
 
 def _entries(html: str) -> list[tuple[str, str]]:

@@ -43,9 +43,9 @@ from sharedcare.storage.crypto import (
     master_keys,
     parse_master_keys,
 )
-from sharedcare.storage.engine import make_engine, writer
+from sharedcare.storage.engine import writer
 from sharedcare.storage.models import content_key
-from support import truncate
+from support import emptied_engine
 
 FRAME = 1024  # small frames: many frames in little data
 M1 = MasterKey("m1", bytes(range(32)))
@@ -54,10 +54,7 @@ M2 = MasterKey("m2", bytes(range(32, 64)))
 
 @pytest.fixture
 def engine(db_url: str) -> Iterator[Engine]:
-    engine = make_engine(db_url)
-    truncate(engine)
-    yield engine
-    engine.dispose()
+    yield from emptied_engine(db_url)
 
 
 def _store(root: Path, engine: Engine, *masters: MasterKey) -> EncryptedBlobStore:
