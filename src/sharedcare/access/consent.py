@@ -115,10 +115,7 @@ def _require_holder(conn: Connection, who: Principal, patient_id: str, now: date
         select(d.c.id).where(
             d.c.account_id == who.subject,
             d.c.patient_id == patient_id,
-            d.c.starts <= now,
-            (d.c.ends.is_(None)) | (d.c.ends > now),
-            d.c.revoked_at.is_(None),
-            minors.representation_in_force(d, now),
+            minors.delegation_in_force(d, now),
         )
     ).first()
     if found is None:

@@ -142,6 +142,18 @@ def adult(patient_id: ColumnElement[str], now: datetime) -> ColumnElement[bool]:
     )
 
 
+def delegation_in_force(d: FromClause, now: datetime) -> ColumnElement[bool]:
+    """SQL on ``delegation`` rows ``d``: the delegation lets its account act for the holder now
+    (started, not ended, not revoked, and ``representation_in_force``). Every check of a
+    representative's right goes through this one condition."""
+    return and_(
+        d.c.starts <= now,
+        or_(d.c.ends.is_(None), d.c.ends > now),
+        d.c.revoked_at.is_(None),
+        representation_in_force(d, now),
+    )
+
+
 def representation_in_force(d: FromClause, now: datetime) -> ColumnElement[bool]:
     """SQL on ``delegation`` rows ``d``: the part of a delegation's validity that depends on the
     holder being a minor (that it is started, not ended and not revoked is the caller's part).

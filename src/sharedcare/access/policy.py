@@ -52,7 +52,7 @@ from sqlalchemy.sql.visitors import InternalTraversal, iterate
 
 from sharedcare.access.categories import REFERENCE_DATA, classify
 from sharedcare.access.matrix import AccessMatrix, load_matrix
-from sharedcare.access.minors import representation_in_force
+from sharedcare.access.minors import delegation_in_force
 from sharedcare.access.models import (
     access_restriction,
     care_relationship,
@@ -550,10 +550,7 @@ class AccessPolicy:
         return p.kind is PrincipalKind.SYSTEM and p.trusted
 
     def _holder_filter(self, p: Principal, now: datetime) -> AccessFilter:
-        d = delegation
-        delegated = select(d.c.patient_id).where(
-            d.c.account_id == p.subject, self._active(d, now), representation_in_force(d, now)
-        )
+        delegated = self.holder_patients(p, now)
         c = resource_compartment
         s = record_status
 
@@ -747,10 +744,7 @@ class AccessPolicy:
     def holder_patients(self, p: Principal, now: datetime) -> Select:
         """Patients a representative acts for through an active delegation."""
         d = delegation
-        delegated = select(d.c.patient_id).where(
-            d.c.account_id == p.subject, self._active(d, now), representation_in_force(d, now)
-        )
-        return delegated
+        return select(d.c.patient_id).where(d.c.account_id == p.subject, delegation_in_force(d, now))
 
     # -- the access log ------------------------------------------------------------------------
     def trace_patients(self, p: Principal, now: datetime) -> Select | None:

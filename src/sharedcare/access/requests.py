@@ -32,7 +32,7 @@ from typing import Any
 from sqlalchemy import Connection, Row, delete, func, select, update
 
 from sharedcare.access.consent import audit_change, deactivate_consent, fhir_consent, write_consent
-from sharedcare.access.minors import representation_in_force
+from sharedcare.access.minors import delegation_in_force
 from sharedcare.access.models import delegation, filing_objection, record_request
 from sharedcare.access.principals import Principal, PrincipalKind
 from sharedcare.audit import log as audit
@@ -643,10 +643,7 @@ def _holder_patient(
         conn.execute(
             select(d.c.patient_id).where(
                 d.c.account_id == who.subject,
-                d.c.starts <= now,
-                (d.c.ends.is_(None)) | (d.c.ends > now),
-                d.c.revoked_at.is_(None),
-                representation_in_force(d, now),
+                delegation_in_force(d, now),
             )
         ).scalars()
     )

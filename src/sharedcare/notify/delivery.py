@@ -34,7 +34,7 @@ from typing import Any
 import orjson
 from sqlalchemy import ColumnElement, Connection, Engine, Row, func, literal, or_, select, update
 
-from sharedcare.access.minors import representation_in_force
+from sharedcare.access.minors import delegation_in_force
 from sharedcare.access.models import delegation
 from sharedcare.fhir.store import utcnow
 from sharedcare.identity.models import AccountStatus, account
@@ -108,10 +108,7 @@ def recipients(conn: Connection, patient_id: str, now: datetime) -> list[Recipie
         .select_from(a.join(d, d.c.account_id == a.c.id))
         .where(
             d.c.patient_id == patient_id,
-            d.c.starts <= now,
-            or_(d.c.ends.is_(None), d.c.ends > now),
-            d.c.revoked_at.is_(None),
-            representation_in_force(d, now),  # not to parents a minor objects to, nor after 18
+            delegation_in_force(d, now),  # not to parents a minor objects to, nor after 18
             *usable,
         )
     )

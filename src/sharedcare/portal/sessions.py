@@ -25,9 +25,9 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from fastapi import Request
-from sqlalchemy import Connection, or_, select
+from sqlalchemy import Connection, select
 
-from sharedcare.access.minors import representation_in_force
+from sharedcare.access.minors import delegation_in_force
 from sharedcare.access.models import delegation
 from sharedcare.access.principals import Principal, PrincipalKind
 from sharedcare.identity import accounts, sessions
@@ -136,10 +136,7 @@ def delegated_records(conn: Connection, account_id: str, now: datetime) -> list[
         select(d.c.patient_id)
         .where(
             d.c.account_id == account_id,
-            d.c.starts <= now,
-            or_(d.c.ends.is_(None), d.c.ends > now),
-            d.c.revoked_at.is_(None),
-            representation_in_force(d, now),  # a parent's ends at 18; a minor may suspend it
+            delegation_in_force(d, now),  # a parent's ends at 18; a minor may suspend it
         )
         .order_by(d.c.starts)
     ).scalars()
