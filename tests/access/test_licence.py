@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, select
 
 from sharedcare.access import licence, lifecycle
-from sharedcare.access.models import care_relationship, licence_withdrawal, record_status
+from sharedcare.access.models import care_relationship, facility_withdrawal, licence_withdrawal, record_status
 from sharedcare.access.policy import category_of
 from sharedcare.access.principals import PrincipalKind
 from sharedcare.app import create_app
@@ -242,3 +242,105 @@ def sign_in(client: TestClient, login: str, secret: str) -> None:
     assert first.status_code == 303 and first.headers["location"] == "/portal/login/code", first.text[:300]
     second = post("/portal/login/code", {"code": pyotp.TOTP(secret).now()})
     assert second.status_code == 303, second.text[:300]
+
+
+CLINIC = {"resourceType": "Organization", "id": "clinic", "active": True, "name": "Clinique du Parc"}
+
+
+def withdraw_facility(fhir: FhirService) -> datetime:
+    """Mark the clinic inactive in the directory (its authorisation withdrawn); the time of it."""
+    return fhir.update("Organization", "clinic", {**CLINIC, "active": False}).stored.last_updated
+
+
+def test_the_holders_registered_at_a_withdrawn_facility_are_told_once(
+    engine: Engine, fhir: FhirService
+) -> None:
+    fhir.update("Organization", "clinic", CLINIC)
+    fhir.update("Organization", "other", {"resourceType": "Organization", "id": "other", "active": True})
+    assert run(engine, utcnow()) == []
+    at = withdraw_facility(fhir)
+    day = timedelta(days=1)
+    registration = {"practitioner_id": None, "organization_id": "clinic", "ends": at + day}
+    relate(engine, "stay", "pa", "facility", at - day, **registration)
+    relate(engine, "er", "pb", "emergency", at - day, **registration)
+    relate(engine, "left", "pc", "facility", at - 9 * day, **{**registration, "ends": at - day})
+    relate(engine, "elsewhere", "pd", "facility", at - day, **{**registration, "organization_id": "other"})
+    relate(engine, "own-gp", "pe", "solo", at - day, ends=at + day, organization_id="clinic")
+    assert run(engine, at + timedelta(hours=1)) == []  # no professional's licence was withdrawn
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(notification.c.patient_id, notification.c.params)
+            .where(notification.c.kind == outbox.LICENCE_WITHDRAWN)
+            .order_by(notification.c.patient_id)
+        ).all()
+        assert [(r.patient_id, orjson.loads(r.params)) for r in rows] == [
+            (p, {"organization_id": "clinic", "display": "Clinique du Parc", "date": at.isoformat()})
+            for p in ("pa", "pb")
+        ]
+        (entry,) = audit.query(conn, patient_id="pa", actions=[audit.AuditAction.CONSENT_CHANGE])
+        assert entry.record.resources == ("Organization/clinic",)
+        assert audit.query(conn, patient_id="pc") == [] and audit.query(conn, patient_id="pe") == []
+        (row,) = conn.execute(select(facility_withdrawal)).all()
+        assert (row.organization_id, row.version, row.holders, row.restored_at) == ("clinic", 2, 2, None)
+    with writer(engine).begin() as conn:
+        assert licence.notify_facility_withdrawals(conn, at + day) == []  # once
+    fhir.update("Organization", "clinic", CLINIC)  # authorisation restored
+    restored_seen = utcnow()
+    run(engine, restored_seen)
+    with engine.connect() as conn:
+        assert conn.execute(select(facility_withdrawal.c.restored_at)).scalar_one() == restored_seen
+    again = withdraw_facility(fhir)
+    with writer(engine).begin() as conn:
+        (second,) = licence.notify_facility_withdrawals(conn, again)
+    assert second.withdrawn_at == again and second.holders == ("pa", "pb")  # told again
+    assert audit.verify(engine).ok
+
+
+def test_a_withdrawn_facility_loses_its_registrations_at_once(client: TestClient) -> None:
+    """Over the FHIR API: the facility's professionals and system lose what its registrations
+    gave them; a professional's own relationship stays; it cannot register anyone any more."""
+    from sharedcare.access import care
+    from sharedcare.access.principals import Principal
+    from support import add_care, bearer, lab_result, put_all
+
+    nurse = Principal(
+        PrincipalKind.PROFESSIONAL,
+        "acct-n",
+        practitioner_id="nurse",
+        profession="inf",
+        organization_id="clinic",
+    )
+    system = Principal(PrincipalKind.SYSTEM, "clinic-system", organization_id="clinic")
+    put_all(
+        client,
+        CLINIC,
+        {"resourceType": "Practitioner", "id": "nurse", "active": True},
+        {"resourceType": "Patient", "id": "pa"},
+        {"resourceType": "Patient", "id": "pb"},
+        lab_result("lab-a", "pa"),
+        lab_result("lab-b", "pb"),
+    )
+    app: Any = client.app
+    settings: Settings = app.state.settings
+    with writer(app.state.engine).begin() as conn:
+        care.register(conn, settings, system, "pa", emergency=False, now=utcnow())
+        add_care(conn, "own", "pb", "nurse", utcnow())
+    as_nurse = bearer(app, nurse, "user/*.rs")
+    as_system = bearer(app, system, "system/*.rs")
+
+    def sees() -> tuple[bool, bool, bool]:
+        return (
+            client.get("/fhir/Observation/lab-a", headers=as_nurse).status_code == 200,
+            client.get("/fhir/Observation/lab-b", headers=as_nurse).status_code == 200,
+            client.get("/fhir/Patient/pa", headers=as_system).status_code == 200,
+        )
+
+    assert sees() == (True, True, True)
+    client.put("/fhir/Organization/clinic", json={**CLINIC, "active": False})  # as the trusted client
+    assert sees() == (False, True, False)
+    searched = client.get("/fhir/Observation", headers=as_nurse).json()
+    assert [e["resource"]["id"] for e in searched.get("entry", [])] == ["lab-b"] and searched["total"] == 1
+    with writer(app.state.engine).begin() as conn, pytest.raises(care.NotAllowed):
+        care.register(conn, settings, system, "pb", emergency=True, now=utcnow())
+    client.put("/fhir/Organization/clinic", json=CLINIC)  # restored: the stay, still running, counts again
+    assert sees() == (True, True, True)

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from sharedcare.access import consent, minors
-from sharedcare.access.models import delegation, minor_objection
+from sharedcare.access.models import delegation, minor_autonomy, minor_objection
 from sharedcare.access.principals import Principal, PrincipalKind
 from sharedcare.audit import log as audit
 from sharedcare.fhir.store import utcnow
@@ -218,3 +218,84 @@ def test_the_18th_birthday_ends_a_parents_delegation(world: TestClient) -> None:
         consent.appoint(conn, app.state.fhir, AGENCY, "turns-18-today", "acct-tutor", "guardian", now)
     tutor = Principal(PrincipalKind.REPRESENTATIVE, "acct-tutor")
     assert world.get("/fhir/Patient/turns-18-today", headers=as_(world, tutor)).status_code == 200
+
+
+def withdraw(client: TestClient, who: Principal, patient: str = "kid") -> None:
+    app: Any = client.app
+    with writer(app.state.engine).begin() as conn:
+        minors.withdraw_autonomy(conn, app.state.fhir, app.state.policy, who, patient, utcnow())
+
+
+def test_the_recording_professional_withdraws_the_decision_and_the_objection_ends(world: TestClient) -> None:
+    decide(world, GP)
+    objects(world, KID)
+    assert not parent_reads_kid(world)["read"]
+    for who in (STRANGER, MUM, AGENCY):
+        with pytest.raises(minors.MinorError):
+            withdraw(world, who)
+    assert not parent_reads_kid(world)["read"]  # a refused withdrawal changes nothing
+    app: Any = world.app
+    with app.state.engine.connect() as conn:
+        decision = minors.autonomy_of(conn, "kid")
+    assert decision is not None
+    withdraw(world, GP)
+    # the parents exercise the minor's rights again at once, on every path
+    assert parent_reads_kid(world) == dict.fromkeys(
+        ("read", "search", "history", "everything", "log", "write"), True
+    )
+    with app.state.engine.connect() as conn:
+        state = minors.status(conn, "kid", utcnow())
+        assert state.autonomy is None and state.objection_since is None
+        changes = [
+            e.record.interaction
+            for e in audit.query(conn, patient_id="kid", actions=[audit.AuditAction.CONSENT_CHANGE])
+        ]
+    assert {"withdraw-minor-autonomy", "allow-parents"} <= set(changes)
+    stored = world.get(f"/fhir/Consent/{decision.consent_id}").json()  # kept, made inactive
+    assert stored["status"] == "inactive"
+    with pytest.raises(minors.MinorError):
+        withdraw(world, GP)  # nothing left to withdraw
+    with pytest.raises(minors.MinorError):
+        objects(world, KID)  # no longer admitted to act alone
+    assert decide(world, GP) != decision.id  # a new decision may be recorded later
+
+
+def test_the_minor_withdraws_their_own_autonomy(world: TestClient) -> None:
+    decide(world, GP)
+    withdraw(world, KID)
+    app: Any = world.app
+    with app.state.engine.connect() as conn:
+        assert minors.status(conn, "kid", utcnow()).autonomy is None
+        row = conn.execute(select(minor_autonomy.c.withdrawn_by, minor_autonomy.c.withdrawn_at)).one()
+    assert row.withdrawn_by == "minor" and row.withdrawn_at is not None
+
+
+def test_the_recording_professional_out_of_care_cannot_withdraw(world: TestClient) -> None:
+    decide(world, GP)
+    app: Any = world.app
+    with writer(app.state.engine).begin() as conn:
+        consent.block(conn, app.state.fhir, KID, "kid", "gp", utcnow())
+    with pytest.raises(minors.MinorError):
+        withdraw(world, GP)
+    with app.state.engine.connect() as conn:
+        assert minors.autonomy_of(conn, "kid") is not None
+
+
+def test_the_decision_lapses_at_18(world: TestClient) -> None:
+    """The Consent says until when (the 18th birthday), and an adult's status no longer shows it."""
+    app: Any = world.app
+    now = utcnow()
+    decide(world, GP)
+    with app.state.engine.connect() as conn:
+        decision = minors.autonomy_of(conn, "kid")
+        assert decision is not None
+        birth = minors.birth_date(conn, "kid")
+        assert birth is not None
+        adult_day = minors.majority_date(birth)
+        assert minors.status(conn, "kid", adult_day - timedelta(days=1)).autonomy == decision
+        grown = minors.status(conn, "kid", adult_day + timedelta(hours=1))
+        assert not grown.minor and grown.autonomy is None and grown.objection_since is None
+    stored = world.get(f"/fhir/Consent/{decision.consent_id}").json()
+    assert stored["provision"]["period"]["end"].startswith(adult_day.date().isoformat())
+    assert adult_day > now
+    assert minors.majority_date(datetime(2008, 2, 29)) == datetime(2026, 3, 1)

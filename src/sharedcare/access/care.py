@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, and_, or_, select, update
 
+from sharedcare.access.licence import facility_authorised
 from sharedcare.access.models import care_relationship, connection_code, record_status
 from sharedcare.access.principals import Principal, PrincipalKind
 from sharedcare.settings import Settings
@@ -123,6 +124,8 @@ def register(
         raise NotAllowed("Only a care facility's system or professional can register a patient")
     if actor.organization_id and organization != actor.organization_id and not actor.trusted:
         raise NotAllowed("A facility registers patients only for itself")
+    if not facility_authorised(conn, organization):
+        raise NotAllowed("The facility's authorisation is withdrawn: it cannot register patients")
     _audit(
         conn,
         actor,
@@ -156,7 +159,7 @@ def renew(
     rel = get(conn, relationship_id)
     if rel is None or rel.context != "facility" or rel.organization_id != actor.organization_id:
         raise NotAllowed("Only the registering facility renews its own registration")
-    if not rel.active(now):
+    if not rel.active(now) or not facility_authorised(conn, rel.organization_id or ""):
         raise CareError("An ended registration cannot be renewed; register the patient again")
     ends = max(rel.ends or now, now + timedelta(days=days))
     conn.execute(update(care_relationship).where(care_relationship.c.id == rel.id).values(ends=ends))

@@ -14,6 +14,14 @@ one, or the first); it is kept in ``licence_withdrawal`` so that each is announc
 licence restored and withdrawn again is announced again. Facility and emergency-department
 registrations name the organisation, not the professional, and are left out: the facility's
 other professionals go on caring for the holder.
+
+A care facility's authorisation is withdrawn the same way: the directory marks its
+``Organization`` inactive. The access decision then ignores every registration at the facility
+(``policy._authorised``: its professionals and its system lose what the registrations gave them;
+their own solo relationships stay), and ``notify_facility_withdrawals`` (run with
+``notify_withdrawals``) tells each holder registered there when it was withdrawn, once per
+withdrawal (``facility_withdrawal``), with the same notice (kind ``licence-withdrawn``, the
+facility's name) and an access-log trace.
 """
 
 from __future__ import annotations
@@ -23,9 +31,9 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, or_, select, update
+from sqlalchemy import Connection, Table, or_, select, update
 
-from sharedcare.access.models import care_relationship, licence_withdrawal, record_status
+from sharedcare.access.models import care_relationship, facility_withdrawal, licence_withdrawal, record_status
 from sharedcare.access.principals import Principal, PrincipalKind
 from sharedcare.audit import log as audit
 from sharedcare.notify import outbox
@@ -50,15 +58,20 @@ class Withdrawal:
 def inactive_practitioners(conn: Connection) -> dict[str, int]:
     """Practitioner id → row key of every professional the directory marks inactive (the same
     index rows ``AccessPolicy._licensed`` reads)."""
+    return _inactive(conn, "Practitioner")
+
+
+def _inactive(conn: Connection, rtype: str) -> dict[str, int]:
+    """Id → row key of every directory entry of ``rtype`` marked inactive (``active`` false)."""
     r, t = resource, idx_token
     rows = conn.execute(
         select(r.c.id, r.c.pk)
         .select_from(t.join(r, r.c.pk == t.c.res_pk))
         .where(
-            t.c.rtype == "Practitioner",
+            t.c.rtype == rtype,
             t.c.param == "active",
             t.c.code == "false",
-            r.c.type == "Practitioner",
+            r.c.type == rtype,
             r.c.deleted.is_(False),
         )
     )
@@ -131,30 +144,30 @@ def holders_at(conn: Connection, practitioner_id: str, moment: datetime) -> list
     return sorted(rows.scalars())
 
 
-def _record(conn: Connection, values: dict[str, Any]) -> bool:
+def _record(conn: Connection, values: dict[str, Any], table: Table = licence_withdrawal) -> bool:
     """Insert the withdrawal unless another run did; True if this run did."""
     stmt: Any
+    keys = [c.name for c in table.columns if c.name in ("practitioner_id", "organization_id", "version")]
     if conn.dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-        stmt = pg_insert(licence_withdrawal).on_conflict_do_nothing(
-            index_elements=["practitioner_id", "version"]
-        )
+        stmt = pg_insert(table).on_conflict_do_nothing(index_elements=keys)
     else:
         from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-        stmt = sqlite_insert(licence_withdrawal).on_conflict_do_nothing(
-            index_elements=["practitioner_id", "version"]
-        )
+        stmt = sqlite_insert(table).on_conflict_do_nothing(index_elements=keys)
     return bool(conn.execute(stmt.values(values)).rowcount)
 
 
 def notify_withdrawals(conn: Connection, now: datetime, actor: Principal = JOB) -> list[Withdrawal]:
     """Announce every licence withdrawal not announced yet; note the licences restored since.
+    The facilities' withdrawn authorisations are announced in the same run
+    (``notify_facility_withdrawals``; not in the returned list, which is the professionals').
 
     Works in the caller's transaction: the notifications, the audit records and the
     ``licence_withdrawal`` rows commit together.
     """
+    notify_facility_withdrawals(conn, now, actor)
     lw = licence_withdrawal
     inactive = inactive_practitioners(conn)
     announced = {
@@ -218,4 +231,122 @@ def notify_withdrawals(conn: Connection, now: datetime, actor: Principal = JOB) 
             ],
         )
         found.append(Withdrawal(practitioner_id, version, withdrawn_at, display, tuple(holders)))
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class FacilityWithdrawal:
+    """A facility's withdrawn authorisation announced by this run: to whom (patient ids)."""
+
+    organization_id: str
+    version: int
+    withdrawn_at: datetime
+    display: str
+    holders: tuple[str, ...]
+
+
+def facility_authorised(conn: Connection, organization_id: str) -> bool:
+    """The directory does not mark the facility inactive (its authorisation stands)."""
+    r, t = resource, idx_token
+    inactive = conn.execute(
+        select(r.c.pk)
+        .select_from(t.join(r, r.c.pk == t.c.res_pk))
+        .where(
+            r.c.type == "Organization",
+            r.c.id == organization_id,
+            r.c.deleted.is_(False),
+            t.c.param == "active",
+            t.c.code == "false",
+        )
+        .limit(1)
+    ).first()
+    return inactive is None
+
+
+def registered_at(conn: Connection, organization_id: str, moment: datetime) -> list[str]:
+    """Holders with a registration at the facility (a relationship naming the organisation and
+    no professional) that was active at ``moment``, whose record still exists."""
+    cr, s = care_relationship, record_status
+    deleted = select(s.c.patient_id).where(s.c.status == "deleted")
+    rows = conn.execute(
+        select(cr.c.patient_id)
+        .where(
+            cr.c.organization_id == organization_id,
+            cr.c.practitioner_id.is_(None),
+            cr.c.starts <= moment,
+            or_(cr.c.ends.is_(None), cr.c.ends > moment),
+            or_(cr.c.revoked_at.is_(None), cr.c.revoked_at > moment),
+            cr.c.patient_id.not_in(deleted),
+        )
+        .distinct()
+    )
+    return sorted(rows.scalars())
+
+
+def notify_facility_withdrawals(
+    conn: Connection, now: datetime, actor: Principal = JOB
+) -> list[FacilityWithdrawal]:
+    """Announce every withdrawn facility authorisation not announced yet to the holders
+    registered there when it was withdrawn; note the authorisations restored since. In the
+    caller's transaction, like ``notify_withdrawals``."""
+    fw = facility_withdrawal
+    inactive = _inactive(conn, "Organization")
+    announced = {
+        row.organization_id: row
+        for row in conn.execute(
+            select(fw.c.pk, fw.c.organization_id, fw.c.version).where(fw.c.restored_at.is_(None))
+        )
+    }
+    for organization_id, row in announced.items():
+        if organization_id not in inactive:
+            conn.execute(update(fw).where(fw.c.pk == row.pk).values(restored_at=now))
+    found: list[FacilityWithdrawal] = []
+    for organization_id, res_pk in sorted(inactive.items()):
+        run = _inactive_run(conn, res_pk)
+        if run is None:
+            continue
+        previous = announced.get(organization_id)
+        if previous is not None:
+            if previous.version == run.version:
+                continue
+            ended = run.restored_at or run.withdrawn_at
+            conn.execute(update(fw).where(fw.c.pk == previous.pk).values(restored_at=ended))
+        holders = registered_at(conn, organization_id, run.withdrawn_at)
+        values = {
+            "organization_id": organization_id,
+            "version": run.version,
+            "withdrawn_at": run.withdrawn_at,
+            "detected_at": now,
+            "holders": len(holders),
+        }
+        if not _record(conn, values, fw):
+            continue
+        display = str(run.current.get("name") or organization_id)
+        for patient_id in holders:
+            outbox.queue(
+                conn,
+                patient_id,
+                outbox.LICENCE_WITHDRAWN,
+                now,
+                dedupe=f"{outbox.LICENCE_WITHDRAWN}:Organization/{organization_id}:{run.version}:{patient_id}",
+                organization_id=organization_id,
+                display=display,
+                date=run.withdrawn_at.isoformat(),
+            )
+        audit.append_all(
+            conn,
+            [
+                audit.record_for(
+                    actor,
+                    audit.AuditAction.CONSENT_CHANGE,
+                    patient_id=patient_id,
+                    resources=(f"Organization/{organization_id}",),
+                    interaction="facility-authorisation-withdrawn (holder informed)",
+                )
+                for patient_id in holders
+            ],
+        )
+        found.append(
+            FacilityWithdrawal(organization_id, run.version, run.withdrawn_at, display, tuple(holders))
+        )
     return found

@@ -23,10 +23,18 @@ minor's care, never an age rule. Majority (18, Civil Code) is the only age the p
   ``consent._require_holder``, the portal's record list and the e-mail recipients. Each change
   is a Consent (``deny``, actors the parents and the legal representative) and an audit record
   ``CONSENT_CHANGE``.
+- ``withdraw_autonomy``: the decision is withdrawn by the professional who recorded it (a
+  mistake, or the minor's discernment reassessed), while in the minor's care, or by the minor,
+  personally (handing the exercise of the rights back to the parents). Nothing is deleted: the
+  row is dated ``withdrawn_at``, its Consent made ``inactive``; a standing objection to the
+  parents ends with it (only an autonomous minor may object), so the parents' delegations count
+  again at once. A new decision may be recorded later.
 - At 18 a parent's delegation ends by itself: ``representation_in_force`` compares the birth
   date of the holder's ``Patient`` with the clock of the statement that reads it, so the end is
   exact to the day without a scheduled job. A guardian's delegation is left alone at 18 (a
-  guardian may also be appointed for a protected adult); a minor's objection lapses at 18.
+  guardian may also be appointed for a protected adult); a minor's objection lapses at 18, and so
+  does the autonomy decision: its Consent's ``provision.period`` ends on the 18th birthday, and
+  ``status`` no longer reports it for an adult (the adult exercises their rights as any holder).
 
 Activation of an account does not look at age (``identity.accounts``): an autonomous minor
 activates and uses their own account as holder like anyone else.
@@ -181,6 +189,14 @@ def representation_in_force(d: FromClause, now: datetime) -> ColumnElement[bool]
     return and_(or_(d.c.kind != "parent", ~grown), or_(~objected, grown, ~parental))
 
 
+def majority_date(birth: datetime) -> datetime:
+    """The 18th birthday (from a 29 February, 1 March), as ``majority_threshold`` counts it."""
+    try:
+        return birth.replace(year=birth.year + MAJORITY)
+    except ValueError:
+        return birth.replace(year=birth.year + MAJORITY, month=3, day=1)
+
+
 def birth_date(conn: Connection, patient_id: str) -> datetime | None:
     """The start of the holder's recorded birth date, as the access decision reads it."""
     found: datetime | None = conn.execute(
@@ -191,10 +207,13 @@ def birth_date(conn: Connection, patient_id: str) -> datetime | None:
 
 # -- reading --------------------------------------------------------------------------------------------
 def autonomy_of(conn: Connection, patient_id: str) -> Autonomy | None:
-    """The decision that the holder acts alone, if one was recorded (the first one)."""
+    """The decision in force that the holder acts alone (not withdrawn), if one was recorded."""
     a = minor_autonomy
     row = conn.execute(
-        select(a).where(a.c.patient_id == patient_id).order_by(a.c.decided_at).limit(1)
+        select(a)
+        .where(a.c.patient_id == patient_id, a.c.withdrawn_at.is_(None))
+        .order_by(a.c.decided_at)
+        .limit(1)
     ).first()
     if row is None:
         return None
@@ -213,9 +232,12 @@ def _objection(conn: Connection, patient_id: str) -> Any:
 
 
 def status(conn: Connection, patient_id: str, now: datetime) -> MinorStatus:
-    """The holder's birth date, whether they are a minor, act alone, and object to their parents."""
+    """The holder's birth date, whether they are a minor, act alone, and object to their parents
+    (the decision and the objection lapse at 18: an adult's status reports neither)."""
     birth = birth_date(conn, patient_id)
     minor = birth is not None and birth > majority_threshold(now)
+    if not minor:
+        return MinorStatus(birth, minor, None, None)
     objection = _objection(conn, patient_id)
     return MinorStatus(
         birth, minor, autonomy_of(conn, patient_id), objection.created if objection is not None else None
@@ -255,7 +277,7 @@ def record_autonomy(
         raise MinorError("This decision is only for a minor whose date of birth is in the record")
     if current.autonomy is not None:
         raise MinorError("This minor already exercises their rights alone")
-    assert who.practitioner_id is not None
+    assert who.practitioner_id is not None and current.birth is not None
     minor = consent.actor(_ROLE_CLASS, "PAT", {"reference": f"Patient/{patient_id}"})
     decision = consent.fhir_consent(
         patient_id,
@@ -264,6 +286,7 @@ def record_autonomy(
         now,
         actors=[minor],
         actions=[_ACCESS],
+        ends=majority_date(current.birth),
         performer=f"Practitioner/{who.practitioner_id}",
         organization_id=who.organization_id,
     )
@@ -281,6 +304,39 @@ def record_autonomy(
     )
     consent.audit_change(conn, who, patient_id, "minor-autonomy", consent_id)
     return decision_id
+
+
+def withdraw_autonomy(
+    conn: Connection, fhir: FhirService, policy: AccessPolicy, who: Principal, patient_id: str, now: datetime
+) -> None:
+    """Withdraw the decision in force: by the professional who recorded it, while in the minor's
+    care, or by the minor personally. A standing objection to the parents ends with it."""
+    decision = status(conn, patient_id, now).autonomy
+    if decision is None:
+        raise MinorError("This minor does not exercise their rights alone")
+    if who.kind is PrincipalKind.PATIENT and who.patient_id == patient_id and not who.acting_for:
+        by = "minor"
+    elif who.practitioner_id == decision.practitioner_id and in_care(conn, policy, who, patient_id, now):
+        by = "professional"
+    else:
+        raise MinorError(
+            "Only the professional who recorded this decision, while taking part in the minor's care, "
+            "or the minor themselves can withdraw it"
+        )
+    conn.execute(
+        update(minor_autonomy)
+        .where(minor_autonomy.c.id == decision.id)
+        .values(withdrawn_at=now, withdrawn_by=by)
+    )
+    consent.deactivate_consent(conn, fhir, decision.consent_id)
+    consent.audit_change(conn, who, patient_id, "withdraw-minor-autonomy", decision.consent_id)
+    objection = _objection(conn, patient_id)
+    if objection is not None:
+        conn.execute(
+            update(minor_objection).where(minor_objection.c.id == objection.id).values(removed_at=now)
+        )
+        consent.deactivate_consent(conn, fhir, objection.consent_id)
+        consent.audit_change(conn, who, patient_id, "allow-parents", objection.consent_id)
 
 
 # -- the minor's objection ---------------------------------------------------------------------------

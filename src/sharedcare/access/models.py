@@ -116,6 +116,22 @@ licence_withdrawal = Table(
 directory version that made the professional inactive, when, and how many holders were told.
 A restored licence ends the row, so a later withdrawal is a new one (``access.licence``)."""
 
+facility_withdrawal = Table(
+    "facility_withdrawal",
+    metadata,
+    Column("pk", PK, primary_key=True, autoincrement=True),
+    Column("organization_id", String(64), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("withdrawn_at", DateTime(timezone=False), nullable=False),
+    Column("detected_at", DateTime(timezone=False), nullable=False),
+    Column("restored_at", DateTime(timezone=False), nullable=True),
+    Column("holders", Integer, nullable=False),
+    UniqueConstraint("organization_id", "version"),
+)
+"""Withdrawals of a care facility's authorisation (its ``Organization`` made inactive in the
+directory) the life-cycle job has seen: as ``licence_withdrawal``, for the holders registered at
+the facility (``access.licence``)."""
+
 filing_objection = Table(
     "filing_objection",
     metadata,
@@ -168,10 +184,13 @@ minor_autonomy = Table(
     Column("organization_id", String(64), nullable=True),
     Column("decided_at", DateTime(timezone=False), nullable=False),
     Column("consent_id", String(64), nullable=True),
+    Column("withdrawn_at", DateTime(timezone=False), nullable=True),
+    Column("withdrawn_by", String(64), nullable=True),  # professional | minor
     Index("ix_minor_autonomy_patient", "patient_id"),
 )
 """A professional in the minor's care admitted them to exercise their rights alone (§A.7, law of
-24 July 2014 art. 13): who decided and when, projected from its FHIR Consent."""
+24 July 2014 art. 13): who decided and when, projected from its FHIR Consent; withdrawn (by the
+professional who recorded it, or by the minor) when ``withdrawn_at`` is set."""
 
 minor_objection = Table(
     "minor_objection",

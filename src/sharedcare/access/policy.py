@@ -50,7 +50,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.visitors import InternalTraversal, iterate
 
-from sharedcare.access.categories import REFERENCE_DATA, classify
+from sharedcare.access.categories import REFERENCE_DATA, VACCINATION_CATEGORIES, DataCategory, classify
 from sharedcare.access.matrix import AccessMatrix, load_matrix
 from sharedcare.access.minors import delegation_in_force
 from sharedcare.access.models import (
@@ -103,6 +103,14 @@ def category_of(res: Mapping[str, Any]) -> str:
 
 REFERENT = "referent"
 OVERRIDE = "override"
+
+RESTRICTED = "R"
+VERY_RESTRICTED = "V"
+"""v3-Confidentiality codes that narrow the readers of an item (``resource.confidentiality``,
+set by the store): the author's restriction on top of the matrix and the holder's masks. R: only
+professionals whose relationship gives their column the full (read and write) right on the item's
+category; V: only the item's author side and the holder's referring physician. The holder's side
+reads both; trusted platform clients (the Agence, the controller) too."""
 
 AUTHORED_TYPES = frozenset({"DocumentReference"})
 """Types whose stored versions only their author's side may change (``AccessPolicy.change_denial``)."""
@@ -166,6 +174,39 @@ _RQ = record_request.alias("arq")
 
 
 _CX = idx_reference.alias("acx")
+_AU = idx_reference.alias("aau")
+_AX = idx_reference.alias("aax")
+_AD = resource.alias("aad")
+_AA = idx_reference.alias("aaa")
+_OR = resource.alias("aor")
+_OT = idx_token.alias("aot")
+
+
+def _authorised(
+    organization: ColumnElement[str] | str, r: FromClause = _OR, t: FromClause = _OT
+) -> ColumnElement[bool]:
+    """The facility's directory entry is not inactive: a withdrawn authorisation (the directory
+    sets ``Organization.active`` to false) ends every registration at the facility at once, as a
+    withdrawn licence ends a professional's relationships (``access.licence``)."""
+    return ~exists(
+        select(_ONE)
+        .select_from(r.join(t, t.c.res_pk == r.c.pk))
+        .where(
+            r.c.type == _sql("Organization"),
+            r.c.id == organization,
+            r.c.deleted.is_(False),
+            t.c.param == _sql("active"),
+            t.c.code == _sql("false"),
+        )
+    )
+
+
+def ordinary_confidentiality(r: FromClause) -> ColumnElement[bool]:
+    """The row is neither restricted (R) nor very restricted (V)."""
+    return or_(
+        r.c.confidentiality.is_(None),
+        r.c.confidentiality.not_in(_sql_list((RESTRICTED, VERY_RESTRICTED))),
+    )
 
 
 def _restricts(r: FromClause, table: FromClause, *conditions: ColumnElement[bool]) -> ColumnElement[bool]:
@@ -224,6 +265,8 @@ class _ProfessionalParts:
 
     practitioner: BindParameter[str]
     organization: BindParameter[str] | None
+    role: BindParameter[str] | None
+    """The PractitionerRole the professional signed in with (author of very restricted items)."""
     binds: tuple[BindParameter[Any], ...]
     """Every parameter of the filter (the professional's ids, the clock): nothing else is bound."""
     shape: str
@@ -242,6 +285,10 @@ class _ProfessionalParts:
     readable: tuple[str, ...]
     only_profession: tuple[str, ...]
     only_referent: tuple[str, ...]
+    full_profession: tuple[str, ...]
+    """Categories the profession's column reads and writes: its restricted (R) items are readable."""
+    full_referent: tuple[str, ...]
+    """The same for the referring physician's column."""
 
     @classmethod
     def build(cls, policy: AccessPolicy, p: Principal) -> _ProfessionalParts:
@@ -258,7 +305,19 @@ class _ProfessionalParts:
             organization = bindparam(
                 "access_organization", p.organization_id, type_=cr.c.organization_id.type
             )
-            who = or_(who, and_(cr.c.practitioner_id.is_(None), cr.c.organization_id == organization))
+            who = or_(
+                who,
+                and_(
+                    cr.c.practitioner_id.is_(None),
+                    cr.c.organization_id == organization,
+                    _authorised(organization),
+                ),
+            )
+        role = (
+            bindparam("access_role", p.practitioner_role_id, type_=_AU.c.target_id.type)
+            if p.practitioner_role_id
+            else None
+        )
         relationship = (
             _AC.c.patient_id == cr.c.patient_id,
             who,
@@ -298,17 +357,33 @@ class _ProfessionalParts:
             )
         )
         lr, lt = _LR, _LT
-        binds = (practitioner, now, window) + ((organization,) if p.organization_id else ())
+        binds = (
+            (practitioner, now, window)
+            + ((organization,) if p.organization_id else ())
+            + ((role,) if role is not None else ())
+        )
+        full_profession, full_referent = policy._full(p.profession)
         either = tuple(sorted(set(readable) | set(referent_readable)))
         only_profession = tuple(sorted(set(readable) - set(referent_readable)))
         only_referent = tuple(sorted(set(referent_readable) - set(readable)))
         override = policy.settings.emergency_override
         shape = repr(
-            (either, tuple(readable), only_profession, only_referent, bool(p.organization_id), override)
+            (
+                either,
+                tuple(readable),
+                only_profession,
+                only_referent,
+                bool(p.organization_id),
+                override,
+                full_profession,
+                full_referent,
+                role is not None,
+            )
         )
         parts = cls(
             practitioner=practitioner,
             organization=organization if p.organization_id else None,
+            role=role,
             binds=binds,
             shape=shape,
             licensed=~exists(
@@ -335,6 +410,8 @@ class _ProfessionalParts:
             readable=tuple(readable),
             only_profession=only_profession,
             only_referent=only_referent,
+            full_profession=full_profession,
+            full_referent=full_referent,
         )
         parts._check_binds()
         return parts
@@ -369,7 +446,9 @@ class _ProfessionalParts:
                 or_(cr.c.context == _sql(REFERENT), r.c.category.not_in(_sql_list(self.only_referent)))
             )
         cared = exists(
-            select(_ONE).select_from(_AC, cr).where(_AC.c.res_pk == r.c.pk, *self.cared, *category)
+            select(_ONE)
+            .select_from(_AC, cr)
+            .where(_AC.c.res_pk == r.c.pk, *self.cared, *category, self._confidential(r))
         )
         mask = _restricts(
             r,
@@ -380,8 +459,11 @@ class _ProfessionalParts:
         )
         allowed = and_(r.c.category.in_(_sql_list(self.either)), cared, ~and_(self.restricted, mask))
         if self.overridden is not None:
+            # the override lifts the holder's restrictions, never the author's (nor the matrix)
             overridden = exists(
-                select(_ONE).select_from(_AC, cr).where(_AC.c.res_pk == r.c.pk, *self.overridden)
+                select(_ONE)
+                .select_from(_AC, cr)
+                .where(_AC.c.res_pk == r.c.pk, *self.overridden, ordinary_confidentiality(r))
             )
             allowed = or_(allowed, and_(r.c.category.in_(_sql_list(self.readable)), overridden))
         # the holder's objections to filing and requests on items (``access.requests``): an
@@ -392,6 +474,72 @@ class _ProfessionalParts:
             authors.append(_RQ.c.owner_organization_id == self.organization)
         owned = AccessPolicy._record_request(r, _RQ.c.kind == _sql(RECTIFY), or_(*authors))
         return or_(r.c.category == _sql(REFERENCE), and_(self.licensed, or_(and_(allowed, withheld), owned)))
+
+    def _confidential(self, r: FromClause) -> ColumnElement[bool]:
+        """The relationship ``_CR`` lets the professional read row ``r`` at its confidentiality:
+        any for N, L, M, U (or none); R when the relationship's column reads and writes the row's
+        category; V when it is the referring physician's, or the professional is on the author's
+        side of the item (of its document, for a Binary)."""
+        cr = _CR
+        full = or_(
+            and_(cr.c.context == _sql(REFERENT), r.c.category.in_(_sql_list(self.full_referent))),
+            and_(cr.c.context != _sql(REFERENT), r.c.category.in_(_sql_list(self.full_profession))),
+        )
+        return or_(
+            ordinary_confidentiality(r),
+            and_(r.c.confidentiality == _sql(RESTRICTED), full),
+            and_(
+                r.c.confidentiality == _sql(VERY_RESTRICTED),
+                or_(cr.c.context == _sql(REFERENT), self._authored(r)),
+            ),
+        )
+
+    def _authored(self, r: FromClause) -> ColumnElement[bool]:
+        """The professional, their PractitionerRole or the organisation they act for is an
+        ``author`` of row ``r`` (by its index rows; a List's ``source``: a submission set), or of
+        the document a Binary's ``securityContext`` names. An author only named through a
+        contained resource is not indexed: such an item is not recognised as theirs (the
+        decision fails closed)."""
+
+        def me(a: FromClause) -> ColumnElement[bool]:
+            who = [and_(a.c.target_type == _sql("Practitioner"), a.c.target_id == self.practitioner)]
+            if self.role is not None:
+                who.append(and_(a.c.target_type == _sql("PractitionerRole"), a.c.target_id == self.role))
+            if self.organization is not None:
+                who.append(and_(a.c.target_type == _sql("Organization"), a.c.target_id == self.organization))
+            return or_(*who)
+
+        au, x, d, aa = _AU, _AX, _AD, _AA
+        # nested in the relationship's EXISTS: correlated to the row explicitly (SQLAlchemy
+        # correlates automatically with the immediately enclosing statement only)
+        own = exists(
+            select(_ONE)
+            .select_from(au)
+            .where(
+                au.c.res_pk == r.c.pk,
+                or_(
+                    au.c.param == _sql("author"),
+                    and_(au.c.rtype == _sql("List"), au.c.param == _sql("source")),
+                ),
+                me(au),
+            )
+            .correlate(r)
+        )
+        of_document = exists(
+            select(_ONE)
+            .select_from(x)
+            .join(d, and_(d.c.type == x.c.target_type, d.c.id == x.c.target_id))
+            .join(aa, aa.c.res_pk == d.c.pk)
+            .where(
+                x.c.res_pk == r.c.pk,
+                x.c.rtype == _sql("Binary"),
+                x.c.param == _sql("security-context"),
+                aa.c.param == _sql("author"),
+                me(aa),
+            )
+            .correlate(r)
+        )
+        return or_(own, and_(r.c.type == _sql("Binary"), of_document))
 
 
 class _ProfessionalFilter(ColumnElement[bool]):
@@ -418,7 +566,7 @@ class _ProfessionalFilter(ColumnElement[bool]):
         self.parts = parts
         self.r = r
         self.shape = parts.shape
-        self.columns = (r.c.pk, r.c.category, r.c.type, r.c.id)
+        self.columns = (r.c.pk, r.c.category, r.c.type, r.c.id, r.c.confidentiality)
         self.binds = parts.binds
 
     @property
@@ -446,7 +594,7 @@ class AccessPolicy:
     def __init__(self, settings: Settings, matrix: AccessMatrix | None = None) -> None:
         self.settings = settings
         self.matrix = matrix or load_matrix()
-        self._parts: dict[tuple[str, str | None, str], _ProfessionalParts] = {}
+        self._parts: dict[tuple[str, str | None, str, str | None], _ProfessionalParts] = {}
 
     # -- building blocks ----------------------------------------------------------------------
     def _open_for_professionals(self, patient_id: ColumnElement[str], now: datetime) -> ColumnElement[bool]:
@@ -478,7 +626,14 @@ class AccessPolicy:
         cr = care_relationship
         who = cr.c.practitioner_id == p.practitioner_id
         if p.organization_id:
-            who = or_(who, and_(cr.c.practitioner_id.is_(None), cr.c.organization_id == p.organization_id))
+            who = or_(
+                who,
+                and_(
+                    cr.c.practitioner_id.is_(None),
+                    cr.c.organization_id == p.organization_id,
+                    _authorised(p.organization_id, resource.alias("cor"), idx_token.alias("cot")),
+                ),
+            )
         conds: list[ColumnElement[bool]] = [who, cr.c.context.in_(list(contexts)), self._active(cr, now)]
         conds.append(self._open_for_professionals(cr.c.patient_id, now))
         if p.practitioner_id:
@@ -594,7 +749,7 @@ class AccessPolicy:
 
     def _professional_parts(self, p: Principal) -> _ProfessionalParts:
         """The parts of ``p``'s filter: built at the first request of ``p`` and kept (SQL, no right)."""
-        key = (p.practitioner_id or "", p.organization_id, p.profession or "")
+        key = (p.practitioner_id or "", p.organization_id, p.profession or "", p.practitioner_role_id)
         parts = self._parts.get(key)
         if parts is None:
             if len(self._parts) >= _PARTS_KEPT:
@@ -609,6 +764,15 @@ class AccessPolicy:
         referent_readable = sorted(self.matrix.readable_categories("mr") | {IDENTITY})
         return readable, referent_readable
 
+    def _full(self, profession: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """Categories the profession's column reads and writes, and those of the referring
+        physician's: their restricted (R) items are readable. Identity counts as full for every
+        party in care, as for writing (``writable_patients``)."""
+        column = self.matrix.column_for_profession(profession) or profession
+        full = self.matrix.writable_categories(column) & self.matrix.readable_categories(column)
+        referent = self.matrix.writable_categories("mr") & self.matrix.readable_categories("mr")
+        return tuple(sorted(full | {IDENTITY})), tuple(sorted(referent | {IDENTITY}))
+
     def _system_filter(self, p: Principal, now: datetime) -> AccessFilter:
         if not p.organization_id:
             return lambda r: r.c.category == REFERENCE
@@ -618,11 +782,17 @@ class AccessPolicy:
             cr.c.context.in_(list(PROFESSIONAL_CONTEXTS)),
             self._active(cr, now),
             self._open(cr.c.patient_id),
+            _authorised(cr.c.organization_id, resource.alias("sor"), idx_token.alias("sot")),
         )
         owned = (_RQ.c.kind == _sql(RECTIFY), _RQ.c.owner_organization_id == p.organization_id)
         return lambda r: or_(
             r.c.category == REFERENCE,
-            and_(r.c.category == IDENTITY, self._in_compartment(r, registered), ~self._objected(r)),
+            and_(
+                r.c.category == IDENTITY,
+                self._in_compartment(r, registered),
+                ~self._objected(r),
+                or_(r.c.confidentiality.is_(None), r.c.confidentiality != VERY_RESTRICTED),
+            ),
             self._record_request(r, *owned),
         )
 
@@ -701,8 +871,8 @@ class AccessPolicy:
         if not target.patients:
             return "patient data must belong to a patient's record"
         if p.kind in (PrincipalKind.PATIENT, PrincipalKind.REPRESENTATIVE):
-            if target.category not in (PERSONAL,):
-                return "holders write only in their personal expression area"
+            if target.category not in (PERSONAL, DataCategory.VACCINATION_REPORTED):
+                return "holders write only in their personal expression area and the doses they report"
             return None  # the patients are checked against own_patients by the caller
         if p.kind is PrincipalKind.SYSTEM:
             return None if p.organization_id else "a system client must act for an organisation"
@@ -726,6 +896,8 @@ class AccessPolicy:
         """Patients whose record ``p`` may write data of ``category`` into (professionals)."""
         column = self.matrix.column_for_profession(p.profession or "") or (p.profession or "")
         parts: list[Select] = []
+        if category in VACCINATION_CATEGORIES and not self.matrix.vaccinates(p.profession or ""):
+            return select(care_relationship.c.patient_id).where(false())  # the CVE's own rights
         if category == IDENTITY or category in self.matrix.writable_categories(column):
             parts.append(self._care_patients(p, PROFESSIONAL_CONTEXTS, now, blocks=True))
         if category == IDENTITY or category in self.matrix.writable_categories("mr"):

@@ -33,6 +33,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from sharedcare.access.categories import classify
+from sharedcare.access.policy import RESTRICTED, VERY_RESTRICTED
 from sharedcare.access.principals import PrincipalKind
 from sharedcare.access.requests import is_pending
 from sharedcare.access.session import PolicySession
@@ -43,7 +44,7 @@ from sharedcare.documents.mhd import Content, Submission, SubmissionRejected, li
 from sharedcare.fhir.bundle import BundleProcessor, parse_entries
 from sharedcare.fhir.errors import Conflict, Issue, PayloadTooLarge
 from sharedcare.fhir.service import FhirService
-from sharedcare.fhir.store import Write, instant, utcnow
+from sharedcare.fhir.store import CONFIDENTIALITY_SYSTEM, Write, confidentiality_of, instant, utcnow
 from sharedcare.notify import outbox
 from sharedcare.storage.blobstore import CHUNK, BlobStore, BlobTooLarge
 
@@ -251,6 +252,7 @@ def _plan(submission: Submission, statuses: dict[str, str], base_url: str) -> _P
     )
     pid = submission.patient_id
     categories: list[str] = []
+    labels: list[dict[str, Any]] = []  # the documents' confidentiality: the lists take the strictest
     for doc in submission.documents:
         document_id = str(uuid.uuid4())
         ids[position_of[doc.entry]] = document_id
@@ -258,6 +260,7 @@ def _plan(submission: Submission, statuses: dict[str, str], base_url: str) -> _P
         category = classify(resource) or "care-reports"
         categories.append(category)
         security = security_codings(resource)
+        labels.extend(security)
         for att in doc.attachments:
             binary_id = str(uuid.uuid4())
             attachment = resource["content"][att.position]["attachment"]
@@ -290,6 +293,13 @@ def _plan(submission: Submission, statuses: dict[str, str], base_url: str) -> _P
             ids.setdefault(position, str(uuid.uuid4()))  # the same ids for the write check and the write
         if entry["resource"]["resourceType"] == "List" and categories:
             tag_category(entry["resource"], strictest(categories))
+            level = confidentiality_of({"meta": {"security": labels}})
+            if level in (RESTRICTED, VERY_RESTRICTED):
+                meta = entry["resource"].setdefault("meta", {})
+                meta["security"] = [
+                    *meta.get("security", ()),
+                    {"system": CONFIDENTIALITY_SYSTEM, "code": level},
+                ]
     return plan
 
 

@@ -6,7 +6,7 @@ share one database transaction; the store never commits on its own.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -20,6 +20,28 @@ from sharedcare.storage.tables import INDEX_TABLES, resource, resource_compartme
 
 Classifier = Callable[[dict[str, Any]], "str | None"]
 """Gives a resource's data category (the access matrix's row); None when it is not patient data."""
+
+
+CONFIDENTIALITY_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"
+CONFIDENTIALITY_ORDER = "ULMNRV"
+"""v3-Confidentiality codes from the least to the most restrictive."""
+
+
+def confidentiality_of(res: Mapping[str, Any]) -> str | None:
+    """The strictest v3-Confidentiality code of a resource: its ``meta.security``, its
+    ``securityLabel`` (DocumentReference) and a Composition's ``confidentiality``; None when it
+    carries none. Stored on the row so that the access decision reads it without a join."""
+    codings: list[Any] = list((res.get("meta") or {}).get("security") or ())
+    for label in res.get("securityLabel") or ():
+        if isinstance(label, dict):
+            codings.extend(label.get("coding") or () if "coding" in label else (label,))
+    codes = [
+        c.get("code") for c in codings if isinstance(c, dict) and c.get("system") == CONFIDENTIALITY_SYSTEM
+    ]
+    if res.get("resourceType") == "Composition":
+        codes.append(res.get("confidentiality"))
+    found = [c for c in codes if isinstance(c, str) and len(c) == 1 and c in CONFIDENTIALITY_ORDER]
+    return max(found, key=CONFIDENTIALITY_ORDER.index) if found else None
 
 
 def utcnow() -> datetime:
@@ -180,6 +202,7 @@ class ResourceStore:
                         "deleted": deleted,
                         "content": content,
                         "category": categories[position],
+                        "confidentiality": confidentiality_of(w.resource) if w.resource else None,
                     }
                 )
                 new_positions.append(position)
@@ -198,6 +221,7 @@ class ResourceStore:
                 }
                 if w.resource is not None:
                     values["category"] = category
+                    values["confidentiality"] = confidentiality_of(w.resource)
                 conn.execute(update(resource).where(resource.c.pk == stored.pk).values(**values))
         if changed_pks:
             for table in INDEX_TABLES.values():
@@ -235,7 +259,17 @@ class ResourceStore:
                     text("SELECT nextval('resource_pk_seq') FROM generate_series(1, :n)"), {"n": len(rows)}
                 ).scalars()
             )
-            columns = ("pk", "type", "id", "version", "last_updated", "deleted", "content", "category")
+            columns = (
+                "pk",
+                "type",
+                "id",
+                "version",
+                "last_updated",
+                "deleted",
+                "content",
+                "category",
+                "confidentiality",
+            )
             _bulk_insert(
                 conn,
                 resource,
@@ -250,6 +284,7 @@ class ResourceStore:
                         r["deleted"],
                         r["content"],
                         r["category"],
+                        r["confidentiality"],
                     )
                     for pk, r in zip(pks, rows, strict=True)
                 ],

@@ -51,6 +51,9 @@ resource = Table(
     # the data category of the access matrix, set by the write path's classifier; NULL for
     # resources that are not patient data (directory, terminology)
     Column("category", String(40), nullable=True),
+    # the strictest v3-Confidentiality code the resource carries (meta.security, securityLabel),
+    # set by the store on write; the access decision narrows R and V to fewer readers
+    Column("confidentiality", String(1), nullable=True),
     UniqueConstraint("type", "id"),
     Index("ix_resource_type_last_updated", "type", "last_updated"),
 )

@@ -217,6 +217,7 @@ def document_page(
     )
     text = _text_of(request, opened, attachment) if kind == "text" else None
     address = f"{opened.base}/documents/{opened.id}"
+    replaceable = _replaceable(user, opened)
     context = {
         "title": records.title_of(res) or t.gettext("Document"),
         "type": found.display if found else records.title_of({"type": res.get("type")}),
@@ -236,6 +237,16 @@ def document_page(
         "error": error,
         "actions": _status_actions(user, opened),
         "status_url": f"{address}/status",
+        "holder_side": opened.base == "/portal",
+        "replace": {
+            "url": f"{address}/replace",
+            "title": records.title_of(res) or "",
+            "levels": [(code, CONFIDENTIALITY[code]) for code in PRO_CONFIDENTIALITY],
+            "confidentiality": next((c for c in codes if c in PRO_CONFIDENTIALITY), "N"),
+            "accept": ",".join(UPLOAD_TYPES),
+        }
+        if replaceable
+        else None,
     }
     return render(
         request,
@@ -248,12 +259,24 @@ def document_page(
 
 
 def _status_actions(user: PortalUser, opened: Opened) -> list[tuple[str, str]]:
-    """The status changes the page offers: to a professional on the document's author side, those
-    its status allows (the write check decides again when the button is used)."""
-    if opened.base == "/portal" or not authored_by(user.principal, opened.resource):
+    """The status changes the page offers to the document's author side, those its status allows
+    (the write check decides again when the button is used): a professional deprecates or marks
+    in error; the holder (or a representative) withdraws a personal document they added, the
+    only documents they author."""
+    if not authored_by(user.principal, opened.resource):
         return []
     allowed = lifecycle.TRANSITIONS.get(str(opened.resource.get("status")), frozenset())
-    return [(status, label) for status, label in STATUS_ACTIONS.items() if status in allowed]
+    offered = HOLDER_ACTIONS if opened.base == "/portal" else STATUS_ACTIONS
+    return [(status, label) for status, label in offered.items() if status in allowed]
+
+
+def _replaceable(user: PortalUser, opened: Opened) -> bool:
+    """A professional on the author's side may replace a current document by a new version."""
+    return (
+        opened.base != "/portal"
+        and opened.resource.get("status") == "current"
+        and authored_by(user.principal, opened.resource)
+    )
 
 
 # -- professional upload and status changes (before the document routes: ``new`` is no id) -------
@@ -270,6 +293,10 @@ STATUS_ACTIONS = {
     "superseded": N_("Deprecate (withdraw without a replacement)"),
     "entered-in-error": N_("Mark as entered in error"),
 }
+HOLDER_ACTIONS = {"superseded": N_("Withdraw this document")}
+"""What the holder side may do to a personal document it added (MHD deprecate)."""
+REPLACED = N_("The new version replaced the document.")
+NOT_REPLACEABLE = N_("Only the author of a current document can replace it.")
 
 
 def pro_types(lang: str) -> list[tuple[str, str, str]]:
@@ -383,6 +410,72 @@ def pro_change_status(
     return redirect(f"/portal/pro/patients/{patient_id}/documents/{document_id}")
 
 
+@router.post("/pro/patients/{patient_id}/documents/{document_id}/replace")
+def pro_replace(
+    request: Request,
+    patient_id: str,
+    document_id: str,
+    title: Annotated[str, Form()] = "",
+    confidentiality: Annotated[str, Form()] = "",
+    file: Annotated[UploadFile | None, File()] = None,
+    user: PortalUser = Depends(professional),
+) -> Response:
+    """The author files a new version of a current document: an ITI-65 submission whose document
+    ``relatesTo`` ``replaces`` the old one, which becomes ``superseded`` in the same transaction
+    (``documents.submission``; the write check lets only the author's side change the old one)."""
+    opened = open_document(request, user, document_id, patient_id)
+    t = Translator(language(request, user))
+
+    def refuse(message: str, status: int = 400) -> Response:
+        return document_page(request, user, opened, message, status)
+
+    found = document_types().type_of(opened.resource)
+    if not _replaceable(user, opened) or found is None:
+        return refuse(t.gettext(NOT_REPLACEABLE), 403)
+    if confidentiality not in PRO_CONFIDENTIALITY:
+        return refuse(t.gettext(NO_CONFIDENTIALITY))
+    title = " ".join(title.split())
+    if not title or len(title) > MAX_TITLE:
+        return refuse(t.gettext(NO_TITLE))
+    try:
+        data, content_type = read_upload(file, request.app.state.settings.max_content_bytes)
+    except UploadRefused as exc:
+        message, params = exc.args
+        return refuse(t.gettext(message, **params))
+    author = f"Practitioner/{user.principal.practitioner_id}"
+    coding = {"system": found.system, "code": found.code, "display": found.display}
+    bundle = provide_bundle(
+        patient_id, author, data, content_type, title, coding, confidentiality, t.lang, replaces=document_id
+    )
+    try:
+        new_id = file_document(request, user, bundle)
+    except FhirError as exc:
+        return refuse(_refusal(t, exc), exc.status)
+    flash(request, REPLACED)
+    return redirect(f"/portal/pro/patients/{patient_id}/documents/{new_id}")
+
+
+@router.post("/documents/{document_id}/status")
+def holder_change_status(
+    request: Request,
+    document_id: str,
+    status: Annotated[str, Form()] = "",
+    user: PortalUser = Depends(holder_side),
+) -> Response:
+    """The holder (or a representative) withdraws a personal document they added: deprecated
+    (``superseded``) through their own session, whose write check allows only the author's side."""
+    opened = open_document(request, user, document_id, None)
+    t = Translator(language(request, user))
+    if status not in HOLDER_ACTIONS:
+        return document_page(request, user, opened, t.gettext(STATUS_REFUSED, reason=status or "—"), 400)
+    try:
+        lifecycle.change_status(opened.service, document_id, status)
+    except FhirError as exc:
+        return document_page(request, user, opened, t.gettext(STATUS_REFUSED, reason=str(exc)), exc.status)
+    flash(request, STATUS_CHANGED)
+    return redirect(f"/portal/documents/{document_id}")
+
+
 @router.get("/documents/{document_id}")
 def holder_document(request: Request, document_id: str, user: PortalUser = Depends(holder_side)) -> Response:
     return document_page(request, user, open_document(request, user, document_id, None))
@@ -452,8 +545,11 @@ def provide_bundle(
     type_coding: dict[str, str],
     confidentiality: str = "N",
     lang: str = "fr",
+    *,
+    replaces: str | None = None,
 ) -> dict[str, Any]:
-    """An ITI-65 Provide Document Bundle of one document, with its content inline."""
+    """An ITI-65 Provide Document Bundle of one document, with its content inline; with
+    ``replaces``, a new version of that stored DocumentReference (``relatesTo`` replaces)."""
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     key = uuid.uuid4()
     document = {
@@ -491,6 +587,10 @@ def provide_bundle(
             }
         ],
     }
+    if replaces is not None:
+        document["relatesTo"] = [
+            {"code": "replaces", "target": {"reference": f"DocumentReference/{replaces}"}}
+        ]
     submission_set = {
         "resourceType": "List",
         "identifier": [{"system": "urn:ietf:rfc:3986", "value": f"urn:uuid:{uuid.uuid4()}"}],

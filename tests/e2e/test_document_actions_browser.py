@@ -1,0 +1,85 @@
+"""The document page's actions in a real browser (both databases): a GP files a report, then
+replaces it with a new version from its page; the holder withdraws a personal document."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from live_portal import LivePortal
+from portal_world import PASSWORD, Person
+
+PDF = (
+    b"%PDF-1.4\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj\n"
+    b"2 0 obj<</Type/Pages/Kids[]/Count 0>>endobj\ntrailer<</Root 1 0 R>>\n%%EOF\n"
+)
+NEW_PDF = PDF.replace(b"%%EOF", b"% corrected\n%%EOF")
+
+
+def _page(chromium: Any, portal: LivePortal, person: Person) -> tuple[Any, Any]:
+    context = chromium.new_context(base_url=portal.url)
+    context.add_cookies([{"name": "sharedcare_lang", "value": "en", "url": portal.url}])
+    context.set_default_timeout(15_000)
+    page = context.new_page()
+    page.goto("/portal/login")
+    page.get_by_label("Matricule or login name").fill(person.login)
+    page.get_by_label("Password", exact=True).fill(PASSWORD)
+    page.get_by_role("button", name="Continue").click()
+    page.get_by_label("6-digit code").fill(person.code())
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_load_state()
+    return context, page
+
+
+def _document(portal: LivePortal, url: str) -> dict[str, Any]:
+    document_id = url.rstrip("/").rsplit("/", 1)[1]
+    return dict(portal.world.app.state.fhir.read("DocumentReference", document_id).resource())
+
+
+def test_the_author_replaces_a_report_with_a_new_version(chromium: Any, portal: LivePortal) -> None:
+    context, page = _page(chromium, portal, portal.world.gp)
+    page.goto("/portal/pro/patients/pa/documents/new")
+    page.get_by_label("Type").select_option("http://loinc.org|18842-5")
+    page.get_by_label("Confidentiality").select_option("R")
+    page.get_by_label("Title").fill("Discharge letter")
+    page.get_by_label("File").set_input_files(
+        {"name": "letter.pdf", "mimeType": "application/pdf", "buffer": PDF}
+    )
+    page.get_by_role("button", name="Add the document").click()
+    page.get_by_role("heading", name="Discharge letter").wait_for()
+    old_url = page.url
+    page.get_by_role("heading", name="Replace with a new version").wait_for()
+    page.get_by_label("Title").fill("Discharge letter (corrected)")
+    page.get_by_label("Confidentiality").select_option("V")
+    page.get_by_label("File").set_input_files(
+        {"name": "letter.pdf", "mimeType": "application/pdf", "buffer": NEW_PDF}
+    )
+    page.get_by_role("button", name="Replace the document").click()
+    page.get_by_role("heading", name="Discharge letter (corrected)").wait_for()
+    page.get_by_role("status").get_by_text("The new version replaced the document.").wait_for()
+    assert page.url != old_url
+    new = _document(portal, page.url)
+    assert new["securityLabel"][0]["coding"][0]["code"] == "V"
+    assert new["relatesTo"][0]["code"] == "replaces"
+    assert _document(portal, old_url)["status"] == "superseded"
+    assert context.request.get(page.locator("iframe.document-frame").get_attribute("src")).body() == NEW_PDF
+    page.goto(old_url)
+    page.get_by_text("Replaced or withdrawn by its author").wait_for()
+    assert page.get_by_role("button", name="Replace the document").count() == 0
+    context.close()
+
+
+def test_the_holder_withdraws_a_personal_document(chromium: Any, portal: LivePortal) -> None:
+    context, page = _page(chromium, portal, portal.world.patient)
+    page.goto("/portal/documents/upload/new")
+    page.get_by_label("Title").fill("My own notes")
+    page.get_by_label("File").set_input_files(
+        {"name": "notes.pdf", "mimeType": "application/pdf", "buffer": PDF}
+    )
+    page.get_by_role("button", name="Add the document").click()
+    page.get_by_role("heading", name="My own notes").wait_for()
+    page.get_by_role("button", name="Withdraw this document").click()
+    page.get_by_role("status").get_by_text("The status of the document was changed.").wait_for()
+    page.get_by_text("Replaced or withdrawn by its author").wait_for()
+    assert page.get_by_role("button", name="Withdraw this document").count() == 0
+    assert _document(portal, page.url)["status"] == "superseded"
+    context.close()
