@@ -21,6 +21,7 @@ from sharedcare.api import auth as auth_api
 from sharedcare.api import documents as documents_api
 from sharedcare.api import fhir as fhir_api
 from sharedcare.api import requests as requests_api
+from sharedcare.api import vaccination as vaccination_api
 from sharedcare.fhir.errors import FhirError, Issue, operation_outcome
 from sharedcare.fhir.service import FhirService
 from sharedcare.fhir.store import utcnow
@@ -126,6 +127,7 @@ def create_app(settings: Settings | None = None, *, validator: Any = "default") 
     auth_api.install(app)  # OAuth/OIDC server and SMART discovery: before the FHIR routes
     app.include_router(audit_api.router)  # before the generic /fhir/{type} routes
     app.include_router(documents_api.router)  # ITI-68 Binary retrieval: before the generic routes too
+    app.include_router(vaccination_api.router)  # $immds-forecast…: before the generic routes too
     app.include_router(fhir_api.router)
     app.include_router(requests_api.router)  # operations on items: $release-disclosure…
     app.include_router(imaging_api.router)  # ImagingStudy $series and $preview (docs/imaging.md)

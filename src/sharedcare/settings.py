@@ -153,6 +153,29 @@ class Settings(BaseSettings):
     notify_retry_seconds: int = Field(
         300, description="Wait before the first retry of a failed delivery; doubles at each retry."
     )
+    # --- vaccination forecast (docs/vaccination.md) ---
+    forecast_schedule: Literal["cdc", "lu"] = Field(
+        "cdc",
+        description="Schedule of `$immds-forecast` when the request names none: cdc (CDC's CDSi "
+        "supporting data) or lu (the national schedule, once converted).",
+    )
+    # --- vaccination reminders: the daily job of `sharedcare worker` (docs/vaccination-reminders.md) ---
+    reminder_time: str = Field(
+        "06:00 Europe/Luxembourg",
+        description="When `sharedcare worker` runs the daily reminder job: `HH:MM Area/City` "
+        "(IANA time zone).",
+    )
+    reminder_lead_days: int = Field(
+        14, description="Days before a dose's recommended date when its reminder is sent."
+    )
+    reminder_batch_size: int = Field(
+        1000, description="Patients per transaction of the reminder job (a crash redoes one batch at most)."
+    )
+    reminder_processes: int = Field(
+        1,
+        description="Processes running the forecasts of the reminder job (CPU-bound: up to the number "
+        "of cores); 1: in the job's own process.",
+    )
     # --- content storage: documents' bytes (docs/storage.md) ---
     blob_backend: Literal["file", "s3"] = Field(
         "file", description="Where document content is stored: file (DATA_DIR/blobs) or s3 (S3_* settings)."

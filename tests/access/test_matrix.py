@@ -107,7 +107,12 @@ def test_file_validates_and_is_cached(matrix: AccessMatrix) -> None:
     assert load_matrix() is matrix
     assert tuple(c.code for c in matrix.columns) == COLUMNS
     assert matrix.regulation_categories == CATEGORIES
-    assert [c.code for c in matrix.categories if not c.regulation] == ["identity", "holder-choices"]
+    assert [c.code for c in matrix.categories if not c.regulation] == [
+        "identity",
+        "holder-choices",
+        "vaccination",
+        "vaccination-reported",
+    ]
 
 
 @pytest.mark.parametrize(("column", "category", "expected"), SPOT_CHECKS)
@@ -142,7 +147,13 @@ def test_readable_and_writable_sets(matrix: AccessMatrix) -> None:
         for cat in CATEGORIES:
             assert (cat in readable) == matrix.right(col, cat).can_read
             assert (cat in writable) == matrix.right(col, cat).can_write
-    assert matrix.writable_categories("pha") == {"allergies", "dispensations", "prescriptions"}
+    assert matrix.writable_categories("pha") == {
+        "allergies",
+        "dispensations",
+        "prescriptions",
+        "vaccination",  # pharmacists vaccinate (the CVE's rows, issue 5)
+        "vaccination-reported",
+    }
     assert matrix.writable_categories("lab") == frozenset()
     assert matrix.readable_categories("atm") >= {"imaging", "lab-results", "care-reports"}
     # The médecin référent has every right of a physician, plus the traces.

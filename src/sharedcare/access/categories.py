@@ -30,6 +30,9 @@ DOCUMENT_TYPE_SYSTEM = "https://sharedcare.lu/fhir/CodeSystem/document-type"
 """Our document types that LOINC has no code for (DOMAIN.md §1.3: the patient-provided document)."""
 PERSONAL_DOCUMENT = "personal-document"
 
+IMMUNIZATION_VERIFICATION_SYSTEM = "https://sharedcare.lu/fhir/CodeSystem/immunization-verification"
+"""``meta.tag`` of a dose the holder reported (``patient-reported``) or a vaccinator validated."""
+
 LOINC = "http://loinc.org"
 SNOMED = "http://snomed.info/sct"
 _OBS_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
@@ -68,10 +71,14 @@ class DataCategory(StrEnum):
     """Platform row: demographics, readable by every professional with access to the record."""
     HOLDER_CHOICES = "holder-choices"
     """Platform row: the holder's privacy choices, readable by no professional."""
+    VACCINATION = "vaccination"
+    """Platform row: the vaccination record (CVE), with its own write rights (vaccinators)."""
+    VACCINATION_REPORTED = "vaccination-reported"
+    """Platform row: doses the holder reported from a paper card, not yet validated."""
 
 
 C = DataCategory
-_PLATFORM = frozenset({C.IDENTITY, C.HOLDER_CHOICES})
+_PLATFORM = frozenset({C.IDENTITY, C.HOLDER_CHOICES, C.VACCINATION, C.VACCINATION_REPORTED})
 EXPLICIT_CODES: frozenset[str] = frozenset(c.value for c in DataCategory if c not in _PLATFORM)
 """Codes of ``CATEGORY_SYSTEM`` that ``classify`` honours: the regulation's 19 categories only."""
 
@@ -109,11 +116,11 @@ DEFAULTS: Mapping[str, DataCategory] = {
     "CarePlan": C.PRESCRIPTIONS,
     "Goal": C.PRESCRIPTIONS,
     "DetectedIssue": C.PRESCRIPTIONS,
-    "ImmunizationRecommendation": C.PREVENTION,
+    "ImmunizationRecommendation": C.VACCINATION,
     "RiskAssessment": C.PREVENTION,
     "QuestionnaireResponse": C.CARE_ASSESSMENTS,
-    "Immunization": C.CARE_REPORTS,
-    "ImmunizationEvaluation": C.CARE_REPORTS,
+    "Immunization": C.VACCINATION,
+    "ImmunizationEvaluation": C.VACCINATION,
     "MedicationAdministration": C.CARE_REPORTS,
     "Procedure": C.CARE_REPORTS,
     "Observation": C.CARE_REPORTS,
@@ -560,7 +567,23 @@ def _media(resource: Resource) -> DataCategory | None:
     return C.IMAGING if any(c.get("system") == _DICOM for c in modality) else None
 
 
+def _immunization(resource: Resource) -> DataCategory | None:
+    """A dose the holder reported is apart until a vaccinator validates it: holders write only
+    those (the server sets the tag, ``vaccination.record``), and never a validated dose."""
+    meta = resource.get("meta")
+    tags = meta.get("tag") if isinstance(meta, Mapping) else None
+    for tag in tags if isinstance(tags, list) else ():
+        if (
+            isinstance(tag, Mapping)
+            and tag.get("system") == IMMUNIZATION_VERIFICATION_SYSTEM
+            and tag.get("code") == "patient-reported"
+        ):
+            return C.VACCINATION_REPORTED
+    return None
+
+
 _RULES: Mapping[str, Callable[[Resource], DataCategory | None]] = {
+    "Immunization": _immunization,
     "DocumentReference": _document("type"),
     "Composition": _document("type"),
     "DocumentManifest": _document("type"),
@@ -628,4 +651,6 @@ def category_for_document_type(code: str, system: str = LOINC) -> str | None:
 
 
 VACCINATION_TYPES = frozenset({"Immunization", "ImmunizationEvaluation", "ImmunizationRecommendation"})
-"""Types of the vaccination record: the CVE has its own authorisation matrix (issue 5) on top of these."""
+"""Types of the vaccination record: the CVE has its own authorisation matrix (issue 5): their categories
+``vaccination`` and ``vaccination-reported`` are platform rows, written only by vaccinating professions."""
+VACCINATION_CATEGORIES = frozenset({C.VACCINATION, C.VACCINATION_REPORTED})

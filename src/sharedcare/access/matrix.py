@@ -28,7 +28,18 @@ LANGUAGES = ("fr", "de", "en")
 """Label languages; French is the regulation's language and the fallback."""
 
 _CODE = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
-_TOP_LEVEL = {"schema", "columns", "categories", "matrix", "platform_matrix", "professions", "care_contexts"}
+_TOP_LEVEL = {
+    "schema",
+    "columns",
+    "categories",
+    "matrix",
+    "platform_matrix",
+    "professions",
+    "care_contexts",
+    "vaccination",
+}
+VACCINATION = "vaccination"
+"""The category of the vaccination record; its writers are also limited to ``[vaccination] vaccinators``."""
 _DURATION_UNITS = ("days", "hours")
 
 
@@ -139,7 +150,10 @@ class AccessMatrix:
         rights: Mapping[str, Mapping[str, Right]],
         professions: Iterable[Profession],
         care_contexts: Iterable[CareContext],
+        vaccinators: Iterable[str] = (),
     ) -> None:
+        self.vaccinators: frozenset[str] = frozenset(vaccinators)
+        """Profession codes that write the vaccination record (the CVE's own rights)."""
         self.columns: tuple[Column, ...] = tuple(columns)
         self.categories: tuple[Category, ...] = tuple(categories)
         self.professions: tuple[Profession, ...] = tuple(professions)
@@ -220,6 +234,17 @@ class AccessMatrix:
         """
         return self._profession_columns.get(profession)
 
+    def vaccinates(self, profession: str) -> bool:
+        """Whether a profession writes the vaccination record: a listed vaccinator (our code or its
+        directory code), or a bare column code (tokens carry the column) that writes ``vaccination``."""
+        column = self._profession_columns.get(profession)
+        if column is not None:
+            code = next(
+                (p.code for p in self.professions if profession in (p.code, p.directory_code)), profession
+            )
+            return code in self.vaccinators
+        return profession in self._columns and VACCINATION in self._writable.get(profession, frozenset())
+
     def label(self, category: str, lang: str = "fr") -> str:
         """A category's label in ``fr``, ``de`` or ``en`` (French for any other language)."""
         return self.category(category).label(lang)
@@ -262,10 +287,11 @@ class _Parser:
         rights = self.rights(data, [c.code for c in categories], column_codes)
         professions = self.professions(data.get("professions"), columns)
         contexts = self.care_contexts(data.get("care_contexts"))
+        vaccinators = self.vaccinators(data.get("vaccination"), professions, rights)
         if self.problems:
             lines = "\n  ".join(self.problems)
             raise MatrixError(f"{self.source}: invalid access matrix:\n  {lines}")
-        return AccessMatrix(columns, categories, rights, professions, contexts)
+        return AccessMatrix(columns, categories, rights, professions, contexts, vaccinators)
 
     def table(self, value: Any, where: str) -> Mapping[str, Any]:
         if not isinstance(value, Mapping):
@@ -409,6 +435,30 @@ class _Parser:
             if not column.designated and all(p.column != column.code for p in professions):
                 self.problem(f"columns.{column.code}", "no profession is assigned to this column")
         return professions
+
+    def vaccinators(
+        self, value: Any, professions: list[Profession], rights: Mapping[str, Mapping[str, Right]]
+    ) -> list[str]:
+        """``[vaccination] vaccinators``: known professions whose column writes ``vaccination``."""
+        if value is None:
+            return []
+        entry = self.table(value, "vaccination")
+        self.unknown_keys(entry, {"vaccinators"}, "vaccination")
+        listed = entry.get("vaccinators")
+        if not isinstance(listed, list) or not all(isinstance(c, str) for c in listed):
+            self.problem("vaccination.vaccinators", "must be a list of profession codes")
+            return []
+        by_code = {p.code: p for p in professions}
+        row = rights.get(VACCINATION, {})
+        for code in listed:
+            if code not in by_code:
+                self.problem("vaccination.vaccinators", f"unknown profession {code!r}")
+            elif (cell := row.get(by_code[code].column)) is not None and not cell.can_write:
+                self.problem(
+                    "vaccination.vaccinators",
+                    f"{code!r}: its column {by_code[code].column!r} does not write {VACCINATION!r}",
+                )
+        return list(listed)
 
     def settings_names(self, value: Any, where: str) -> Mapping[str, str]:
         named: dict[str, str] = {}

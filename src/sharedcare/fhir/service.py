@@ -42,6 +42,19 @@ from sharedcare.storage.tables import resource, resource_version
 
 ID_RE = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 Validator = Callable[[dict[str, Any]], list[Issue]]
+WriteRule = Callable[[Write, AccessSession | None], None]
+"""A resource type's own rule on its writes, run by ``apply_writes`` (so every write path: REST,
+bundles, operations). A rule run before the session's access check may set server-owned elements of
+``Write.resource`` (a tag the client may not choose); one run after it checks the content, so that
+a caller without the right gets 403 before any content error. Either raises a ``FhirError``."""
+_WRITE_RULES: dict[tuple[str, bool], list[WriteRule]] = {}
+
+
+def register_write_rule(rtype: str, rule: WriteRule, *, after_access: bool = False) -> None:
+    """Apply ``rule`` to every write of ``rtype`` (once, however often it is registered)."""
+    rules = _WRITE_RULES.setdefault((rtype, after_access), [])
+    if rule not in rules:
+        rules.append(rule)
 
 
 @dataclass(slots=True)
@@ -193,8 +206,14 @@ class FhirService:
     def apply_writes(self, conn: Connection, writes: Sequence[Write]) -> list[Stored]:
         """The one door of every write: the session checks it, the store applies it, the
         session records it."""
+        for w in writes:
+            for rule in _WRITE_RULES.get((w.type, False), ()):
+                rule(w, self.session)
         if self.session is not None:
             self.session.check_writes(conn, writes)
+        for w in writes:
+            for rule in _WRITE_RULES.get((w.type, True), ()):
+                rule(w, self.session)
         results = self.store.apply(conn, writes)
         if self.session is not None:
             by_name: dict[tuple[str, str], list[Stored]] = {}

@@ -1,0 +1,1 @@
+"""The electronic vaccination record (CVE): immunizations, the CDSi forecaster, recommendations, reminders."""
