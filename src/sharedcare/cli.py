@@ -228,6 +228,62 @@ def notify_deliver(
     typer.echo(f"notifications by delivery state: {states or 'none'}")
 
 
+@app.command()
+def worker(
+    once: bool = typer.Option(False, "--once", help="One reminder run and one delivery pass, then exit"),
+    interval: float = typer.Option(60.0, help="Seconds between two e-mail delivery passes"),
+    full: bool = typer.Option(False, "--full", help="Recompute every patient's forecast (with --once)"),
+) -> None:
+    """Background work: the daily vaccination reminder job at SHAREDCARE_REMINDER_TIME and the
+    e-mail delivery of notifications (docs/vaccination-reminders.md); --once for tests and cron."""
+    import threading
+
+    from sharedcare.notify import delivery
+    from sharedcare.vaccination import reminders
+
+    settings = get_settings()
+    try:
+        reminders.daily_time(settings)
+        if delivery.enabled(settings):
+            delivery.Mailer(settings)
+    except (ValueError, delivery.DeliveryNotConfigured) as exc:
+        typer.echo(f"The worker is misconfigured: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if not delivery.enabled(settings):
+        typer.echo("E-mail delivery is off (SHAREDCARE_SMTP_HOST is unset): messages stay in the portal.")
+    engine = _engine()
+
+    def show(report: reminders.ReminderReport) -> None:
+        typer.echo(
+            f"reminders: {report.queued} queued; patients: {report.patients}, recomputed: "
+            f"{report.recomputed}, unchanged: {report.unchanged}"
+        )
+
+    if once:
+        show(reminders.run(engine, settings, reminders.local_today(settings), full=full))
+        sent = delivery.deliver_pending(engine, settings)
+        if sent.enabled:
+            typer.echo(
+                f"sent: {sent.sent}, portal only: {sent.portal_only}, to retry: {sent.retried}, "
+                f"given up: {sent.failed}"
+            )
+        return
+    stop = threading.Event()
+    mailer = threading.Thread(
+        target=delivery.run_loop, args=(engine, settings, interval), kwargs={"stop": stop}, daemon=True
+    )
+    if delivery.enabled(settings):
+        mailer.start()
+    try:
+        reminders.run_daily(engine, settings, stop, on_run=show)
+    except KeyboardInterrupt:
+        typer.echo("stopping")
+    finally:
+        stop.set()
+        if mailer.is_alive():
+            mailer.join(timeout=interval + 30)
+
+
 accounts_app = typer.Typer(help="People's accounts (docs/identity.md).", no_args_is_help=True)
 app.add_typer(accounts_app, name="accounts")
 

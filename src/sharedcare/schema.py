@@ -13,7 +13,16 @@ from sharedcare.notify import models as notify_models
 from sharedcare.oauth import models as oauth_models
 from sharedcare.storage import models as storage_models
 from sharedcare.storage.tables import metadata
+from sharedcare.vaccination import models as vaccination_models
 
-MODULES = (access_models, audit_models, identity_models, notify_models, oauth_models, storage_models)
+MODULES = (
+    access_models,
+    audit_models,
+    identity_models,
+    notify_models,
+    oauth_models,
+    storage_models,
+    vaccination_models,
+)
 
 __all__ = ["MODULES", "metadata"]

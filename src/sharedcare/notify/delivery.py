@@ -15,7 +15,8 @@ A refused or failed send is recorded on the row (``attempts``, ``last_error``) a
 after ``notify_retry_seconds``, doubled at each retry; after ``notify_max_attempts`` the row is
 marked ``failed`` and stays visible (``status``). Recipients who already got the e-mail are
 remembered (``delivered_to``) and not sent it again by a retry. A notification with nobody to
-e-mail (no activated account with an address) is marked ``portal-only``.
+e-mail (no activated account with an address, or everyone chose the portal only or opted out
+of its kind: ``notify.preferences``) is marked ``portal-only``.
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ from sharedcare.access.minors import delegation_in_force
 from sharedcare.access.models import delegation
 from sharedcare.fhir.store import utcnow
 from sharedcare.identity.models import AccountStatus, account
-from sharedcare.notify import texts
-from sharedcare.notify.models import notification
+from sharedcare.notify import preferences, texts
+from sharedcare.notify.models import notification, notification_preference
 from sharedcare.settings import Settings
 from sharedcare.storage.engine import writer
 
@@ -95,17 +96,30 @@ def portal_url(settings: Settings) -> str | None:
     return settings.base_url.rstrip("/").removesuffix("/fhir") + "/portal/"
 
 
-def recipients(conn: Connection, patient_id: str, now: datetime) -> list[Recipient]:
+def recipients(conn: Connection, patient_id: str, now: datetime, kind: str | None = None) -> list[Recipient]:
     """The holder's active account and the active accounts of their current representatives,
-    where the person gave an e-mail address; a mobile number alone gets no e-mail."""
-    a, d = account, delegation
+    where the person gave an e-mail address; a mobile number alone gets no e-mail. With ``kind``,
+    only those whose preferences let a message of that kind be e-mailed; each in the language
+    they chose for messages, else their portal language."""
+    a, d, pref = account, delegation, notification_preference
     usable = (a.c.status == AccountStatus.ACTIVE.value, a.c.email.is_not(None))
-    holder = select(a.c.id, a.c.email, a.c.language, literal(False).label("representative")).where(
-        a.c.patient_id == patient_id, a.c.kind == "patient", *usable
+    columns = (
+        a.c.id,
+        a.c.email,
+        func.coalesce(pref.c.language, a.c.language).label("language"),
+        pref.c.channel,
+        pref.c.vaccination_reminders,
+        pref.c.new_documents,
+    )
+    with_prefs = a.outerjoin(pref, pref.c.account_id == a.c.id)
+    holder = (
+        select(*columns, literal(False).label("representative"))
+        .select_from(with_prefs)
+        .where(a.c.patient_id == patient_id, a.c.kind == "patient", *usable)
     )
     represents = (
-        select(a.c.id, a.c.email, a.c.language, literal(True).label("representative"))
-        .select_from(a.join(d, d.c.account_id == a.c.id))
+        select(*columns, literal(True).label("representative"))
+        .select_from(with_prefs.join(d, d.c.account_id == a.c.id))
         .where(
             d.c.patient_id == patient_id,
             delegation_in_force(d, now),  # not to parents a minor objects to, nor after 18
@@ -114,7 +128,10 @@ def recipients(conn: Connection, patient_id: str, now: datetime) -> list[Recipie
     )
     found: dict[str, Recipient] = {}
     for row in conn.execute(holder.union_all(represents)):
-        if row.id not in found:  # the holder's own account first
+        if row.id in found:  # the holder's own account first
+            continue
+        chosen = preferences.from_row(row.channel, None, row.vaccination_reminders, row.new_documents)
+        if kind is None or chosen.emails(kind):
             found[row.id] = Recipient(row.id, row.email, row.language, bool(row.representative))
     return sorted(found.values(), key=lambda r: (r.representative, r.account_id))
 
@@ -247,7 +264,7 @@ def _deliver_one(
     conn: Connection, row: Row[Any], mailer: Mailer, settings: Settings, now: datetime, report: DeliveryReport
 ) -> None:
     done: list[str] = orjson.loads(row.delivered_to) if row.delivered_to else []
-    todo = [r for r in recipients(conn, row.patient_id, now) if r.account_id not in done]
+    todo = [r for r in recipients(conn, row.patient_id, now, row.kind) if r.account_id not in done]
     values: dict[str, Any]
     if not todo and not done:
         values = {"delivery": PORTAL_ONLY}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Column, DateTime, Index, Integer, String, Table, Text
+from sqlalchemy import Boolean, Column, DateTime, Index, Integer, String, Table, Text
 
 from sharedcare.storage.tables import PK, metadata
 
@@ -32,3 +32,18 @@ of the e-mail: NULL while the worker still has to send it (``next_attempt_at``: 
 ``sent`` (``sent_at``), ``portal-only`` (nobody with an e-mail address to tell) or ``failed``
 (gave up after ``attempts``; ``last_error`` says why). The message itself is always in the
 portal."""
+
+notification_preference = Table(
+    "notification_preference",
+    metadata,
+    Column("account_id", String(32), primary_key=True),
+    Column("channel", String(16), nullable=False),  # email | portal
+    Column("language", String(2), nullable=True),  # NULL: the account's portal language
+    Column("vaccination_reminders", Boolean, nullable=False),
+    Column("new_documents", Boolean, nullable=False),
+    Column("updated", DateTime(timezone=False), nullable=False),
+)
+"""How one account (a holder or a representative) wants to be told (``notify.preferences``,
+migration 0015). No row: the defaults (e-mail and portal, the account's language, every kind).
+Per account, not per record: a parent's choice covers every child they represent. Opting out of
+a kind stops its e-mails; the message itself stays in the portal."""

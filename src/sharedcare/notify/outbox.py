@@ -6,6 +6,7 @@ delivery (portal, e-mail) reads the outbox.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -20,6 +21,8 @@ LICENCE_WITHDRAWN = "licence-withdrawn"
 EMERGENCY_ACCESS = "emergency-access"
 NEW_DOCUMENT = "new-document"
 """A document filed into the record by someone other than the holder's side (``documents.submission``)."""
+VACCINATION_REMINDER = "vaccination-reminder"
+"""A vaccination dose coming due or overdue (``vaccination.reminders``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,3 +77,28 @@ def for_patient(
 def mark_read(conn: Connection, patient_id: str, pk: int, now: datetime) -> None:
     n = notification.c
     conn.execute(update(notification).where(n.pk == pk, n.patient_id == patient_id).values(read_at=now))
+
+
+def queue_many(
+    conn: Connection, messages: Sequence[tuple[str, str, str, dict[str, Any]]], now: datetime
+) -> int:
+    """Queue many once-only messages ``(patient_id, kind, dedupe, params)`` in one batched
+    statement, skipping those whose ``dedupe`` key exists already (a scheduled job's rerun); the
+    count queued."""
+    if not messages:
+        return 0
+    rows = [
+        {"patient_id": p, "kind": k, "params": orjson.dumps(params).decode(), "dedupe": d, "created": now}
+        for p, k, d, params in messages
+    ]
+    stmt: Any
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        stmt = pg_insert(notification)
+    else:
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        stmt = sqlite_insert(notification)
+    stmt = stmt.on_conflict_do_nothing(index_elements=["dedupe"]).returning(notification.c.pk)
+    return len(conn.execute(stmt, rows).all())  # SQLAlchemy's batched "insertmanyvalues"

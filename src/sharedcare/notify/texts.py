@@ -42,6 +42,11 @@ KIND = {
         "de": "neues Dokument in der Akte",
         "en": "new document in the record",
     },
+    outbox.VACCINATION_REMINDER: {  # never the vaccine, the dose or the date: e-mail is not safe
+        "fr": "rappel de vaccination",
+        "de": "Impferinnerung",
+        "en": "vaccination reminder",
+    },
 }
 OTHER_KIND = {
     "fr": "changement concernant le dossier",
@@ -62,24 +67,36 @@ WHERE_REPRESENTED = {
     "en": "There is a new message for you in the SharedCare shared care record of a person you represent.",
 }
 
+DETAILS = {
+    "fr": "le nom du professionnel concerné et le message complet",
+    "de": "Der Name der betreffenden Fachperson und die vollständige Nachricht",
+    "en": "the name of the professional concerned and the full message",
+}
+DETAILS_OF_KIND = {
+    outbox.VACCINATION_REMINDER: {
+        "fr": "le vaccin concerné, la dose et la date",
+        "de": "Die betreffende Impfung, die Dosis und das Datum",
+        "en": "the vaccine concerned, the dose and the date",
+    },
+}
+
 BODY = {
     "fr": (
         "Bonjour,\n\n{where}\nObjet : {kind}.\n\n"
-        "Pour protéger vos données, ce courriel ne donne aucun détail : le nom du professionnel "
-        "concerné et le message complet ne sont visibles qu'après connexion au portail{portal}.\n\n"
+        "Pour protéger vos données, ce courriel ne donne aucun détail : {details} "
+        "ne sont visibles qu'après connexion au portail{portal}.\n\n"
         "Ce courriel est envoyé automatiquement ; merci de ne pas y répondre.\n"
     ),
     "de": (
         "Guten Tag,\n\n{where}\nBetreff: {kind}.\n\n"
-        "Zum Schutz Ihrer Daten enthält diese E-Mail keine Einzelheiten: Der Name der betreffenden "
-        "Fachperson und die vollständige Nachricht sind nur nach der Anmeldung im Portal "
-        "sichtbar{portal}.\n\n"
+        "Zum Schutz Ihrer Daten enthält diese E-Mail keine Einzelheiten: {details} "
+        "sind nur nach der Anmeldung im Portal sichtbar{portal}.\n\n"
         "Diese E-Mail wurde automatisch versandt; bitte antworten Sie nicht darauf.\n"
     ),
     "en": (
         "Hello,\n\n{where}\nSubject: {kind}.\n\n"
-        "To protect your data, this e-mail gives no details: the name of the professional "
-        "concerned and the full message are shown only once you sign in to the portal{portal}.\n\n"
+        "To protect your data, this e-mail gives no details: {details} "
+        "are shown only once you sign in to the portal{portal}.\n\n"
         "This e-mail was sent automatically; please do not reply to it.\n"
     ),
 }
@@ -99,5 +116,6 @@ def body(lang: str, kind: str, *, representative: bool, portal_url: str | None) 
     lang = language_of(lang)
     where = (WHERE_REPRESENTED if representative else WHERE)[lang]
     words = KIND.get(kind, OTHER_KIND)[lang]
+    details = DETAILS_OF_KIND.get(kind, DETAILS)[lang]
     portal = f" : {portal_url}" if portal_url and lang == "fr" else f": {portal_url}" if portal_url else ""
-    return BODY[lang].format(where=where, kind=words, portal=portal)
+    return BODY[lang].format(where=where, kind=words, details=details, portal=portal)
