@@ -25,11 +25,13 @@ from sharedcare.portal.views import (
     documents,
     items,
     patient,
+    preferences,
     professional,
     results,
     rights,
     summary,
     timeline,
+    vaccination,
 )
 from sharedcare.portal.views import imaging as imaging_views
 
@@ -79,6 +81,8 @@ def install(app: FastAPI) -> None:
         app.include_router(module.router, prefix="/portal", include_in_schema=False)
     app.include_router(documents.router, prefix="/portal", include_in_schema=False)  # documents
     app.include_router(summary.router, prefix="/portal", include_in_schema=False)  # patient summary
+    app.include_router(preferences.router, prefix="/portal", include_in_schema=False)  # notifications
+    app.include_router(vaccination.router, prefix="/portal", include_in_schema=False)  # vaccination card
     app.add_exception_handler(CsrfRefused, _csrf_refused)
     app.add_exception_handler(LoginRequired, _login_required)
     app.add_exception_handler(RecordChoiceRequired, _record_choice)
