@@ -46,6 +46,7 @@ from common import (
 )
 
 CONNECTIONS = 64
+SCENARIOS = ("read", "obs", "family", "include", "everything")
 DURATION = os.environ.get("BENCH_DURATION", "15s")
 
 
@@ -57,7 +58,8 @@ def _free_port() -> int:
 
 def _serve(app: str, url: str, workers: int, factory: bool) -> tuple[subprocess.Popen[bytes], int]:
     port = _free_port()
-    env = dict(os.environ, **server_env(url), PYTHONPATH=str(ROOT / "benchmarks"))
+    path = os.pathsep.join(p for p in (str(ROOT / "benchmarks"), os.environ.get("PYTHONPATH")) if p)
+    env = dict(os.environ, **server_env(url), PYTHONPATH=path)
     cmd = [
         sys.executable,
         "-m",
@@ -213,7 +215,15 @@ def main() -> None:
     parser.add_argument("--database-url", help="an already imported database (skips the import)")
     parser.add_argument("--bundles", type=int, default=None, help="Synthea bundles to import (default all)")
     parser.add_argument("--workers", type=int, default=2, help="uvicorn worker processes")
+    parser.add_argument(
+        "--scenarios",
+        default=",".join(SCENARIOS),
+        help=f"comma-separated subset of {', '.join(SCENARIOS)} (the baseline always runs)",
+    )
     args = parser.parse_args()
+    chosen = [s for s in args.scenarios.split(",") if s]
+    if unknown := set(chosen) - set(SCENARIOS):
+        parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
     if not shutil.which("wrk"):
         sys.exit("wrk is needed: apt-get install wrk")
     with ExitStack() as stack:
@@ -238,7 +248,7 @@ def main() -> None:
         proc, port = _serve("sharedcare.app:create_app", url, args.workers, factory=True)
         try:
             token = system_token(port)
-            for name in ("read", "obs", "family", "include", "everything"):
+            for name in chosen:
                 results[name] = _wrk(port, samples[name], workdir, name, token=token)
                 # the same requests one at a time: the service time, without queueing
                 single[name] = _wrk(
