@@ -32,6 +32,7 @@ from pathlib import Path
 
 import httpx
 from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -88,6 +89,55 @@ def _serve(app: str, url: str, workers: int, factory: bool) -> tuple[subprocess.
     raise RuntimeError(f"{app} did not start")
 
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has used; 0 when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def _descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, []))
+    return found
+
+
+class CpuMeter:
+    """CPU seconds used by a server (its process tree) and by the PostgreSQL backends of its
+    database: the cost of a request in CPU time, which other work on a shared machine slows
+    down but does not inflate, unlike its throughput."""
+
+    def __init__(self, server: subprocess.Popen[bytes], url: str) -> None:
+        self.server, self.engine = server, create_engine(url, poolclass=NullPool)
+
+    def __call__(self) -> float:
+        with self.engine.connect() as conn:
+            backends = conn.execute(
+                text(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND pid <> pg_backend_pid()"
+                )
+            ).scalars()
+            pids = [*_descendants(self.server.pid), *backends]
+        return sum(_proc_cpu(pid) for pid in pids)
+
+
 def _wrk(
     port: int,
     paths: list[str],
@@ -96,6 +146,7 @@ def _wrk(
     connections: int = CONNECTIONS,
     duration: str = "",
     token: str | None = None,
+    cpu: CpuMeter | None = None,
 ) -> dict[str, float]:
     script = workdir / f"{name}.lua"
     quoted = ",\n".join('"' + p.replace("\\", "\\\\").replace('"', '\\"') + '"' for p in paths)
@@ -105,6 +156,7 @@ def _wrk(
         "request = function() return wrk.format('GET', paths[math.random(#paths)]) end\n"
     )
     auth = ["-H", f"Authorization: Bearer {token}"] if token else []  # wrk.format adds -H headers
+    cpu_before = cpu() if cpu else 0.0
     out = subprocess.run(
         [
             "wrk",
@@ -136,7 +188,10 @@ def _wrk(
     if errors:
         raise RuntimeError(f"{name}: {errors.group(1)} failed responses")
     timeouts = re.search(r"Socket errors:.*timeout (\d+)", out)
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    cpu_ms = (cpu() - cpu_before) * 1000 / max(requests, 1) if cpu else 0.0
     return {
+        "cpu_ms": cpu_ms,
         "rps": rps,
         "p50": latency("50"),
         "p99": latency("99"),
@@ -237,7 +292,8 @@ def main() -> None:
         single: dict[str, dict[str, float]] = {}
         proc, port = _serve("baseline_app:app", url, args.workers, factory=False)
         try:
-            results["baseline"] = _wrk(port, samples["baseline"], workdir, "baseline")
+            meter = CpuMeter(proc, url)
+            results["baseline"] = _wrk(port, samples["baseline"], workdir, "baseline", cpu=meter)
             single["baseline"] = _wrk(
                 port, samples["baseline"], workdir, "baseline", connections=1, duration="5s"
             )
@@ -249,7 +305,7 @@ def main() -> None:
         try:
             token = system_token(port)
             for name in chosen:
-                results[name] = _wrk(port, samples[name], workdir, name, token=token)
+                results[name] = _wrk(port, samples[name], workdir, name, token=token, cpu=CpuMeter(proc, url))
                 # the same requests one at a time: the service time, without queueing
                 single[name] = _wrk(
                     port, samples[name], workdir, name, connections=1, duration="5s", token=token
@@ -275,6 +331,19 @@ def main() -> None:
                 f"p50 {r['p50']:6.1f} ms  p99 {r['p99']:6.1f} ms",
             )
             for k, r in results.items()
+        ],
+    )
+    base_cpu = results["baseline"]["cpu_ms"]
+    report(
+        "CPU time per request at 64 connections (server processes + their PostgreSQL backends; "
+        "capacity ratio = baseline CPU / CPU, robust to other load on a shared machine)",
+        [
+            (
+                labels[k],
+                f"{r['cpu_ms']:7.2f} ms CPU/req  (capacity {base_cpu / r['cpu_ms']:6.1%} of baseline)",
+            )
+            for k, r in results.items()
+            if r["cpu_ms"] > 0
         ],
     )
     report(
