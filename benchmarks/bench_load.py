@@ -32,6 +32,7 @@ from pathlib import Path
 
 import httpx
 from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -46,6 +47,7 @@ from common import (
 )
 
 CONNECTIONS = 64
+SCENARIOS = ("read", "obs", "family", "include", "everything")
 DURATION = os.environ.get("BENCH_DURATION", "15s")
 
 
@@ -57,7 +59,8 @@ def _free_port() -> int:
 
 def _serve(app: str, url: str, workers: int, factory: bool) -> tuple[subprocess.Popen[bytes], int]:
     port = _free_port()
-    env = dict(os.environ, **server_env(url), PYTHONPATH=str(ROOT / "benchmarks"))
+    path = os.pathsep.join(p for p in (str(ROOT / "benchmarks"), os.environ.get("PYTHONPATH")) if p)
+    env = dict(os.environ, **server_env(url), PYTHONPATH=path)
     cmd = [
         sys.executable,
         "-m",
@@ -86,6 +89,55 @@ def _serve(app: str, url: str, workers: int, factory: bool) -> tuple[subprocess.
     raise RuntimeError(f"{app} did not start")
 
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has used; 0 when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def _descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, []))
+    return found
+
+
+class CpuMeter:
+    """CPU seconds used by a server (its process tree) and by the PostgreSQL backends of its
+    database: the cost of a request in CPU time, which other work on a shared machine slows
+    down but does not inflate, unlike its throughput."""
+
+    def __init__(self, server: subprocess.Popen[bytes], url: str) -> None:
+        self.server, self.engine = server, create_engine(url, poolclass=NullPool)
+
+    def __call__(self) -> float:
+        with self.engine.connect() as conn:
+            backends = conn.execute(
+                text(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND pid <> pg_backend_pid()"
+                )
+            ).scalars()
+            pids = [*_descendants(self.server.pid), *backends]
+        return sum(_proc_cpu(pid) for pid in pids)
+
+
 def _wrk(
     port: int,
     paths: list[str],
@@ -94,6 +146,7 @@ def _wrk(
     connections: int = CONNECTIONS,
     duration: str = "",
     token: str | None = None,
+    cpu: CpuMeter | None = None,
 ) -> dict[str, float]:
     script = workdir / f"{name}.lua"
     quoted = ",\n".join('"' + p.replace("\\", "\\\\").replace('"', '\\"') + '"' for p in paths)
@@ -103,6 +156,7 @@ def _wrk(
         "request = function() return wrk.format('GET', paths[math.random(#paths)]) end\n"
     )
     auth = ["-H", f"Authorization: Bearer {token}"] if token else []  # wrk.format adds -H headers
+    cpu_before = cpu() if cpu else 0.0
     out = subprocess.run(
         [
             "wrk",
@@ -134,7 +188,10 @@ def _wrk(
     if errors:
         raise RuntimeError(f"{name}: {errors.group(1)} failed responses")
     timeouts = re.search(r"Socket errors:.*timeout (\d+)", out)
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    cpu_ms = (cpu() - cpu_before) * 1000 / max(requests, 1) if cpu else 0.0
     return {
+        "cpu_ms": cpu_ms,
         "rps": rps,
         "p50": latency("50"),
         "p99": latency("99"),
@@ -213,7 +270,15 @@ def main() -> None:
     parser.add_argument("--database-url", help="an already imported database (skips the import)")
     parser.add_argument("--bundles", type=int, default=None, help="Synthea bundles to import (default all)")
     parser.add_argument("--workers", type=int, default=2, help="uvicorn worker processes")
+    parser.add_argument(
+        "--scenarios",
+        default=",".join(SCENARIOS),
+        help=f"comma-separated subset of {', '.join(SCENARIOS)} (the baseline always runs)",
+    )
     args = parser.parse_args()
+    chosen = [s for s in args.scenarios.split(",") if s]
+    if unknown := set(chosen) - set(SCENARIOS):
+        parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
     if not shutil.which("wrk"):
         sys.exit("wrk is needed: apt-get install wrk")
     with ExitStack() as stack:
@@ -227,7 +292,8 @@ def main() -> None:
         single: dict[str, dict[str, float]] = {}
         proc, port = _serve("baseline_app:app", url, args.workers, factory=False)
         try:
-            results["baseline"] = _wrk(port, samples["baseline"], workdir, "baseline")
+            meter = CpuMeter(proc, url)
+            results["baseline"] = _wrk(port, samples["baseline"], workdir, "baseline", cpu=meter)
             single["baseline"] = _wrk(
                 port, samples["baseline"], workdir, "baseline", connections=1, duration="5s"
             )
@@ -238,8 +304,8 @@ def main() -> None:
         proc, port = _serve("sharedcare.app:create_app", url, args.workers, factory=True)
         try:
             token = system_token(port)
-            for name in ("read", "obs", "family", "include", "everything"):
-                results[name] = _wrk(port, samples[name], workdir, name, token=token)
+            for name in chosen:
+                results[name] = _wrk(port, samples[name], workdir, name, token=token, cpu=CpuMeter(proc, url))
                 # the same requests one at a time: the service time, without queueing
                 single[name] = _wrk(
                     port, samples[name], workdir, name, connections=1, duration="5s", token=token
@@ -265,6 +331,19 @@ def main() -> None:
                 f"p50 {r['p50']:6.1f} ms  p99 {r['p99']:6.1f} ms",
             )
             for k, r in results.items()
+        ],
+    )
+    base_cpu = results["baseline"]["cpu_ms"]
+    report(
+        "CPU time per request at 64 connections (server processes + their PostgreSQL backends; "
+        "capacity ratio = baseline CPU / CPU, robust to other load on a shared machine)",
+        [
+            (
+                labels[k],
+                f"{r['cpu_ms']:7.2f} ms CPU/req  (capacity {base_cpu / r['cpu_ms']:6.1%} of baseline)",
+            )
+            for k, r in results.items()
+            if r["cpu_ms"] > 0
         ],
     )
     report(

@@ -263,7 +263,8 @@ class PolicySession:
     # -- writes ----------------------------------------------------------------------------
     def check_writes(self, conn: Connection, writes: Sequence[Write]) -> None:
         if self._recorded:  # the audit names the patients of what was read before these writes
-            self._split(self._owners(conn, self._recorded_keys()))
+            self._pending.extend(self._split(self._owners(conn, self._recorded_keys())))
+            self._recorded.clear()
         p = self.principal
         trusted = self.policy.is_trusted(p)
         for w in writes:
@@ -396,8 +397,9 @@ class PolicySession:
                 owners.setdefault(row.res_pk, []).append(row.patient_id)
         return owners
 
-    def _split(self, owners: dict[int, list[str]]) -> None:
+    def _split(self, owners: dict[int, list[str]]) -> list[audit.AuditRecord]:
         """The noted interactions' records, one per patient concerned (BALP)."""
+        split: list[audit.AuditRecord] = []
         for recorded in self._recorded:
             refs_by_patient: dict[str | None, list[str]] = {}
             for pk, ref in recorded.resources:
@@ -406,10 +408,12 @@ class PolicySession:
                     refs_by_patient.setdefault(patient, []).append(ref)
             if not refs_by_patient:
                 refs_by_patient[None] = []
-            self._pending.extend(audit.split_by_patient(recorded.base, refs_by_patient))
-        self._recorded.clear()
+            split.extend(audit.split_by_patient(recorded.base, refs_by_patient))
+        return split
 
     def flush(self, conn: Connection) -> None:
+        """Write the noted records in ``conn``'s transaction. They stay noted until ``discard``
+        (called once the transaction committed), so a batch that failed can flush them again."""
         if not self._recorded and not self._pending:
             return
         p = self.principal
@@ -431,13 +435,12 @@ class PolicySession:
                         owners.setdefault(res_pk, []).append(patient_id)
                     elif professional and first_access == self.now:  # dated by this statement
                         first.append(patient_id)
-            self._split(owners)
+            pending = [*self._pending, *self._split(owners)]
         else:
-            self._split(self._owners(conn, self._recorded_keys()))
-            touched = sorted({r.patient_id for r in self._pending if r.patient_id})
+            pending = [*self._pending, *self._split(self._owners(conn, self._recorded_keys()))]
+            touched = sorted({r.patient_id for r in pending if r.patient_id})
             first = self._note_access(conn, touched) if touched else []
         self._notify_first_access(conn, first)
-        pending, self._pending = self._pending, []
         if professional and self.policy.settings.emergency_override and p.practitioner_id:
             pending = self._flag_emergencies(conn, p.practitioner_id, pending)
         audit.append_all(conn, pending)

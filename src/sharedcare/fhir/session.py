@@ -50,7 +50,8 @@ class AccessSession(Protocol):
         """Note the audit record of a successful interaction of the current transaction."""
 
     def flush(self, conn: Connection) -> None:
-        """Write the noted audit records, last thing before the transaction commits."""
+        """Write the noted audit records, last thing before the transaction commits. They stay
+        noted until ``discard``: a flush whose transaction rolled back can be run again."""
 
     def discard(self) -> None:
-        """Forget the noted records: their transaction rolled back, the acts did not happen."""
+        """Forget the noted records: written and committed, or rolled back with their acts."""
