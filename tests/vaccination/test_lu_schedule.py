@@ -337,11 +337,13 @@ def test_influenza_every_year_from_sixty_five() -> None:
     """DOMAIN §2.2 "Influenza every year (October-March) for people aged 65 and over [V]"."""
     birth = date(1955, 2, 1)
     none = _due(_group(_run(birth, [], date(2025, 11, 1)), "Influenza"), 1)
-    assert none.recommended == date(2020, 2, 1) and "88" in none.vaccines  # due since 65
+    # due since 65, but a yearly dose is due from this season's start (not overdue since 2020)
+    assert none.recommended == date(2025, 10, 1) and "88" in none.vaccines
     this_season = _run(birth, [(date(2025, 10, 15), "88")], date(2026, 1, 10))
     assert _group(this_season, "Influenza").status == "Complete"
+    assert "next season from 2026-10-01" in (_group(this_season, "Influenza").reason or "")
     next_season = _due(_group(_run(birth, [(date(2025, 10, 15), "88")], date(2026, 10, 5)), "Influenza"))
-    assert next_season.recommended == date(2026, 10, 15)  # a year later
+    assert next_season.recommended == date(2026, 10, 1)  # the next season's start
     younger = _due(_group(_run(date(1965, 2, 1), [], date(2025, 11, 1)), "Influenza"))
     assert younger.earliest == date(2030, 2, 1)  # healthy at 60: not before 65
 

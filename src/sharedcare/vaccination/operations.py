@@ -49,6 +49,8 @@ CDSI_STATUS = "https://sharedcare.lu/fhir/CodeSystem/cdsi-forecast-status"
 """The CDSi forecast status as the specification names it ("Not Complete", "Aged Out"…)."""
 DOSE_STATUS = "http://terminology.hl7.org/CodeSystem/immunization-evaluation-dose-status"
 CDSI_DOSE_STATUS = "https://sharedcare.lu/fhir/CodeSystem/cdsi-dose-status"
+UNCONFIRMED_EXTENSION = "https://sharedcare.lu/fhir/StructureDefinition/unconfirmed-schedule-data"
+"""On a recommendation entry, once per unconfirmed ([I]) schedule item it rests on (valueString: its path)."""
 _HL7_STATUS = {"Complete": "complete", "Immune": "immune", "Contraindicated": "contraindicated"}
 
 
@@ -187,7 +189,9 @@ def certificate(service: FhirService, patient_id: str, lang: str) -> bytes:
 
 def forecast_operation(body: Any, default_schedule: str) -> dict[str, Any]:
     """``POST /fhir/$immds-forecast``: the forecast of the Patient, Immunizations and Conditions
-    in the request (nothing is read from or written to the store)."""
+    in the request, plus this server's ``observation`` (pregnancy status, occupation, last period,
+    delivery date) and ``practitionerRole`` (the person's own, health workers) parameters; nothing
+    is read from or written to the store."""
     params = parameters(body)
     as_of = parse_date(_single(params, "assessmentDate", "valueDate")) or today()
     schedule = schedule_named(_single(params, "schedule", "valueString") or default_schedule)
@@ -196,8 +200,17 @@ def forecast_operation(body: Any, default_schedule: str) -> dict[str, Any]:
         raise BadRequest("$immds-forecast needs exactly one 'patient' parameter holding a Patient")
     immunizations = _resources(params, "immunization", "Immunization")
     conditions = _resources(params, "condition", "Condition")
+    observations = _resources(params, "observation", "Observation")
+    roles = _resources(params, "practitionerRole", "PractitionerRole")
     try:
-        inputs = forecast_inputs(patients[0], immunizations, conditions, schedule)
+        inputs = forecast_inputs(
+            patients[0],
+            immunizations,
+            conditions,
+            schedule,
+            observations=observations,
+            practitioner_roles=roles,
+        )
     except InputError as exc:
         raise BadRequest(str(exc)) from None
     result = cdsi.forecast(schedule, inputs.patient, inputs.doses, as_of)
@@ -296,6 +309,9 @@ def _entry(g: cdsi.GroupForecast, on: date) -> dict[str, Any]:
     }
     if g.reason:
         entry["forecastReason"] = [{"text": g.reason}]
+    if g.unconfirmed:
+        entry["extension"] = [{"url": UNCONFIRMED_EXTENSION, "valueString": path} for path in g.unconfirmed]
+        entry["description"] = "Rests on unconfirmed schedule data: " + "; ".join(g.unconfirmed)
     criteria = [
         {"code": {"coding": [{"system": LOINC, "code": code, "display": display}]}, "value": when.isoformat()}
         for attr, code, display in DATE_CRITERIA

@@ -14,6 +14,7 @@ from .model import (
     GroupForecast,
     Patient,
     Schedule,
+    YearlySeason,
 )
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "Patient",
     "Schedule",
     "UnknownSchedule",
+    "YearlySeason",
     "forecast",
     "load_cdsi_supporting_data",
     "load_schedule",

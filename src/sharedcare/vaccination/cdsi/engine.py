@@ -21,7 +21,6 @@ from .evaluate import (
     SeriesEvaluator,
     in_force,
     pick_age,
-    vaccine_matches,
 )
 from .model import (
     AdministeredDose,
@@ -35,7 +34,9 @@ from .model import (
     Series,
     TargetDose,
     VaccineRule,
+    YearlySeason,
 )
+from .provenance import annotate
 
 NOT_COMPLETE = "Not Complete"
 COMPLETE = "Complete"
@@ -123,7 +124,8 @@ def forecast(
         if results:
             groups.append(_group_forecast(group.name, group.administer_full, results))
     evaluations.sort(key=lambda e: (e.date, e.vaccine_group, e.antigen))
-    return Forecast(assessment_date, tuple(evaluations), tuple(groups))
+    # every caller sees which recommendations rest on unconfirmed schedule data (no-op for CDC)
+    return annotate(schedule, Forecast(assessment_date, tuple(evaluations), tuple(groups)))
 
 
 def _with_live_conflicts(schedule: Schedule, doses: list[AntigenDose]) -> list[AntigenDose]:
@@ -149,17 +151,59 @@ def _with_live_conflicts(schedule: Schedule, doses: list[AntigenDose]) -> list[A
 # --- one antigen -----------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class _SeriesFacts:
+    """What the engine asks of a series again and again, computed once per series."""
+
+    risk: bool
+    indicated_by: frozenset[str]
+    seasonal: bool
+    group_number: int
+
+
+_FACTS: dict[int, tuple[Series, _SeriesFacts]] = {}
+_ORDERED: dict[int, tuple[Antigen, tuple[tuple[Series, _SeriesFacts], ...]]] = {}
+
+
+def _facts(series: Series) -> _SeriesFacts:
+    """The series' facts, cached by identity (schedules are built once and kept)."""
+    found = _FACTS.get(id(series))
+    if found is None or found[0] is not series:
+        facts = _SeriesFacts(
+            series.series_type.lower() == "risk",
+            frozenset(i.observation for i in series.indications),
+            any(t.season_start is not None for t in series.doses),
+            int(series.group) if series.group.isdigit() else 99,
+        )
+        found = _FACTS[id(series)] = (series, facts)
+    return found[1]
+
+
+def _ordered_series(antigen: Antigen) -> tuple[tuple[Series, _SeriesFacts], ...]:
+    """The antigen's series in series-group order (stable) with their facts, cached by identity."""
+    found = _ORDERED.get(id(antigen))
+    if found is None or found[0] is not antigen:
+        ordered = tuple((s, _facts(s)) for s in sorted(antigen.series, key=_group_number))
+        found = _ORDERED[id(antigen)] = (antigen, ordered)
+    return found[1]
+
+
 def _relevant_series(antigen: Antigen, patient: Patient, on: date) -> list[Series]:
+    """The antigen's relevant series, in series-group order."""
     relevant = []
     gender = patient.gender or "U"
-    for s in antigen.series:
+    observations = patient.observations
+    for s, facts in _ordered_series(antigen):
         if s.required_gender and gender not in s.required_gender:
             continue
         # a risk series needs an indication the patient has and has not outgrown (a child who is
         # not yet old enough is forecast for the age it starts at)
-        if _is_risk(s) and not any(
-            i.observation in patient.observations and on < add(patient.birth_date, i.end_age, DATE_MAX)
-            for i in s.indications
+        if facts.risk and not (
+            observations & facts.indicated_by
+            and any(
+                i.observation in observations and on < add(patient.birth_date, i.end_age, DATE_MAX)
+                for i in s.indications
+            )
         ):
             continue
         relevant.append(s)
@@ -177,7 +221,7 @@ def _antigen(
     evaluator = SeriesEvaluator(patient, doses, all_doses, live_conflicts)
     candidates = []
     # series groups in order, so a risk series can ask whether the standard one was completed
-    for series in sorted(_relevant_series(antigen, patient, on), key=_group_number):
+    for series in _relevant_series(antigen, patient, on):
         ev = evaluator.evaluate(series)
         fc = _series_forecast(evaluator, ev, patient, on)
         candidates.append((ev, fc))
@@ -196,7 +240,7 @@ def _antigen(
     )
     if immune:
         fc = SeriesForecast(IMMUNE, reason="Evidence of immunity")
-    else:
+    elif obs:  # every contraindication is an observation: none without any
         for c in antigen.contraindications:
             if c.observation in obs and not c.cvx and _age_between(patient, on, c.begin_age, c.end_age):
                 fc = SeriesForecast(CONTRAINDICATED, reason=c.text or "Contraindicated")
@@ -227,13 +271,24 @@ def _series_forecast(
     targets = ev.series.doses
     after_assessment = on + _ONE_DAY  # doses given on the assessment date count
     for target in targets[ev.next_target :]:
-        fc = _target_forecast(evaluator, ev, target, patient, on)
+        season = target.yearly_season
+        if season is not None and target.recurring:
+            current = season.current(on)
+            if current is not None and any(current[0] <= r.dose.date <= on for r in ev.valid_doses):
+                return SeriesForecast(
+                    COMPLETE,
+                    reason=f"Given this season ({current[0]} to {current[1]}); "
+                    f"next season from {season.next_start(current[1])}",
+                )
         # Skips are checked at the assessment date and again at the dose's earliest date ("not
-        # required for those 12 months or older at the earliest forecasted date").
-        if evaluator.skipped(ev, target, on, "Forecast", after_assessment):
+        # required for those 12 months or older at the earliest forecasted date"); the first
+        # check needs no forecast, so a skipped dose is not forecast at all.
+        if target.skips and evaluator.skipped(ev, target, on, "Forecast", after_assessment):
             continue
+        fc = _target_forecast(evaluator, ev, target, patient, on)
         if (
-            fc.earliest
+            target.skips
+            and fc.earliest
             and fc.earliest > on
             and evaluator.skipped(ev, target, fc.earliest, "Forecast", after_assessment)
         ):
@@ -248,6 +303,11 @@ def _target_forecast(
     series = ev.series
     birth = patient.birth_date
     age = pick_age(target, on)
+    latest = age.max.after(birth) - _ONE_DAY if age.max is not None else None
+    if latest is not None and on > latest:  # aged out whatever the other dates (adults' infant doses)
+        return SeriesForecast(
+            AGED_OUT, dose_number=_dose_number(ev, target), reason="Past the maximum age for the next dose"
+        )
     earliest = add(birth, age.min, birth)
     age_rec = age.earliest_rec.after(birth) if age.earliest_rec is not None else None
     age_due = age.latest_rec.after(birth) - _ONE_DAY if age.latest_rec is not None else None
@@ -257,8 +317,7 @@ def _target_forecast(
         if not in_force(rule, on):
             continue
         if rule.from_previous:
-            prev = [r for r in ev.results if r.reason != INADVERTENT]
-            ref = prev[-1].dose.date if prev else None
+            ref = next((r.dose.date for r in reversed(ev.results) if r.reason != INADVERTENT), None)
         else:
             ref = evaluator.reference_date(ev, rule, on + _ONE_DAY)
         if ref is None:
@@ -274,14 +333,16 @@ def _target_forecast(
     earliest = max(earliest, _live_conflict_end(evaluator, vaccines))
     if target.season_start is not None:
         earliest = max(earliest, target.season_start)
+    season_note = ""
+    if target.yearly_season is not None:
+        earliest, season_note = _in_season(target.yearly_season, earliest, on)
     # Age-based dates come first; intervals give them when the dose has no such age. (The
     # intervals' "override" priority is not applied: CDC's cases expect the age-based dates.)
     recommended = max(age_rec or max(int_rec, default=earliest), earliest)
     past_due = age_due or max(int_due, default=None)
     if past_due is not None:
         past_due = max(past_due, earliest)
-    latest = age.max.after(birth) - _ONE_DAY if age.max is not None else None
-    if latest is not None and (on > latest or earliest > latest):
+    if latest is not None and earliest > latest:
         return SeriesForecast(
             AGED_OUT,
             dose_number=_dose_number(ev, target),
@@ -296,8 +357,27 @@ def _target_forecast(
         past_due=past_due,
         latest=latest,
         vaccines=vaccines,
-        reason=f"Dose {target.number} of the {series.name}, recommended based on {basis}",
+        reason=f"Dose {target.number} of the {series.name}, recommended based on {basis}{season_note}",
     )
+
+
+def _in_season(season: YearlySeason, earliest: date, on: date) -> tuple[date, str]:
+    """A seasonal dose's earliest date (from the start of the season it is given in) and a note.
+
+    In season, the dose is due from this season's start (a dose missed last season is not
+    overdue from then); outside, from the next season's start; a date still to come moves to
+    the start of the season it falls in or of the next one."""
+    current = season.current(on)
+    if earliest <= on:
+        if current is not None:
+            return max(earliest, current[0]), f"; season {current[0]} to {current[1]}"
+        start = season.next_start(on)
+        return start, f"; outside the season ({season}): next season starts {start}"
+    later = season.current(earliest)
+    if later is not None:
+        return earliest, f"; season {later[0]} to {later[1]}"
+    start = season.next_start(earliest)
+    return start, f"; next season starts {start}"
 
 
 def _dose_number(ev: SeriesEvaluation, target: TargetDose) -> int:
@@ -307,21 +387,38 @@ def _dose_number(ev: SeriesEvaluation, target: TargetDose) -> int:
         return 1 + sum(1 for r in ev.valid_doses if r.dose.date >= target.season_start)
     if target.recurring and target.number == 1:
         return 1
-    if any(t.season_start is not None for t in ev.series.doses):  # a seasonal series (COVID-19)
+    if _facts(ev.series).seasonal:  # a seasonal series (COVID-19)
         return target.number
     return len(ev.valid_doses) + 1
 
 
 def _forecast_vaccines(rules: tuple[VaccineRule, ...], birth: date, on: date) -> tuple[str, ...]:
-    chosen = [r for r in rules if r.forecast and vaccine_matches((r,), r.cvx, birth, on)]
-    if not chosen:
-        chosen = [r for r in rules if vaccine_matches((r,), r.cvx, birth, on)] or list(rules)
+    """The preferable vaccines flagged for forecasting at the patient's age on `on`, else any
+    preferable vaccine of that age, else all (each age window is checked once)."""
+    found = _WINDOWS.get(id(rules))
+    if found is None or found[0] is not rules:
+        distinct = list(dict.fromkeys((id(r.begin_age), id(r.end_age)) for r in rules))
+        ages = {(id(r.begin_age), id(r.end_age)): (r.begin_age, r.end_age) for r in rules}
+        where = tuple(distinct.index((id(r.begin_age), id(r.end_age))) for r in rules)
+        found = _WINDOWS[id(rules)] = (rules, tuple(ages[k] for k in distinct), where)
+    _, windows, where = found
+    fits = [add(birth, begin, DATE_MIN) <= on < add(birth, end, DATE_MAX) for begin, end in windows]
+    fitting = [r for r, w in zip(rules, where, strict=True) if fits[w]]
+    chosen = [r for r in fitting if r.forecast] or fitting or list(rules)
     return tuple(dict.fromkeys(r.cvx for r in chosen))
+
+
+#: per tuple of vaccine rules (by identity): its distinct age windows and each rule's window
+_WINDOWS: dict[
+    int, tuple[tuple[VaccineRule, ...], tuple[tuple[Duration | None, Duration | None], ...], tuple[int, ...]]
+] = {}
 
 
 def _live_conflict_end(evaluator: SeriesEvaluator, vaccines: tuple[str, ...]) -> date:
     """The end of any live-virus conflict window the next dose would fall in."""
     end = DATE_MIN
+    if not evaluator.all_doses:
+        return end
     for cvx in vaccines:
         for c in evaluator.live_conflicts.get(cvx, ()):
             for prev in evaluator.all_doses:
@@ -520,8 +617,8 @@ def _gnum(c: tuple[SeriesEvaluation, SeriesForecast]) -> int:
 
 
 def _is_risk(series: Series) -> bool:
-    return series.series_type.lower() == "risk"
+    return _facts(series).risk
 
 
 def _group_number(series: Series) -> int:
-    return int(series.group) if series.group.isdigit() else 99
+    return _facts(series).group_number

@@ -71,9 +71,13 @@ class SeriesEvaluation:
     satisfied: dict[int, AntigenDose | None] = field(default_factory=dict)
     next_target: int = 0  # index of the first unsatisfied target dose
     complete: bool = False
+    #: the valid doses, kept once the evaluation is over (the selection asks many times)
+    final_valid: list[DoseResult] | None = None
 
     @property
     def valid_doses(self) -> list[DoseResult]:
+        if self.final_valid is not None:
+            return self.final_valid
         return [r for r in self.results if r.status == VALID]
 
 
@@ -141,6 +145,7 @@ class SeriesEvaluator:
                     t += 1
         ev.next_target = t
         ev.complete = t >= len(targets)
+        ev.final_valid = [r for r in ev.results if r.status == VALID]
         return ev
 
     # -- one dose ------------------------------------------------------------------------------
@@ -222,20 +227,19 @@ class SeriesEvaluator:
         for skip in target.skips:
             if skip.context not in (context, "Both"):
                 continue
-            results = [
-                self.set_met(ev, s.conditions, s.logic, on, until) for s in skip.sets if _set_in_force(s, on)
-            ]
-            if not results:
+            sets = [s for s in skip.sets if _set_in_force(s, on)]
+            if not sets:
                 continue
-            met = all(results) if skip.set_logic == "AND" else any(results)
-            if met:
+            # conditions are pure, so AND stops at the first set not met and OR at the first met
+            met = (self.set_met(ev, s.conditions, s.logic, on, until) for s in sets)
+            if all(met) if skip.set_logic == "AND" else any(met):
                 return True
         return False
 
     def set_met(
         self, ev: SeriesEvaluation, conditions: tuple[SkipCondition, ...], logic: str, on: date, until: date
     ) -> bool:
-        values = [self.condition_met(ev, c, on, until) for c in conditions]
+        values = (self.condition_met(ev, c, on, until) for c in conditions)
         return any(values) if logic == "OR" else all(values)
 
     def condition_met(self, ev: SeriesEvaluation, c: SkipCondition, on: date, until: date) -> bool:

@@ -9,6 +9,7 @@ CDSi default (no minimum, no maximum).
 
 from __future__ import annotations
 
+import calendar
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date
@@ -129,6 +130,69 @@ class ConditionalSkip:
 
 
 @dataclass(frozen=True, slots=True)
+class YearlySeason:
+    """A season that comes back every year between two days of the year (influenza October to
+    March, RSV September to February), as national schedules state it; CDC's supporting data
+    instead republishes absolute dates (`TargetDose.season_start`/`season_end`) every year.
+
+    `start` and `end` are (month, day), both inclusive; an end before the start in the year means
+    the season runs into the next year, and an end day past the month's length is its last day
+    (29 February in a leap year only)."""
+
+    start: tuple[int, int]
+    end: tuple[int, int]
+    #: provenance of a converted schedule (Luxembourg): V/P/I as the source marks it, source ids
+    status: str | None = None
+    sources: tuple[str, ...] = ()
+
+    def starting_in(self, year: int) -> tuple[date, date]:
+        """The season that starts in `year`: (first day, last day)."""
+        first = _day_of(year, self.start)
+        last = _day_of(year if self.end >= self.start else year + 1, self.end)
+        return first, last
+
+    def current(self, on: date) -> tuple[date, date] | None:
+        """The season `on` falls in, if any."""
+        for year in (on.year, on.year - 1):
+            first, last = self.starting_in(year)
+            if first <= on <= last:
+                return first, last
+        return None
+
+    def next_start(self, on: date) -> date:
+        """The first day of the first season that starts after `on`."""
+        first = _day_of(on.year, self.start)
+        return first if first > on else _day_of(on.year + 1, self.start)
+
+    def __str__(self) -> str:
+        (sm, sd), (em, ed) = self.start, self.end
+        last = ed >= calendar.monthrange(2000, em)[1]  # 2000: a leap year
+        end = f"end of {_MONTHS[em - 1]}" if last else f"{_MONTHS[em - 1]} {ed}"
+        return f"{_MONTHS[sm - 1]} {sd} to {end}"
+
+
+_MONTHS = (
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+)
+
+
+def _day_of(year: int, month_day: tuple[int, int]) -> date:
+    month, day = month_day
+    return date(year, month, min(day, calendar.monthrange(year, month)[1]))
+
+
+@dataclass(frozen=True, slots=True)
 class TargetDose:
     """One dose of a series: what makes an administered dose count for it."""
 
@@ -144,6 +208,9 @@ class TargetDose:
     recurring: bool = False
     season_start: date | None = None
     season_end: date | None = None
+    #: a season that recurs every year: the dose is due from its start, one given in it completes
+    #: a recurring dose until the next season (national schedules; CDC's data uses the dates above)
+    yearly_season: YearlySeason | None = None
     #: provenance of a converted schedule (Luxembourg): V/P/I as the source marks it, source ids
     status: str | None = None
     sources: tuple[str, ...] = ()

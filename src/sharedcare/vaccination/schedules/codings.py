@@ -16,14 +16,22 @@ them, so personalised recommendations use the whole record, not only Conditions:
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from datetime import date, timedelta
 from typing import Any
-
-from sharedcare.vaccination.inputs import condition_codings
 
 LOINC = "http://loinc.org"
 PREGNANCY_STATUS = "82810-3"
 OCCUPATION = frozenset({"11341-5", "85658-3"})  # history of occupation; occupation [type]
+#: first day of the last menstrual period: the onset of pregnancy as obstetrics counts it
+LAST_PERIOD = "8665-2"
+#: estimated delivery date (clinical estimate, by ovulation date, by last period): onset = date - 280 days
+DELIVERY_DATE = frozenset({"11778-8", "11779-6", "11780-4"})
+#: the LOINC codes of the Observations a forecast reads (so a stored record is searched for these only)
+FORECAST_OBSERVATIONS = (PREGNANCY_STATUS, *sorted(OCCUPATION), LAST_PERIOD, *sorted(DELIVERY_DATE))
+_PREGNANCY = timedelta(days=280)
 _FINAL = frozenset({"final", "amended", "corrected"})
+_INACTIVE = frozenset({"inactive", "resolved", "remission"})
+_NOT_TRUE = frozenset({"refuted", "entered-in-error"})
 
 
 def _codings(concept: Any) -> list[tuple[str, str]]:
@@ -33,6 +41,68 @@ def _codings(concept: Any) -> list[tuple[str, str]]:
         for c in (codings if isinstance(codings, list) else [])
         if isinstance(c, Mapping) and isinstance(c.get("system"), str) and isinstance(c.get("code"), str)
     ]
+
+
+def _status_code(concept: Any) -> str | None:
+    codings = concept.get("coding") if isinstance(concept, Mapping) else None
+    for c in codings if isinstance(codings, list) else []:
+        if isinstance(c, Mapping) and isinstance(c.get("code"), str):
+            return str(c["code"])
+    return None
+
+
+def _holds(condition: Mapping[str, Any]) -> bool:
+    return (
+        _status_code(condition.get("clinicalStatus")) not in _INACTIVE
+        and _status_code(condition.get("verificationStatus")) not in _NOT_TRUE
+    )
+
+
+def _day(value: Any) -> date | None:
+    if not isinstance(value, str) or len(value) < 10:
+        return None
+    try:
+        return date.fromisoformat(value[:10])
+    except ValueError:
+        return None
+
+
+def condition_codings(conditions: Iterable[Mapping[str, Any]]) -> list[tuple[str, str]]:
+    """The (system, code) pairs of the conditions that hold (active or no clinical status, not
+    refuted or entered in error)."""
+    out: list[tuple[str, str]] = []
+    for c in conditions:
+        if _holds(c):
+            out.extend(_codings(c.get("code")))
+    return out
+
+
+def pregnancy_onset(
+    conditions: Iterable[Mapping[str, Any]],
+    observations: Iterable[Mapping[str, Any]],
+    is_pregnancy: Any,
+) -> date | None:
+    """The onset of the current pregnancy, for intervals that run from it (CDSi observation 170):
+    the latest of a final last-period date (LOINC 8665-2), an estimated delivery date less 280 days
+    (LOINC 11778-8, 11779-6, 11780-4) and the onset of a pregnancy Condition that holds
+    (``is_pregnancy(codings)`` says which Conditions are pregnancies). None when the record has none."""
+    found: list[date] = []
+    for obs in observations:
+        if obs.get("status") not in _FINAL:
+            continue
+        codes = {code for system, code in _codings(obs.get("code")) if system == LOINC}
+        value = _day(obs.get("valueDateTime"))
+        if value is None:
+            continue
+        if LAST_PERIOD in codes:
+            found.append(value)
+        elif codes & DELIVERY_DATE:
+            found.append(value - _PREGNANCY)
+    for c in conditions:
+        onset = _day(c.get("onsetDateTime"))
+        if onset is not None and _holds(c) and is_pregnancy(_codings(c.get("code"))):
+            found.append(onset)
+    return max(found, default=None)
 
 
 def observation_codings(observations: Iterable[Mapping[str, Any]]) -> list[tuple[str, str]]:

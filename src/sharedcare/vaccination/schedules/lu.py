@@ -45,6 +45,7 @@ from sharedcare.vaccination.cdsi.model import (
     TargetDose,
     VaccineGroup,
     VaccineRule,
+    YearlySeason,
 )
 
 LU_DATA = Path(__file__).resolve().parent.parent / "data" / "lu-schedule.yaml"
@@ -244,31 +245,19 @@ def _rv1_skip() -> ConditionalSkip:
     return ConditionalSkip("Both", (SkipSet("1", text, (condition,)),), "n/a")
 
 
-def season_skip(first: int = 2000, last: int = 2100) -> ConditionalSkip:
-    """Influenza once a season (October-March): the dose is skipped once one was given this season.
+_MONTH_NAMES: tuple[str, ...] = ("january", "february", "march", "april", "may", "june", "july")
+_MONTH_NAMES += ("august", "september", "october", "november", "december")
+_SEASON = re.compile(r"\b([A-Za-z]+)\s*-\s*([A-Za-z]+)\b")
 
-    The model's seasonal dates are absolute (CDC republishes them yearly); a yearly calendar
-    season is one skip set per season, each in force from 1 October to 30 September.
-    """
-    sets = tuple(
-        SkipSet(
-            str(y),
-            f"Already vaccinated in the {y}-{y + 1} influenza season",
-            (
-                SkipCondition(
-                    kind="vaccine count by date",
-                    start_date=date(y, 10, 1),
-                    dose_count=0,
-                    dose_type="valid",
-                    dose_count_logic="greater than",
-                ),
-            ),
-            effective=date(y, 10, 1),
-            cessation=date(y + 1, 9, 30),
-        )
-        for y in range(first, last)
-    )
-    return ConditionalSkip("Forecast", sets, "OR")
+
+def yearly_season(text: str, status: str | None, sources: tuple[str, ...]) -> YearlySeason:
+    """The season named in the draft's text ("October-March", "RSV season (September-February)"):
+    from the first day of the first month to the last day of the second, every year."""
+    for first, last in _SEASON.findall(text):
+        if first.lower() in _MONTH_NAMES and last.lower() in _MONTH_NAMES:
+            start = (_MONTH_NAMES.index(first.lower()) + 1, 1)
+            return YearlySeason(start, (_MONTH_NAMES.index(last.lower()) + 1, 31), status, sources)
+    raise ValueError(f"no season (Month-Month) in {text!r}")
 
 
 class _Draft:
@@ -994,21 +983,22 @@ def _influenza_series(d: _Draft) -> list[Series]:
     item = d.items["influenza_adult"]
     groups = item["population"]
     rec = item["recurrence"]
-    yearly = val(rec["every"], rec["status"], _sources(rec["source"]), f"season {rec['season']}")
+    # "every P1Y" is the yearly season itself: due from its start, a dose in it completes it
+    season = yearly_season(rec["season"], rec["status"], _sources(rec["source"]))
     gap = generic("P4W", "minimum interval between influenza doses not published: CDC's 4 weeks", CDC)
     vaccines = d.vaccines("Influenza", ["influenza_inactivated"], cdc_dose=(0, 0))
-    skip = season_skip()
 
     def dose(min_age: Val | None, status: str | None, sources: tuple[str, ...]) -> TargetDose:
         return TargetDose(
             1,
             (age(min_age),),
-            (interval(gap, yearly),),
+            (interval(gap),),
             recurring=True,
-            skips=(skip,),
+            yearly_season=season,
             status=status,
             sources=sources,
-            note=f"once per season ({rec['season']}); a dose this season completes it until 30 September",
+            note=f"once per season ({rec['season']}, every {rec['every']}): due from the season's start; "
+            "a dose in the season completes it until the next one",
             **vaccines,
         )
 
@@ -1122,10 +1112,12 @@ def _rsv_series(d: _Draft) -> list[Series]:
     nb_meta = d.dose_meta("newborn_rsv_passive", 1)
     first_season = generic(
         "P8M",
-        "'entering their first RSV season': CDC's nirsevimab limit of 8 months; the "
-        "September-February season itself is not modelled",
+        "'entering their first RSV season': CDC's nirsevimab limit of 8 months (a child born "
+        "outside the season is due at its start while younger than that)",
         CDC,
     )
+    # "if born in/entering RSV season September-February"
+    season = yearly_season(newborn["doses"][0]["when"], nb_meta["status"], nb_meta["sources"])
     passive = d.vaccines("RSV", ["RSV_nirsevimab_passive"], cdc_dose=None)
     pregnancy = d.items["pregnancy_rsv"]
     pr_meta = d.dose_meta("pregnancy_rsv", 1)
@@ -1149,6 +1141,7 @@ def _rsv_series(d: _Draft) -> list[Series]:
                             first_season,
                         ),
                     ),
+                    yearly_season=season,
                     **passive,
                     **nb_meta,
                 )
