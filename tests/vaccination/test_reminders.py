@@ -3,6 +3,8 @@ and a child's reminder e-mailed to the parent through a real SMTP server (aiosmt
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from collections.abc import Iterator, Sequence
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -21,7 +23,7 @@ from sharedcare.notify.models import notification
 from sharedcare.settings import Settings
 from sharedcare.storage.engine import writer
 from sharedcare.vaccination import reminders
-from sharedcare.vaccination.models import forecast_state
+from sharedcare.vaccination.models import forecast_state, reminder_item
 from sharedcare.vaccination.reminders import Due, StoredForecast
 from support import emptied_engine
 
@@ -87,7 +89,8 @@ def store(engine: Engine, *resources: dict[str, Any]) -> None:
         svc.update(res["resourceType"], res["id"], res)
 
 
-def reminders_of(engine: Engine, patient_id: str | None = None) -> list[outbox.Notification]:
+def messages_of(engine: Engine, patient_id: str | None = None) -> list[outbox.Notification]:
+    """The reminder messages in the outbox (one per person and run), newest first."""
     with engine.connect() as conn:
         n = notification.c
         stmt = select(n.patient_id).where(n.kind == outbox.VACCINATION_REMINDER).distinct()
@@ -97,7 +100,20 @@ def reminders_of(engine: Engine, patient_id: str | None = None) -> list[outbox.N
         ]
 
 
+def reminders_of(engine: Engine, patient_id: str | None = None) -> list[outbox.Notification]:
+    """Each reminder of those messages on its own (``params``: group, dose, date, due)."""
+    return [
+        dataclasses.replace(m, params=item)
+        for m in messages_of(engine, patient_id)
+        for item in m.params["reminders"]
+    ]
+
+
 def count_reminders(engine: Engine) -> int:
+    return len(reminders_of(engine))
+
+
+def count_messages(engine: Engine) -> int:
     with engine.connect() as conn:
         return int(
             conn.execute(
@@ -118,7 +134,7 @@ def test_a_childs_reminder_is_emailed_to_the_parent_without_health_data(
         parent = person(conn, PrincipalKind.REPRESENTATIVE, 2, email="jean@example.org", language="de")
         represent(conn, parent, "child", NOW)
     report = reminders.run(engine, settings, TODAY, forecast=ToyForecast(), now=NOW)
-    assert (report.patients, report.recomputed, report.queued) == (1, 1, 1)
+    assert (report.patients, report.recomputed, report.queued, report.reminders) == (1, 1, 1, 1)
     (message,) = reminders_of(engine, "child")
     due = (child_birth + timedelta(days=365)).isoformat()
     assert message.params == {"group": "MMR", "dose": 1, "date": due, "due": reminders.DUE}
@@ -201,7 +217,7 @@ def test_closed_records_and_deceased_people_get_no_reminder(engine: Engine, sett
 def test_an_exception_mid_batch_loses_and_duplicates_nothing(engine: Engine, settings: Settings) -> None:
     pids = [f"p{i}" for i in range(7)]
     store(engine, *(patient(pid, TODAY - timedelta(days=400)) for pid in pids))  # all overdue
-    s = settings.model_copy(update={"reminder_batch_size": 3})
+    s = settings.model_copy(update={"reminder_batch_size": 3, "reminder_processes": 1})
     crashing = ToyForecast(fail_on=["p4"])  # in the second batch (p3, p4, p5)
     with pytest.raises(RuntimeError, match="engine crashed"):
         reminders.run(engine, s, TODAY, forecast=crashing, now=NOW)
@@ -214,7 +230,7 @@ def test_an_exception_mid_batch_loses_and_duplicates_nothing(engine: Engine, set
 def test_a_kill_between_batches_is_resumed_by_the_next_run(engine: Engine, settings: Settings) -> None:
     pids = [f"p{i}" for i in range(5)]
     store(engine, *(patient(pid, TODAY - timedelta(days=400)) for pid in pids))
-    s = settings.model_copy(update={"reminder_batch_size": 2})
+    s = settings.model_copy(update={"reminder_batch_size": 2, "reminder_processes": 1})
 
     class Killed(Exception):
         pass
@@ -260,3 +276,120 @@ def test_daily_time_and_next_run(settings: Settings) -> None:
     for bad, reason in (("6h", "HH:MM"), ("06:00 Mars/Olympus", "unknown time zone")):
         with pytest.raises(ValueError, match=reason):
             reminders.daily_time(settings.model_copy(update={"reminder_time": bad}))
+
+
+class ManyGroups(StoredForecast):
+    """Several groups due at once for every patient (a baby's two-month visit): ``groups`` maps a
+    group to its days past the recommended date (negative: still to come)."""
+
+    def __init__(self, groups: dict[str, int], fail_on: Sequence[str] = ()) -> None:
+        super().__init__("toy")
+        self.groups = groups
+        self.fail_on = set(fail_on)
+
+    def compute(
+        self, patient: dict[str, Any], birth: date, stored: Sequence[tuple[str, dict[str, Any]]], today: date
+    ) -> Sequence[Due]:
+        if patient["id"] in self.fail_on:
+            self.fail_on.discard(patient["id"])
+            raise RuntimeError("the engine crashed")
+        return [
+            Due(g, reminders.NOT_COMPLETE, 1, today - timedelta(days=late), today - timedelta(days=late - 30))
+            for g, late in self.groups.items()
+        ]
+
+
+def test_one_message_per_person_per_run_listing_its_reminders(
+    engine: Engine, settings: Settings, inbox: tuple[Inbox, int]
+) -> None:
+    server, port = inbox
+    store(engine, patient("baby", TODAY - timedelta(days=50)), patient("twin", TODAY - timedelta(days=50)))
+    with writer(engine).begin() as conn:
+        parent = person(conn, PrincipalKind.REPRESENTATIVE, 2, email="anne@example.org", language="en")
+        represent(conn, parent, "baby", NOW)
+    five = ManyGroups({"DTaP": -5, "Polio": -5, "Hib": -5, "PCV": -5, "Rotavirus": 40})
+    s = settings.model_copy(update={"reminder_processes": 1})
+    report = reminders.run(engine, s, TODAY, forecast=five, now=NOW)
+    assert (report.queued, report.reminders) == (2, 10)  # one message each, five reminders in it
+    (message,) = messages_of(engine, "baby")
+    assert [(r["group"], r["due"]) for r in message.params["reminders"]] == [
+        ("DTaP", reminders.DUE),
+        ("Polio", reminders.DUE),
+        ("Hib", reminders.DUE),
+        ("PCV", reminders.DUE),
+        ("Rotavirus", reminders.OVERDUE),
+    ]
+    sent = delivery.deliver_pending(engine, mail_settings(settings, port), now=NOW)
+    assert sent.sent == 1 and len(server.to("anne@example.org")) == 1  # one e-mail, not five
+    # a rerun, even recomputing everyone, queues nothing again
+    again = reminders.run(engine, s, TODAY, forecast=five, now=NOW, full=True)
+    assert (again.recomputed, again.queued, again.reminders) == (2, 0, 0)
+    # the next day a sixth group comes due: one more message, with that reminder only
+    six = ManyGroups({**five.groups, "HepB": -5})
+    later = reminders.run(engine, s, TODAY + timedelta(days=1), forecast=six, now=NOW, full=True)
+    assert (later.queued, later.reminders) == (2, 2)
+    newest = messages_of(engine, "baby")[0]
+    assert [r["group"] for r in newest.params["reminders"]] == ["HepB"]
+    assert count_messages(engine) == 4 and count_reminders(engine) == 12
+
+
+def test_a_crash_mid_batch_keeps_grouped_reminders_exactly_once(engine: Engine, settings: Settings) -> None:
+    pids = [f"p{i}" for i in range(6)]
+    store(engine, *(patient(pid, TODAY - timedelta(days=70)) for pid in pids))
+    s = settings.model_copy(update={"reminder_batch_size": 4, "reminder_processes": 1})
+    groups = {"DTaP": -3, "Polio": -3, "Hib": 40}
+    with pytest.raises(RuntimeError, match="engine crashed"):
+        reminders.run(engine, s, TODAY, forecast=ManyGroups(groups, fail_on=["p5"]), now=NOW)
+    assert {m.patient_id for m in messages_of(engine)} == {"p0", "p1", "p2", "p3"}  # batch 2 rolled back
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(reminder_item)).scalar_one() == 12
+    rerun = reminders.run(engine, s, TODAY, forecast=ManyGroups(groups), now=NOW, full=True)
+    assert (rerun.recomputed, rerun.queued, rerun.reminders) == (6, 2, 6)
+    assert sorted(m.patient_id for m in messages_of(engine)) == pids
+    assert (
+        count_reminders(engine)
+        == 18
+        == len({(m.patient_id, m.params["group"]) for m in reminders_of(engine)})
+    )
+
+
+def test_gaps_older_than_the_overdue_limit_are_not_reminded(engine: Engine, settings: Settings) -> None:
+    store(engine, patient("adult", TODAY - timedelta(days=40 * 365)))
+    old = ManyGroups({"MMR": 30 * 365, "Tdap": 300, "HPV": 400})  # past due 30 years, 270 and 370 days ago
+    s = settings.model_copy(update={"reminder_processes": 1})
+    assert s.reminder_overdue_days == 365  # the default
+    report = reminders.run(engine, s, TODAY, forecast=old, now=NOW)
+    assert (report.queued, report.reminders) == (1, 1)
+    assert [(m.params["group"], m.params["due"]) for m in reminders_of(engine)] == [
+        ("Tdap", reminders.OVERDUE)
+    ]
+    with engine.connect() as conn:  # the older gaps stay in the forecast state (the portal's card)
+        state = orjson.loads(conn.execute(select(forecast_state.c.due)).scalar_one())
+    assert set(state) == {"MMR", "Tdap", "HPV"}
+    unlimited = s.model_copy(update={"reminder_overdue_days": 0})
+    rerun = reminders.run(engine, unlimited, TODAY, forecast=old, now=NOW, full=True)
+    assert rerun.reminders == 2 and {m.params["group"] for m in reminders_of(engine)} == {
+        "MMR",
+        "Tdap",
+        "HPV",
+    }
+
+
+def test_due_kinds_with_an_overdue_limit() -> None:
+    recent = Due("Tdap", reminders.NOT_COMPLETE, 1, TODAY - timedelta(days=400), TODAY - timedelta(days=364))
+    stale = Due("MMR", reminders.NOT_COMPLETE, 1, TODAY - timedelta(days=900), TODAY - timedelta(days=365))
+    old_no_past_due = Due("HPV", reminders.NOT_COMPLETE, 1, TODAY - timedelta(days=365), None)
+    new_no_past_due = Due("Flu", reminders.NOT_COMPLETE, 1, TODAY - timedelta(days=364), None)
+    late_window = Due(
+        "HPV", reminders.NOT_COMPLETE, 2, TODAY - timedelta(days=700), TODAY + timedelta(days=5)
+    )
+    kinds = [reminders.due_kind(d, TODAY, 14, 365) for d in (recent, stale, old_no_past_due, new_no_past_due)]
+    assert kinds == [reminders.OVERDUE, None, None, reminders.DUE]
+    assert reminders.due_kind(late_window, TODAY, 14, 365) == reminders.DUE  # not past due yet
+    assert reminders.due_kind(stale, TODAY, 14, 0) == reminders.OVERDUE  # 0: no limit
+
+
+def test_the_default_is_one_forecast_process_per_cpu(settings: Settings) -> None:
+    assert settings.reminder_processes == 0
+    assert reminders.forecast_processes(settings) == len(os.sched_getaffinity(0)) >= 1
+    assert reminders.forecast_processes(settings.model_copy(update={"reminder_processes": 3})) == 3

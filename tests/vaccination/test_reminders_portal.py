@@ -50,7 +50,7 @@ def marie_only(conn: Connection, patient_id: str, today: date) -> Sequence[Due]:
 
 def test_the_holder_sees_the_reminders_on_the_home_page(world: World, settings: Settings) -> None:
     report = reminders.run(world.engine, settings, TODAY, forecast=marie_only)
-    assert report.queued == 2
+    assert (report.queued, report.reminders) == (1, 2)  # one message listing both
     browser = TestClient(world.app, follow_redirects=False)
     browser.cookies.set("sharedcare_lang", "en")
     sign_in(browser, world.patient)
@@ -60,5 +60,6 @@ def test_the_holder_sees_the_reminders_on_the_home_page(world: World, settings: 
     assert "Vaccination reminder: dose 2 against MMR is due on" in messages
     assert "Vaccination reminder: dose 5 against DTaP/Tdap/Td was due by" in messages
     assert "is overdue" in messages and "HepB" not in messages
+    assert messages.count("<li>") == 1  # both reminders in one message
     mail = texts.body("en", "vaccination-reminder", representative=False, portal_url=None)
     assert "vaccination reminder" in mail and "MMR" not in mail and "the vaccine concerned" in mail

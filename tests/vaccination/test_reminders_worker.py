@@ -9,7 +9,15 @@ from datetime import date, timedelta
 
 import pytest
 from sqlalchemy import Engine, delete
-from test_reminders import ToyForecast, count_reminders, immunization, patient, reminders_of, store
+from test_reminders import (
+    ToyForecast,
+    count_messages,
+    count_reminders,
+    immunization,
+    patient,
+    reminders_of,
+    store,
+)
 from typer.testing import CliRunner
 
 from notify.test_delivery import SENDER, Inbox, inbox, person, represent, text_of
@@ -21,7 +29,7 @@ from sharedcare.notify.models import notification
 from sharedcare.settings import Settings
 from sharedcare.storage.engine import writer
 from sharedcare.vaccination import reminders
-from sharedcare.vaccination.models import forecast_state
+from sharedcare.vaccination.models import forecast_state, reminder_item
 from support import emptied_engine
 
 __all__ = ["inbox"]
@@ -59,8 +67,9 @@ def test_worker_once_reminds_the_parent_of_a_babys_first_doses(
         settings_module.get_settings.cache_clear()
     assert first.exit_code == 0, first.output
     queued = count_reminders(engine)
-    assert f"reminders: {queued} queued; patients: 1, recomputed: 1" in first.output
-    assert f"sent: {queued}" in first.output
+    assert queued > 1 and count_messages(engine) == 1  # the two-month doses, in one message
+    assert f"reminders: {queued} in 1 messages queued; patients: 1, recomputed: 1" in first.output
+    assert "sent: 1," in first.output
     due = {(m.params["group"], m.params["dose"], m.params["due"]) for m in reminders_of(engine, "baby")}
     assert ("DTaP/Tdap/Td", 1, reminders.DUE) in due and ("Polio", 1, reminders.DUE) in due
     assert not {d for d in due if d[0] == "HepB" and d[1] == 1}  # given at birth: nothing to remind
@@ -70,11 +79,11 @@ def test_worker_once_reminds_the_parent_of_a_babys_first_doses(
         two_months = birth.replace(year=birth.year + months // 12, month=months % 12 + 1)
         assert polio.params["date"] == two_months.isoformat()
     mails = server.to("anne@example.org")
-    assert len(mails) == queued and all("vaccination reminder" in text_of(m) for m in mails)
+    assert len(mails) == 1 and all("vaccination reminder" in text_of(m) for m in mails)
     assert all("Polio" not in text_of(m) and "DTaP" not in text_of(m) for m in mails)
     assert again.exit_code == 0, again.output
-    assert "reminders: 0 queued; patients: 1, recomputed: 0, unchanged: 1" in again.output
-    assert len(server.mails) == queued  # nothing sent twice
+    assert "reminders: 0 in 0 messages queued; patients: 1, recomputed: 0, unchanged: 1" in again.output
+    assert len(server.mails) == 1  # nothing sent twice
 
 
 def test_worker_refuses_a_bad_reminder_time(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -105,7 +114,7 @@ def test_daily_loop_runs_at_start_then_waits_for_its_time(engine: Engine, settin
     thread.start()
     thread.join(timeout=30)
     assert not thread.is_alive()
-    assert [(r.recomputed, r.queued) for r in runs] == [(1, 1)]
+    assert [(r.recomputed, r.queued, r.reminders) for r in runs] == [(1, 1, 1)]
 
 
 def test_forecasts_spread_over_processes_queue_the_same_reminders(engine: Engine, settings: Settings) -> None:
@@ -123,12 +132,23 @@ def test_forecasts_spread_over_processes_queue_the_same_reminders(engine: Engine
             for m in reminders_of(engine)
         }
 
-    alone = reminders.run(engine, settings, today, forecast=reminders.StoredForecast("cdc"))
+    alone = reminders.run(
+        engine,
+        settings.model_copy(update={"reminder_processes": 1}),
+        today,
+        forecast=reminders.StoredForecast("cdc"),
+    )
     in_this_process = queued()
     with writer(engine).begin() as conn:
         conn.execute(delete(notification))
         conn.execute(delete(forecast_state))
+        conn.execute(delete(reminder_item))
     spread = settings.model_copy(update={"reminder_processes": 2, "reminder_batch_size": 3})
     pooled = reminders.run(engine, spread, today, forecast=reminders.StoredForecast("cdc"))
-    assert (pooled.recomputed, pooled.queued, pooled.batches) == (7, alone.queued, 3)
-    assert queued() == in_this_process and len(in_this_process) == alone.queued > 7
+    assert (pooled.recomputed, pooled.queued, pooled.reminders, pooled.batches) == (
+        7,
+        alone.queued,
+        alone.reminders,
+        3,
+    )
+    assert queued() == in_this_process and len(in_this_process) == alone.reminders > 7

@@ -1,4 +1,4 @@
-"""Tables of the vaccination module (migration 0015).
+"""Tables of the vaccination module (migrations 0015 and 0017).
 
 The reminder job keeps one forecast state row per patient so that a daily run recomputes only
 the patients whose record changed or whose next date has come (``vaccination.reminders``).
@@ -26,3 +26,15 @@ Patient, Immunization and Condition rows): any write in the compartment changes 
 write raises a version. ``due`` is JSON: per vaccine group not complete, the next dose number
 and its recommended and past-due dates. ``next_check`` is the first day a reminder may become
 due without any write (a recommended date entering the lead time, a past-due date passing)."""
+
+reminder_item = Table(
+    "vaccination_reminder_item",
+    metadata,
+    Column("dedupe", String(160), primary_key=True),
+    Column("patient_id", String(64), nullable=False),
+    Column("queued", DateTime(timezone=False), nullable=False),
+)
+"""One reminder already queued (migration 0017): ``dedupe`` is
+``vaccination-reminder:<patient>:<group>:<dose>:<due kind>`` (``reminders.dedupe_key``). A person's
+reminders of one run go in one outbox message; this row, written in the same transaction, is what
+makes each (patient, group, dose, due kind) reminded exactly once across runs and crashes."""

@@ -1,14 +1,19 @@
 """The daily vaccination reminder job: a reminder when a dose comes due, another when it is overdue.
 
-For every open record, the job asks a forecast (``ForecastFn``) which doses are due, and queues
-one ``vaccination-reminder`` message per (patient, vaccine group, dose number, due kind) in the
-notification outbox; ``notify.delivery`` e-mails it to the holder and their active
-representatives (a child's parents), each as their preferences say.
+For every open record, the job asks a forecast (``ForecastFn``) which doses are due, and reminds
+each (patient, vaccine group, dose number, due kind) once. A person's new reminders of one run go
+in ONE ``vaccination-reminder`` message of the notification outbox (parameter ``reminders``: the
+list), so a baby due for five vaccines gets one e-mail, not five; ``notify.delivery`` e-mails it
+to the holder and their active representatives (a child's parents), each as their preferences say.
 
-Exactly once: each reminder's outbox ``dedupe`` key names those four, so a rerun, or a rerun
-after a crash, queues only what is missing. Patients are processed in batches, each in one
-transaction holding both its reminders and its forecast state rows: a crash loses at most the
-batch in progress, which the next run redoes.
+Exactly once: each reminder's key (``dedupe_key``: the four above) is a row of
+``vaccination_reminder_item``, inserted ``ON CONFLICT DO NOTHING`` in the transaction that queues
+the message, so a rerun, or a rerun after a crash, queues only what is missing. Patients are
+processed in batches, each in one transaction holding its messages, their items and the forecast
+state rows: a crash loses at most the batch in progress, which the next run redoes.
+
+Overdue reminders stop ``reminder_overdue_days`` after the past-due date: a first run over an
+existing population must not e-mail gaps decades old (the portal's card still shows them).
 
 Incremental: the state row of a patient (``vaccination.models.forecast_state``) keeps a
 fingerprint of the forecast's inputs and the next day something can become due. A run
@@ -26,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import multiprocessing
+import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import ExitStack
@@ -37,6 +43,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 from sqlalchemy import Connection, Engine, delete, exists, func, insert, select
+from sqlalchemy.dialects import postgresql, sqlite
 
 from sharedcare.access.models import record_status
 from sharedcare.fhir.store import utcnow
@@ -44,7 +51,7 @@ from sharedcare.notify import outbox
 from sharedcare.settings import Settings
 from sharedcare.storage.engine import writer
 from sharedcare.storage.tables import resource, resource_compartment
-from sharedcare.vaccination.models import forecast_state
+from sharedcare.vaccination.models import forecast_state, reminder_item
 
 log = logging.getLogger("sharedcare.vaccination.reminders")
 
@@ -58,6 +65,9 @@ INPUT_TYPES = ("Patient", "Immunization", "Condition")
 """What a forecast reads from the record; a write to any of them makes the patient recomputed."""
 RECHECK_DAYS = 30
 """Longest wait before a patient is recomputed without any write (ages move the schedule on)."""
+POOL_MIN_FORECASTS = 100
+"""Forecasts in one batch from which the engine's processes are started (``run``): a daily run
+recomputing a few people per batch does not pay for spawning them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,17 +98,24 @@ class ReminderReport:
     unchanged: int = 0
     """Patients skipped: same inputs and nothing due before their next check."""
     queued: int = 0
-    """Reminders put in the outbox (a rerun queues none twice)."""
+    """Messages put in the outbox: one per person with new reminders (what gets e-mailed)."""
+    reminders: int = 0
+    """Reminders in those messages, one per (group, dose, due kind): a rerun queues none twice."""
     batches: int = 0
 
 
-def due_kind(due: Due, today: date, lead_days: int) -> str | None:
-    """``OVERDUE``, ``DUE`` or None (nothing to say yet) for a forecast entry on ``today``."""
+def due_kind(due: Due, today: date, lead_days: int, overdue_days: int = 0) -> str | None:
+    """``OVERDUE``, ``DUE`` or None (nothing to say) for a forecast entry on ``today``. With
+    ``overdue_days`` > 0, a gap older than that (past-due date, else recommended date, at least
+    that many days ago) is not reminded: it stays on the portal's card, not in anyone's mail."""
     if due.status != NOT_COMPLETE:
         return None
+    stale = today - timedelta(days=overdue_days) if overdue_days > 0 else None
     if due.past_due is not None and due.past_due <= today:
-        return OVERDUE
+        return OVERDUE if stale is None or due.past_due > stale else None
     if due.recommended is not None and due.recommended <= today + timedelta(days=lead_days):
+        if stale is not None and due.past_due is None and due.recommended <= stale:
+            return None  # no past-due date: a recommendation that old is a gap, not news
         return DUE
     return None
 
@@ -126,7 +143,7 @@ def dedupe_key(patient_id: str, due: Due, kind: str) -> str:
 
 
 def reminder_params(due: Due, kind: str) -> dict[str, Any]:
-    """What the portal shows (group, dose, date); never e-mailed (``notify.texts``)."""
+    """One reminder as the portal shows it (group, dose, date); never e-mailed (``notify.texts``)."""
     when = due.past_due if kind == OVERDUE else due.recommended
     return {
         "group": due.vaccine_group,
@@ -209,16 +226,14 @@ def run_batch(
     report.unchanged += len(patient_ids) - len(todo)
     if not todo:
         return
-    lead = settings.reminder_lead_days
-    messages: list[tuple[str, str, str, dict[str, Any]]] = []
+    lead, stale = settings.reminder_lead_days, settings.reminder_overdue_days
+    items: dict[str, tuple[str, dict[str, Any]]] = {}  # key -> (patient, reminder), in order
     rows: list[dict[str, Any]] = []
     for pid, dues in zip(todo, _compute(conn, todo, forecast, today, pool), strict=True):
         for due in dues:
-            kind = due_kind(due, today, lead)
+            kind = due_kind(due, today, lead, stale)
             if kind is not None:
-                messages.append(
-                    (pid, outbox.VACCINATION_REMINDER, dedupe_key(pid, due, kind), reminder_params(due, kind))
-                )
+                items[dedupe_key(pid, due, kind)] = (pid, reminder_params(due, kind))
         rows.append(
             {
                 "patient_id": pid,
@@ -228,10 +243,34 @@ def run_batch(
                 "next_check": next_check(dues, today, lead),
             }
         )
+    fresh = _new_items(conn, {key: pid for key, (pid, _) in items.items()}, now)
+    per_patient: dict[str, list[dict[str, Any]]] = {}
+    for key, (pid, params) in items.items():
+        if key in fresh:
+            per_patient.setdefault(pid, []).append(params)
+    messages = [
+        (pid, outbox.VACCINATION_REMINDER, None, {"reminders": listed}) for pid, listed in per_patient.items()
+    ]
     report.queued += outbox.queue_many(conn, messages, now)
+    report.reminders += len(fresh)
     conn.execute(delete(forecast_state).where(forecast_state.c.patient_id.in_(todo)))
     conn.execute(insert(forecast_state), rows)
     report.recomputed += len(todo)
+
+
+def _new_items(conn: Connection, keys: dict[str, str], now: datetime) -> set[str]:
+    """Record the reminders ``keys`` (key -> patient) as queued; the keys not recorded before
+    (concurrent runs: the second waits for the first's row lock, then skips the key)."""
+    if not keys:
+        return set()
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    stmt = (
+        dialect.insert(reminder_item)
+        .on_conflict_do_nothing(index_elements=["dedupe"])
+        .returning(reminder_item.c.dedupe)
+    )
+    rows = [{"dedupe": key, "patient_id": pid, "queued": now} for key, pid in keys.items()]
+    return set(conn.execute(stmt, rows).scalars())
 
 
 def _compute(
@@ -246,6 +285,35 @@ def _compute(
         items = [(pid, forecast.take(conn, pid), today) for pid in todo]
         return pool.map(_forecast_item, items, chunksize=max(len(items) // 16, 1))
     return [forecast(conn, pid, today) for pid in todo]
+
+
+def forecast_processes(settings: Settings) -> int:
+    """How many processes run the engine: ``reminder_processes``, or with 0 one per CPU this
+    process may use (its affinity, not the machine's count: containers and taskset)."""
+    if settings.reminder_processes > 0:
+        return settings.reminder_processes
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
+
+
+def _to_recompute(conn: Connection, batch: Sequence[str], today: date, full: bool) -> int:
+    """How many of ``batch`` ``run_batch`` will forecast (approximately: the state rows that
+    are missing or due; a changed fingerprint is not counted), to decide on the pool."""
+    if full:
+        return len(batch)
+    f = forecast_state.c
+    fresh = conn.execute(
+        select(func.count()).where(f.patient_id.in_(batch), f.next_check > today)
+    ).scalar_one()
+    return len(batch) - int(fresh)
+
+
+def _start_pool(forecast: StoredForecast, processes: int) -> Pool:
+    """The engine's processes: spawned, never forked (the worker has threads, the parent
+    holds database connections); each gets the forecast once."""
+    forecast.schedule_name = forecast.schedule()  # resolved here, not in each process
+    context = multiprocessing.get_context("spawn")
+    return context.Pool(processes, _pool_start, (forecast,))
 
 
 _pool_forecast: StoredForecast | None = None
@@ -274,24 +342,29 @@ def run(
 ) -> ReminderReport:
     """One run of the daily job over every open record, one transaction per batch of
     ``reminder_batch_size`` patients (``on_batch`` is called after each commit). ``full``
-    recomputes every patient (after a schedule or engine change). With ``reminder_processes``
-    > 1 the engine runs in spawned processes: a script calling this needs the usual
-    ``if __name__ == "__main__":`` guard (the ``sharedcare`` command has it)."""
+    recomputes every patient (after a schedule or engine change). With more than one forecast
+    process (``forecast_processes``: by default one per CPU) the engine runs in spawned
+    processes, started at the first batch with many forecasts to compute: a script calling this
+    needs the usual ``if __name__ == "__main__":`` guard (the ``sharedcare`` command has it)."""
     forecast = forecast or StoredForecast(settings.forecast_schedule)
     report = ReminderReport()
     after = ""
     size = max(settings.reminder_batch_size, 1)
+    processes = forecast_processes(settings)
     with ExitStack() as stack:
         pool: Pool | None = None
-        if settings.reminder_processes > 1 and isinstance(forecast, StoredForecast):
-            forecast.schedule_name = forecast.schedule()  # resolved here, not in each process
-            context = multiprocessing.get_context("spawn")  # never fork a process with threads
-            pool = stack.enter_context(context.Pool(settings.reminder_processes, _pool_start, (forecast,)))
         while True:
             with writer(engine).begin() as conn:
                 batch = _open_patients(conn, after, size)
                 if not batch:
                     break
+                if (
+                    pool is None
+                    and processes > 1
+                    and isinstance(forecast, StoredForecast)
+                    and _to_recompute(conn, batch, today, full) >= min(POOL_MIN_FORECASTS, size)
+                ):
+                    pool = stack.enter_context(_start_pool(forecast, processes))
                 moment = now or utcnow()
                 run_batch(conn, batch, forecast, settings, today, moment, report, full=full, pool=pool)
             report.batches += 1
