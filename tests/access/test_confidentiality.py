@@ -339,3 +339,118 @@ def test_the_migration_fills_the_column_of_existing_rows(world: TestClient) -> N
         after = dict(conn.execute(select(resource.c.pk, resource.c.confidentiality)).all())
     assert after == before
     assert sorted(v for v in after.values() if v) == ["N", "R", "R", "R", "V", "V", "V"]
+
+
+def plain_binary(rid: str, document: str) -> dict[str, Any]:
+    """Content written over plain FHIR (not ITI-65): the document's category and patient, but no
+    confidentiality label of its own."""
+    binary = content_of(document, "N")
+    del binary["meta"]["security"]
+    return {**binary, "id": rid}
+
+
+def label_of(client: TestClient, rtype: str, rid: str) -> str | None:
+    app: Any = client.app
+    with app.state.engine.connect() as conn:
+        return conn.execute(
+            select(resource.c.confidentiality).where(resource.c.type == rtype, resource.c.id == rid)
+        ).scalar_one()
+
+
+def test_a_plain_binary_takes_its_documents_label_in_searches(world: TestClient) -> None:
+    """The store gives a Binary's row the strictest of its own label and its securityContext
+    document's, so searches, _revinclude and history hide it exactly as retrieval does."""
+    put_all(world, plain_binary("plain-r", "doc-r"), plain_binary("plain-v", "doc-v"))
+    assert (label_of(world, "Binary", "plain-r"), label_of(world, "Binary", "plain-v")) == ("R", "V")
+    # the pharmacist is in care (care reports: read only), the second GP too (read and write)
+    assert found(world, PHARMACIST, "Binary?patient=pa") == set()
+    assert found(world, GP2, "Binary?patient=pa") == {"Binary/bin-doc-r", "Binary/plain-r"}
+    assert found(world, GP, "Binary?patient=pa") >= {"Binary/plain-r", "Binary/plain-v"}
+    revinclude = "Patient?_id=pa&_revinclude=Binary:patient"
+    assert found(world, PHARMACIST, revinclude) == {"Patient/pa"}
+    assert found(world, GP2, revinclude) == {"Patient/pa", "Binary/bin-doc-r", "Binary/plain-r"}
+    context = "DocumentReference?_id=doc-r&_revinclude=Binary:security-context"
+    assert found(world, GP2, context) == {"DocumentReference/doc-r", "Binary/bin-doc-r", "Binary/plain-r"}
+
+    def binaries_in_history(who: Principal) -> set[str]:  # Binary/_history routes to a read
+        return {ref for ref in found(world, who, "_history") if ref.startswith("Binary/")}
+
+    assert binaries_in_history(PHARMACIST) == set()
+    assert world.get("/fhir/Binary/plain-r/_history", headers=headers(world, PHARMACIST)).status_code == 404
+    assert not readable(world, PHARMACIST, "Binary/plain-r")
+    assert binaries_in_history(GP2) == {"Binary/bin-doc-r", "Binary/plain-r"}
+
+
+def test_a_document_label_change_reaches_its_binaries_in_the_same_write(world: TestClient) -> None:
+    trusted = dict(world.headers)
+    put_all(world, plain_binary("plain-r", "doc-r"), plain_binary("early", "doc-late"))
+    assert label_of(world, "Binary", "early") is None  # its document is not there yet
+    # lowered: the plain Binary follows; the MHD one keeps its own label (R)
+    lowered = note("doc-r", "N", "Practitioner/gp2")
+    assert world.put("/fhir/DocumentReference/doc-r", json=lowered, headers=trusted).status_code == 200
+    assert label_of(world, "Binary", "plain-r") == "N"
+    assert found(world, PHARMACIST, "Binary?patient=pa") == {"Binary/plain-r", "Binary/early"}
+    assert readable(world, PHARMACIST, "Binary/plain-r")
+    # raised to V: hidden from the second GP, who is not its author (the author still reads it)
+    raised = note("doc-r", "V", "Practitioner/gp")
+    assert world.put("/fhir/DocumentReference/doc-r", json=raised, headers=trusted).status_code == 200
+    assert label_of(world, "Binary", "plain-r") == "V"
+    assert "Binary/plain-r" not in found(world, GP2, "Binary?patient=pa")
+    assert "Binary/plain-r" in found(world, GP, "Binary?patient=pa")
+    # a document filed after its content: the content takes its label when the document comes
+    late = note("doc-late", "R", "Practitioner/gp")
+    assert world.put("/fhir/DocumentReference/doc-late", json=late, headers=trusted).status_code == 201
+    assert label_of(world, "Binary", "early") == "R"
+    assert found(world, PHARMACIST, "Binary?patient=pa") == set()
+    # deleted: the document's row keeps its last label, and so does its content's
+    assert world.delete("/fhir/DocumentReference/doc-late", headers=trusted).status_code in (200, 204)
+    assert label_of(world, "Binary", "early") == "R"
+    assert not readable(world, PHARMACIST, "Binary/early")
+
+
+def role_note(rid: str, practitioner: str | None, organization: str | None) -> dict[str, Any]:
+    """A very restricted note whose author is a contained PractitionerRole (as MHD often sends)."""
+    role: dict[str, Any] = {"resourceType": "PractitionerRole", "id": "author"}
+    if practitioner:
+        role["practitioner"] = {"reference": f"Practitioner/{practitioner}"}
+    if organization:
+        role["organization"] = {"reference": f"Organization/{organization}"}
+    return {**note(rid, "V", "#author"), "contained": [role]}
+
+
+def test_an_author_named_through_a_contained_role_reads_a_very_restricted_item(world: TestClient) -> None:
+    """The indexer writes the contained role's practitioner and organization as ``author``, so
+    the V rule recognises them, for the document and for its content."""
+    hospital_gp = Principal(
+        PrincipalKind.PROFESSIONAL,
+        "acct-gp4",
+        practitioner_id="gp4",
+        profession="med",
+        organization_id="hosp",
+    )
+    put_all(
+        world,
+        {"resourceType": "Practitioner", "id": "gp4", "active": True},
+        {"resourceType": "Organization", "id": "hosp", "active": True},
+        role_note("doc-vc", "gp2", None),
+        plain_binary("plain-vc", "doc-vc"),
+        role_note("doc-vo", None, "hosp"),
+    )
+    app: Any = world.app
+    with writer(app.state.engine).begin() as conn:
+        add_care(conn, "care-gp4", "pa", "gp4", utcnow())
+    for who in (GP2, REFERENT, HOLDER):
+        assert readable(world, who, "DocumentReference/doc-vc"), who
+        assert readable(world, who, "Binary/plain-vc"), who
+    for who in (GP, GP_ROLE, PHARMACIST, hospital_gp):
+        assert not readable(world, who, "DocumentReference/doc-vc"), who
+        assert not readable(world, who, "Binary/plain-vc"), who
+    assert found(world, GP2, "DocumentReference?author=Practitioner/gp2&_id=doc-vc") == {
+        "DocumentReference/doc-vc"
+    }
+    # the organisation the professional acts for, named by the contained role
+    assert readable(world, hospital_gp, "DocumentReference/doc-vo")
+    assert not readable(world, GP2, "DocumentReference/doc-vo")
+    assert found(world, hospital_gp, "DocumentReference?patient=pa&security-label=V") == {
+        "DocumentReference/doc-vo"
+    }

@@ -83,6 +83,11 @@ def run(engine: Engine, now: datetime) -> list[licence.Withdrawal]:
         return licence.notify_withdrawals(conn, now)
 
 
+def run_facilities(engine: Engine, now: datetime) -> list[licence.FacilityWithdrawal]:
+    with writer(engine).begin() as conn:
+        return licence.notify_facility_withdrawals(conn, now)
+
+
 def test_the_holders_in_care_at_the_withdrawal_are_told_once(engine: Engine, fhir: FhirService) -> None:
     fhir.update("Practitioner", "gp", GP)
     fhir.update("Practitioner", "other", OTHER)
@@ -185,10 +190,18 @@ def test_the_lifecycle_job_announces_and_the_portal_shows_it(settings: Settings)
         )
         secret, account_id = enrol_holder(engine, settings, matricule)
         relate(engine, "solo", "pa", "solo", utcnow() - timedelta(days=1), ends=utcnow() + timedelta(days=14))
+        fhir.update("Organization", "clinic", CLINIC)
+        registration = {
+            "practitioner_id": None,
+            "organization_id": "clinic",
+            "ends": utcnow() + timedelta(days=9),
+        }
+        relate(engine, "stay", "pa", "facility", utcnow() - timedelta(days=1), **registration)
         at = withdraw(fhir)
+        closed = withdraw_facility(fhir)
         with writer(engine).begin() as conn:
             report = lifecycle.run(conn, fhir, settings, utcnow())
-        assert report.licence_withdrawn == ["gp"]
+        assert report.licence_withdrawn == ["gp"] and report.facility_withdrawn == ["clinic"]
         client = TestClient(app, follow_redirects=False)
         sign_in(client, matricule, secret)
         expected = {
@@ -199,6 +212,15 @@ def test_the_lifecycle_job_announces_and_the_portal_shows_it(settings: Settings)
             "de": "Die Berufsausübungsberechtigung von Dr Claire Hoffmann wurde am {} entzogen: Diese Person "
             "hat keinen Zugriff mehr auf Ihre Akte.",
         }
+        facility = {
+            "en": "The authorisation of the care facility Clinique du Parc was withdrawn on {}: its "
+            "professionals no longer have access to your record through your registration there.",
+            "fr": "L'autorisation de l'établissement de soins Clinique du Parc a été retirée le {} : ses "
+            "professionnels n'ont plus accès à votre dossier au titre de votre inscription dans cet "
+            "établissement.",
+            "de": "Die Genehmigung der Gesundheitseinrichtung Clinique du Parc wurde am {} entzogen: die "
+            "Fachpersonen der Einrichtung haben über Ihre Anmeldung dort keinen Zugriff mehr auf Ihre Akte.",
+        }
         for lang, text in expected.items():
             with accounts.transaction(engine) as conn:
                 accounts.set_language(conn, account_id, lang)
@@ -206,6 +228,8 @@ def test_the_lifecycle_job_announces_and_the_portal_shows_it(settings: Settings)
             assert home.status_code == 200
             page = home.text.replace("&#39;", "'")
             assert text.format(Translator(lang).date(at)) in page, lang
+            assert facility[lang].format(Translator(lang).date(closed)) in page, lang
+            assert page.count("Clinique du Parc") == 1, lang  # not also as a licence withdrawal
     finally:
         passwords.set_parameters(previous)
         engine.dispose()
@@ -267,14 +291,24 @@ def test_the_holders_registered_at_a_withdrawn_facility_are_told_once(
     relate(engine, "elsewhere", "pd", "facility", at - day, **{**registration, "organization_id": "other"})
     relate(engine, "own-gp", "pe", "solo", at - day, ends=at + day, organization_id="clinic")
     assert run(engine, at + timedelta(hours=1)) == []  # no professional's licence was withdrawn
+    (first,) = run_facilities(engine, at + timedelta(hours=1))
+    assert (first.organization_id, first.display, first.holders) == (
+        "clinic",
+        "Clinique du Parc",
+        ("pa", "pb"),
+    )
     with engine.connect() as conn:
         rows = conn.execute(
-            select(notification.c.patient_id, notification.c.params)
-            .where(notification.c.kind == outbox.LICENCE_WITHDRAWN)
-            .order_by(notification.c.patient_id)
+            select(notification.c.patient_id, notification.c.kind, notification.c.params).order_by(
+                notification.c.patient_id
+            )
         ).all()
-        assert [(r.patient_id, orjson.loads(r.params)) for r in rows] == [
-            (p, {"organization_id": "clinic", "display": "Clinique du Parc", "date": at.isoformat()})
+        assert [(r.patient_id, r.kind, orjson.loads(r.params)) for r in rows] == [
+            (
+                p,
+                outbox.FACILITY_WITHDRAWN,
+                {"organization_id": "clinic", "display": "Clinique du Parc", "date": at.isoformat()},
+            )
             for p in ("pa", "pb")
         ]
         (entry,) = audit.query(conn, patient_id="pa", actions=[audit.AuditAction.CONSENT_CHANGE])
@@ -286,7 +320,7 @@ def test_the_holders_registered_at_a_withdrawn_facility_are_told_once(
         assert licence.notify_facility_withdrawals(conn, at + day) == []  # once
     fhir.update("Organization", "clinic", CLINIC)  # authorisation restored
     restored_seen = utcnow()
-    run(engine, restored_seen)
+    assert run_facilities(engine, restored_seen) == []
     with engine.connect() as conn:
         assert conn.execute(select(facility_withdrawal.c.restored_at)).scalar_one() == restored_seen
     again = withdraw_facility(fhir)
@@ -344,3 +378,115 @@ def test_a_withdrawn_facility_loses_its_registrations_at_once(client: TestClient
         care.register(conn, settings, system, "pb", emergency=True, now=utcnow())
     client.put("/fhir/Organization/clinic", json=CLINIC)  # restored: the stay, still running, counts again
     assert sees() == (True, True, True)
+
+
+def test_a_withdrawn_facility_writes_nothing_any_more(client: TestClient) -> None:
+    """Over the FHIR API: once the directory marks the facility inactive, neither its system
+    client nor a professional acting through it writes (403 naming the withdrawal, nothing
+    stored); the same professional without the facility writes through their own relationship."""
+    from sharedcare.access.principals import Principal
+    from support import add_care, bearer, lab_result, put_all
+
+    nurse = Principal(
+        PrincipalKind.PROFESSIONAL,
+        "acct-n",
+        practitioner_id="nurse",
+        profession="med",
+        organization_id="clinic",
+    )
+    own = Principal(PrincipalKind.PROFESSIONAL, "acct-n", practitioner_id="nurse", profession="med")
+    system = Principal(PrincipalKind.SYSTEM, "clinic-system", organization_id="clinic")
+    put_all(
+        client,
+        CLINIC,
+        {"resourceType": "Practitioner", "id": "nurse", "active": True},
+        {"resourceType": "Patient", "id": "pa"},
+    )
+    app: Any = client.app
+    with writer(app.state.engine).begin() as conn:
+        add_care(conn, "own", "pa", "nurse", utcnow())
+    as_nurse = bearer(app, nurse, "user/*.cruds")
+    as_own = bearer(app, own, "user/*.cruds")
+    as_system = bearer(app, system, "system/*.cruds")
+
+    def write(rid: str, headers: dict[str, str]) -> int:
+        changed = {**lab_result(rid, "pa"), "note": [{"text": f"{rid} {utcnow()}"}]}  # never a no-op
+        return client.put(f"/fhir/Observation/{rid}", json=changed, headers=headers).status_code
+
+    assert client.put("/fhir/Observation/kept", json=lab_result("kept", "pa")).status_code == 201
+    assert client.post("/fhir/Observation", json=lab_result("x", "pa"), headers=as_system).status_code == 201
+    assert write("kept", as_nurse) == 200
+    client.put("/fhir/Organization/clinic", json={**CLINIC, "active": False})  # authorisation withdrawn
+    for headers, rid in ((as_system, "by-system"), (as_nurse, "by-nurse")):
+        refused = client.post("/fhir/Observation", json=lab_result(rid, "pa"), headers=headers)
+        assert refused.status_code == 403, refused.text
+        outcome = refused.json()
+        assert outcome["resourceType"] == "OperationOutcome"
+        assert "authorisation of the care facility Organization/clinic is withdrawn" in str(outcome)
+    before = client.get("/fhir/Observation/kept").json()["meta"]["versionId"]
+    assert write("kept", as_nurse) == 403
+    assert client.delete("/fhir/Observation/kept", headers=as_nurse).status_code == 403
+    assert client.get("/fhir/Observation/kept").json()["meta"]["versionId"] == before  # unchanged
+    total = client.get("/fhir/Observation?_summary=count").json()["total"]
+    assert total == 2  # "kept" and the system's first one: nothing else was stored
+    # without the facility, their own relationship still lets them write
+    assert (
+        client.post("/fhir/Observation", json=lab_result("by-own", "pa"), headers=as_own).status_code == 201
+    )
+    assert write("kept", as_own) == 200
+    client.put("/fhir/Organization/clinic", json=CLINIC)  # restored
+    assert client.post("/fhir/Observation", json=lab_result("y", "pa"), headers=as_system).status_code == 201
+    assert write("kept", as_nurse) == 200
+
+
+def test_the_facility_notice_has_its_own_email_words() -> None:
+    """The e-mail names the kind of event, never the facility (e-mail is not a safe channel)."""
+    from sharedcare.notify import texts
+
+    words = {
+        "fr": "retrait de l'autorisation d'un établissement de soins",
+        "de": "Entzug der Genehmigung einer Gesundheitseinrichtung",
+        "en": "withdrawal of a care facility's authorisation",
+    }
+    for lang, kind in words.items():
+        body = texts.body(lang, outbox.FACILITY_WITHDRAWN, representative=False, portal_url=None)
+        assert kind in body and texts.KIND[outbox.LICENCE_WITHDRAWN][lang] not in body, lang
+    assert "the name of the facility concerned" in texts.body(
+        "en", outbox.FACILITY_WITHDRAWN, representative=False, portal_url=None
+    )
+
+
+def test_the_lifecycle_command_reports_facility_withdrawals(
+    engine: Engine, fhir: FhirService, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from sharedcare import settings as settings_module
+    from sharedcare.cli import app as cli
+
+    fhir.update("Practitioner", "gp", GP)
+    fhir.update("Organization", "clinic", CLINIC)
+    day = timedelta(days=1)
+    relate(engine, "grant", "pa", "permanent", utcnow() - day)
+    relate(engine, "stay", "pb", "facility", utcnow() - day, practitioner_id=None, organization_id="clinic")
+    withdraw(fhir)
+    withdraw_facility(fhir)
+    monkeypatch.setenv("SHAREDCARE_DATABASE_URL", db_url)
+    settings_module.get_settings.cache_clear()
+    try:
+        first = CliRunner().invoke(cli, ["lifecycle"])
+        again = CliRunner().invoke(cli, ["lifecycle"])
+    finally:
+        settings_module.get_settings.cache_clear()
+    assert first.exit_code == 0, first.output
+    assert first.output.splitlines()[1:] == [
+        "licence withdrawals announced to holders: gp",
+        "facility authorisation withdrawals announced to holders: clinic",
+    ]
+    assert again.exit_code == 0 and len(again.output.splitlines()) == 1  # announced once
+    with engine.connect() as conn:
+        kinds = conn.execute(select(notification.c.patient_id, notification.c.kind).order_by("patient_id"))
+        assert [tuple(r) for r in kinds] == [
+            ("pa", outbox.LICENCE_WITHDRAWN),
+            ("pb", outbox.FACILITY_WITHDRAWN),
+        ]

@@ -18,10 +18,11 @@ other professionals go on caring for the holder.
 A care facility's authorisation is withdrawn the same way: the directory marks its
 ``Organization`` inactive. The access decision then ignores every registration at the facility
 (``policy._authorised``: its professionals and its system lose what the registrations gave them;
-their own solo relationships stay), and ``notify_facility_withdrawals`` (run with
-``notify_withdrawals``) tells each holder registered there when it was withdrawn, once per
-withdrawal (``facility_withdrawal``), with the same notice (kind ``licence-withdrawn``, the
-facility's name) and an access-log trace.
+their own solo relationships stay; nothing is written on the facility's behalf any more:
+``AccessPolicy.write_denial``), and ``notify_facility_withdrawals`` (run by ``sharedcare
+lifecycle`` beside ``notify_withdrawals``) tells each holder registered there when it was
+withdrawn, once per withdrawal (``facility_withdrawal``), with a notice of its own (kind
+``facility-withdrawn``, the facility's name) and an access-log trace.
 """
 
 from __future__ import annotations
@@ -161,13 +162,11 @@ def _record(conn: Connection, values: dict[str, Any], table: Table = licence_wit
 
 def notify_withdrawals(conn: Connection, now: datetime, actor: Principal = JOB) -> list[Withdrawal]:
     """Announce every licence withdrawal not announced yet; note the licences restored since.
-    The facilities' withdrawn authorisations are announced in the same run
-    (``notify_facility_withdrawals``; not in the returned list, which is the professionals').
+    (The facilities' withdrawn authorisations: ``notify_facility_withdrawals``.)
 
     Works in the caller's transaction: the notifications, the audit records and the
     ``licence_withdrawal`` rows commit together.
     """
-    notify_facility_withdrawals(conn, now, actor)
     lw = licence_withdrawal
     inactive = inactive_practitioners(conn)
     announced = {
@@ -326,9 +325,9 @@ def notify_facility_withdrawals(
             outbox.queue(
                 conn,
                 patient_id,
-                outbox.LICENCE_WITHDRAWN,
+                outbox.FACILITY_WITHDRAWN,
                 now,
-                dedupe=f"{outbox.LICENCE_WITHDRAWN}:Organization/{organization_id}:{run.version}:{patient_id}",
+                dedupe=f"{outbox.FACILITY_WITHDRAWN}:{organization_id}:{run.version}:{patient_id}",
                 organization_id=organization_id,
                 display=display,
                 date=run.withdrawn_at.isoformat(),

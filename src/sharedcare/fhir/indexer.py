@@ -214,8 +214,37 @@ class Indexer:
                         out.add(kind, row)
         for filtered in type_plan.filtered:
             self._filtered(filtered, resource, out)
+        if rtype == "DocumentReference":
+            self._contained_authors(resource, out)
         self._compartments(type_plan, resource, out)
         return out
+
+    def _contained_authors(self, resource: dict[str, Any], out: IndexRows) -> None:
+        """Index a DocumentReference ``author`` that names a contained PractitionerRole
+        (``#role``, as IHE MHD documents often carry it) as ``author`` rows of that role's
+        ``practitioner`` and ``organization``: the local reference itself gives no row, so
+        without these neither an ``author`` search nor the access decision (V: only the
+        author's side reads) would recognise the professional or organisation."""
+        roles = {
+            c.get("id"): c
+            for c in resource.get("contained") or ()
+            if isinstance(c, dict) and c.get("resourceType") == "PractitionerRole" and c.get("id")
+        }
+        authors = resource.get("author")
+        if not roles or not isinstance(authors, list):
+            return
+        bucket = out.rows.setdefault("reference", [])
+        seen = {_ref_key(row) for row in bucket if row["param"] == "author"}
+        for author in authors:
+            ref = author.get("reference") if isinstance(author, dict) else None
+            role = roles.get(ref[1:]) if isinstance(ref, str) and ref.startswith("#") else None
+            if role is None:
+                continue
+            for name, target in (("practitioner", "Practitioner"), ("organization", "Organization")):
+                for row in reference.index(role.get(name), None, self.defs.resource_types):
+                    if row["target_type"] == target and _ref_key(row) not in seen:
+                        seen.add(_ref_key(row))
+                        bucket.append({**row, "param": "author"})
 
     def _filtered(self, plan: _Filtered, resource: dict[str, Any], out: IndexRows) -> None:
         """Write the rows of ``plan.code`` that its base's rows pointing at the target do not give,

@@ -12,11 +12,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Table, delete, insert, select, text, tuple_, update
+from sqlalchemy import Connection, Table, and_, bindparam, delete, insert, or_, select, text, tuple_, update
 
 from sharedcare.fhir.errors import Gone, NotFound
 from sharedcare.fhir.indexer import Indexer, IndexRows, default_indexer
-from sharedcare.storage.tables import INDEX_TABLES, resource, resource_compartment, resource_version
+from sharedcare.storage.tables import (
+    INDEX_TABLES,
+    idx_reference,
+    resource,
+    resource_compartment,
+    resource_version,
+)
 
 Classifier = Callable[[dict[str, Any]], "str | None"]
 """Gives a resource's data category (the access matrix's row); None when it is not patient data."""
@@ -41,6 +47,12 @@ def confidentiality_of(res: Mapping[str, Any]) -> str | None:
     if res.get("resourceType") == "Composition":
         codes.append(res.get("confidentiality"))
     found = [c for c in codes if isinstance(c, str) and len(c) == 1 and c in CONFIDENTIALITY_ORDER]
+    return max(found, key=CONFIDENTIALITY_ORDER.index) if found else None
+
+
+def _strictest(*codes: str | None) -> str | None:
+    """The most restrictive of some v3-Confidentiality codes (None when there is none)."""
+    found = [c for c in codes if c]
     return max(found, key=CONFIDENTIALITY_ORDER.index) if found else None
 
 
@@ -240,7 +252,61 @@ class ResourceStore:
         self._insert_index_rows(
             conn, [(rows, s) for rows, s in zip(indexed, results, strict=True) if rows is not None]
         )
+        self._inherit_document_labels(conn, writes, results)
         return results
+
+    @staticmethod
+    def _inherit_document_labels(
+        conn: Connection, writes: Sequence[Write], results: Sequence[Stored]
+    ) -> None:
+        """A Binary's row takes the strictest of its own confidentiality and that of the
+        DocumentReference its ``securityContext`` names, so that a plain-FHIR Binary of an R or V
+        document is hidden wherever the document is (search, includes, history), not only on
+        retrieval. Kept in step in the write's transaction: for the Binaries written, and for
+        those of every DocumentReference written (its label may have changed, or it may arrive
+        after its content). A deleted document keeps its last label on its row, so its
+        Binaries keep it too. Reads the index rows just inserted (``security-context``)."""
+        documents = sorted({w.id for w in writes if w.type == "DocumentReference"})
+        binaries = [s.pk for w, s in zip(writes, results, strict=True) if w.type == "Binary" and w.resource]
+        if not documents and not binaries:
+            return
+        x, b, d = idx_reference, resource.alias("sc_binary"), resource.alias("sc_document")
+        found: dict[int, tuple[str | None, str | None, str | None]] = {}
+        for start in range(0, max(len(documents), len(binaries)), 500):
+            which = []
+            if documents[start : start + 500]:
+                which.append(x.c.target_id.in_(documents[start : start + 500]))
+            if binaries[start : start + 500]:
+                which.append(x.c.res_pk.in_(binaries[start : start + 500]))
+            rows = conn.execute(
+                select(b.c.pk, b.c.content, b.c.confidentiality, d.c.confidentiality.label("document"))
+                .select_from(
+                    x.join(b, b.c.pk == x.c.res_pk).outerjoin(
+                        d, and_(d.c.type == x.c.target_type, d.c.id == x.c.target_id)
+                    )
+                )
+                .where(
+                    x.c.rtype == "Binary",
+                    x.c.param == "security-context",
+                    x.c.target_type == "DocumentReference",
+                    or_(*which),
+                )
+            )
+            for row in rows:
+                found[row.pk] = (row.content, row.confidentiality, row.document)
+        changes = []
+        for pk, (content, stored, document) in found.items():
+            own = confidentiality_of(orjson.loads(content)) if content else None
+            level = _strictest(own, document)
+            if level != stored:
+                changes.append({"b_pk": pk, "b_level": level})
+        if changes:
+            conn.execute(
+                update(resource)
+                .where(resource.c.pk == bindparam("b_pk"))
+                .values(confidentiality=bindparam("b_level")),
+                changes,
+            )
 
     def _category(self, w: Write) -> str | None:
         if w.resource is None or self.classify is None:
