@@ -16,12 +16,13 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, and_, or_, select, update
+from sqlalchemy import Connection, and_, delete, or_, select, update
 
 from sharedcare.access.licence import facility_authorised
 from sharedcare.access.models import care_relationship, connection_code, record_status
 from sharedcare.access.principals import Principal, PrincipalKind
 from sharedcare.settings import Settings
+from sharedcare.storage.blobstore import BlobStore
 
 
 class CareError(Exception):
@@ -113,11 +114,15 @@ def register(
     emergency: bool,
     now: datetime,
     organization_id: str | None = None,
+    ends: datetime | None = None,
+    reason: str | None = None,
 ) -> Relationship:
     """A facility's registration of the holder (entrance or emergency department).
 
     Posted by the facility's system client or one of its professionals; the relationship is
-    with the organisation, so every professional acting for it is in the holder's care.
+    with the organisation, so every professional acting for it is in the holder's care. It
+    lasts the context's default duration (Annex 1 §3), or less when ``ends`` says so: the
+    default is a maximum, never exceeded.
     """
     organization = organization_id or actor.organization_id
     if actor.kind not in (PrincipalKind.SYSTEM, PrincipalKind.PROFESSIONAL) or not organization:
@@ -126,18 +131,22 @@ def register(
         raise NotAllowed("A facility registers patients only for itself")
     if not facility_authorised(conn, organization):
         raise NotAllowed("The facility's authorisation is withdrawn: it cannot register patients")
+    if emergency:
+        longest = now + timedelta(
+            hours=settings.access_emergency_hours, days=settings.access_emergency_extra_days
+        )
+    else:
+        longest = now + timedelta(days=settings.access_facility_days)
+    if ends is not None and not now < ends <= longest:
+        raise CareError(
+            f"A registration ends after now and at the latest on {longest.isoformat(timespec='minutes')}"
+        )
     _audit(
         conn,
         actor,
         patient_id,
         f"register {'emergency' if emergency else 'facility'} Organization/{organization}",
     )
-    if emergency:
-        ends = now + timedelta(
-            hours=settings.access_emergency_hours, days=settings.access_emergency_extra_days
-        )
-    else:
-        ends = now + timedelta(days=settings.access_facility_days)
     return _insert(
         conn,
         patient_id=patient_id,
@@ -145,9 +154,33 @@ def register(
         organization_id=organization,
         context="emergency" if emergency else "facility",
         starts=now,
-        ends=ends,
+        ends=ends or longest,
+        reason=reason.strip() if reason and reason.strip() else None,
         created_by=actor.subject,
     )
+
+
+def current_registration(
+    conn: Connection, patient_id: str, organization_id: str, context: str, now: datetime
+) -> Relationship | None:
+    """The facility's registration of the holder in force now (the latest ending), if any:
+    what a renewal prolongs, so the facility needs to know no relationship id."""
+    cr = care_relationship
+    row = conn.execute(
+        select(cr)
+        .where(
+            cr.c.patient_id == patient_id,
+            cr.c.organization_id == organization_id,
+            cr.c.practitioner_id.is_(None),
+            cr.c.context == context,
+            cr.c.revoked_at.is_(None),
+            cr.c.starts <= now,
+            cr.c.ends > now,
+        )
+        .order_by(cr.c.ends.desc())
+        .limit(1)
+    ).first()
+    return _from_row(row) if row else None
 
 
 def renew(
@@ -159,10 +192,18 @@ def renew(
     rel = get(conn, relationship_id)
     if rel is None or rel.context != "facility" or rel.organization_id != actor.organization_id:
         raise NotAllowed("Only the registering facility renews its own registration")
-    if not rel.active(now) or not facility_authorised(conn, rel.organization_id or ""):
+    if not facility_authorised(conn, rel.organization_id or ""):
+        raise NotAllowed("The facility's authorisation is withdrawn: it cannot renew registrations")
+    if not rel.active(now):
         raise CareError("An ended registration cannot be renewed; register the patient again")
     ends = max(rel.ends or now, now + timedelta(days=days))
     conn.execute(update(care_relationship).where(care_relationship.c.id == rel.id).values(ends=ends))
+    _audit(
+        conn,
+        actor,
+        rel.patient_id,
+        f"register renewal facility Organization/{rel.organization_id} until {ends.isoformat()}",
+    )
     return get(conn, rel.id)  # type: ignore[return-value]
 
 
@@ -282,6 +323,33 @@ def mark_activated(conn: Connection, patient_id: str, now: datetime) -> None:
         .where(record_status.c.patient_id == patient_id, record_status.c.activated_at.is_(None))
         .values(activated_at=now)
     )
+
+
+def honour_objection(
+    conn: Connection, actor: Principal, patient_id: str, now: datetime, blobs: BlobStore | None = None
+) -> int:
+    """The holder objected to their record (§A.1, art. 3(1)), in the portal or through the
+    Agence: ``lifecycle.opt_out`` deletes it (content, choices, traces), every relationship with
+    it ends with it, the holder's messages about it go too, and the holder's accounts are
+    disabled (their record never becomes active, so nothing is left to sign in to). The deletion
+    names who asked for it, in a record the trace deletion keeps. Returns how many resources went.
+    """
+    from sharedcare.access.lifecycle import opt_out
+    from sharedcare.audit import log as audit
+    from sharedcare.identity import accounts
+    from sharedcare.identity.models import AccountStatus, account
+    from sharedcare.notify.models import notification
+
+    deleted = opt_out(conn, patient_id, now, blobs)
+    # the holder's messages about the record go with it (``lifecycle.purge`` keeps them so far)
+    conn.execute(delete(notification).where(notification.c.patient_id == patient_id))
+    holders = conn.execute(select(account.c.id).where(account.c.patient_id == patient_id)).scalars().all()
+    for account_id in holders:
+        accounts.set_status(conn, account_id, AccountStatus.DISABLED, now=now)
+    audit.append(
+        conn, audit.record_for(actor, audit.AuditAction.DELETE, patient_id=patient_id, interaction="opt-out")
+    )
+    return deleted
 
 
 def _audit(conn: Connection, who: Principal, patient_id: str, what: str) -> None:

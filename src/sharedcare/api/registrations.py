@@ -1,0 +1,243 @@
+"""FHIR operations of registrations at a care facility and of the holder's objection, under ``/fhir``.
+
+- ``POST Patient/[id]/$register`` (Parameters ``context`` = facility | emergency, optional
+  ``end`` dateTime, optional ``reason``): a facility's system client, or a professional acting
+  for the facility, registers the holder at its entrance or emergency department
+  (``access.care.register``; Annex 1 §3). Answers the registration as ``Parameters``.
+- ``POST Patient/[id]/$renew-registration`` (optional ``days``, at most
+  ``access_facility_renewal_days``): the same facility prolongs its registration in force.
+- ``POST Patient/[id]/$opt-out``: the holder's objection (§A.1) filed by the holder or by the
+  Agence's tools (administrator, trusted platform client): the record is deleted for everyone.
+
+A registration is not a FHIR resource of the record: it is the proof of a care relationship the
+access decision reads (``care_relationship``), so an operation states the act and its answer
+names what the decision now knows. Refusals are OperationOutcomes (403 who may not, 404 unknown
+record, 422 a rule of the regulation), logged by the app's error handler like any refusal.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Depends, Request, Response
+from sqlalchemy import Connection
+from starlette.concurrency import run_in_threadpool
+
+from sharedcare.access import care, consent
+from sharedcare.access.principals import Principal, PrincipalKind
+from sharedcare.api.fhir import authenticate, fhir_response
+from sharedcare.fhir.errors import BadRequest, Forbidden, Issue, NotFound, Unprocessable, operation_outcome
+from sharedcare.fhir.service import FhirService
+from sharedcare.fhir.store import utcnow
+from sharedcare.settings import Settings
+from sharedcare.storage.engine import writer
+
+router = APIRouter(prefix="/fhir", dependencies=[Depends(authenticate)])
+CONTEXTS = ("facility", "emergency")
+
+
+async def _parameters(request: Request) -> dict[str, Any]:
+    """The operation's parameters by name (their ``value[x]``): a ``Parameters`` body or none."""
+    body = await request.body()
+    if not body.strip():
+        return {}
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"The body is not valid JSON: {exc}") from None
+    if not isinstance(parsed, dict) or parsed.get("resourceType") != "Parameters":
+        raise BadRequest("The operation takes a Parameters resource")
+    out: dict[str, Any] = {}
+    for p in parsed.get("parameter") or []:
+        if not isinstance(p, dict) or not isinstance(p.get("name"), str):
+            raise BadRequest("Each parameter needs a name")
+        values = [v for k, v in p.items() if k.startswith("value")]
+        if len(values) != 1:
+            raise BadRequest(f"Parameter {p['name']!r} needs exactly one value[x]")
+        if p["name"] in out:
+            raise BadRequest(f"Parameter {p['name']!r} is repeated")
+        out[p["name"]] = values[0]
+    return out
+
+
+def _text(params: dict[str, Any], name: str) -> str | None:
+    value = params.get(name)
+    if value is not None and not isinstance(value, str):
+        raise BadRequest(f"Parameter {name!r} takes a code or string")
+    return value
+
+
+def _instant(params: dict[str, Any], name: str) -> datetime | None:
+    """A dateTime parameter with its time zone, as the stored naive UTC."""
+    value = _text(params, name)
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        raise BadRequest(f"Parameter {name!r} must be a dateTime with a time zone, e.g. 2026-01-31T18:00:00Z")
+    return moment.astimezone(UTC).replace(tzinfo=None)
+
+
+def _days(params: dict[str, Any], default: int) -> int:
+    value = params.get("days", default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadRequest("Parameter 'days' takes an integer (valuePositiveInt)")
+    return value
+
+
+def _stamp(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.replace(tzinfo=UTC).isoformat().replace("+00:00", "Z")
+
+
+def _answer(request: Request, rel: care.Relationship) -> Response:
+    """The registration as the access decision now knows it."""
+    parameters: list[dict[str, Any]] = [
+        {"name": "registration", "valueString": rel.id},
+        {"name": "context", "valueCode": rel.context},
+        {"name": "organization", "valueReference": {"reference": f"Organization/{rel.organization_id}"}},
+        {"name": "start", "valueDateTime": _stamp(rel.starts)},
+        {"name": "end", "valueDateTime": _stamp(rel.ends)},
+    ]
+    if rel.reason:
+        parameters.append({"name": "reason", "valueString": rel.reason})
+    return fhir_response(request, {"resourceType": "Parameters", "parameter": parameters})
+
+
+def _caller(request: Request) -> tuple[FhirService, Principal, Settings]:
+    service: FhirService = request.state.fhir
+    return service, request.state.principal, request.app.state.settings
+
+
+def _require_write(service: FhirService) -> None:
+    """A registration changes who reads the record: the token must allow writing Patient
+    (``system/Patient.u``, ``user/*.cruds``…); scopes only ever narrow the decision."""
+    if service.session is not None:
+        service.session.require("Patient", "u")
+
+
+def _facility_of(conn: Connection, service: FhirService, who: Principal) -> str:
+    """The facility the caller acts for: listed in the directory (its authorisation, the
+    ``active`` flag, is checked by ``care``); a professional's own licence must stand too."""
+    if who.kind not in (PrincipalKind.SYSTEM, PrincipalKind.PROFESSIONAL) or not who.organization_id:
+        raise Forbidden(
+            "Only a care facility's system or a professional acting for a facility registers patients"
+        )
+    listed = service.store.current(conn, "Organization", who.organization_id)
+    if listed is None or listed.deleted:
+        raise Forbidden(
+            f"Organization/{who.organization_id} is not a care facility of the national directory"
+        )
+    if who.kind is PrincipalKind.PROFESSIONAL:
+        own = service.store.current(conn, "Practitioner", who.practitioner_id or "")
+        if own is None or own.deleted or own.resource().get("active") is False:
+            raise Forbidden(
+                "Only a professional listed as active in the national directory registers patients"
+            )
+    return who.organization_id
+
+
+def _record(conn: Connection, service: FhirService, patient_id: str) -> None:
+    """The record exists and is open (a closed one takes nothing new, as for data)."""
+    found = service.store.current(conn, "Patient", patient_id)
+    state = consent.status(conn, patient_id)
+    if found is None or found.deleted or state == "deleted":
+        raise NotFound(f"Resource Patient/{patient_id} is not known")
+    if state == "closed":
+        raise Unprocessable(f"The record of Patient/{patient_id} is closed: no registration can be made")
+
+
+def _care_refusal(exc: care.CareError) -> Exception:
+    if isinstance(exc, care.NotAllowed):
+        return Forbidden(str(exc))
+    return Unprocessable(str(exc))
+
+
+def _register(
+    service: FhirService, who: Principal, settings: Settings, patient_id: str, params: dict[str, Any]
+) -> care.Relationship:
+    context = _text(params, "context")
+    if context not in CONTEXTS:
+        raise BadRequest("$register needs a 'context' parameter: facility or emergency")
+    ends = _instant(params, "end")
+    reason = _text(params, "reason")
+    with writer(service.engine).begin() as conn:
+        organization = _facility_of(conn, service, who)
+        _record(conn, service, patient_id)
+        try:
+            return care.register(
+                conn,
+                settings,
+                who,
+                patient_id,
+                emergency=context == "emergency",
+                now=utcnow(),
+                organization_id=organization,
+                ends=ends,
+                reason=reason,
+            )
+        except care.CareError as exc:
+            raise _care_refusal(exc) from None
+
+
+def _renew(
+    service: FhirService, who: Principal, settings: Settings, patient_id: str, params: dict[str, Any]
+) -> care.Relationship:
+    days = _days(params, settings.access_facility_renewal_days)
+    now = utcnow()
+    with writer(service.engine).begin() as conn:
+        organization = _facility_of(conn, service, who)
+        _record(conn, service, patient_id)
+        current = care.current_registration(conn, patient_id, organization, "facility", now)
+        if current is None:
+            raise Unprocessable(
+                f"Organization/{organization} has no registration of Patient/{patient_id} in force "
+                "to renew (an emergency registration is not renewed; an ended one is made again "
+                "with $register)"
+            )
+        try:
+            return care.renew(conn, settings, who, current.id, days, now)
+        except care.CareError as exc:
+            raise _care_refusal(exc) from None
+
+
+def _opt_out(service: FhirService, who: Principal, patient_id: str, blobs: Any) -> int:
+    own = who.kind is PrincipalKind.PATIENT and who.patient_id == patient_id
+    if not (own or who.trusted or who.kind is PrincipalKind.ADMIN):
+        raise Forbidden("Only the holder or the Agence (an administrator) files an objection to a record")
+    with writer(service.engine).begin() as conn:
+        _record(conn, service, patient_id)
+        return care.honour_objection(conn, who, patient_id, utcnow(), blobs)
+
+
+@router.post("/Patient/{pid}/$register")
+async def register(request: Request, pid: str) -> Response:
+    service, who, settings = _caller(request)
+    _require_write(service)
+    params = await _parameters(request)
+    rel = await run_in_threadpool(_register, service, who, settings, pid, params)
+    return _answer(request, rel)
+
+
+@router.post("/Patient/{pid}/$renew-registration")
+async def renew_registration(request: Request, pid: str) -> Response:
+    service, who, settings = _caller(request)
+    _require_write(service)
+    params = await _parameters(request)
+    rel = await run_in_threadpool(_renew, service, who, settings, pid, params)
+    return _answer(request, rel)
+
+
+@router.post("/Patient/{pid}/$opt-out")
+async def opt_out(request: Request, pid: str) -> Response:
+    service, who, _settings = _caller(request)
+    if service.session is not None:  # deleting the record: a token must allow deleting Patient
+        service.session.require("Patient", "d")
+    await _parameters(request)  # none taken, but a malformed body is still refused
+    count = await run_in_threadpool(_opt_out, service, who, pid, request.app.state.blobs)
+    text = f"The record of Patient/{pid} is deleted at the holder's objection ({count} resources)"
+    return fhir_response(request, operation_outcome([Issue("information", "informational", text)]))
