@@ -75,8 +75,10 @@ def world(client: TestClient) -> TestClient:
     with writer(app.state.engine).begin() as conn:
         for patient in ("kid", "mum", "nobirth"):
             add_care(conn, f"gp-{patient}", patient, "gp", now)
-        for patient in ("kid", "turns-18-today", "turns-18-tomorrow"):
-            consent.appoint(conn, app.state.fhir, AGENCY, patient, MUM.subject, "parent", now)
+        for patient in ("kid", "turns-18-today", "turns-18-tomorrow"):  # appointed while all minors
+            consent.appoint(
+                conn, app.state.fhir, AGENCY, patient, MUM.subject, "parent", now - timedelta(days=1)
+            )
     return client
 
 
@@ -162,14 +164,34 @@ def test_an_objection_suspends_every_delegation_a_parent_holds(world: TestClient
     """A parent who made themselves the minor's assistant does not keep access through it."""
     app: Any = world.app
     with writer(app.state.engine).begin() as conn:
-        consent.appoint(conn, app.state.fhir, MUM, "kid", MUM.subject, "assistant", utcnow())
+        consent.appoint(
+            conn,
+            app.state.fhir,
+            MUM,
+            "kid",
+            MUM.subject,
+            "assistant",
+            utcnow(),
+            ends=utcnow() + timedelta(days=30),
+            legal_basis="signed appointment",
+        )
     decide(world, GP)
     objects(world, KID)
     assert world.get("/fhir/Observation/kid-lab", headers=as_(world, MUM)).status_code == 404
     # the minor's own representative (not a parent) keeps access
     aunt = Principal(PrincipalKind.REPRESENTATIVE, "acct-aunt")
     with writer(app.state.engine).begin() as conn:
-        consent.appoint(conn, app.state.fhir, KID, "kid", aunt.subject, "assistant", utcnow())
+        consent.appoint(
+            conn,
+            app.state.fhir,
+            KID,
+            "kid",
+            aunt.subject,
+            "assistant",
+            utcnow(),
+            ends=utcnow() + timedelta(days=30),
+            legal_basis="signed appointment",
+        )
     assert world.get("/fhir/Observation/kid-lab", headers=as_(world, aunt)).status_code == 200
 
 

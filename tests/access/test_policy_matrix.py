@@ -179,6 +179,8 @@ class World:
     svc: FhirService
     policy: AccessPolicy
     consents: set[str] = field(default_factory=set)
+    related: set[str] = field(default_factory=set)
+    """The representative's RelatedPerson: identity data, read by whoever reads Patient/pa."""
 
     def as_(self, name: str, **kwargs: Any) -> FhirService:
         session = PolicySession(PRINCIPALS[name], self.policy, classify, **kwargs)
@@ -214,11 +216,24 @@ def world(db_url: str) -> Iterator[World]:
         consent.grant_permanent(conn, svc, PRINCIPALS["holder"], "pa", "permanent", now)
         consent.block(conn, svc, PRINCIPALS["holder"], "pa", "blocked", now)
         consent.mask(conn, svc, PRINCIPALS["holder"], "pa", "masked", "Observation/lab-hidden", now)
-        consent.appoint(conn, svc, trusted, "pa", "acct-rep", "assistant", now, ends=now + timedelta(days=30))
+        consent.appoint(
+            conn,
+            svc,
+            trusted,
+            "pa",
+            "acct-rep",
+            "assistant",
+            now,
+            ends=now + timedelta(days=30),
+            legal_basis="signed appointment",
+        )
     w = World(engine, settings, svc, AccessPolicy(settings))
     found = svc.search(svc.parse_search("Consent", [("_count", "100")], strict=True)).matches
     w.consents = {f"Consent/{s.id}" for s in found}
     assert len(w.consents) == 4
+    found = svc.search(svc.parse_search("RelatedPerson", [("_count", "100")], strict=True)).matches
+    w.related = {f"RelatedPerson/{s.id}" for s in found}
+    assert len(w.related) == 1
     yield w
     engine.dispose()
 
@@ -302,6 +317,8 @@ def test_include_revinclude_chain_and_has_reveal_nothing_hidden(world: World, na
 def test_history_and_everything_show_only_allowed_resources(world: World, name: str) -> None:
     svc = world.as_(name)
     allowed = EXPECTED[name] | DIRECTORY_KEYS | (world.consents if name in SEES_HOLDER_CHOICES else set())
+    identity = world.related if "Patient/pa" in EXPECTED[name] else set()
+    allowed |= identity
     system = svc.history(count=1000)
     assert _ids(system.versions) == allowed
     assert system.total == len(allowed)
@@ -317,7 +334,7 @@ def test_history_and_everything_show_only_allowed_resources(world: World, name: 
     if "Patient/pa" in EXPECTED[name]:
         page = svc.everything("pa", count=1000)
         got = _ids([*page.matches, *page.included])
-        assert got - DIRECTORY_KEYS == EXPECTED[name] & ALL_A | (
+        assert got - DIRECTORY_KEYS == EXPECTED[name] & ALL_A | identity | (
             world.consents if name in SEES_HOLDER_CHOICES else set()
         )
         compartment = svc.search(svc.parse_search("Observation", [], strict=True), compartment="pa")

@@ -105,7 +105,17 @@ def world(db_url: str) -> Iterator[World]:
             (None, "hosp", "facility"),
         ):
             add_care(conn, f"{pid or org}-{context}", "pa", pid, now, organization_id=org, context=context)
-        consent.appoint(conn, svc, TRUSTED, "pa", "acct-rep", "assistant", now, ends=now + timedelta(days=30))
+        consent.appoint(
+            conn,
+            svc,
+            TRUSTED,
+            "pa",
+            "acct-rep",
+            "assistant",
+            now,
+            ends=now + timedelta(days=30),
+            legal_basis="signed appointment",
+        )
     w = World(engine, svc, AccessPolicy(settings))
     # the GP files the items of pa's record: two of them held back for a consultation d'annonce
     for res in (
@@ -173,7 +183,7 @@ def test_pending_items_are_hidden_from_the_holder_on_every_read_path(world: Worl
     assert chained.matches == []
     assert world.ids(svc.history(count=1000).versions) & PENDING == set()
     assert world.ids(svc.history("Observation", count=1000).versions) == {"Observation/lab-a"}
-    assert _everything(svc) - {"Practitioner/gp"} == SHOWN | _consents(world)
+    assert _everything(svc) - {"Practitioner/gp"} == SHOWN | _consents(world) | _related(world)
     compartment = svc.search(svc.parse_search("Observation", [], strict=True), compartment="pa")
     assert world.ids(compartment.matches) == {"Observation/lab-a"}
 
@@ -181,6 +191,14 @@ def test_pending_items_are_hidden_from_the_holder_on_every_read_path(world: Worl
 def _consents(world: World) -> set[str]:
     found = world.svc.search(world.svc.parse_search("Consent", [("_count", "100")], strict=True)).matches
     return {f"Consent/{s.id}" for s in found}
+
+
+def _related(world: World) -> set[str]:
+    """The RelatedPerson each representative's appointment adds to the record."""
+    found = world.svc.search(
+        world.svc.parse_search("RelatedPerson", [("_count", "100")], strict=True)
+    ).matches
+    return {f"RelatedPerson/{s.id}" for s in found}
 
 
 def test_professionals_with_access_still_see_pending_items(world: World) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from fastapi.testclient import TestClient
@@ -208,7 +208,15 @@ def test_representative_chooses_the_holder_and_acts_for_them(world: World, brows
     assistant = Principal(PrincipalKind.PATIENT, world.patient.account_id, patient_id="pa")
     with writer(world.engine).begin() as conn:
         consent.appoint(
-            conn, world.app.state.fhir, assistant, "pa", world.representative.account_id, "assistant", _now()
+            conn,
+            world.app.state.fhir,
+            assistant,
+            "pa",
+            world.representative.account_id,
+            "assistant",
+            _now(),
+            ends=_now() + timedelta(days=30),
+            legal_basis="signed appointment",
         )
         consent.appoint(
             conn,

@@ -21,6 +21,9 @@ from sharedcare.access.principals import Principal, PrincipalKind
 from sharedcare.audit import log as audit
 from sharedcare.fhir.service import FhirService
 from sharedcare.fhir.store import instant
+from sharedcare.identity import accounts
+from sharedcare.identity.errors import IdentityError
+from sharedcare.identity.matricule import MATRICULE_SYSTEM
 from sharedcare.settings import Settings
 
 CONSENT_SCOPE = {
@@ -339,6 +342,131 @@ def _remove_restriction(
 
 
 # -- representatives ------------------------------------------------------------------------------
+REPRESENTATIVE_ROLE = "https://sharedcare.lu/fhir/CodeSystem/representative-role"
+"""Our code for the DSP assistant, a role no HL7 code system names (guichet.lu, §A.7)."""
+ACCOUNT_SYSTEM = "https://sharedcare.lu/fhir/sid/account"
+"""Identifier system of platform accounts: links a RelatedPerson to the account that acts."""
+_RELATIONSHIPS: dict[str, tuple[str, str, str]] = {
+    "parent": (ROLE_CODE, "PRN", "parent"),
+    "guardian": (ROLE_CODE, "GUARD", "guardian"),
+    "trusted": (ROLE_CODE, "NOK", "next of kin"),
+    "assistant": (REPRESENTATIVE_ROLE, "dsp-assistant", "DSP assistant"),
+}
+"""``RelatedPerson.relationship`` and ``Consent.provision.actor.role`` of each kind."""
+AGENCY_KINDS = ("parent", "guardian")
+"""What the agency registers for a holder (a minor's parents, a protected adult's tutor); the
+assistant and the trusted person are the holder's own choice."""
+
+
+@dataclass(frozen=True, slots=True)
+class Representation:
+    """A delegation as the agency's pages list it (no clinical data: who, why, until when)."""
+
+    id: str
+    patient_id: str
+    account_id: str
+    kind: str
+    legal_basis: str | None
+    starts: datetime
+    ends: datetime | None
+    related_person_id: str | None
+    in_force: bool
+
+
+def _agency(who: Principal) -> bool:
+    """The agency's own acts: its administrators and trusted platform clients."""
+    return who.kind is PrincipalKind.ADMIN or (who.kind is PrincipalKind.SYSTEM and who.trusted)
+
+
+def _delegation_end(
+    conn: Connection,
+    patient_id: str,
+    kind: str,
+    now: datetime,
+    ends: datetime | None,
+    legal_basis: str | None,
+) -> tuple[datetime | None, datetime | None]:
+    """The end of a new delegation by the rules of its kind, for its row and for its Consent;
+    raises ChoiceError with the reason.
+
+    A parent's row keeps no end of its own when none is given: the access decision ends it on the
+    18th birthday from the record's birth date (``minors.representation_in_force``), so a
+    corrected birth date is followed; the Consent states that date, as other systems read it."""
+    if ends is not None and ends <= now:
+        raise ChoiceError("The end of the delegation must be in the future")
+    if kind == "assistant":
+        if ends is None:
+            raise ChoiceError("A DSP assistant is appointed for a limited time: give the end date")
+        if not legal_basis:
+            raise ChoiceError("Give the legal basis of the delegation")
+    if kind == "parent":
+        birth = minors.birth_date(conn, patient_id)
+        if birth is not None:  # unknown birth date: the delegation's own end only (existing rule)
+            majority = minors.majority_date(birth)
+            if majority <= now:
+                raise ChoiceError("A parent represents only a minor: this holder is 18 or older")
+            if ends is not None and ends > majority:
+                raise ChoiceError("A parent's delegation ends at the latest on the child's 18th birthday")
+            return ends, ends or majority
+    return ends, ends
+
+
+def _related_person(
+    conn: Connection, fhir: FhirService, patient_id: str, account_id: str, kind: str, given: str | None
+) -> str:
+    """The RelatedPerson of the representative in the holder's record: ``given``, else the one of
+    an earlier delegation of the same account, else a new one; active and with ``kind``'s code."""
+    svc = fhir.for_session(None)
+    system, code, display = _RELATIONSHIPS[kind]
+    coding = {"system": system, "code": code, "display": display}
+    candidates = [given] if given else []
+    if not given:
+        d = delegation
+        candidates += [
+            r.related_person_id
+            for r in conn.execute(
+                select(d.c.related_person_id)
+                .where(d.c.patient_id == patient_id, d.c.account_id == account_id)
+                .where(d.c.related_person_id.is_not(None))
+                .order_by(d.c.starts.desc())
+            )
+        ]
+    for rid in candidates:
+        current = svc.store.current(conn, "RelatedPerson", rid)
+        if current is None or current.deleted:
+            continue
+        res = current.resource()
+        if res.get("patient", {}).get("reference") != f"Patient/{patient_id}":
+            continue
+        codes = {
+            (c.get("system"), c.get("code")) for r in res.get("relationship", []) for c in r.get("coding", [])
+        }
+        if (system, code) not in codes or res.get("active") is not True:
+            if (system, code) not in codes:
+                res.setdefault("relationship", []).append({"coding": [coding]})
+            res["active"] = True
+            svc.update_in(conn, "RelatedPerson", rid, res)
+        return rid
+    if given:
+        raise ChoiceError("This RelatedPerson is not in the holder's record")
+    resource: dict[str, Any] = {
+        "resourceType": "RelatedPerson",
+        "active": True,
+        "patient": {"reference": f"Patient/{patient_id}"},
+        "relationship": [{"coding": [coding]}],
+        "identifier": [{"system": ACCOUNT_SYSTEM, "value": account_id}],
+    }
+    try:
+        account = accounts.get_account(conn, account_id)
+    except IdentityError:
+        account = None  # an account of an external identity provider: the identifier says who
+    if account is not None:
+        if account.matricule:
+            resource["identifier"].append({"system": MATRICULE_SYSTEM, "value": account.matricule})
+        resource["name"] = [{"text": account.display_name}]
+    return svc.create_in(conn, resource).stored.id
+
+
 def appoint(
     conn: Connection,
     fhir: FhirService,
@@ -350,19 +478,33 @@ def appoint(
     *,
     ends: datetime | None = None,
     legal_basis: str | None = None,
+    related_person_id: str | None = None,
 ) -> str:
-    """A representative acting on behalf of the holder, for a limited time (§A.7)."""
+    """A representative acting on behalf of the holder, for a limited time (§A.7).
+
+    Recorded as FHIR: the representative is a ``RelatedPerson`` of the holder's record (reused
+    for the same account) and the delegation a ``Consent`` whose ``provision.actor`` references
+    it, plus the ``delegation`` row the access decision reads. A DSP assistant needs an end and
+    a legal basis; a parent's delegation ends on the child's 18th birthday at the latest. The
+    holder (or their representative) appoints; the agency registers parents and guardians.
+    """
     if kind not in DELEGATION_KINDS:
         raise ChoiceError(f"Unknown kind of representative {kind!r}")
-    if who.kind is not PrincipalKind.SYSTEM or not who.trusted:
+    if who.kind is PrincipalKind.ADMIN and kind not in AGENCY_KINDS:
+        raise ChoiceError("The agency registers only parents and guardians")
+    if not _agency(who):
         _require_holder(conn, who, patient_id, now)
-    if ends is not None and ends <= now:
-        raise ChoiceError("The end of the delegation must be in the future")
-    representative = actor(ROLE_CODE, _ROLE_CODES[kind], {"display": f"account {account_id}"})
+    legal_basis = (legal_basis or "").strip() or None
+    ends, consent_ends = _delegation_end(conn, patient_id, kind, now, ends, legal_basis)
+    related = _related_person(conn, fhir, patient_id, account_id, kind, related_person_id)
+    system, code, _display = _RELATIONSHIPS[kind]
+    representative = actor(system, code, {"reference": f"RelatedPerson/{related}"})
     consent_id = write_consent(
         conn,
         fhir,
-        fhir_consent(patient_id, f"delegation-{kind}", "permit", now, actors=[representative], ends=ends),
+        fhir_consent(
+            patient_id, f"delegation-{kind}", "permit", now, actors=[representative], ends=consent_ends
+        ),
     )
     delegation_id = uuid.uuid4().hex
     conn.execute(
@@ -375,26 +517,81 @@ def appoint(
             starts=now,
             ends=ends,
             consent_id=consent_id,
+            related_person_id=related,
         )
     )
     audit_change(conn, who, patient_id, f"appoint {kind} account {account_id}", consent_id)
     return delegation_id
 
 
-_ROLE_CODES = {"parent": "PRN", "guardian": "GUARD", "trusted": "NOK", "assistant": "AGNT"}
-
-
 def remove_delegation(
     conn: Connection, fhir: FhirService, who: Principal, delegation_id: str, now: datetime
 ) -> None:
+    """End a delegation (the holder's side, or the agency); its RelatedPerson becomes inactive
+    when no other delegation of the record still names it."""
     d = delegation
     row = conn.execute(select(d).where(d.c.id == delegation_id, d.c.revoked_at.is_(None))).first()
     if row is None:
         raise ChoiceError("There is no such representative")
-    _require_holder(conn, who, row.patient_id, now)
+    if not _agency(who):
+        _require_holder(conn, who, row.patient_id, now)
     conn.execute(update(d).where(d.c.id == delegation_id).values(revoked_at=now))
     deactivate_consent(conn, fhir, row.consent_id)
+    if row.related_person_id:
+        _retire_related_person(conn, fhir, row.related_person_id, now)
     audit_change(conn, who, row.patient_id, f"remove {row.kind} account {row.account_id}", row.consent_id)
+
+
+def _retire_related_person(
+    conn: Connection, fhir: FhirService, related_person_id: str, now: datetime
+) -> None:
+    d = delegation
+    still = conn.execute(
+        select(d.c.id).where(
+            d.c.related_person_id == related_person_id,
+            d.c.revoked_at.is_(None),
+            (d.c.ends.is_(None)) | (d.c.ends > now),
+        )
+    ).first()
+    if still is not None:
+        return
+    svc = fhir.for_session(None)
+    current = svc.store.current(conn, "RelatedPerson", related_person_id)
+    if current is None or current.deleted:
+        return
+    res = current.resource()
+    if res.get("active") is not False:
+        res["active"] = False
+        svc.update_in(conn, "RelatedPerson", related_person_id, res)
+
+
+def representations(
+    conn: Connection, *, patient_id: str | None = None, account_id: str | None = None, now: datetime
+) -> list[Representation]:
+    """The delegations not revoked and not past their end, of a holder or of a representative's
+    account, newest first; ``in_force`` also applies the minors' rules (18th birthday, objection)."""
+    d = delegation
+    query = select(d, minors.delegation_in_force(d, now).label("in_force")).where(
+        d.c.revoked_at.is_(None), (d.c.ends.is_(None)) | (d.c.ends > now)
+    )
+    if patient_id is not None:
+        query = query.where(d.c.patient_id == patient_id)
+    if account_id is not None:
+        query = query.where(d.c.account_id == account_id)
+    return [
+        Representation(
+            r.id,
+            r.patient_id,
+            r.account_id,
+            r.kind,
+            r.legal_basis,
+            r.starts,
+            r.ends,
+            r.related_person_id,
+            bool(r.in_force),
+        )
+        for r in conn.execute(query.order_by(d.c.starts.desc(), d.c.id))
+    ]
 
 
 # -- closure -----------------------------------------------------------------------------------

@@ -353,7 +353,7 @@ def _ensure_care(
         majority = birth.replace(
             year=birth.year + 18, day=min(birth.day, 28) if birth.month == 2 else birth.day
         )
-        delegation_id = consent.appoint(
+        consent.appoint(
             conn,
             fhir,
             trusted,
@@ -363,8 +363,8 @@ def _ensure_care(
             now,
             ends=majority,
             legal_basis="Parental authority over a minor (Code civil, art. 372)",
+            related_person_id=CHILD_PARENT,  # the seeded RelatedPerson: the Consent's actor names it
         )
-        conn.execute(update(d).where(d.c.id == delegation_id).values(related_person_id=CHILD_PARENT))
     for role, (practitioner_id, _, _) in (("gp", GP), ("pharmacist", PHARMACIST)):
         if not _active(conn, PATIENT, "solo", now, practitioner=practitioner_id):
             code = care.issue_connection_code(conn, settings, PATIENT, now)

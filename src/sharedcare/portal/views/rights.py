@@ -453,6 +453,16 @@ def connection_code(
 
 
 # -- representatives ---------------------------------------------------------------------------------
+DELEGATION_MESSAGES = (
+    N_("A DSP assistant is appointed for a limited time: give the end date"),
+    N_("Give the legal basis of the delegation"),
+    N_("A parent represents only a minor: this holder is 18 or older"),
+    N_("A parent's delegation ends at the latest on the child's 18th birthday"),
+    N_("The agency registers only parents and guardians"),
+)
+"""The messages of ``consent.appoint``'s rules (§A.7), for extraction and translation."""
+
+
 def _end_of_day(value: str) -> datetime | None:
     """The end of a date typed in a date field, in Luxembourg, as naive UTC; None when empty."""
     if not value.strip():
@@ -488,6 +498,10 @@ def appoint(
         if account.kind not in REPRESENTABLE:
             raise Refused(
                 N_("This account cannot represent anyone: ask for the login of a personal account.")
+            )
+        if kind == "assistant" and (end is None or not legal_basis.strip()):
+            raise Refused(
+                N_("A DSP assistant is appointed for a limited time: give the end date and the legal basis.")
             )
         consent.appoint(
             conn,
