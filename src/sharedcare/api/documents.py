@@ -1,4 +1,12 @@
-"""ITI-68 Retrieve Document over HTTP: ``GET`` and ``HEAD [base]/Binary/[id]``.
+"""Document content over HTTP: ITI-68 Retrieve Document (``GET``/``HEAD [base]/Binary/[id]``) and
+the streamed upload of large content (``POST [base]/Binary``, ``PUT [base]/Binary/[id]``).
+
+Upload: a body of a non-FHIR ``Content-Type`` is the Binary's content (FHIR R4 REST, "Binary"),
+and ``X-Security-Context`` its ``securityContext``: ``Patient/[id]``, the record it goes to. The
+caller's write check runs before the body is read; the body then streams chunk by chunk from
+the connection into the blob store (hashed and encrypted as it arrives), up to
+``SHAREDCARE_MAX_CONTENT_BYTES`` (413 beyond, nothing kept). A Provide Document Bundle of the
+same caller then names it by ``attachment.url`` (``documents.submission``).
 
 The bytes, with their own ``Content-Type``, ``Content-Length``, a strong ``ETag`` (their SHA-256),
 ``Accept-Ranges: bytes`` and single ``Range`` requests (206, or 416 outside the content; an
@@ -15,14 +23,19 @@ from collections.abc import Iterator
 from datetime import UTC
 from email.utils import format_datetime
 
+import anyio.from_thread
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.types import Scope
 
-from sharedcare.api.fhir import authenticate, fhir_response, record_refusal
+from sharedcare.api import fhir as fhir_api
+from sharedcare.api.fhir import authenticate, base_url, fhir_response, record_refusal
+from sharedcare.documents import submission
 from sharedcare.documents.content import RangeNotSatisfiable
+from sharedcare.documents.mhd import literal
 from sharedcare.documents.retrieve import Document, retrieve
-from sharedcare.fhir.errors import FhirError
+from sharedcare.fhir.errors import BadRequest, FhirError
 from sharedcare.fhir.service import FhirService
 from sharedcare.storage.blobstore import BlobCorrupted, BlobNotFound
 
@@ -128,3 +141,95 @@ async def retrieve_document(request: Request, rid: str) -> Response:
     if doc.body is not None:
         return Response(doc.body, status_code=status, headers=headers)
     return StreamingResponse(_checked(doc.stream(), rid), status_code=status, headers=headers)
+
+
+# -- streamed upload -------------------------------------------------------------------------------
+_FHIR_TYPES = ("application/fhir+json", "application/json", "application/json+fhir", "application/fhir+xml")
+_PORTAL_UPLOADS = ("/documents/new", "/documents/upload/new", "/replace", "/personal/writings")
+
+
+def _raw(content_type: str | None) -> bool:
+    """A body that is a document's bytes, not a FHIR resource."""
+    bare = (content_type or "").split(";")[0].strip().lower()
+    return bool(bare) and bare not in _FHIR_TYPES and not bare.endswith(("+json", "+xml"))
+
+
+def streamed_upload(scope: Scope) -> bool:
+    """Requests whose body streams into the content store, bounded by the content limit
+    (``SHAREDCARE_MAX_CONTENT_BYTES``) rather than the request limit: raw Binary uploads and the
+    portal's file uploads (spooled to disk by Starlette, then streamed)."""
+    path, method = scope.get("path", ""), scope.get("method", "")
+    if method == "POST" and path.startswith("/portal/") and path.endswith(_PORTAL_UPLOADS):
+        return True
+    binary = (method == "POST" and path == "/fhir/Binary") or (
+        method == "PUT" and path.startswith("/fhir/Binary/") and path.count("/") == 3
+    )
+    if not binary:
+        return False
+    headers = dict(scope.get("headers") or ())
+    return _raw(headers.get(b"content-type", b"").decode("latin-1"))
+
+
+def _patient_of(request: Request) -> str:
+    """The record the content goes to, from ``X-Security-Context`` (``Patient/[id]``)."""
+    context = request.headers.get("x-security-context")
+    if not context:
+        raise BadRequest(
+            "A raw Binary upload needs 'X-Security-Context: Patient/[id]', the record the content goes to"
+        )
+    target = literal(context.strip(), base_url(request))
+    if target is None or target[0] != "Patient":
+        raise BadRequest(
+            f"X-Security-Context {context!r} is not supported: upload into a record with Patient/[id], "
+            "then file the document (ITI-65) naming the Binary in attachment.url"
+        )
+    return target[1]
+
+
+def _body_chunks(request: Request) -> Iterator[bytes]:
+    """The request body, chunk by chunk as it arrives, for a worker thread: each chunk is awaited
+    on the event loop, so no more than one chunk is held."""
+    stream = request.stream()
+
+    async def next_chunk() -> bytes | None:
+        try:
+            return await stream.__anext__()
+        except StopAsyncIteration:
+            return None
+
+    while (chunk := anyio.from_thread.run(next_chunk)) is not None:
+        yield chunk
+
+
+async def _upload(request: Request, binary_id: str | None) -> Response:
+    svc: FhirService = request.state.fhir
+    patient_id = _patient_of(request)
+    content_type = request.headers["content-type"].strip()
+    outcome = await run_in_threadpool(
+        submission.upload,
+        svc,
+        request.app.state.blobs,
+        _body_chunks(request),
+        patient_id=patient_id,
+        content_type=content_type,
+        max_size=request.app.state.settings.max_content_bytes,
+        binary_id=binary_id,
+    )
+    return fhir_api._write_response(request, outcome, "Stored" if outcome.created else "Replaced")
+
+
+@router.post("/Binary")
+async def upload_binary(request: Request) -> Response:
+    """A raw upload (streamed); a FHIR Binary resource goes to the generic create."""
+    if not _raw(request.headers.get("content-type")):
+        return await fhir_api.create(request, "Binary")
+    return await _upload(request, None)
+
+
+@router.put("/Binary/{rid}")
+async def put_binary(request: Request, rid: str) -> Response:
+    """Raw bytes replacing the caller's own unclaimed upload; a FHIR Binary resource goes to the
+    generic update."""
+    if not _raw(request.headers.get("content-type")):
+        return await fhir_api.update(request, "Binary", rid)
+    return await _upload(request, rid)

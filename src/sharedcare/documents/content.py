@@ -16,6 +16,11 @@ of) and, in ``meta``, the platform's marks:
 
 The submission's Lists (SubmissionSet, Folders) get the tag too, with the strictest category of
 the submission's documents: they name the documents, and must not reveal more than they do.
+
+Large content is uploaded first, streamed (``POST [base]/Binary``, raw bytes): that Binary's
+``securityContext`` is the patient (FHIR R4 allows a Reference to any resource), ``meta`` names
+its uploader (``uploaded-by``), and a Provide Document Bundle of the same uploader then claims it
+by ``attachment.url`` = ``Binary/[id]``, which makes it an ordinary document Binary (``pending_upload``).
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ from sharedcare.fhir.errors import FhirError
 
 BLOB_EXTENSION = "https://sharedcare.lu/fhir/StructureDefinition/blob"
 PATIENT_EXTENSION = "https://sharedcare.lu/fhir/StructureDefinition/binary-patient"
+UPLOADER_EXTENSION = "https://sharedcare.lu/fhir/StructureDefinition/uploaded-by"
+"""On a Binary uploaded and not yet claimed by a document: who uploaded it (principal subject)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +48,67 @@ class BlobPointer:
     patient_id: str
     digest: str
     size: int
+    sha1: bytes | None = None
+
+
+def _blob_meta(patient_id: str, digest: str, size: int, sha1: bytes) -> list[dict[str, Any]]:
+    return [
+        {
+            "url": BLOB_EXTENSION,
+            "extension": [
+                {"url": "digest", "valueString": digest},
+                {"url": "size", "valueInteger": size},
+                {"url": "sha1", "valueBase64Binary": base64.b64encode(sha1).decode()},
+            ],
+        },
+        {"url": PATIENT_EXTENSION, "valueReference": {"reference": f"Patient/{patient_id}"}},
+    ]
+
+
+def pending_binary(
+    *,
+    binary_id: str,
+    content_type: str,
+    patient_id: str,
+    uploader: str,
+    category: str | None,
+    digest: str,
+    size: int,
+    sha1: bytes,
+) -> dict[str, Any]:
+    """The Binary of content uploaded before its document: in the patient's compartment, its
+    ``securityContext`` the patient, ``category`` tagged (the holder's side: their personal area;
+    None: the type's default, care reports) until a submission claims it."""
+    meta: dict[str, Any] = {
+        "extension": [
+            *_blob_meta(patient_id, digest, size, sha1),
+            {"url": UPLOADER_EXTENSION, "valueString": uploader},
+        ]
+    }
+    if category is not None:
+        meta["tag"] = [{"system": CATEGORY_SYSTEM, "code": category}]
+    return {
+        "resourceType": "Binary",
+        "id": binary_id,
+        "meta": meta,
+        "contentType": content_type,
+        "securityContext": {"reference": f"Patient/{patient_id}"},
+    }
+
+
+def pending_upload(binary: Mapping[str, Any]) -> tuple[BlobPointer, str] | None:
+    """The blob and uploader of a Binary no document claims yet (None: not such a Binary)."""
+    pointer = pointer_of(binary)
+    context = (binary.get("securityContext") or {}).get("reference")
+    if pointer is None or pointer.sha1 is None or context != f"Patient/{pointer.patient_id}":
+        return None
+    meta = binary.get("meta") or {}
+    for ext in meta.get("extension") or ():
+        if isinstance(ext, Mapping) and ext.get("url") == UPLOADER_EXTENSION:
+            uploader = ext.get("valueString")
+            if isinstance(uploader, str):
+                return pointer, uploader
+    return None
 
 
 def stored_binary(
@@ -55,16 +123,7 @@ def stored_binary(
 ) -> dict[str, Any]:
     """The Binary the store keeps for submitted content (no ``data``: the bytes are a blob)."""
     meta: dict[str, Any] = {
-        "extension": [
-            {
-                "url": BLOB_EXTENSION,
-                "extension": [
-                    {"url": "digest", "valueString": content.sha256},
-                    {"url": "size", "valueInteger": content.size},
-                ],
-            },
-            {"url": PATIENT_EXTENSION, "valueReference": {"reference": f"Patient/{patient_id}"}},
-        ],
+        "extension": _blob_meta(patient_id, content.sha256, content.size, content.sha1),
         "tag": [{"system": CATEGORY_SYSTEM, "code": category}],
     }
     if security:
@@ -101,7 +160,7 @@ def tag_category(resource: dict[str, Any], category: str) -> None:
 def pointer_of(binary: Mapping[str, Any]) -> BlobPointer | None:
     """The blob of a stored Binary, or None when it has none (its bytes are inline ``data``)."""
     meta = binary.get("meta")
-    patient = digest = size = None
+    patient = digest = size = sha1 = None
     for ext in meta.get("extension") or () if isinstance(meta, Mapping) else ():
         if not isinstance(ext, Mapping):
             continue
@@ -116,8 +175,11 @@ def pointer_of(binary: Mapping[str, Any]) -> BlobPointer | None:
                     digest = part.get("valueString")
                 elif part.get("url") == "size":
                     size = part.get("valueInteger")
+                elif part.get("url") == "sha1":
+                    sha1 = part.get("valueBase64Binary")
     if isinstance(patient, str) and isinstance(digest, str) and isinstance(size, int):
-        return BlobPointer(patient, digest, size)
+        raw = base64.b64decode(sha1) if isinstance(sha1, str) else None
+        return BlobPointer(patient, digest, size, raw)
     return None
 
 

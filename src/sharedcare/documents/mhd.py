@@ -5,7 +5,8 @@ A Document Source posts a FHIR transaction holding one SubmissionSet ``List``, t
 data), optional Folder ``List``s and the ``PUT``s that mark replaced documents superseded (MHD's
 UpdateDocumentRefs slice). ``read`` checks everything that needs no database: the MHD metadata
 (patient, type from the accepted value set, category, author, date, confidentiality, attachment
-contentType, language, size and SHA-1 hash against the decoded bytes, format), FHIR validity, and
+contentType, language, size and SHA-1 hash against the decoded bytes, or against the recorded
+digests of content uploaded apart, format), FHIR validity, and
 the bundle's structure. Every problem becomes one ``Issue`` with the FHIRPath of the element, so
 the submission is refused with one OperationOutcome that names them all (``SubmissionRejected``).
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,19 +50,25 @@ class SubmissionRejected(FhirError):
 
 @dataclass(slots=True)
 class Content:
-    """The decoded bytes of one document, with the digests the store and FHIR need."""
+    """The content of one document, with the digests the store and FHIR need: decoded bytes
+    (inline or Binary ``data``), a stream read again when stored (a portal upload, spooled to
+    disk), or bytes already in the store (a Binary uploaded by ``POST [base]/Binary``)."""
 
-    data: bytes
     sha256: str
     sha1: bytes
+    size: int
+    data: bytes | None = None
+    chunks: Callable[[], Iterator[bytes]] | None = None
+    """Opens the stream again; ``documents.submission`` stores it chunk by chunk."""
+    binary_id: str | None = None
+    """An uploaded Binary the submission claims: its bytes are stored already."""
+    binary_version: int | None = None
+    content_type: str | None = None
+    """The uploaded Binary's type, which the attachment's must equal."""
 
     @classmethod
     def of(cls, data: bytes) -> Content:
-        return cls(data, hashlib.sha256(data).hexdigest(), hashlib.sha1(data).digest())
-
-    @property
-    def size(self) -> int:
-        return len(self.data)
+        return cls(hashlib.sha256(data).hexdigest(), hashlib.sha1(data).digest(), len(data), data=data)
 
 
 @dataclass(slots=True)
@@ -182,9 +189,15 @@ class _Reader:
     """One pass over the bundle, collecting issues instead of stopping at the first."""
 
     def __init__(
-        self, bundle: dict[str, Any], base_url: str, types: DocumentTypes, validator: Validator | None
+        self,
+        bundle: dict[str, Any],
+        base_url: str,
+        types: DocumentTypes,
+        validator: Validator | None,
+        uploads: Mapping[str, Content] | None = None,
     ) -> None:
         self.bundle = bundle
+        self.uploads = uploads or {}
         self.base_url = base_url
         self.types = types
         self.validator = validator
@@ -485,12 +498,23 @@ class _Reader:
                 here,
             )
             return None
+        uploaded = self.uploads.get(url) if isinstance(url, str) else None
+        if uploaded is not None:  # content stored before: checked against its recorded digests
+            if uploaded.content_type is not None and uploaded.content_type != att.get("contentType"):
+                self.issue(
+                    "invariant",
+                    f"The uploaded Binary's contentType {uploaded.content_type!r} differs from the "
+                    "attachment's",
+                    f"{here}.contentType",
+                )
+            return self._digests(att, here, uploaded, Attachment(position, uploaded, None))
         if url is not None:
             binary_entry = binaries.get(url)
             if binary_entry is None:
                 self.issue(
                     "invalid",
-                    f"attachment.url {url!r} names no Binary of the bundle: the content must be submitted",
+                    f"attachment.url {url!r} names no Binary of the bundle, nor a Binary/[id] this "
+                    "client uploaded into the patient's record and no document claims yet",
                     f"{here}.url",
                 )
                 return None
@@ -513,6 +537,10 @@ class _Reader:
             self.issue("invalid", "The document content is empty", source)
             return None
         found = Content.of(data)
+        return self._digests(att, here, found, Attachment(position, found, binary_entry))
+
+    def _digests(self, att: dict[str, Any], here: str, found: Content, attachment: Attachment) -> Attachment:
+        """Check ``size`` and ``hash`` against the content (decoded, streamed or stored)."""
         size = att.get("size")
         if size is None:
             self.issue("required", "attachment.size is missing", f"{here}.size")
@@ -530,7 +558,7 @@ class _Reader:
                 f"attachment.hash {given!r} does not match the content (base64 SHA-1 {expected!r})",
                 f"{here}.hash",
             )
-        return Attachment(position, found, binary_entry)
+        return attachment
 
 
 def read(
@@ -539,9 +567,12 @@ def read(
     base_url: str = "",
     validator: Validator | None = None,
     types: DocumentTypes | None = None,
+    uploads: Mapping[str, Content] | None = None,
 ) -> Submission:
-    """The checked submission; raises ``SubmissionRejected`` with every problem found."""
-    reader = _Reader(bundle, base_url, types or document_types(), validator)
+    """The checked submission; raises ``SubmissionRejected`` with every problem found.
+    ``uploads``: attachment ``url`` → content obtained apart from the bundle (an uploaded Binary,
+    a portal upload), whose size and hash are checked instead of decoded bytes."""
+    reader = _Reader(bundle, base_url, types or document_types(), validator, uploads)
     submission = reader.read()
     if reader.issues or submission is None:
         raise SubmissionRejected(reader.issues)

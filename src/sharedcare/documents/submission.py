@@ -26,24 +26,31 @@ from __future__ import annotations
 
 import copy
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import Connection
 
-from sharedcare.access.categories import classify
+from sharedcare.access.categories import DataCategory, classify
 from sharedcare.access.policy import RESTRICTED, VERY_RESTRICTED
 from sharedcare.access.principals import PrincipalKind
 from sharedcare.access.requests import is_pending
 from sharedcare.access.session import PolicySession
 from sharedcare.documents import lifecycle
 from sharedcare.documents.categories import document_types
-from sharedcare.documents.content import security_codings, stored_binary, strictest, tag_category
+from sharedcare.documents.content import (
+    pending_binary,
+    pending_upload,
+    security_codings,
+    stored_binary,
+    strictest,
+    tag_category,
+)
 from sharedcare.documents.mhd import Content, Submission, SubmissionRejected, literal, read
 from sharedcare.fhir.bundle import BundleProcessor, parse_entries
-from sharedcare.fhir.errors import Conflict, Issue, PayloadTooLarge
-from sharedcare.fhir.service import FhirService
+from sharedcare.fhir.errors import BadRequest, Conflict, Issue, NotFound, PayloadTooLarge
+from sharedcare.fhir.service import ID_RE, FhirService, WriteOutcome, serialize, serialize_many
 from sharedcare.fhir.store import CONFIDENTIALITY_SYSTEM, Write, confidentiality_of, instant, utcnow
 from sharedcare.notify import outbox
 from sharedcare.storage.blobstore import CHUNK, BlobStore, BlobTooLarge
@@ -63,6 +70,9 @@ class _Plan:
     statuses: dict[str, str]
     """Stored document id → its new status (replaced: superseded; updates of the request)."""
     contents: list[Content] = field(default_factory=list)
+    claims: list[Write] = field(default_factory=list)
+    """Uploaded Binaries the documents claim: updated to point at them (written apart: their
+    uploader, a system, may not read them, and the write check decides)."""
 
 
 def provide(
@@ -72,13 +82,20 @@ def provide(
     *,
     base_url: str,
     max_size: int | None = None,
+    uploads: Mapping[str, Content] | None = None,
 ) -> dict[str, Any]:
     """File a Provide Document Bundle as the caller of ``svc``; the transaction-response Bundle.
+
+    An attachment ``url`` may name content obtained apart: a key of ``uploads`` (a stream, such
+    as the portal's spooled upload), or ``Binary/[id]`` of a Binary the caller uploaded into the
+    patient's record (``upload``) that no document claims yet: its stored size and hash are checked,
+    and it becomes the document's Binary.
 
     Raises ``SubmissionRejected`` (422, every problem), ``PayloadTooLarge`` (413) for content over
     ``max_size`` bytes, or the write check's ``Forbidden``/``BusinessRule``: nothing is stored then.
     """
-    submission = read(bundle, base_url=base_url, validator=svc.validator)
+    found = {**_uploaded(svc, bundle, base_url), **(uploads or {})}
+    submission = read(bundle, base_url=base_url, validator=svc.validator, uploads=found)
     if max_size is not None:
         for doc in submission.documents:
             for att in doc.attachments:
@@ -101,6 +118,7 @@ def provide(
             entry.assigned_id = plan.ids.get(position)
         processed = BundleProcessor(svc).transaction_in(conn, entries, base_url)
         changed = lifecycle.apply_statuses(svc, conn, plan.statuses)
+        _claim(svc, conn, plan.claims, submission)
         _notify(svc, conn, submission.patient_id, plan)
     responses: dict[int, dict[str, Any]] = dict(zip(plan.positions, processed, strict=False))
     for update in submission.updates:
@@ -118,6 +136,154 @@ def provide(
         "type": "transaction-response",
         "entry": [responses[i] for i in range(len(bundle["entry"]))],
     }
+
+
+def _uploaded(svc: FhirService, bundle: Any, base_url: str) -> dict[str, Content]:
+    """The Binaries the bundle's documents name by ``attachment.url`` = ``Binary/[id]`` that the
+    caller uploaded into the document's patient record and no document claims yet; other urls are
+    left to ``mhd.read`` to refuse."""
+    wanted: dict[str, tuple[str, str]] = {}  # url → (Binary id, the document's patient)
+    for entry in bundle.get("entry") or () if isinstance(bundle, dict) else ():
+        res = entry.get("resource") if isinstance(entry, dict) else None
+        if not isinstance(res, dict) or res.get("resourceType") != "DocumentReference":
+            continue
+        patient = literal((res.get("subject") or {}).get("reference"), base_url)
+        for content in res.get("content") or ():
+            att = content.get("attachment") if isinstance(content, dict) else None
+            url = att.get("url") if isinstance(att, dict) else None
+            target = literal(url, base_url)
+            if target is not None and target[0] == "Binary" and patient is not None:
+                wanted[str(url)] = (target[1], patient[1])
+    if not wanted:
+        return {}
+    me = _uploader(svc)
+    found: dict[str, Content] = {}
+    with svc.engine.connect() as conn:
+        for url, (binary_id, patient_id) in wanted.items():
+            current = svc.store.current(conn, "Binary", binary_id)
+            if current is None or current.deleted:  # the uploader may not read it (a system):
+                continue  # being its uploader is the right to claim it, the write check decides
+            resource = current.resource()
+            pending = pending_upload(resource)
+            if pending is None or pending[1] != me or pending[0].patient_id != patient_id:
+                continue
+            pointer = pending[0]
+            assert pointer.sha1 is not None
+            found[url] = Content(
+                pointer.digest,
+                pointer.sha1,
+                pointer.size,
+                binary_id=binary_id,
+                binary_version=current.version,
+                content_type=str(resource.get("contentType")),
+            )
+    return found
+
+
+def _claim(svc: FhirService, conn: Connection, claims: list[Write], submission: Submission) -> None:
+    """Point the claimed uploads at their documents, in the write transaction: each must still be
+    the unclaimed upload that was checked (a concurrent submission claiming it loses here)."""
+    if not claims:
+        return
+    serialize_many(conn, [f"Binary/{c.id}" for c in claims])
+    versions = {
+        a.content.binary_id: a.content.binary_version for d in submission.documents for a in d.attachments
+    }
+    writes = []
+    for claim in claims:
+        current = svc.store.current(conn, "Binary", claim.id)
+        if current is None or current.deleted or current.version != versions.get(claim.id):
+            raise Conflict(f"Binary/{claim.id} changed or was claimed meanwhile; submit again")
+        writes.append(replace(claim, current=current))
+    svc.apply_writes(conn, writes)
+
+
+def _uploader(svc: FhirService) -> str:
+    """Who uploads, as a pending Binary records it: the principal (its kind and subject)."""
+    session = svc.session
+    if isinstance(session, PolicySession):
+        return f"{session.principal.kind.value}:{session.principal.subject}"
+    return "platform"
+
+
+def upload(
+    svc: FhirService,
+    blobs: BlobStore,
+    chunks: Iterable[bytes],
+    *,
+    patient_id: str,
+    content_type: str,
+    max_size: int | None,
+    binary_id: str | None = None,
+) -> WriteOutcome:
+    """Store a document's content ahead of its Provide Document Bundle (``POST [base]/Binary``, or
+    ``PUT [base]/Binary/[id]`` replacing the caller's own unclaimed upload).
+
+    The patient and the caller's write check come first, before a byte of ``chunks`` is consumed;
+    then the bytes stream into the blob store (hashed and encrypted as they pass, never whole in
+    memory) and the Binary is written through the caller's session (checked again, audited).
+    ``PayloadTooLarge`` past ``max_size`` and any failure while streaming leave no blob."""
+    holder = isinstance(svc.session, PolicySession) and svc.session.principal.kind in (
+        PrincipalKind.PATIENT,
+        PrincipalKind.REPRESENTATIVE,
+    )
+    if binary_id is not None and not ID_RE.fullmatch(binary_id):
+        raise BadRequest(f"Invalid resource id {binary_id!r}")
+    rid = binary_id or str(uuid.uuid4())
+
+    def binary(digest: str, size: int, sha1: bytes) -> dict[str, Any]:
+        return pending_binary(
+            binary_id=rid,
+            content_type=content_type,
+            patient_id=patient_id,
+            uploader=_uploader(svc),
+            category=DataCategory.PERSONAL_EXPRESSION.value if holder else None,
+            digest=digest,
+            size=size,
+            sha1=sha1,
+        )
+
+    with svc.engine.connect() as conn:
+        patient = svc.store.current(conn, "Patient", patient_id)
+        if patient is None or patient.deleted:  # as ITI-65 says it; the write check decides the rest
+            raise NotFound(f"Patient/{patient_id} is not known: the content has no record to go to")
+        current = svc.store.current(conn, "Binary", rid) if binary_id else None
+        if binary_id is not None:  # PUT replaces an upload: no create with a client's id
+            if current is None or current.deleted:
+                raise NotFound(f"Resource Binary/{rid} is not known")
+            pending = pending_upload(current.resource())
+            if pending is None or pending[1] != _uploader(svc):
+                raise Conflict(f"Binary/{rid} is not an unclaimed upload of yours: its content cannot change")
+        if svc.session is not None:
+            draft = binary("0" * 64, 0, b"")
+            method = "POST" if current is None else "PUT"
+            svc.session.check_writes(conn, [Write(method, "Binary", rid, draft, current)])
+    try:
+        info = blobs.put(patient_id, _nonempty(chunks), max_size=max_size)
+    except BlobTooLarge:
+        raise PayloadTooLarge(f"The content exceeds the limit of {max_size} bytes: nothing kept") from None
+    resource = binary(info.digest, info.size, info.sha1)
+    with svc.transaction() as conn:
+        if binary_id is None:
+            return svc.create_in(conn, resource, new_id=rid)
+        # written apart from ``update_in``: the uploader (a system) may not read what it uploaded
+        serialize(conn, f"Binary/{rid}")
+        now = svc.store.current(conn, "Binary", rid)
+        if now is None or current is None or now.version != current.version:
+            raise Conflict(f"Binary/{rid} changed meanwhile; upload again")
+        stored = svc.apply_writes(conn, [Write("PUT", "Binary", rid, resource, now)])[0]
+        return WriteOutcome(stored, 200)
+
+
+def _nonempty(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """``chunks`` but empty ones; an empty content fails inside the store's put (nothing kept)."""
+    seen = False
+    for chunk in chunks:
+        if chunk:
+            seen = True
+            yield chunk
+    if not seen:
+        raise BadRequest("The request has no content: send the document's bytes as the body")
 
 
 def _notify(svc: FhirService, conn: Connection, patient_id: str, plan: _Plan) -> None:
@@ -227,6 +393,8 @@ def _check_writes(svc: FhirService, conn: Connection, plan: _Plan) -> None:
         if current is not None:
             resource = {**current.resource(), "status": plan.statuses[document_id]}
             writes.append(Write("PUT", "DocumentReference", document_id, resource, current))
+    for claim in plan.claims:
+        writes.append(replace(claim, current=svc.store.current(conn, "Binary", claim.id)))
     svc.session.check_writes(conn, writes)
 
 
@@ -273,6 +441,12 @@ def _plan(submission: Submission, statuses: dict[str, str], base_url: str) -> _P
                 content=att.content,
                 security=security,
             )
+            if att.content.binary_id is not None:  # an upload claimed: its Binary now points here
+                binary_id = att.content.binary_id
+                binary["id"] = binary_id
+                plan.claims.append(Write("PUT", "Binary", binary_id, binary, None))
+                attachment["url"] = f"{base_url}/Binary/{binary_id}"
+                continue
             if att.binary_entry is not None:
                 source["entry"][att.binary_entry]["resource"] = binary
                 ids[position_of[att.binary_entry]] = binary_id
@@ -324,8 +498,13 @@ def _chunks(data: bytes) -> Iterator[bytes]:
 def _store(blobs: BlobStore, patient_id: str, contents: list[Content], max_size: int | None) -> None:
     """Write the bytes to the blob store (each checked against the digests of ``mhd.read``)."""
     for content in contents:
+        if content.chunks is not None:
+            chunks = content.chunks()
+        else:
+            assert content.data is not None
+            chunks = _chunks(content.data)
         try:
-            info = blobs.put(patient_id, _chunks(content.data), max_size=max_size)
+            info = blobs.put(patient_id, chunks, max_size=max_size)
         except BlobTooLarge as exc:
             raise PayloadTooLarge(str(exc)) from None
         if (info.digest, info.size, info.sha1) != (content.sha256, content.size, content.sha1):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
+import codecs
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,7 +32,7 @@ from sharedcare.access.requests import is_pending
 from sharedcare.api.fhir import base_url
 from sharedcare.documents import lifecycle, submission
 from sharedcare.documents.categories import PERSONAL, document_types
-from sharedcare.documents.mhd import literal
+from sharedcare.documents.mhd import Content, literal
 from sharedcare.documents.retrieve import retrieve
 from sharedcare.fhir.errors import FhirError
 from sharedcare.fhir.service import FhirService
@@ -41,7 +41,7 @@ from sharedcare.portal.deps import holder_side, professional
 from sharedcare.portal.i18n import N_, Translator
 from sharedcare.portal.pages import SECURITY_HEADERS, flash, language, redirect, render
 from sharedcare.portal.sessions import PortalError, PortalUser
-from sharedcare.storage.blobstore import BlobCorrupted, BlobNotFound
+from sharedcare.storage.blobstore import CHUNK, BlobCorrupted, BlobNotFound, BlobTooLarge, Hashing
 
 router = APIRouter(dependencies=[Depends(csrf.require_csrf)])
 NOT_FOUND = N_("This document was not found, or you have no access to it.")
@@ -381,7 +381,7 @@ def pro_upload(
     coding = {"system": found.system, "code": found.code, "display": found.display}
     bundle = provide_bundle(patient_id, author, data, content_type, title, coding, confidentiality, t.lang)
     try:
-        document_id = file_document(request, user, bundle)
+        document_id = file_document(request, user, bundle, data)
     except FhirError as exc:
         return refuse(_refusal(t, exc))
     flash(request, UPLOADED)
@@ -448,7 +448,7 @@ def pro_replace(
         patient_id, author, data, content_type, title, coding, confidentiality, t.lang, replaces=document_id
     )
     try:
-        new_id = file_document(request, user, bundle)
+        new_id = file_document(request, user, bundle, data)
     except FhirError as exc:
         return refuse(_refusal(t, exc), exc.status)
     flash(request, REPLACED)
@@ -514,32 +514,56 @@ def _size_words(size: int) -> str:
     return f"{size} B"
 
 
-def read_upload(upload: UploadFile | None, limit: int) -> tuple[bytes, str]:
-    """The uploaded bytes and their type, checked (size, allow-list, the type's first bytes)."""
+def read_upload(upload: UploadFile | None, limit: int) -> tuple[Content, str]:
+    """The uploaded file's content and type, checked (size, allow-list, the type's first bytes,
+    UTF-8 text) in one chunkwise pass over Starlette's spooled file: it is never whole in memory,
+    and ``documents.submission`` streams it into the content store from the same file."""
     if upload is None or not upload.filename:
         raise UploadRefused(NO_FILE, {})
     content_type = bare_type(upload.content_type or "")
     if content_type not in UPLOAD_TYPES:
         raise UploadRefused(BAD_TYPE, {})
-    data = upload.file.read(limit + 1)
-    if len(data) > limit:
-        raise UploadRefused(TOO_LARGE, {"limit": _size_words(limit)})
-    if not data:
+    source = upload.file
+    hashing = Hashing(limit)
+    text = codecs.getincrementaldecoder("utf-8")() if content_type == "text/plain" else None
+    head = b""
+    source.seek(0)
+    try:
+        while chunk := source.read(CHUNK):
+            hashing.feed(chunk)
+            if len(head) < 16:
+                head += chunk[:16]
+            if text is not None:
+                text.decode(chunk)
+        if text is not None:
+            text.decode(b"", final=True)
+    except BlobTooLarge:
+        raise UploadRefused(TOO_LARGE, {"limit": _size_words(limit)}) from None
+    except UnicodeDecodeError:
+        raise UploadRefused(BAD_TYPE, {}) from None
+    if not hashing.size:
         raise UploadRefused(NO_FILE, {})
-    if not data.startswith(UPLOAD_TYPES[content_type]):
+    if not head.startswith(UPLOAD_TYPES[content_type]):
         raise UploadRefused(BAD_TYPE, {})
-    if content_type == "text/plain":
-        try:
-            data.decode("utf-8")
-        except UnicodeDecodeError:
-            raise UploadRefused(BAD_TYPE, {}) from None
-    return data, content_type
+
+    def chunks() -> Iterator[bytes]:
+        source.seek(0)
+        while chunk := source.read(CHUNK):
+            yield chunk
+
+    content = Content(hashing.digest(), hashing.sha1.digest(), hashing.size, chunks=chunks)
+    return content, content_type
+
+
+def upload_url(content: Content) -> str:
+    """The ``attachment.url`` naming a portal upload in its Provide Document Bundle."""
+    return f"urn:uuid:{uuid.UUID(content.sha256[:32])}"
 
 
 def provide_bundle(
     patient_id: str,
     author: str,
-    data: bytes,
+    data: bytes | Content,
     content_type: str,
     title: str,
     type_coding: dict[str, str],
@@ -548,8 +572,15 @@ def provide_bundle(
     *,
     replaces: str | None = None,
 ) -> dict[str, Any]:
-    """An ITI-65 Provide Document Bundle of one document, with its content inline; with
-    ``replaces``, a new version of that stored DocumentReference (``relatesTo`` replaces)."""
+    """An ITI-65 Provide Document Bundle of one document, with its content inline (bytes) or named
+    by ``upload_url`` (an upload, which ``file_document`` is given); with ``replaces``, a new
+    version of that stored DocumentReference (``relatesTo`` replaces)."""
+    content = data if isinstance(data, Content) else Content.of(data)
+    carried = (
+        {"url": upload_url(content)}
+        if isinstance(data, Content)
+        else {"data": base64.b64encode(data).decode()}
+    )
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     key = uuid.uuid4()
     document = {
@@ -577,9 +608,9 @@ def provide_bundle(
                 "attachment": {
                     "contentType": content_type,
                     "language": lang,
-                    "data": base64.b64encode(data).decode(),
-                    "size": len(data),
-                    "hash": base64.b64encode(hashlib.sha1(data).digest()).decode(),
+                    **carried,
+                    "size": content.size,
+                    "hash": base64.b64encode(content.sha1).decode(),
                     "title": title,
                     "creation": now,
                 },
@@ -621,9 +652,10 @@ def provide_bundle(
     }
 
 
-def file_document(request: Request, user: PortalUser, bundle: dict[str, Any]) -> str:
-    """File ``bundle`` through the documents module as ``user`` (their write check, the audit);
-    the new DocumentReference's id. ``FhirError`` when refused: nothing is stored then."""
+def file_document(request: Request, user: PortalUser, bundle: dict[str, Any], *uploads: Content) -> str:
+    """File ``bundle`` through the documents module as ``user`` (their write check, the audit),
+    streaming the ``uploads`` it names into the content store; the new DocumentReference's id.
+    ``FhirError`` when refused: nothing is stored then."""
     settings = request.app.state.settings
     result = submission.provide(
         records.view(request, user),
@@ -631,6 +663,7 @@ def file_document(request: Request, user: PortalUser, bundle: dict[str, Any]) ->
         bundle,
         base_url=base_url(request),
         max_size=settings.max_content_bytes,
+        uploads={upload_url(u): u for u in uploads},
     )
     for entry in result["entry"]:
         location = str(entry.get("response", {}).get("location", ""))
@@ -643,29 +676,43 @@ def _refusal(t: Translator, exc: FhirError) -> str:
     return t.gettext(REFUSED, reason=str(exc))
 
 
+HOLDER_TYPES: dict[str, tuple[str, str, str]] = {
+    "note": (N_("Personal note"), DOCUMENT_TYPE_SYSTEM, PERSONAL_DOCUMENT),
+    "directive": (N_("Advance directives or end-of-life arrangements"), "http://loinc.org", "42348-3"),
+    "organ": (N_("Organ donation wishes"), "http://loinc.org", "64300-7"),
+    "other": (N_("Other personal document"), DOCUMENT_TYPE_SYSTEM, PERSONAL_DOCUMENT),
+}
+"""The holder's choice of document type: label, then the type's system and code (the LOINC
+document types of the personal expression area; LOINC has none for a note, our local type then)."""
+
+
 def upload_page(
     request: Request, user: PortalUser, typed: dict[str, str], error: str | None, status: int = 200
 ) -> Response:
-    context = {"typed": typed, "error": error, "accept": ",".join(UPLOAD_TYPES)}
+    kinds = [(key, label) for key, (label, _, _) in HOLDER_TYPES.items()]
+    context = {"typed": typed, "error": error, "accept": ",".join(UPLOAD_TYPES), "kinds": kinds}
     return render(request, "upload.html", context, user=user, status=status)
 
 
 @router.get("/documents/upload/new")
 def upload_form(request: Request, user: PortalUser = Depends(holder_side)) -> Response:
-    return upload_page(request, user, {"title": ""}, None)
+    return upload_page(request, user, {"title": "", "kind": "other"}, None)
 
 
 @router.post("/documents/upload/new")
 def upload(
     request: Request,
     title: Annotated[str, Form()] = "",
+    kind: Annotated[str, Form()] = "other",
     file: Annotated[UploadFile | None, File()] = None,
     user: PortalUser = Depends(holder_side),
 ) -> Response:
-    """The holder (or a representative) files a personal document into the record."""
+    """The holder (or a representative) files a personal document of the chosen type."""
     t = Translator(language(request, user))
     title = " ".join(title.split())
-    typed = {"title": title}
+    typed = {"title": title, "kind": kind}
+    if kind not in HOLDER_TYPES:
+        return upload_page(request, user, typed, t.gettext(NO_TYPE), 400)
     if not title or len(title) > MAX_TITLE:
         return upload_page(request, user, typed, t.gettext(NO_TITLE), 400)
     try:
@@ -675,10 +722,11 @@ def upload(
         return upload_page(request, user, typed, t.gettext(message, **params), 400)
     assert user.record is not None
     author = f"Patient/{user.record}"  # a personal document of the record (representatives too)
-    coding = {"system": DOCUMENT_TYPE_SYSTEM, "code": PERSONAL_DOCUMENT}
+    _, system, code = HOLDER_TYPES[kind]
+    coding = {"system": system, "code": code}
     bundle = provide_bundle(user.record, author, data, content_type, title, coding, lang=t.lang)
     try:
-        document_id = file_document(request, user, bundle)
+        document_id = file_document(request, user, bundle, data)
     except FhirError as exc:
         return upload_page(request, user, typed, _refusal(t, exc), 400)
     flash(request, UPLOADED)
