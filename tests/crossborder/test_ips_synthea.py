@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -189,3 +190,139 @@ def test_a_patient_with_nothing_recorded_has_empty_reasons(synthea: Synthea) -> 
         ]
     finally:
         client.delete(f"/fhir/Patient/{created.json()['id']}")
+
+
+# -- every Synthea patient -------------------------------------------------------------------------
+BILLING = frozenset({"Claim", "ExplanationOfBenefit"})
+"""Not read by a summary, nor referenced by what it reads: left out of the import to save time."""
+
+
+def _newest_of_each_test(resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The resources with, of the Observations, only the newest of each code and category: the
+    summary's observation sections (results, vital signs, social history, pregnancy) take the
+    last of each test, so the older ones change nothing but the import's time."""
+    newest: dict[tuple[str, str], dict[str, Any]] = {}
+    kept: list[dict[str, Any]] = []
+    for res in resources:
+        when = res.get("effectiveDateTime")
+        if res["resourceType"] != "Observation" or not isinstance(when, str):
+            kept.append(res)
+            continue
+        categories = ",".join(sorted(c["code"] for cat in res.get("category", []) for c in cat["coding"]))
+        key = (orjson.dumps(res["code"]).decode(), categories)
+        if key not in newest or newest[key]["effectiveDateTime"] < when:
+            newest[key] = res
+    return kept + list(newest.values())
+
+
+def _reduced(bundle: dict[str, Any]) -> dict[str, Any]:
+    """The patient's Bundle without billing, older results, and reports naming them; every entry
+    another kept entry refers to stays (the transaction must resolve its ``urn:uuid``s)."""
+    entries = {e["fullUrl"]: e for e in bundle["entry"]}
+    wanted = {
+        id(r)
+        for r in _newest_of_each_test(
+            [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] not in BILLING]
+        )
+        if r["resourceType"] != "DiagnosticReport"
+    }
+    kept = {url for url, e in entries.items() if id(e["resource"]) in wanted}
+    pending = list(kept)
+    while pending:
+        text = orjson.dumps(entries[pending.pop()]["resource"]).decode()
+        for url in set(re.findall(r"urn:uuid:[0-9a-f-]{36}", text)) - kept:
+            if url in entries:
+                kept.add(url)
+                pending.append(url)
+    return {**bundle, "entry": [e for url, e in entries.items() if url in kept]}
+
+
+@dataclass
+class Expected:
+    """What a patient's summary must hold, counted in the source Bundle."""
+
+    key: str
+    problems: int
+    allergies: int
+    medications: int
+    immunizations: int
+
+
+@pytest.fixture(scope="module")
+def every_synthea(
+    db_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[TestClient, list[Expected]]]:
+    """Every patient of the shared Synthea Bundles imported into one database (PostgreSQL, the
+    production profile: one run of a few minutes is enough), with what each summary must hold."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("every Synthea patient is summarised on one database: PostgreSQL")
+    archive = shared_data("synthea-r4-bundles", "synthea-r4-bundles.tar.xz")
+    folder = tmp_path_factory.mktemp("synthea-all")
+    expected: list[Expected] = []
+    with tarfile.open(archive, mode="r|xz") as src:
+        for member in src:
+            name = Path(member.name).name
+            fh = src.extractfile(member) if member.isfile() else None
+            if fh is None or "Information" in name:
+                continue
+            bundle = orjson.loads(fh.read())
+            source = [e["resource"] for e in bundle["entry"]]
+            active = [
+                c
+                for c in _of(source, "Condition")
+                if _status(c, "clinicalStatus") in ("active", "recurrence", "relapse")
+                and _status(c, "verificationStatus") not in ("refuted", "entered-in-error")
+            ]
+            allergies = [
+                a
+                for a in _of(source, "AllergyIntolerance")
+                if _status(a, "verificationStatus") not in ("refuted", "entered-in-error")
+            ]
+            medications = [
+                m for m in _of(source, "MedicationRequest") if m["status"] in ("active", "on-hold")
+            ]
+            immunizations = [i for i in _of(source, "Immunization") if i["status"] == "completed"]
+            key = name.removesuffix(".json").rsplit("_", 1)[1]
+            expected.append(Expected(key, len(active), len(allergies), len(medications), len(immunizations)))
+            (folder / name).write_bytes(orjson.dumps(_reduced(bundle)))
+    settings = Settings(
+        database_url=db_url,
+        data_dir=tmp_path_factory.mktemp("data-all"),
+        demo_data=False,
+        demo_client_secret=DEMO_SECRET,
+    )
+    app = create_app(settings)
+    truncate(app.state.engine)
+    ensure_demo(app.state.engine, settings)
+    report = import_paths(app.state.engine, [folder], validate=False)  # the importer's tests validate
+    assert report.errors == []
+    with TestClient(app) as client:
+        client.headers["Authorization"] = f"Bearer {system_token(client)}"
+        yield client, expected
+    truncate(app.state.engine)  # the next modules start from an empty database
+    app.state.engine.dispose()
+
+
+def test_every_synthea_patient_has_a_valid_summary(every_synthea: tuple[TestClient, list[Expected]]) -> None:
+    client, expected = every_synthea
+    assert len(expected) == 479
+    failures: dict[str, str] = {}
+    for patient in expected:
+        found = client.get(f"/fhir/Patient?identifier={SYNTHEA}|{patient.key}&_elements=id").json()
+        (entry,) = found["entry"]
+        resp = client.get(f"/fhir/Patient/{entry['resource']['id']}/$summary")
+        try:
+            assert resp.status_code == 200, resp.text[:300]
+            bundle = resp.json()
+            assert_valid_summary(bundle)
+            counts = {key: len(section.get("entry", [])) for key, section in sections(bundle).items()}
+            wanted = {
+                "problems": patient.problems,
+                "allergies": patient.allergies,
+                "medications": patient.medications,
+                "immunizations": min(patient.immunizations, LIMITS.entries),
+            }
+            assert {k: counts.get(k, 0) for k in wanted} == wanted
+        except AssertionError as exc:
+            failures[patient.key] = str(exc)[:500]
+    assert failures == {}, f"{len(failures)} of {len(expected)} summaries fail: {failures}"

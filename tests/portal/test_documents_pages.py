@@ -310,3 +310,47 @@ def test_the_holder_is_told_of_a_professionals_document(
     home = holder.get("/portal/home")
     assert "A new document was added to your record: Hospital reports." in home.text
     assert "Letter of 3 May" not in home.text.split('id="messages"')[1].split("</section>")[0]
+
+
+def _png() -> bytes:
+    """A real 2 by 1 pixel PNG (signature, IHDR, IDAT, IEND with their CRCs)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    pixels = zlib.compress(b"\x00\xff\x00\x00\x00\x00\xff")
+    header = struct.pack(">IIBBBBB", 2, 1, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+
+
+def test_holder_sees_an_image_inline(world: World, holder: TestClient) -> None:
+    png = _png()
+    doc = file_for(world, "pa", png, "image/png")
+    page = holder.get(f"/portal/documents/{doc}")
+    assert page.status_code == 200, page.text
+    assert (
+        f'<img class="document-image" src="/portal/documents/{doc}/content" alt="Discharge letter">'
+        in page.text
+    )
+    assert "<iframe" not in page.text and "Open the document alone" in page.text
+    content = holder.get(f"/portal/documents/{doc}/content")
+    assert content.status_code == 200 and content.content == png
+    assert content.headers["content-type"] == "image/png"
+    assert content.headers["content-disposition"] == "inline"
+    assert "sandbox" not in content.headers["content-security-policy"]
+
+
+def test_holder_reads_a_text_document_in_the_page(world: World, holder: TestClient) -> None:
+    text = "Lettre de sortie\nTension 12/8 — <b>pas de HTML</b> & suite\n"
+    doc = file_for(world, "pa", text.encode(), "text/plain")
+    page = holder.get(f"/portal/documents/{doc}")
+    assert page.status_code == 200, page.text
+    shown = "Lettre de sortie\nTension 12/8 — &lt;b&gt;pas de HTML&lt;/b&gt; &amp; suite\n"
+    assert f'<pre class="document-text">{shown}</pre>' in page.text
+    assert "<b>pas de HTML</b>" not in page.text and "<iframe" not in page.text
+    content = holder.get(f"/portal/documents/{doc}/content")
+    assert content.status_code == 200 and content.content == text.encode()
+    assert content.headers["content-type"].startswith("text/plain")
+    assert content.headers["content-disposition"] == "inline"

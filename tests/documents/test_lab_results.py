@@ -1,0 +1,441 @@
+"""Laboratory results (issue 4): a laboratory system client files a DiagnosticReport, its
+Observations and its PDF in one transaction; the holder sees them in the portal (table and trend
+chart); a professional in care reads them, one without care does not; every broken rule
+(LOINC, UCUM, reference ranges, interpretation, results, the PDF) is named in a 422 and nothing
+is stored."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import hashlib
+import re
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from fpdf import FPDF
+from sqlalchemy import func, select
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "portal"))  # the portal tests' world
+
+from mhd_world import Doc, created, provide_bundle
+from portal_http import sign_in
+from portal_world import World, build_world
+
+from sharedcare.access.principals import Principal, PrincipalKind
+from sharedcare.app import create_app
+from sharedcare.documents.labresults import is_loinc_code, ucum_problem
+from sharedcare.settings import Settings
+from sharedcare.storage.tables import resource
+from support import bearer, cheap_passwords, truncate
+
+LOINC = "http://loinc.org"
+UCUM = "http://unitsofmeasure.org"
+INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
+OBS_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
+V2_0074 = "http://terminology.hl7.org/CodeSystem/v2-0074"
+LAB = Principal(PrincipalKind.SYSTEM, "lab-client", display="Labo", organization_id="lab1")
+GP = Principal(PrincipalKind.PROFESSIONAL, "acct-gp", practitioner_id="gp", profession="med")
+STRANGER = Principal(PrincipalKind.PROFESSIONAL, "acct-x", practitioner_id="stranger", profession="med")
+SCOPES = {PrincipalKind.SYSTEM: "system/*.cruds", PrincipalKind.PROFESSIONAL: "user/*.cruds"}
+CIRCLE = re.compile(r'<circle class="point" cx="([\d.]+)" cy="([\d.]+)"')
+DIAMOND = re.compile(r'<path class="point out" data-x="([\d.]+)"')
+
+
+def _pdf() -> bytes:
+    pdf = FPDF()
+    pdf.add_page()
+    pdf.set_font("helvetica", size=12)
+    pdf.cell(text="Laboratoire Central - metabolic panel")
+    return bytes(pdf.output())
+
+
+PDF = _pdf()
+
+
+def sha1_b64(data: bytes) -> str:
+    return base64.b64encode(hashlib.sha1(data).digest()).decode()
+
+
+@pytest.fixture(autouse=True)
+def cheap_hashing() -> Iterator[None]:
+    yield from cheap_passwords()
+
+
+@pytest.fixture
+def lab_world(settings: Settings) -> Iterator[World]:
+    """The portal tests' world (Marie Muller ``pa`` with her GP in care, a stranger) and the
+    laboratory's Organization in the directory."""
+    app = create_app(settings)
+    truncate(app.state.engine)
+    w = build_world(app, settings)
+    org = {"resourceType": "Organization", "id": "lab1", "name": "Laboratoire Central"}
+    app.state.fhir.update("Organization", "lab1", org)
+    yield w
+    w.engine.dispose()
+
+
+@pytest.fixture
+def api(lab_world: World) -> Iterator[TestClient]:
+    with TestClient(lab_world.app) as client:
+        yield client
+
+
+def auth(client: TestClient, principal: Principal) -> dict[str, str]:
+    return bearer(client.app, principal, SCOPES[principal.kind])
+
+
+def observation(
+    key: str, code: str, name: str, value: float, unit: str, low: float, high: float, flag: str
+) -> dict[str, Any]:
+    return {
+        "fullUrl": f"urn:uuid:{key}",
+        "resource": {
+            "resourceType": "Observation",
+            "status": "final",
+            "category": [{"coding": [{"system": OBS_CATEGORY, "code": "laboratory"}]}],
+            "code": {"coding": [{"system": LOINC, "code": code, "display": name}], "text": name},
+            "subject": {"reference": "Patient/pa"},
+            "effectiveDateTime": "2026-03-03T08:00:00Z",
+            "performer": [{"reference": "Organization/lab1"}],
+            "valueQuantity": {"value": value, "unit": unit, "system": UCUM, "code": unit},
+            "referenceRange": [
+                {
+                    "low": {"value": low, "unit": unit, "system": UCUM, "code": unit},
+                    "high": {"value": high, "unit": unit, "system": UCUM, "code": unit},
+                }
+            ],
+            "interpretation": [{"coding": [{"system": INTERPRETATION, "code": flag}]}],
+        },
+        "request": {"method": "POST", "url": "Observation"},
+    }
+
+
+def report_bundle(pdf: bytes = PDF) -> dict[str, Any]:
+    """A transaction: the metabolic panel report, its three results and the laboratory's PDF."""
+    results = [
+        observation(
+            "6a1c0000-0000-4000-8000-000000000001", "2345-7", "Glucose", 6.8, "mmol/L", 3.9, 5.5, "H"
+        ),
+        observation(
+            "6a1c0000-0000-4000-8000-000000000002", "2160-0", "Creatinine", 0.9, "mg/dL", 0.6, 1.2, "N"
+        ),
+        observation(
+            "6a1c0000-0000-4000-8000-000000000003", "2823-3", "Potassium", 3.2, "mmol/L", 3.5, 5.1, "L"
+        ),
+    ]
+    report = {
+        "resourceType": "DiagnosticReport",
+        "status": "final",
+        "category": [{"coding": [{"system": V2_0074, "code": "LAB"}]}],
+        "code": {"coding": [{"system": LOINC, "code": "24323-8"}], "text": "Metabolic panel"},
+        "subject": {"reference": "Patient/pa"},
+        "effectiveDateTime": "2026-03-03T08:00:00Z",
+        "issued": "2026-03-03T12:00:00Z",
+        "performer": [{"reference": "Organization/lab1"}],
+        "result": [{"reference": e["fullUrl"]} for e in results],
+        "presentedForm": [
+            {
+                "contentType": "application/pdf",
+                "data": base64.b64encode(pdf).decode(),
+                "size": len(pdf),
+                "hash": sha1_b64(pdf),
+                "title": "Metabolic panel (PDF)",
+            }
+        ],
+    }
+    entry = {
+        "fullUrl": "urn:uuid:6a1c0000-0000-4000-8000-0000000000aa",
+        "resource": report,
+        "request": {"method": "POST", "url": "DiagnosticReport"},
+    }
+    return {"resourceType": "Bundle", "type": "transaction", "entry": [entry, *results]}
+
+
+def file_report(client: TestClient, bundle: dict[str, Any] | None = None) -> Any:
+    return client.post("/fhir", json=bundle or report_bundle(), headers=auth(client, LAB))
+
+
+def stored_count(world: World) -> int:
+    """Reports and Observations in the database (the world's own included)."""
+    with world.engine.connect() as conn:
+        query = select(func.count()).select_from(resource)
+        return int(
+            conn.execute(query.where(resource.c.type.in_(("DiagnosticReport", "Observation")))).scalar_one()
+        )
+
+
+def test_a_laboratory_files_a_report_its_results_and_its_pdf(api: TestClient) -> None:
+    response = file_report(api)
+    [report_id] = created(response, "DiagnosticReport")
+    observations = created(response, "Observation")
+    assert len(observations) == 3
+    read = api.get(f"/fhir/DiagnosticReport/{report_id}", headers=auth(api, GP))
+    assert read.status_code == 200, read.text
+    report = read.json()
+    assert [r["reference"] for r in report["result"]] == [f"Observation/{i}" for i in observations]
+    form = report["presentedForm"][0]
+    assert base64.b64decode(form["data"]) == PDF and form["hash"] == sha1_b64(PDF)
+    found = api.get("/fhir/Observation?patient=pa&category=laboratory&code=2823-3", headers=auth(api, GP))
+    [entry] = found.json()["entry"]
+    assert entry["resource"]["interpretation"][0]["coding"][0]["code"] == "L"
+
+
+def test_the_holder_sees_the_table_and_the_chart(api: TestClient, lab_world: World) -> None:
+    file_report(api)
+    portal = TestClient(lab_world.app, follow_redirects=False)
+    portal.cookies.set("sharedcare_lang", "en")
+    sign_in(portal, lab_world.patient)
+    page = portal.get("/portal/results")
+    assert page.status_code == 200
+    section = re.search(r'<section class="card"[^>]*>(.*?)</section>', page.text, re.S)
+    assert section is not None  # the newest report first: the laboratory's panel
+    table = section.group(1)
+    assert "Metabolic panel" in table and "Laboratoire Central" in table
+    rows = [
+        [re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)]
+        for row in re.findall(r"<tr[^>]*>(.*?)</tr>", table, re.S)
+    ]
+    values = {row[0].split(" — ")[0]: row[1:4] for row in rows if row}
+    assert values == {
+        "Glucose": ["6.8 mmol/L", "3.9 \N{EN DASH} 5.5 mmol/L", "↑ High"],
+        "Creatinine": ["0.9 mg/dL", "0.6 \N{EN DASH} 1.2 mg/dL", "Normal"],
+        "Potassium": ["3.2 mmol/L", "3.5 \N{EN DASH} 5.1 mmol/L", "↓ Low"],
+    }
+    # the glucose trend: the world's 5.4 mmol/L of January and the laboratory's 6.8, out of range
+    links = dict(re.findall(r'<a class="analyte" href="([^"]+)">([^<]+)<', table))
+    glucose = next(href for href, name in links.items() if name == "Glucose")
+    chart = portal.get(glucose)
+    assert chart.status_code == 200
+    [svg] = re.findall(r"<svg .*?</svg>", chart.text, re.S)
+    assert len(CIRCLE.findall(svg)) == 1 and len(DIAMOND.findall(svg)) == 1
+    assert "2 results from Jan 10, 2026 to Mar 3, 2026." in svg
+    assert "1 result outside the reference range is drawn as a diamond." in svg
+
+
+def test_a_professional_in_care_reads_one_without_care_does_not(api: TestClient) -> None:
+    response = file_report(api)
+    [report_id] = created(response, "DiagnosticReport")
+    observation_id = created(response, "Observation")[0]
+    for principal, status in ((GP, 200), (STRANGER, 404)):
+        headers = auth(api, principal)
+        assert api.get(f"/fhir/DiagnosticReport/{report_id}", headers=headers).status_code == status
+        assert api.get(f"/fhir/Observation/{observation_id}", headers=headers).status_code == status
+    searched = api.get("/fhir/DiagnosticReport?patient=pa", headers=auth(api, STRANGER))
+    assert searched.status_code == 200 and not searched.json().get("entry")
+
+
+def _obs(bundle: dict[str, Any], n: int = 0) -> dict[str, Any]:
+    resource: dict[str, Any] = bundle["entry"][1 + n]["resource"]
+    return resource
+
+
+def _report(bundle: dict[str, Any]) -> dict[str, Any]:
+    report: dict[str, Any] = bundle["entry"][0]["resource"]
+    return report
+
+
+def _set(path: Callable[[dict[str, Any]], dict[str, Any]], key: str, value: Any) -> Callable[[Any], None]:
+    def change(bundle: dict[str, Any]) -> None:
+        path(bundle)[key] = value
+
+    return change
+
+
+def _drop(path: Callable[[dict[str, Any]], dict[str, Any]], key: str) -> Callable[[Any], None]:
+    def change(bundle: dict[str, Any]) -> None:
+        path(bundle).pop(key)
+
+    return change
+
+
+OTHER_PDF = _pdf() + b"\n% other"
+BROKEN: dict[str, tuple[Callable[[Any], None], str, str]] = {
+    "code not LOINC": (
+        _set(_obs, "code", {"coding": [{"system": "http://acme.lab/codes", "code": "GLU"}]}),
+        "Observation.code",
+        "must be coded in LOINC",
+    ),
+    "LOINC check digit": (
+        _set(_obs, "code", {"coding": [{"system": LOINC, "code": "2345-8"}]}),
+        "Observation.code",
+        "'2345-8' is not a LOINC code",
+    ),
+    "unit not UCUM": (
+        _set(
+            _obs,
+            "valueQuantity",
+            {"value": 6.8, "unit": "mmol/L", "system": "http://acme.lab/units", "code": "mmol/L"},
+        ),
+        "Observation.valueQuantity.system",
+        "must be a UCUM unit",
+    ),
+    "UCUM syntax": (
+        _set(
+            _obs, "valueQuantity", {"value": 6.8, "unit": "mmol per L", "system": UCUM, "code": "mmol per L"}
+        ),
+        "Observation.valueQuantity.code",
+        "'mmol per L' is not a UCUM unit expression",
+    ),
+    "unit without code": (
+        _set(_obs, "valueQuantity", {"value": 6.8, "unit": "mmol/L", "system": UCUM}),
+        "Observation.valueQuantity.code",
+        "needs its UCUM code",
+    ),
+    "range in another unit": (
+        _set(
+            _obs,
+            "referenceRange",
+            [
+                {
+                    "low": {"value": 70, "system": UCUM, "code": "mg/dL"},
+                    "high": {"value": 99, "system": UCUM, "code": "mg/dL"},
+                }
+            ],
+        ),
+        "Observation.referenceRange[0].low.code",
+        "the reference range is in 'mg/dL' but the value in 'mmol/L'",
+    ),
+    "range upside down": (
+        _set(
+            _obs,
+            "referenceRange",
+            [
+                {
+                    "low": {"value": 5.5, "system": UCUM, "code": "mmol/L"},
+                    "high": {"value": 3.9, "system": UCUM, "code": "mmol/L"},
+                }
+            ],
+        ),
+        "Observation.referenceRange[0]",
+        "the low limit (5.5) is above the high limit (3.9)",
+    ),
+    "interpretation unknown": (
+        _set(_obs, "interpretation", [{"coding": [{"system": INTERPRETATION, "code": "HIGH"}]}]),
+        "Observation.interpretation[0]",
+        "'HIGH' is not a code of v3-ObservationInterpretation",
+    ),
+    "interpretation elsewhere": (
+        _set(_obs, "interpretation", [{"coding": [{"system": "http://acme.lab/flags", "code": "H"}]}]),
+        "Observation.interpretation[0]",
+        "must be coded in http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation",
+    ),
+    "report without results": (
+        _drop(_report, "result"),
+        "DiagnosticReport.result",
+        "references its results",
+    ),
+    "result not an Observation": (
+        _set(_report, "result", [{"reference": "Patient/pa"}]),
+        "DiagnosticReport.result[0]",
+        "a result is an Observation, not 'Patient/pa'",
+    ),
+    "PDF of another type": (
+        lambda b: _report(b)["presentedForm"][0].update(contentType="text/plain"),
+        "DiagnosticReport.presentedForm[0].contentType",
+        "contentType must be application/pdf",
+    ),
+    "PDF hash": (
+        lambda b: _report(b)["presentedForm"][0].update(hash=sha1_b64(OTHER_PDF)),
+        "DiagnosticReport.presentedForm[0].hash",
+        "is not the base64 SHA-1 of the content",
+    ),
+    "PDF size": (
+        lambda b: _report(b)["presentedForm"][0].update(size=len(PDF) + 1),
+        "DiagnosticReport.presentedForm[0].size",
+        f"size {len(PDF) + 1} does not match the content ({len(PDF)} bytes)",
+    ),
+    "PDF without hash": (
+        lambda b: _report(b)["presentedForm"][0].pop("hash"),
+        "DiagnosticReport.presentedForm[0].hash",
+        "the hash of the PDF (base64 SHA-1) is required",
+    ),
+    "not a PDF": (
+        lambda b: _report(b)["presentedForm"][0].update(
+            data=base64.b64encode(b"hello").decode(), size=5, hash=sha1_b64(b"hello")
+        ),
+        "DiagnosticReport.presentedForm[0].data",
+        "the content is not a PDF",
+    ),
+    "PDF elsewhere": (
+        lambda b: _report(b)["presentedForm"][0].update(data=None, url="https://elsewhere.example/r.pdf"),
+        "DiagnosticReport.presentedForm[0]",
+        "the Binary of a document filed on this server",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BROKEN))
+def test_each_broken_rule_is_named_and_nothing_is_stored(
+    api: TestClient, lab_world: World, case: str
+) -> None:
+    change, expression, words = BROKEN[case]
+    bundle = copy.deepcopy(report_bundle())
+    change(bundle)
+    if _report(bundle)["presentedForm"][0].get("data") is None:
+        _report(bundle)["presentedForm"][0].pop("data")
+    before = stored_count(lab_world)
+    response = file_report(api, bundle)
+    assert response.status_code == 422, response.text
+    issues = [(",".join(i.get("expression", [])), i["diagnostics"]) for i in response.json()["issue"]]
+    assert any(where == expression and words in text for where, text in issues), issues
+    assert stored_count(lab_world) == before
+
+
+def test_every_problem_of_a_result_is_named_at_once(api: TestClient) -> None:
+    bundle = report_bundle()
+    glucose = _obs(bundle)
+    glucose["code"]["coding"][0]["code"] = "2345-0"
+    glucose["valueQuantity"]["code"] = "mmol/LL"
+    glucose["interpretation"][0]["coding"][0]["code"] = "high"
+    response = file_report(api, bundle)
+    assert response.status_code == 422
+    where = sorted(",".join(i["expression"]) for i in response.json()["issue"])
+    assert where == [
+        "Observation.code",
+        "Observation.interpretation[0]",
+        "Observation.valueQuantity.code",
+    ]
+
+
+def test_a_large_pdf_is_a_document_the_report_points_at(api: TestClient) -> None:
+    """The PDF filed through MHD (the content store), the report naming its Binary."""
+    doc = Doc(data=PDF)
+    filed = api.post("/fhir", json=provide_bundle("pa", doc), headers=auth(api, LAB))
+    [binary_id] = created(filed, "Binary")
+    bundle = report_bundle()
+    form = _report(bundle)["presentedForm"][0]
+    form.pop("data")
+    form["url"] = f"http://testserver/fhir/Binary/{binary_id}"
+    [report_id] = created(file_report(api, bundle), "DiagnosticReport")
+    report = api.get(f"/fhir/DiagnosticReport/{report_id}", headers=auth(api, GP)).json()
+    url = report["presentedForm"][0]["url"]
+    content = api.get(url, headers=auth(api, GP))
+    assert content.status_code == 200 and content.content == PDF
+    assert content.headers["content-type"] == "application/pdf"
+
+
+def test_the_agencys_imports_are_taken_as_they_come(lab_world: World) -> None:
+    """Trusted writes (Synthea, registries) are not checked: old results may lack UCUM codes."""
+    old = {
+        "resourceType": "Observation",
+        "status": "final",
+        "category": [{"coding": [{"system": OBS_CATEGORY, "code": "laboratory"}]}],
+        "code": {"text": "Glycémie"},
+        "subject": {"reference": "Patient/pa"},
+        "valueQuantity": {"value": 1.1, "unit": "g/l"},
+    }
+    assert lab_world.app.state.fhir.create(old).created
+
+
+def test_loinc_and_ucum_checks() -> None:
+    assert all(is_loinc_code(c) for c in ("2345-7", "718-7", "24323-8", "60591-5", "2160-0"))
+    assert not any(is_loinc_code(c) for c in ("2345-8", "2345", "A2345-7", "12345678-9", 2345, ""))
+    for unit in ("mg/dL", "mmol/L", "10*9/L", "[IU]/L", "mL/min/{1.73_m2}", "%", "1", "mm[Hg]", "U/L"):
+        assert ucum_problem(unit) is None, unit
+    for unit in ("µg/L", "mmol/LL", "mg per dL", " mg", "", "cel"):
+        assert ucum_problem(unit) is not None, unit
