@@ -20,8 +20,10 @@ from sharedcare.api import audit as audit_api
 from sharedcare.api import auth as auth_api
 from sharedcare.api import documents as documents_api
 from sharedcare.api import fhir as fhir_api
+from sharedcare.api import registrations as registrations_api
 from sharedcare.api import requests as requests_api
 from sharedcare.api import vaccination as vaccination_api
+from sharedcare.documents import labresults as _labresults  # noqa: F401  (registers write rules)
 from sharedcare.fhir.errors import FhirError, Issue, operation_outcome
 from sharedcare.fhir.service import FhirService
 from sharedcare.fhir.store import utcnow
@@ -45,17 +47,22 @@ class BodySizeLimit:
     and the request is cut off as soon as it passes the limit.
     """
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int, streamed_limit: int | None = None) -> None:
         self.app = app
         self.limit = limit
+        self.streamed_limit = streamed_limit
+        """For bodies that stream into the content store (``api.documents.streamed_upload``)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.limit
+        if self.streamed_limit is not None and documents_api.streamed_upload(scope):
+            limit = max(limit, self.streamed_limit + 1024 * 1024)  # the content, and a form's fields
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await self._refuse(send)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await self._refuse(send, limit)
             return
         seen = 0
         started = False
@@ -65,7 +72,7 @@ class BodySizeLimit:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.limit:
+                if seen > limit:
                     raise _TooLarge
             return message
 
@@ -79,12 +86,12 @@ class BodySizeLimit:
             await self.app(scope, counting_receive, tracking_send)
         except _TooLarge:
             if not started:
-                await self._refuse(send)
+                await self._refuse(send, limit)
 
-    async def _refuse(self, send: Send) -> None:
+    async def _refuse(self, send: Send, limit: int) -> None:
         body = orjson.dumps(
             operation_outcome(
-                [Issue("error", "too-costly", f"Request body exceeds the limit of {self.limit} bytes")]
+                [Issue("error", "too-costly", f"Request body exceeds the limit of {limit} bytes")]
             )
         )
         await send(
@@ -128,6 +135,7 @@ def create_app(settings: Settings | None = None, *, validator: Any = "default") 
     app.include_router(audit_api.router)  # before the generic /fhir/{type} routes
     app.include_router(documents_api.router)  # ITI-68 Binary retrieval: before the generic routes too
     app.include_router(vaccination_api.router)  # $immds-forecast…: before the generic routes too
+    app.include_router(registrations_api.router)  # $register, $renew-registration, $opt-out on Patient
     app.include_router(fhir_api.router)
     app.include_router(requests_api.router)  # operations on items: $release-disclosure…
     app.include_router(imaging_api.router)  # ImagingStudy $series and $preview (docs/imaging.md)
@@ -163,5 +171,7 @@ def create_app(settings: Settings | None = None, *, validator: Any = "default") 
         return {"name": "SharedCare", "fhir": "/fhir", "capabilities": "/fhir/metadata"}
 
     app.add_middleware(SessionMiddleware, **auth_api.session_options(settings))
-    app.add_middleware(BodySizeLimit, limit=settings.max_request_bytes)
+    app.add_middleware(
+        BodySizeLimit, limit=settings.max_request_bytes, streamed_limit=settings.max_content_bytes
+    )
     return app

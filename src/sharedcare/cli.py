@@ -165,6 +165,10 @@ def lifecycle() -> None:
     )
     if report.licence_withdrawn:
         typer.echo(f"licence withdrawals announced to holders: {', '.join(report.licence_withdrawn)}")
+    if report.facility_withdrawn:
+        typer.echo(
+            "facility authorisation withdrawals announced to holders: " + ", ".join(report.facility_withdrawn)
+        )
 
 
 audit_app = typer.Typer(help="The audit trail (docs/audit.md).", no_args_is_help=True)
@@ -255,8 +259,8 @@ def worker(
 
     def show(report: reminders.ReminderReport) -> None:
         typer.echo(
-            f"reminders: {report.queued} queued; patients: {report.patients}, recomputed: "
-            f"{report.recomputed}, unchanged: {report.unchanged}"
+            f"reminders: {report.reminders} in {report.queued} messages queued; patients: "
+            f"{report.patients}, recomputed: {report.recomputed}, unchanged: {report.unchanged}"
         )
 
     if once:

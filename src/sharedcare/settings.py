@@ -172,9 +172,16 @@ class Settings(BaseSettings):
         1000, description="Patients per transaction of the reminder job (a crash redoes one batch at most)."
     )
     reminder_processes: int = Field(
-        1,
-        description="Processes running the forecasts of the reminder job (CPU-bound: up to the number "
-        "of cores); 1: in the job's own process.",
+        0,
+        ge=0,
+        description="Processes running the forecasts of the reminder job (CPU-bound); 0: one per CPU "
+        "this process may use; 1: in the job's own process.",
+    )
+    reminder_overdue_days: int = Field(
+        365,
+        ge=0,
+        description="An overdue reminder is sent only while the dose's past-due date is less than this "
+        "many days old (older gaps stay on the portal's vaccination card); 0: no limit.",
     )
     # --- content storage: documents' bytes (docs/storage.md) ---
     blob_backend: Literal["file", "s3"] = Field(

@@ -17,6 +17,8 @@ from sharedcare.audit import log as audit
 from sharedcare.fhir.errors import NotFound
 from sharedcare.fhir.service import FhirService
 from sharedcare.fhir.store import utcnow
+from sharedcare.notify import outbox
+from sharedcare.notify.models import notification
 from sharedcare.settings import Settings
 from sharedcare.storage.engine import make_engine, writer
 from support import truncate
@@ -77,9 +79,14 @@ def test_lifecycle_rules(db_url: str, tmp_path: Path) -> None:
     with writer(engine).begin() as conn:
         again = run(conn, svc, settings, now)
     assert (again.closed_at_death, again.closed_inactive, again.deleted) == ([], [], [])
-    with writer(engine).begin() as conn:
+    with writer(engine).begin() as conn:  # messages about the record go with it
+        outbox.queue(conn, "objector", outbox.NEW_DOCUMENT, now)
+        outbox.queue(conn, "alive", outbox.NEW_DOCUMENT, now)
         assert opt_out(conn, "objector", now) == 2
     with pytest.raises(NotFound):
         svc.read("Observation", "obs-objector")
+    with engine.connect() as conn:
+        left = set(conn.execute(select(notification.c.patient_id)).scalars())
+    assert "objector" not in left and "alive" in left
     assert audit.verify(engine).ok
     engine.dispose()

@@ -901,3 +901,43 @@ def test_capability_statement_lists_the_record_item_operations_it_serves(client:
         r = client.post(f"/fhir/Observation/nothing/${name}", json={"resourceType": "Parameters"})
         assert r.status_code in (403, 404) and r.json()["resourceType"] == "OperationOutcome", name
         assert r.json()["issue"][0]["diagnostics"] != missing.json()["issue"][0]["diagnostics"], name
+
+
+def test_capability_statement_lists_the_patient_and_vaccination_operations_it_serves(
+    client: TestClient,
+) -> None:
+    """Each advertised operation is served: the operation itself answers (its own refusal or
+    result), not the generic answer to an unknown operation."""
+    statement = client.get("/fhir/metadata").json()
+    rest = statement["rest"][0]
+    resources = {res["type"]: res for res in rest["resource"]}
+    assert {op["name"] for op in rest["operation"]} == {"immds-forecast"}
+    patient_ops = {op["name"] for op in resources["Patient"]["operation"]}
+    assert {
+        "immds-forecast",
+        "vaccination-certificate",
+        "register",
+        "renew-registration",
+        "opt-out",
+    } <= patient_ops
+    assert {"parse-datamatrix", "validate-reported"} <= {
+        op["name"] for op in resources["Immunization"]["operation"]
+    }
+    unknown = client.post("/fhir/Patient/nobody/$no-such-operation", json={"resourceType": "Parameters"})
+    generic = unknown.json()["issue"][0]["diagnostics"]
+    params = {"resourceType": "Parameters", "parameter": []}
+    answers = {
+        "immds-forecast (system)": client.post("/fhir/$immds-forecast", json=params),
+        "immds-forecast": client.get("/fhir/Patient/nobody/$immds-forecast"),
+        "vaccination-certificate": client.get("/fhir/Patient/nobody/$vaccination-certificate"),
+        "register": client.post("/fhir/Patient/nobody/$register", json=params),
+        "renew-registration": client.post("/fhir/Patient/nobody/$renew-registration", json=params),
+        "opt-out": client.post("/fhir/Patient/nobody/$opt-out", json=params),
+        "parse-datamatrix": client.post("/fhir/Immunization/$parse-datamatrix", json=params),
+        "validate-reported": client.post("/fhir/Immunization/nothing/$validate-reported", json=params),
+    }
+    for name, r in answers.items():
+        assert r.headers["content-type"].startswith("application/fhir+json"), (name, r.text)
+        body = r.json()
+        if body["resourceType"] == "OperationOutcome":
+            assert body["issue"][0].get("diagnostics") != generic, (name, r.text)

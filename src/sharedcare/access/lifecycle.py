@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, delete, select, update
+from sqlalchemy import Connection, Table, delete, select, update
 
 from sharedcare.access import licence
 from sharedcare.access.care import ensure_record
@@ -53,6 +53,9 @@ class LifecycleReport:
     deleted: list[str] = field(default_factory=list)
     licence_withdrawn: list[str] = field(default_factory=list)
     """Professionals whose licence withdrawal was announced to their holders (``access.licence``)."""
+    facility_withdrawn: list[str] = field(default_factory=list)
+    """Care facilities (Organization ids) whose withdrawn authorisation was announced to the
+    holders registered there."""
     traces_deleted: int = 0
     """Audit records deleted with the deleted records (art. 8)."""
 
@@ -104,10 +107,20 @@ def purge(conn: Connection, patient_id: str, blobs: BlobStore | None = None) -> 
         minor_objection,
         filing_objection,
         record_request,
+        *_derived_tables(),
     ):
         conn.execute(delete(table).where(table.c.patient_id == patient_id))
     crypto_shred(conn, patient_id, blobs)
     return len(pks)
+
+
+def _derived_tables() -> tuple[Table, ...]:
+    """Other modules' rows about the record: its holder's messages and its vaccination forecast
+    state go with it (imported here: those modules build on access, not the reverse)."""
+    from sharedcare.notify.models import notification
+    from sharedcare.vaccination.models import forecast_state, reminder_item
+
+    return (notification, forecast_state, reminder_item)
 
 
 def opt_out(conn: Connection, patient_id: str, now: datetime, blobs: BlobStore | None = None) -> int:
@@ -131,8 +144,9 @@ def run(
     conn: Connection, fhir: FhirService, settings: Settings, now: datetime, blobs: BlobStore | None = None
 ) -> LifecycleReport:
     """Apply the rules once: close at death, close after inactivity, delete after retention;
-    tell the holders of the professionals whose licence was withdrawn. Deleted records' content
-    goes from ``blobs``, by default the store of the settings."""
+    tell the holders of the professionals whose licence was withdrawn and of the facilities whose
+    authorisation was withdrawn. Deleted records' content goes from ``blobs``, by default the
+    store of the settings."""
     report = LifecycleReport()
     s = record_status
     closed = set(conn.execute(select(s.c.patient_id).where(s.c.status != "open")).scalars())
@@ -175,4 +189,7 @@ def run(
         report.traces_deleted += retention.delete_traces(conn, patient_id, AGENCY).records
         report.deleted.append(patient_id)
     report.licence_withdrawn = [w.practitioner_id for w in licence.notify_withdrawals(conn, now, AGENCY)]
+    report.facility_withdrawn = [
+        w.organization_id for w in licence.notify_facility_withdrawals(conn, now, AGENCY)
+    ]
     return report

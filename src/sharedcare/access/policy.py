@@ -497,8 +497,9 @@ class _ProfessionalParts:
     def _authored(self, r: FromClause) -> ColumnElement[bool]:
         """The professional, their PractitionerRole or the organisation they act for is an
         ``author`` of row ``r`` (by its index rows; a List's ``source``: a submission set), or of
-        the document a Binary's ``securityContext`` names. An author only named through a
-        contained resource is not indexed: such an item is not recognised as theirs (the
+        the document a Binary's ``securityContext`` names. A DocumentReference's author named
+        through a contained PractitionerRole is indexed as that role's practitioner and
+        organisation (``fhir.indexer``); any other contained author is not recognised (the
         decision fails closed)."""
 
         def me(a: FromClause) -> ColumnElement[bool]:
@@ -874,6 +875,15 @@ class AccessPolicy:
             if target.category not in (PERSONAL, DataCategory.VACCINATION_REPORTED):
                 return "holders write only in their personal expression area and the doses they report"
             return None  # the patients are checked against own_patients by the caller
+        if p.kind in (PrincipalKind.SYSTEM, PrincipalKind.PROFESSIONAL) and p.organization_id:
+            # a withdrawn authorisation (the directory marks the Organization inactive) stops
+            # the facility's system and whoever acts through it from writing, as from reading
+            db: Any = conn  # a Connection (typed ``object`` in the signature)
+            if not db.execute(select(_authorised(p.organization_id))).scalar():
+                return (
+                    f"the authorisation of the care facility Organization/{p.organization_id} is "
+                    "withdrawn (inactive in the directory): nothing may be written on its behalf"
+                )
         if p.kind is PrincipalKind.SYSTEM:
             return None if p.organization_id else "a system client must act for an organisation"
         if p.kind is PrincipalKind.PROFESSIONAL:

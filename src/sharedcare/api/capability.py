@@ -21,9 +21,19 @@ INTERACTIONS = (
     "search-type",
 )
 SYSTEM_INTERACTIONS = ("transaction", "batch", "history-system")
+IDS_FORECAST = "http://hl7.org/fhir/us/immds/OperationDefinition/ImmDSForecastOperation"
+"""HL7's Immunization Decision Support Forecast operation (vaccination/operations.py)."""
+_LOCAL = "https://sharedcare.lu/fhir/OperationDefinition/"
 OPERATIONS = {
     "everything": ("Patient", "http://hl7.org/fhir/OperationDefinition/Patient-everything"),
     "summary": ("Patient", "http://hl7.org/fhir/uv/ips/OperationDefinition/summary"),
+    "immds-forecast": ("Patient", IDS_FORECAST),
+    "vaccination-certificate": ("Patient", _LOCAL + "vaccination-certificate"),
+    "register": ("Patient", _LOCAL + "register"),
+    "renew-registration": ("Patient", _LOCAL + "renew-registration"),
+    "opt-out": ("Patient", _LOCAL + "opt-out"),
+    "parse-datamatrix": ("Immunization", _LOCAL + "parse-datamatrix"),
+    "validate-reported": ("Immunization", _LOCAL + "validate-reported"),
     "decide": ("Task", "https://sharedcare.lu/fhir/OperationDefinition/record-request-decide"),
     "series": ("ImagingStudy", "https://sharedcare.lu/fhir/OperationDefinition/imaging-series"),
     "preview": ("ImagingStudy", "https://sharedcare.lu/fhir/OperationDefinition/imaging-preview"),
@@ -117,6 +127,7 @@ def capability_statement(base_url: str, date: str) -> dict[str, Any]:
                 ),
                 "resource": _resources(),
                 "interaction": [{"code": i} for i in SYSTEM_INTERACTIONS],
+                "operation": [{"name": "immds-forecast", "definition": IDS_FORECAST}],
                 "searchParam": [
                     {
                         "name": "_lastUpdated",

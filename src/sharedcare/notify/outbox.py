@@ -18,6 +18,8 @@ from sharedcare.notify.models import notification
 
 FIRST_PROFESSIONAL_ACCESS = "first-professional-access"
 LICENCE_WITHDRAWN = "licence-withdrawn"
+FACILITY_WITHDRAWN = "facility-withdrawn"
+"""A care facility's authorisation withdrawn: its registrations ended (``access.licence``)."""
 EMERGENCY_ACCESS = "emergency-access"
 NEW_DOCUMENT = "new-document"
 """A document filed into the record by someone other than the holder's side (``documents.submission``)."""
@@ -80,11 +82,11 @@ def mark_read(conn: Connection, patient_id: str, pk: int, now: datetime) -> None
 
 
 def queue_many(
-    conn: Connection, messages: Sequence[tuple[str, str, str, dict[str, Any]]], now: datetime
+    conn: Connection, messages: Sequence[tuple[str, str, str | None, dict[str, Any]]], now: datetime
 ) -> int:
-    """Queue many once-only messages ``(patient_id, kind, dedupe, params)`` in one batched
-    statement, skipping those whose ``dedupe`` key exists already (a scheduled job's rerun); the
-    count queued."""
+    """Queue many messages ``(patient_id, kind, dedupe, params)`` in one batched statement,
+    skipping those whose ``dedupe`` key exists already (a scheduled job's rerun; None: no key,
+    the caller keeps them once-only, as the reminder job's items do); the count queued."""
     if not messages:
         return 0
     rows = [

@@ -32,6 +32,11 @@ KIND = {
         "de": "Entzug der Zugriffsrechte einer Gesundheitsfachperson",
         "en": "withdrawal of a health professional's access rights",
     },
+    outbox.FACILITY_WITHDRAWN: {  # never the facility's name: e-mail is not safe
+        "fr": "retrait de l'autorisation d'un établissement de soins",
+        "de": "Entzug der Genehmigung einer Gesundheitseinrichtung",
+        "en": "withdrawal of a care facility's authorisation",
+    },
     outbox.EMERGENCY_ACCESS: {
         "fr": "accès d'urgence au dossier",
         "de": "Notfallzugriff auf die Akte",
@@ -73,6 +78,11 @@ DETAILS = {
     "en": "the name of the professional concerned and the full message",
 }
 DETAILS_OF_KIND = {
+    outbox.FACILITY_WITHDRAWN: {
+        "fr": "le nom de l'établissement concerné et le message complet",
+        "de": "Der Name der betreffenden Einrichtung und die vollständige Nachricht",
+        "en": "the name of the facility concerned and the full message",
+    },
     outbox.VACCINATION_REMINDER: {
         "fr": "le vaccin concerné, la dose et la date",
         "de": "Die betreffende Impfung, die Dosis und das Datum",

@@ -24,11 +24,14 @@ from sharedcare.portal.views import (
     autonomy,
     documents,
     items,
+    optout,
     patient,
+    personal,
     preferences,
     professional,
     results,
     rights,
+    staff,
     summary,
     timeline,
     vaccination,
@@ -83,6 +86,9 @@ def install(app: FastAPI) -> None:
     app.include_router(summary.router, prefix="/portal", include_in_schema=False)  # patient summary
     app.include_router(preferences.router, prefix="/portal", include_in_schema=False)  # notifications
     app.include_router(vaccination.router, prefix="/portal", include_in_schema=False)  # vaccination card
+    app.include_router(staff.router, prefix="/portal", include_in_schema=False)  # agency staff
+    app.include_router(optout.router, prefix="/portal", include_in_schema=False)  # the holder's objection
+    app.include_router(personal.router, prefix="/portal", include_in_schema=False)  # personal expression area
     app.add_exception_handler(CsrfRefused, _csrf_refused)
     app.add_exception_handler(LoginRequired, _login_required)
     app.add_exception_handler(RecordChoiceRequired, _record_choice)
