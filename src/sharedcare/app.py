@@ -15,6 +15,7 @@ from starlette.middleware.sessions import SessionMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sharedcare import portal
+from sharedcare.access import death as _death  # noqa: F401  (closes a record when its holder dies)
 from sharedcare.access.policy import AccessPolicy, category_of
 from sharedcare.api import audit as audit_api
 from sharedcare.api import auth as auth_api

@@ -7,12 +7,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine, select, update
 
-from sharedcare.access import care
+from sharedcare.access import care, consent, death
+from sharedcare.access.consent import ChoiceError
 from sharedcare.access.lifecycle import opt_out, run
 from sharedcare.access.models import record_status
 from sharedcare.access.policy import category_of
+from sharedcare.access.principals import Principal, PrincipalKind
 from sharedcare.audit import log as audit
 from sharedcare.fhir.errors import NotFound
 from sharedcare.fhir.service import FhirService
@@ -21,6 +24,7 @@ from sharedcare.notify import outbox
 from sharedcare.notify.models import notification
 from sharedcare.settings import Settings
 from sharedcare.storage.engine import make_engine, writer
+from sharedcare.storage.tables import resource, resource_version
 from support import truncate
 
 
@@ -34,6 +38,14 @@ def _obs(patient: str) -> dict[str, Any]:
     }
 
 
+def _status(engine: Engine) -> dict[str, tuple[str, str | None]]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(record_status.c.patient_id, record_status.c.status, record_status.c.closed_reason)
+        ).all()
+    return {pid: (status, reason) for pid, status, reason in rows}
+
+
 def test_lifecycle_rules(db_url: str, tmp_path: Path) -> None:
     engine = make_engine(db_url)
     truncate(engine)
@@ -41,6 +53,7 @@ def test_lifecycle_rules(db_url: str, tmp_path: Path) -> None:
     svc = FhirService(engine, classify=category_of)
     now = utcnow()
     svc.update("Patient", "dead", {"resourceType": "Patient", "id": "dead", "deceasedBoolean": True})
+    assert _status(engine) == {"dead": ("closed", "death")}  # at the write, not at the next run
     for pid in ("idle", "old", "alive", "objector"):
         svc.update("Patient", pid, {"resourceType": "Patient", "id": pid})
         svc.update("Observation", f"obs-{pid}", _obs(pid))
@@ -62,6 +75,12 @@ def test_lifecycle_rules(db_url: str, tmp_path: Path) -> None:
             record_status.update()
             .where(record_status.c.patient_id == "old")
             .values(status="closed", closed_at=now - eleven_years, closed_reason="holder")
+        )
+        # a death written before closure at the write existed: the run still closes it
+        conn.execute(
+            record_status.update()
+            .where(record_status.c.patient_id == "dead")
+            .values(status="open", closed_at=None, closed_reason=None)
         )
     with writer(engine).begin() as conn:
         report = run(conn, svc, settings, now)
@@ -89,4 +108,148 @@ def test_lifecycle_rules(db_url: str, tmp_path: Path) -> None:
         left = set(conn.execute(select(notification.c.patient_id)).scalars())
     assert "objector" not in left and "alive" in left
     assert audit.verify(engine).ok
+    engine.dispose()
+
+
+def test_inactivity_counts_from_creation_when_nobody_ever_opened_the_record(
+    db_url: str, tmp_path: Path
+) -> None:
+    """Art. 4(4): ten years without access. A record never accessed is idle since its most
+    recent sign of life: activation, else the creation letter, else its Patient's creation."""
+    engine = make_engine(db_url)
+    truncate(engine)
+    settings = Settings(database_url=db_url, data_dir=tmp_path)
+    svc = FhirService(engine, classify=category_of)
+    now = utcnow()
+    eleven, one = timedelta(days=365 * 11), timedelta(days=365)
+    pids = ("never-letter", "never-created", "fresh", "late-activation", "no-patient")
+    for pid in pids[:-1]:
+        svc.update("Patient", pid, {"resourceType": "Patient", "id": pid})
+    with writer(engine).begin() as conn:
+        care.ensure_record(conn, "never-letter", letter_sent=now - eleven, activated=None)
+        care.ensure_record(conn, "never-created", letter_sent=None, activated=None)
+        care.ensure_record(conn, "fresh", letter_sent=None, activated=None)
+        care.ensure_record(conn, "late-activation", letter_sent=now - eleven * 2, activated=now - one)
+        care.ensure_record(conn, "no-patient", letter_sent=None, activated=None)
+        conn.execute(  # an old access, but the holder activated the record last year
+            update(record_status)
+            .where(record_status.c.patient_id == "late-activation")
+            .values(last_access=now - eleven)
+        )
+        pk = conn.execute(
+            select(resource.c.pk).where(resource.c.type == "Patient", resource.c.id == "never-created")
+        ).scalar_one()
+        conn.execute(
+            update(resource_version).where(resource_version.c.res_pk == pk).values(last_updated=now - eleven)
+        )
+    with writer(engine).begin() as conn:
+        report = run(conn, svc, settings, now)
+    assert sorted(report.closed_inactive) == ["never-created", "never-letter"]
+    status = _status(engine)
+    assert status["never-letter"] == status["never-created"] == ("closed", "inactivity")
+    assert status["fresh"] == status["late-activation"] == status["no-patient"] == ("open", None)
+    assert audit.verify(engine).ok
+    engine.dispose()
+
+
+def test_death_closes_the_record_in_the_writing_transaction(client: TestClient) -> None:
+    """A Patient written deceased (date or flag) closes the record at once: nothing more is filed
+    into it; a write that is rolled back closes nothing."""
+    app: Any = client.app
+    engine = app.state.engine
+    for pid in ("pa", "pb", "pc"):
+        created = client.put(f"/fhir/Patient/{pid}", json={"resourceType": "Patient", "id": pid})
+        assert created.status_code == 201, created.text
+    died = {"resourceType": "Patient", "id": "pa", "deceasedDateTime": "2026-11-20T10:00:00Z"}
+    assert client.put("/fhir/Patient/pa", json=died).status_code == 200
+    assert _status(engine)["pa"] == ("closed", "death")
+    refused = client.put("/fhir/Observation/obs-pa", json=_obs("pa"))
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["resourceType"] == "OperationOutcome"
+    alive = {"resourceType": "Patient", "id": "pc", "deceasedBoolean": False}
+    assert client.put("/fhir/Patient/pc", json=alive).status_code == 200
+    assert "pc" not in _status(engine)
+    bundle = {  # the deceased flag and a bad entry: the whole transaction fails
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "resource": {"resourceType": "Patient", "id": "pb", "deceasedBoolean": True},
+                "request": {"method": "PUT", "url": "Patient/pb"},
+            },
+            {
+                "resource": {"resourceType": "Observation", "id": "bad", "status": "no-such-status"},
+                "request": {"method": "PUT", "url": "Observation/bad"},
+            },
+        ],
+    }
+    assert client.post("/fhir", json=bundle).status_code >= 400
+    assert "pb" not in _status(engine)
+    assert client.put("/fhir/Observation/obs-pb", json=_obs("pb")).status_code == 201
+    assert death.is_deceased({"deceasedDateTime": "2020"}) and not death.is_deceased(
+        {"deceasedBoolean": False}
+    )
+    # one transaction creating a deceased holder with their record's data: whatever the order in
+    # which the Bundle's entries are applied, the record closes at its end with its data in it
+    history = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "fullUrl": "urn:uuid:0b5f3c52-6a2b-4f7e-9e0a-1a2b3c4d5e6f",
+                "resource": {"resourceType": "Patient", "deceasedDateTime": "2026-11-01T08:00:00Z"},
+                "request": {"method": "POST", "url": "Patient"},
+            },
+            {
+                "resource": {
+                    **_obs("late"),
+                    "subject": {"reference": "urn:uuid:0b5f3c52-6a2b-4f7e-9e0a-1a2b3c4d5e6f"},
+                },
+                "request": {"method": "PUT", "url": "Observation/obs-late"},
+            },
+        ],
+    }
+    filed = client.post("/fhir", json=history)
+    assert filed.status_code == 200, filed.text
+    new_pid = filed.json()["entry"][0]["response"]["location"].split("/")[1]
+    assert _status(engine)[new_pid] == ("closed", "death")
+    assert (
+        client.put(
+            "/fhir/Observation/obs-late",
+            json={**_obs("late"), "subject": {"reference": f"Patient/{new_pid}"}, "status": "amended"},
+        ).status_code
+        == 422
+    )
+
+
+HOLDER = Principal(PrincipalKind.PATIENT, "acct-pr", display="Rita", patient_id="pr")
+
+
+def test_reopening_refused_after_the_window_and_after_death(db_url: str, tmp_path: Path) -> None:
+    """Art. 4(2): the holder reopens within ten years of closure, never a record closed at death;
+    a refusal changes nothing."""
+    engine = make_engine(db_url)
+    truncate(engine)
+    settings = Settings(database_url=db_url, data_dir=tmp_path)
+    now = utcnow()
+    window = timedelta(days=365 * settings.reopen_window_years)
+
+    def close_then_reopen(closed_at: timedelta, reason: str) -> None:
+        with writer(engine).begin() as conn:
+            consent.close_record(conn, HOLDER, "pr", now - closed_at, reason=reason)
+        with writer(engine).begin() as conn:
+            consent.reopen_record(conn, settings, HOLDER, "pr", now)
+
+    with pytest.raises(ChoiceError, match="within 10 years"):
+        close_then_reopen(window + timedelta(days=1), "holder")
+    assert _status(engine)["pr"] == ("closed", "holder")
+    with pytest.raises(ChoiceError, match="closed at death"):
+        close_then_reopen(timedelta(days=1), "death")
+    assert _status(engine)["pr"] == ("closed", "death")
+    close_then_reopen(window - timedelta(days=1), "holder")  # just inside the window
+    assert _status(engine)["pr"] == ("open", None)
+    with engine.connect() as conn:
+        s = record_status
+        closed_at = conn.execute(select(s.c.closed_at).where(s.c.patient_id == "pr")).scalar_one()
+    assert closed_at is None
     engine.dispose()

@@ -1,5 +1,7 @@
 """The life cycle of a record (§A.1, §A.2): opt-out, closure at death or after inactivity,
-deletion ten years after closure. ``run`` is the scheduled job (``sharedcare lifecycle``).
+deletion ten years after closure. ``run`` is the scheduled job (``sharedcare lifecycle``); a
+death also closes the record at the write that records it (``access.death``), the job catching up
+on records left open.
 
 Deletion (opt-out, end of retention) removes the record's resources, every version and index
 row, the projection rows of the holder's choices and the record's access traces (art. 8:
@@ -14,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, Table, delete, select, update
+from sqlalchemy import ColumnElement, Connection, Table, and_, delete, func, or_, select, update
 
 from sharedcare.access import licence
 from sharedcare.access.care import ensure_record
@@ -64,13 +66,17 @@ def _years(n: int) -> timedelta:
     return timedelta(days=round(365.25 * n))
 
 
-def _close(conn: Connection, patient_id: str, reason: str, now: datetime) -> None:
+def close(conn: Connection, patient_id: str, reason: str, now: datetime) -> bool:
+    """Close an open record (``reason``: death, inactivity…) and trace it; False when it was not
+    open (closed already, or deleted), so a second closure changes nothing."""
     ensure_record(conn, patient_id, letter_sent=None, activated=None)
-    conn.execute(
+    changed = conn.execute(
         update(record_status)
-        .where(record_status.c.patient_id == patient_id)
+        .where(record_status.c.patient_id == patient_id, record_status.c.status == "open")
         .values(status="closed", closed_at=now, closed_reason=reason)
-    )
+    ).rowcount
+    if not changed:
+        return False
     audit.append(
         conn,
         audit.record_for(
@@ -79,6 +85,27 @@ def _close(conn: Connection, patient_id: str, reason: str, now: datetime) -> Non
             patient_id=patient_id,
             interaction=f"close-record ({reason})",
         ),
+    )
+    return True
+
+
+def _inactive(idle: datetime) -> ColumnElement[bool]:
+    """Open records with no sign of life since ``idle`` (art. 4(4)). Activity is the last access,
+    else the activation, else the creation letter, else the creation of the holder's ``Patient``
+    (a record nobody ever opened is idle from its creation); the most recent known date counts."""
+    s, rv = record_status, resource_version
+    created = (
+        select(func.min(rv.c.last_updated))
+        .select_from(rv.join(resource, resource.c.pk == rv.c.res_pk))
+        .where(resource.c.type == "Patient", resource.c.id == s.c.patient_id)
+        .correlate(s)
+        .scalar_subquery()
+    )
+    dates = (s.c.last_access, s.c.activated_at, s.c.letter_sent)
+    return and_(
+        s.c.status == "open",
+        *(or_(d.is_(None), d < idle) for d in dates),
+        func.coalesce(*dates, created) < idle,
     )
 
 
@@ -157,21 +184,16 @@ def run(
     while True:
         result = svc.search_in(conn, query)
         for stored in result.matches:
-            if stored.id not in closed:
-                _close(conn, stored.id, "death", now)
+            if stored.id not in closed and close(conn, stored.id, "death", now):
                 closed.add(stored.id)
                 report.closed_at_death.append(stored.id)
         if not result.next_cursor:
             break
         query.page = result.next_cursor
     idle = now - _years(settings.inactivity_closure_years)
-    for patient_id in conn.execute(
-        select(s.c.patient_id).where(
-            s.c.status == "open", s.c.last_access.is_not(None), s.c.last_access < idle
-        )
-    ).scalars():
-        _close(conn, patient_id, "inactivity", now)
-        report.closed_inactive.append(patient_id)
+    for patient_id in conn.execute(select(s.c.patient_id).where(_inactive(idle))).scalars():
+        if close(conn, patient_id, "inactivity", now):
+            report.closed_inactive.append(patient_id)
     expired = now - _years(settings.delete_after_closure_years)
     for patient_id in conn.execute(
         select(s.c.patient_id).where(s.c.status == "closed", s.c.closed_at < expired)

@@ -325,10 +325,11 @@ class PolicySession:
         p = self.principal
         if target.patients:
             s = record_status
+            from sharedcare.access.death import closed_in_this_transaction
+
+            still_open = target.patients - closed_in_this_transaction(conn)
             closed = conn.execute(
-                select(s.c.patient_id).where(
-                    s.c.patient_id.in_(sorted(target.patients)), s.c.status != "open"
-                )
+                select(s.c.patient_id).where(s.c.patient_id.in_(sorted(still_open)), s.c.status != "open")
             ).first()
             if closed is not None:
                 raise BusinessRule(

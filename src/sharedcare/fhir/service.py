@@ -58,6 +58,19 @@ def register_write_rule(rtype: str, rule: WriteRule, *, after_access: bool = Fal
         rules.append(rule)
 
 
+WriteEffect = Callable[[Connection, Write, Stored], None]
+"""What a stored write of a resource type changes beyond the store, in the write's transaction (a
+record closed when its Patient is written deceased); run by ``apply_writes`` after the store."""
+_WRITE_EFFECTS: dict[str, list[WriteEffect]] = {}
+
+
+def register_write_effect(rtype: str, effect: WriteEffect) -> None:
+    """Run ``effect`` after every stored write of ``rtype`` (once, however often registered)."""
+    effects = _WRITE_EFFECTS.setdefault(rtype, [])
+    if effect not in effects:
+        effects.append(effect)
+
+
 @dataclass(slots=True)
 class WriteOutcome:
     """What a write did: the resulting version and the HTTP status it implies."""
@@ -226,6 +239,10 @@ class FhirService:
             for rule in _WRITE_RULES.get((w.type, True), ()):
                 rule(w, self.session)
         results = self.store.apply(conn, writes)
+        if _WRITE_EFFECTS:
+            for w, stored in zip(writes, results, strict=True):
+                for effect in _WRITE_EFFECTS.get(w.type, ()):
+                    effect(conn, w, stored)
         if self.session is not None:
             by_name: dict[tuple[str, str], list[Stored]] = {}
             for w, stored in zip(writes, results, strict=True):
