@@ -55,6 +55,11 @@ def params(**values: Any) -> dict[str, Any]:
     return {"resourceType": "Parameters", "parameter": out}
 
 
+def register(client: TestClient, patient: str, context: str, headers: dict[str, str]) -> Any:
+    """``$register`` of ``patient`` in ``context`` (facility | emergency | anything to refuse)."""
+    return client.post(f"/fhir/Patient/{patient}/$register", json=params(context=context), headers=headers)
+
+
 def value(body: dict[str, Any], name: str) -> Any:
     (p,) = [p for p in body["parameter"] if p["name"] == name]
     return next(v for k, v in p.items() if k.startswith("value"))
@@ -151,14 +156,14 @@ def test_a_professional_of_the_facility_registers_and_the_end_is_bounded(client:
     )
     assert resp.status_code == 200, resp.text
     assert when(value(resp.json(), "end")) == soon
-    bad = client.post("/fhir/Patient/pa/$register", json=params(context="ward"), headers=h["doctor"])
+    bad = register(client, "pa", "ward", h["doctor"])
     assert bad.status_code == 400 and "facility or emergency" in diagnostics(bad)
     naive = client.post(
         "/fhir/Patient/pa/$register", json=params(context="facility", end="2030-01-01"), headers=h["doctor"]
     )
     assert naive.status_code == 400 and "time zone" in diagnostics(naive)
     client.put("/fhir/Practitioner/doc", json={"resourceType": "Practitioner", "id": "doc", "active": False})
-    lost = client.post("/fhir/Patient/pb/$register", json=params(context="facility"), headers=h["doctor"])
+    lost = register(client, "pb", "facility", h["doctor"])
     assert lost.status_code == 403 and "listed as active" in diagnostics(lost)  # licence withdrawn
     assert relationships(client, "pb") == []
 
@@ -200,12 +205,7 @@ def test_renewal_within_and_beyond_the_limit(client: TestClient) -> None:
 
 def test_a_client_of_another_facility_is_refused(client: TestClient) -> None:
     h = world(client)
-    assert (
-        client.post(
-            "/fhir/Patient/pa/$register", json=params(context="facility"), headers=h["system"]
-        ).status_code
-        == 200
-    )
+    assert register(client, "pa", "facility", h["system"]).status_code == 200
     other = client.post("/fhir/Patient/pa/$renew-registration", json=params(days=10), headers=h["other"])
     assert other.status_code == 422
     assert "Organization/other has no registration of Patient/pa in force" in diagnostics(other)
@@ -221,31 +221,22 @@ def test_a_client_of_another_facility_is_refused(client: TestClient) -> None:
     alone = Principal(PrincipalKind.PROFESSIONAL, "acct-doc", practitioner_id="doc", profession="med")
     ghost = Principal(PrincipalKind.SYSTEM, "ghost", organization_id="ghost")
     for who, scope in ((holder, "patient/*.cruds"), (alone, "user/*.cruds"), (ghost, "system/*.cruds")):
-        resp = client.post(
-            "/fhir/Patient/pb/$register", json=params(context="facility"), headers=bearer(app, who, scope)
-        )
+        resp = register(client, "pb", "facility", bearer(app, who, scope))
         assert resp.status_code == 403, resp.text
     read_only = bearer(app, SYSTEM, "system/Patient.r")
-    resp = client.post("/fhir/Patient/pb/$register", json=params(context="facility"), headers=read_only)
+    resp = register(client, "pb", "facility", read_only)
     assert resp.status_code == 403 and "scopes" in diagnostics(resp)
     assert relationships(client, "pb") == []
-    unknown = client.post(
-        "/fhir/Patient/nobody/$register", json=params(context="facility"), headers=h["system"]
-    )
+    unknown = register(client, "nobody", "facility", h["system"])
     assert unknown.status_code == 404
 
 
 def test_a_withdrawn_facility_is_refused(client: TestClient) -> None:
     h = world(client)
-    assert (
-        client.post(
-            "/fhir/Patient/pa/$register", json=params(context="facility"), headers=h["system"]
-        ).status_code
-        == 200
-    )
+    assert register(client, "pa", "facility", h["system"]).status_code == 200
     client.put("/fhir/Organization/clinic", json={**CLINIC, "active": False})  # as the trusted client
     for who in ("system", "doctor"):
-        resp = client.post("/fhir/Patient/pb/$register", json=params(context="emergency"), headers=h[who])
+        resp = register(client, "pb", "emergency", h[who])
         assert resp.status_code == 403, resp.text
         assert "authorisation is withdrawn" in diagnostics(resp)
     renew = client.post("/fhir/Patient/pa/$renew-registration", json=params(days=5), headers=h["system"])
@@ -259,7 +250,7 @@ def test_a_closed_record_takes_no_registration(client: TestClient) -> None:
     app: Any = client.app
     with app.state.engine.begin() as conn:
         conn.execute(record_status.insert().values(patient_id="pa", status="closed", closed_at=utcnow()))
-    resp = client.post("/fhir/Patient/pa/$register", json=params(context="emergency"), headers=h["system"])
+    resp = register(client, "pa", "emergency", h["system"])
     assert resp.status_code == 422 and "closed" in diagnostics(resp)
     assert relationships(client, "pa") == []
 
@@ -267,12 +258,7 @@ def test_a_closed_record_takes_no_registration(client: TestClient) -> None:
 def test_the_agency_files_the_holders_objection(client: TestClient) -> None:
     h = world(client)
     app: Any = client.app
-    assert (
-        client.post(
-            "/fhir/Patient/pa/$register", json=params(context="facility"), headers=h["system"]
-        ).status_code
-        == 200
-    )
+    assert register(client, "pa", "facility", h["system"]).status_code == 200
     with accounts.transaction(app.state.engine) as conn:
         holder_account = accounts.create_account(
             conn,
@@ -313,8 +299,8 @@ def test_the_agency_files_the_holders_objection(client: TestClient) -> None:
     assert audit.verify(app.state.engine).ok
     again = client.post("/fhir/Patient/pa/$opt-out", headers=h["admin"])
     assert again.status_code == 404
-    register = client.post("/fhir/Patient/pa/$register", json=params(context="facility"), headers=h["system"])
-    assert register.status_code == 404
+    refused = register(client, "pa", "facility", h["system"])
+    assert refused.status_code == 404
 
 
 def test_the_holder_objects_through_the_api(client: TestClient) -> None:

@@ -246,6 +246,12 @@ def _set(path: Callable[[dict[str, Any]], dict[str, Any]], key: str, value: Any)
     return change
 
 
+def _range(low: float, high: float, code: str) -> list[dict[str, Any]]:
+    """A one-entry ``referenceRange`` with both limits in the UCUM unit ``code``."""
+    limit = {"system": UCUM, "code": code}
+    return [{"low": {"value": low, **limit}, "high": {"value": high, **limit}}]
+
+
 def _drop(path: Callable[[dict[str, Any]], dict[str, Any]], key: str) -> Callable[[Any], None]:
     def change(bundle: dict[str, Any]) -> None:
         path(bundle).pop(key)
@@ -287,30 +293,12 @@ BROKEN: dict[str, tuple[Callable[[Any], None], str, str]] = {
         "needs its UCUM code",
     ),
     "range in another unit": (
-        _set(
-            _obs,
-            "referenceRange",
-            [
-                {
-                    "low": {"value": 70, "system": UCUM, "code": "mg/dL"},
-                    "high": {"value": 99, "system": UCUM, "code": "mg/dL"},
-                }
-            ],
-        ),
+        _set(_obs, "referenceRange", _range(70, 99, "mg/dL")),
         "Observation.referenceRange[0].low.code",
         "the reference range is in 'mg/dL' but the value in 'mmol/L'",
     ),
     "range upside down": (
-        _set(
-            _obs,
-            "referenceRange",
-            [
-                {
-                    "low": {"value": 5.5, "system": UCUM, "code": "mmol/L"},
-                    "high": {"value": 3.9, "system": UCUM, "code": "mmol/L"},
-                }
-            ],
-        ),
+        _set(_obs, "referenceRange", _range(5.5, 3.9, "mmol/L")),
         "Observation.referenceRange[0]",
         "the low limit (5.5) is above the high limit (3.9)",
     ),

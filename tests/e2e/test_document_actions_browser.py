@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from live_portal import LivePortal
-from portal_world import PASSWORD, Person
+from live_portal import LivePortal, signed_in_page
 
 PDF = (
     b"%PDF-1.4\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj\n"
@@ -15,28 +14,13 @@ PDF = (
 NEW_PDF = PDF.replace(b"%%EOF", b"% corrected\n%%EOF")
 
 
-def _page(chromium: Any, portal: LivePortal, person: Person) -> tuple[Any, Any]:
-    context = chromium.new_context(base_url=portal.url)
-    context.add_cookies([{"name": "sharedcare_lang", "value": "en", "url": portal.url}])
-    context.set_default_timeout(15_000)
-    page = context.new_page()
-    page.goto("/portal/login")
-    page.get_by_label("Matricule or login name").fill(person.login)
-    page.get_by_label("Password", exact=True).fill(PASSWORD)
-    page.get_by_role("button", name="Continue").click()
-    page.get_by_label("6-digit code").fill(person.code())
-    page.get_by_role("button", name="Sign in").click()
-    page.wait_for_load_state()
-    return context, page
-
-
 def _document(portal: LivePortal, url: str) -> dict[str, Any]:
     document_id = url.rstrip("/").rsplit("/", 1)[1]
     return dict(portal.world.app.state.fhir.read("DocumentReference", document_id).resource())
 
 
 def test_the_author_replaces_a_report_with_a_new_version(chromium: Any, portal: LivePortal) -> None:
-    context, page = _page(chromium, portal, portal.world.gp)
+    context, page = signed_in_page(chromium, portal, portal.world.gp)
     page.goto("/portal/pro/patients/pa/documents/new")
     page.get_by_label("Type").select_option("http://loinc.org|18842-5")
     page.get_by_label("Confidentiality").select_option("R")
@@ -69,7 +53,7 @@ def test_the_author_replaces_a_report_with_a_new_version(chromium: Any, portal: 
 
 
 def test_the_holder_withdraws_a_personal_document(chromium: Any, portal: LivePortal) -> None:
-    context, page = _page(chromium, portal, portal.world.patient)
+    context, page = signed_in_page(chromium, portal, portal.world.patient)
     page.goto("/portal/documents/upload/new")
     page.get_by_label("Title").fill("My own notes")
     page.get_by_label("File").set_input_files(

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from live_portal import LivePortal
-from portal_world import PASSWORD, Person
+from live_portal import LivePortal, english_context, sign_in
 
 PDF = (
     b"%PDF-1.4\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj\n"
@@ -15,21 +14,10 @@ PDF = (
 )
 
 
-def _sign_in(page: Any, person: Person) -> None:
-    page.goto("/portal/login")
-    page.get_by_label("Matricule or login name").fill(person.login)
-    page.get_by_label("Password", exact=True).fill(PASSWORD)
-    page.get_by_role("button", name="Continue").click()
-    page.get_by_label("6-digit code").fill(person.code())
-    page.get_by_role("button", name="Sign in").click()
-
-
 def test_holder_uploads_a_pdf_and_views_it(chromium: Any, portal: LivePortal) -> None:
-    context = chromium.new_context(base_url=portal.url)
-    context.add_cookies([{"name": "sharedcare_lang", "value": "en", "url": portal.url}])
-    context.set_default_timeout(15_000)
+    context = english_context(chromium, portal)
     page = context.new_page()
-    _sign_in(page, portal.world.patient)
+    sign_in(page, portal.world.patient)
     page.get_by_role("heading", name="My record").wait_for()
     page.get_by_role("link", name="Add a document").click()
     page.get_by_label("Title").fill("Vaccination card")

@@ -6,27 +6,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from live_portal import LivePortal
-from portal_world import PASSWORD, Person
-
-
-def _page(chromium: Any, portal: LivePortal, person: Person) -> tuple[Any, Any]:
-    context = chromium.new_context(base_url=portal.url)
-    context.add_cookies([{"name": "sharedcare_lang", "value": "en", "url": portal.url}])
-    context.set_default_timeout(15_000)
-    page = context.new_page()
-    page.goto("/portal/login")
-    page.get_by_label("Matricule or login name").fill(person.login)
-    page.get_by_label("Password", exact=True).fill(PASSWORD)
-    page.get_by_role("button", name="Continue").click()
-    page.get_by_label("6-digit code").fill(person.code())
-    page.get_by_role("button", name="Sign in").click()
-    page.wait_for_load_state()
-    return context, page
+from live_portal import LivePortal, signed_in_page
 
 
 def test_the_holder_records_wishes_and_the_gp_reads_them(chromium: Any, portal: LivePortal) -> None:
-    context, page = _page(chromium, portal, portal.world.patient)
+    context, page = signed_in_page(chromium, portal, portal.world.patient)
     page.goto("/portal/home")
     page.get_by_role("link", name="My personal space").click()
     page.get_by_role("heading", name="My personal space", level=1).wait_for()
@@ -52,7 +36,7 @@ def test_the_holder_records_wishes_and_the_gp_reads_them(chromium: Any, portal: 
     page.get_by_text("I agree to donate my organs and tissues after my death.").wait_for()
     context.close()
 
-    context, page = _page(chromium, portal, portal.world.gp)
+    context, page = signed_in_page(chromium, portal, portal.world.gp)
     page.goto("/portal/pro/patients/pa")
     page.get_by_role("link", name="The patient's personal space").click()
     page.get_by_role("heading", name="The patient's personal space", level=1).wait_for()

@@ -9,33 +9,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pyotp
-from live_portal import LivePortal
-from portal_world import MATRICULE_NEW, PASSWORD, Person
+from live_portal import LivePortal, english_context, sign_in, sign_in_as
+from portal_world import MATRICULE_NEW, PASSWORD
 
 from sharedcare.access import consent
 
 PHONE = {"width": 390, "height": 844}
-
-
-def _context(chromium: Any, portal: LivePortal, **options: Any) -> Any:
-    """A fresh browser profile that chose English before signing in."""
-    context = chromium.new_context(base_url=portal.url, **options)
-    context.add_cookies([{"name": "sharedcare_lang", "value": "en", "url": portal.url}])
-    context.set_default_timeout(15_000)
-    return context
-
-
-def _sign_in(page: Any, login: str, code: str) -> None:
-    page.goto("/portal/login")
-    page.get_by_label("Matricule or login name").fill(login)
-    page.get_by_label("Password", exact=True).fill(PASSWORD)
-    page.get_by_role("button", name="Continue").click()
-    page.get_by_label("6-digit code").fill(code)
-    page.get_by_role("button", name="Sign in").click()
-
-
-def _sign_in_person(page: Any, person: Person, offset_steps: int = 0) -> None:
-    _sign_in(page, person.login, person.code(offset_steps))
 
 
 def _choices(portal: LivePortal, kind: str) -> list[consent.Choice]:
@@ -49,7 +28,7 @@ def _fits_the_screen(page: Any) -> bool:
 
 
 def test_activation_then_sign_in_with_totp_on_a_phone(chromium: Any, portal: LivePortal) -> None:
-    context = _context(chromium, portal, viewport=PHONE, is_mobile=True, has_touch=True)
+    context = english_context(chromium, portal, viewport=PHONE, is_mobile=True, has_touch=True)
     page = context.new_page()
     page.goto("/portal/activate")
     page.keyboard.press("Tab")
@@ -73,7 +52,7 @@ def test_activation_then_sign_in_with_totp_on_a_phone(chromium: Any, portal: Liv
 
     page.get_by_text("Your account is ready").wait_for()
     # the confirming code's time step is used up: sign in with the next step's code
-    _sign_in(page, MATRICULE_NEW, totp.at(time.time() + 30))
+    sign_in_as(page, MATRICULE_NEW, totp.at(time.time() + 30))
     page.get_by_role("heading", name="My record").wait_for()
     assert "Nora Neumann" in page.inner_text("main")
     assert _fits_the_screen(page)
@@ -87,7 +66,7 @@ def test_activation_then_sign_in_with_totp_on_a_phone(chromium: Any, portal: Liv
 
 
 def test_wrong_codes_lock_the_account_with_a_readable_delay(chromium: Any, portal: LivePortal) -> None:
-    context = _context(chromium, portal)
+    context = english_context(chromium, portal)
     page = context.new_page()
     for _ in range(portal.world.settings.max_failed_attempts):
         page.goto("/portal/login")
@@ -100,9 +79,9 @@ def test_wrong_codes_lock_the_account_with_a_readable_delay(chromium: Any, porta
 
 
 def test_grant_revoke_block_and_hide(chromium: Any, portal: LivePortal) -> None:
-    context = _context(chromium, portal)
+    context = english_context(chromium, portal)
     page = context.new_page()
-    _sign_in_person(page, portal.world.patient)
+    sign_in(page, portal.world.patient)
     page.get_by_role("link", name="Access rights").first.click()
     page.get_by_role("heading", name="Who has access and why").wait_for()
 
@@ -147,17 +126,17 @@ def test_professional_opens_access_with_the_code_and_the_patient_sees_it(
     chromium: Any, portal: LivePortal
 ) -> None:
     world = portal.world
-    patient_context = _context(chromium, portal, viewport=PHONE, is_mobile=True)
+    patient_context = english_context(chromium, portal, viewport=PHONE, is_mobile=True)
     patient = patient_context.new_page()
-    _sign_in_person(patient, world.patient)
+    sign_in(patient, world.patient)
     patient.goto("/portal/access")
     patient.get_by_role("button", name="Give a connection code").click()
     code = patient.locator("#connection-code").inner_text()
     assert len(code) == 11
 
-    pharmacist_context = _context(chromium, portal)
+    pharmacist_context = english_context(chromium, portal)
     pharmacist = pharmacist_context.new_page()
-    _sign_in_person(pharmacist, world.pharmacist)
+    sign_in(pharmacist, world.pharmacist)
     pharmacist.get_by_role("heading", name="My patients").wait_for()
     pharmacist.get_by_label("Name or matricule").fill("Muller")
     pharmacist.get_by_role("button", name="Search").click()

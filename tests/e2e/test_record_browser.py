@@ -6,27 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from live_portal import LivePortal
-from portal_world import PASSWORD, Person
+from live_portal import LivePortal, english_context, sign_in
 from record_content import GLUCOSE, add_record_content
 
 ANALYTE = "Glucose [Mass/volume] in Blood"
-
-
-def _context(chromium: Any, portal: LivePortal) -> Any:
-    context = chromium.new_context(base_url=portal.url)
-    context.add_cookies([{"name": "sharedcare_lang", "value": "en", "url": portal.url}])
-    context.set_default_timeout(15_000)
-    return context
-
-
-def _sign_in(page: Any, person: Person) -> None:
-    page.goto("/portal/login")
-    page.get_by_label("Matricule or login name").fill(person.login)
-    page.get_by_label("Password", exact=True).fill(PASSWORD)
-    page.get_by_role("button", name="Continue").click()
-    page.get_by_label("6-digit code").fill(person.code())
-    page.get_by_role("button", name="Sign in").click()
 
 
 def _titles(page: Any) -> list[str]:
@@ -35,9 +18,9 @@ def _titles(page: Any) -> list[str]:
 
 def test_timeline_filters_and_search(chromium: Any, portal: LivePortal) -> None:
     add_record_content(portal.world)
-    context = _context(chromium, portal)
+    context = english_context(chromium, portal)
     page = context.new_page()
-    _sign_in(page, portal.world.patient)
+    sign_in(page, portal.world.patient)
     page.get_by_role("heading", name="My record").wait_for()
     page.get_by_role("link", name="Record timeline").click()
     page.get_by_role("heading", name="Record timeline").wait_for()
@@ -66,9 +49,9 @@ def test_timeline_filters_and_search(chromium: Any, portal: LivePortal) -> None:
 
 def test_results_chart_by_keyboard(chromium: Any, portal: LivePortal) -> None:
     add_record_content(portal.world)
-    context = _context(chromium, portal)
+    context = english_context(chromium, portal)
     page = context.new_page()
-    _sign_in(page, portal.world.patient)
+    sign_in(page, portal.world.patient)
     page.get_by_role("heading", name="My record").wait_for()
     page.goto("/portal/results")
     page.get_by_role("heading", name="Laboratory results").wait_for()
@@ -100,9 +83,9 @@ def test_results_chart_by_keyboard(chromium: Any, portal: LivePortal) -> None:
 
 def test_a_pharmacist_sees_no_imaging_in_the_timeline(chromium: Any, portal: LivePortal) -> None:
     add_record_content(portal.world)
-    context = _context(chromium, portal)
+    context = english_context(chromium, portal)
     page = context.new_page()
-    _sign_in(page, portal.world.pharmacist)
+    sign_in(page, portal.world.pharmacist)
     page.get_by_role("heading", name="My patients").wait_for()
     page.goto("/portal/pro/patients/pa")
     page.get_by_role("link", name="Record timeline").click()

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from live_portal import LivePortal
-from portal_world import PASSWORD, Person
+from live_portal import LivePortal, english_context, sign_in
 
 ACTIVE = {
     "coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]
@@ -23,31 +22,15 @@ HYPERTENSION = {
 }
 
 
-def _context(chromium: Any, portal: LivePortal) -> Any:
-    context = chromium.new_context(base_url=portal.url)
-    context.add_cookies([{"name": "sharedcare_lang", "value": "en", "url": portal.url}])
-    context.set_default_timeout(15_000)
-    return context
-
-
-def _sign_in(page: Any, person: Person) -> None:
-    page.goto("/portal/login")
-    page.get_by_label("Matricule or login name").fill(person.login)
-    page.get_by_label("Password", exact=True).fill(PASSWORD)
-    page.get_by_role("button", name="Continue").click()
-    page.get_by_label("6-digit code").fill(person.code())
-    page.get_by_role("button", name="Sign in").click()
-
-
 def _section(page: Any, title: str) -> Any:
     return page.get_by_role("region", name=title)
 
 
 def test_holder_reads_the_summary(chromium: Any, portal: LivePortal) -> None:
     portal.world.app.state.fhir.update("Condition", HYPERTENSION["id"], HYPERTENSION)
-    context = _context(chromium, portal)
+    context = english_context(chromium, portal)
     page = context.new_page()
-    _sign_in(page, portal.world.patient)
+    sign_in(page, portal.world.patient)
     page.get_by_role("heading", name="My record").wait_for()
     page.get_by_role("link", name="Patient summary").click()
     page.get_by_role("heading", name="Patient summary", exact=True).wait_for()
@@ -74,9 +57,9 @@ def test_holder_reads_the_summary(chromium: Any, portal: LivePortal) -> None:
 
 def test_the_gp_opens_the_summary_from_the_patients_page(chromium: Any, portal: LivePortal) -> None:
     portal.world.app.state.fhir.update("Condition", HYPERTENSION["id"], HYPERTENSION)
-    context = _context(chromium, portal)
+    context = english_context(chromium, portal)
     page = context.new_page()
-    _sign_in(page, portal.world.gp)
+    sign_in(page, portal.world.gp)
     page.goto("/portal/pro/patients/pa")
     page.get_by_role("link", name="Patient summary").click()
     page.get_by_role("heading", name="Patient summary", exact=True).wait_for()

@@ -6,28 +6,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from live_portal import LivePortal
-from portal_world import PASSWORD, Person
+from live_portal import LivePortal, english_context, sign_in
 from vaccination_world import DTAP, PACK, add_vaccination_world, next_due, shown
 
 SCANNED = f"]d201{PACK}1728123110AB-12<GS>21SER9"
 """A keyboard-wedge scanner's rendering of the pack code (FNC1 typed as ``<GS>``)."""
-
-
-def _sign_in(page: Any, person: Person) -> None:
-    page.goto("/portal/login")
-    page.get_by_label("Matricule or login name").fill(person.login)
-    page.get_by_label("Password", exact=True).fill(PASSWORD)
-    page.get_by_role("button", name="Continue").click()
-    page.get_by_label("6-digit code").fill(person.code())
-    page.get_by_role("button", name="Sign in").click()
-
-
-def _context(chromium: Any, portal: LivePortal) -> Any:
-    context = chromium.new_context(base_url=portal.url)
-    context.add_cookies([{"name": "sharedcare_lang", "value": "en", "url": portal.url}])
-    context.set_default_timeout(15_000)
-    return context
 
 
 def _dtap_card(page: Any) -> Any:
@@ -41,18 +24,18 @@ def test_a_paediatrician_records_a_dose_and_the_parent_sees_the_forecast_change(
     vw = add_vaccination_world(world)
     before = next_due(world)
 
-    parent_context = _context(chromium, portal)
+    parent_context = english_context(chromium, portal)
     parent = parent_context.new_page()
-    _sign_in(parent, world.representative)
+    sign_in(parent, world.representative)
     parent.get_by_role("navigation").get_by_role("link", name="Vaccinations").click()
     parent.get_by_role("heading", name="Vaccinations", exact=True).wait_for()
     card = _dtap_card(parent)
     assert card.locator(".badge").first.inner_text() == "Overdue"
     assert card.locator("dd.next-due").inner_text() == shown(before)
 
-    doctor_context = _context(chromium, portal)
+    doctor_context = english_context(chromium, portal)
     doctor = doctor_context.new_page()
-    _sign_in(doctor, vw.paediatrician)
+    sign_in(doctor, vw.paediatrician)
     doctor.goto("/portal/pro/patients/kid")
     doctor.get_by_role("link", name="Vaccinations").click()
     doctor.get_by_role("heading", name="Record a dose").wait_for()

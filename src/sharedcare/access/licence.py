@@ -32,7 +32,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Table, or_, select, update
+from sqlalchemy import ColumnElement, Connection, Table, or_, select, update
 
 from sharedcare.access.models import care_relationship, facility_withdrawal, licence_withdrawal, record_status
 from sharedcare.access.principals import Principal, PrincipalKind
@@ -129,12 +129,19 @@ def display_name(practitioner: dict[str, Any]) -> str:
 def holders_at(conn: Connection, practitioner_id: str, moment: datetime) -> list[str]:
     """Holders with a relationship naming the professional that was active at ``moment`` (ended
     or revoked since, or not), whose record still exists."""
+    cr = care_relationship
+    return _holders(conn, moment, cr.c.practitioner_id == practitioner_id)
+
+
+def _holders(conn: Connection, moment: datetime, *naming: ColumnElement[bool]) -> list[str]:
+    """Holders of an existing record with a relationship matching ``naming`` active at ``moment``
+    (ended or revoked since, or not): whom a withdrawal concerns, professional or facility."""
     cr, s = care_relationship, record_status
     deleted = select(s.c.patient_id).where(s.c.status == "deleted")
     rows = conn.execute(
         select(cr.c.patient_id)
         .where(
-            cr.c.practitioner_id == practitioner_id,
+            *naming,
             cr.c.starts <= moment,
             or_(cr.c.ends.is_(None), cr.c.ends > moment),
             or_(cr.c.revoked_at.is_(None), cr.c.revoked_at > moment),
@@ -160,6 +167,76 @@ def _record(conn: Connection, values: dict[str, Any], table: Table = licence_wit
     return bool(conn.execute(stmt.values(values)).rowcount)
 
 
+def _open_withdrawals(
+    conn: Connection, table: Table, subject: str, inactive: dict[str, int], now: datetime
+) -> dict[str, Any]:
+    """The announced withdrawals still open, by subject id (``subject``: the id column); first
+    closes those whose subject is active again. Shared by licences and facilities."""
+    announced = {
+        row[1]: row
+        for row in conn.execute(
+            select(table.c.pk, table.c[subject], table.c.version).where(table.c.restored_at.is_(None))
+        )
+    }
+    for subject_id, row in announced.items():
+        if subject_id not in inactive:
+            conn.execute(update(table).where(table.c.pk == row.pk).values(restored_at=now))
+    return announced
+
+
+def _announced_already(conn: Connection, table: Table, previous: Any, run: _Run) -> bool:
+    """True if this inactive run was announced already. If an earlier one was (restored and
+    withdrawn again between two runs), that earlier withdrawal has ended: it is closed."""
+    if previous is None:
+        return False
+    if previous.version == run.version:
+        return True
+    ended = run.restored_at or run.withdrawn_at
+    conn.execute(update(table).where(table.c.pk == previous.pk).values(restored_at=ended))
+    return False
+
+
+def _inform_holders(
+    conn: Connection,
+    actor: Principal,
+    holders: list[str],
+    now: datetime,
+    kind: str,
+    rtype: str,
+    subject_id: str,
+    run: _Run,
+    display: str,
+) -> None:
+    """Queue one message a holder (once-only by its dedupe key) and audit that each was told;
+    the same for a professional's licence and a facility's authorisation."""
+    key = "practitioner_id" if rtype == "Practitioner" else "organization_id"
+    interaction = "licence-withdrawn" if rtype == "Practitioner" else "facility-authorisation-withdrawn"
+    for patient_id in holders:
+        outbox.queue(
+            conn,
+            patient_id,
+            kind,
+            now,
+            dedupe=f"{kind}:{subject_id}:{run.version}:{patient_id}",
+            **{key: subject_id},
+            display=display,
+            date=run.withdrawn_at.isoformat(),
+        )
+    audit.append_all(
+        conn,
+        [
+            audit.record_for(
+                actor,
+                audit.AuditAction.CONSENT_CHANGE,
+                patient_id=patient_id,
+                resources=(f"{rtype}/{subject_id}",),
+                interaction=f"{interaction} (holder informed)",
+            )
+            for patient_id in holders
+        ],
+    )
+
+
 def notify_withdrawals(conn: Connection, now: datetime, actor: Principal = JOB) -> list[Withdrawal]:
     """Announce every licence withdrawal not announced yet; note the licences restored since.
     (The facilities' withdrawn authorisations: ``notify_facility_withdrawals``.)
@@ -169,28 +246,13 @@ def notify_withdrawals(conn: Connection, now: datetime, actor: Principal = JOB) 
     """
     lw = licence_withdrawal
     inactive = inactive_practitioners(conn)
-    announced = {
-        row.practitioner_id: row
-        for row in conn.execute(
-            select(lw.c.pk, lw.c.practitioner_id, lw.c.version).where(lw.c.restored_at.is_(None))
-        )
-    }
-    for practitioner_id, row in announced.items():
-        if practitioner_id not in inactive:
-            conn.execute(update(lw).where(lw.c.pk == row.pk).values(restored_at=now))
+    announced = _open_withdrawals(conn, lw, "practitioner_id", inactive, now)
     found: list[Withdrawal] = []
     for practitioner_id, res_pk in sorted(inactive.items()):
         run = _inactive_run(conn, res_pk)
-        if run is None:
+        if run is None or _announced_already(conn, lw, announced.get(practitioner_id), run):
             continue
         version, withdrawn_at = run.version, run.withdrawn_at
-        previous = announced.get(practitioner_id)
-        if previous is not None:
-            if previous.version == version:
-                continue
-            # restored and withdrawn again between two runs: the earlier withdrawal has ended
-            ended = run.restored_at or withdrawn_at
-            conn.execute(update(lw).where(lw.c.pk == previous.pk).values(restored_at=ended))
         holders = holders_at(conn, practitioner_id, withdrawn_at)
         recorded = _record(
             conn,
@@ -205,29 +267,8 @@ def notify_withdrawals(conn: Connection, now: datetime, actor: Principal = JOB) 
         if not recorded:
             continue
         display = display_name(run.current) or practitioner_id
-        for patient_id in holders:
-            outbox.queue(
-                conn,
-                patient_id,
-                outbox.LICENCE_WITHDRAWN,
-                now,
-                dedupe=f"{outbox.LICENCE_WITHDRAWN}:{practitioner_id}:{version}:{patient_id}",
-                practitioner_id=practitioner_id,
-                display=display,
-                date=withdrawn_at.isoformat(),
-            )
-        audit.append_all(
-            conn,
-            [
-                audit.record_for(
-                    actor,
-                    audit.AuditAction.CONSENT_CHANGE,
-                    patient_id=patient_id,
-                    resources=(f"Practitioner/{practitioner_id}",),
-                    interaction="licence-withdrawn (holder informed)",
-                )
-                for patient_id in holders
-            ],
+        _inform_holders(
+            conn, actor, holders, now, outbox.LICENCE_WITHDRAWN, "Practitioner", practitioner_id, run, display
         )
         found.append(Withdrawal(practitioner_id, version, withdrawn_at, display, tuple(holders)))
     return found
@@ -265,21 +306,8 @@ def facility_authorised(conn: Connection, organization_id: str) -> bool:
 def registered_at(conn: Connection, organization_id: str, moment: datetime) -> list[str]:
     """Holders with a registration at the facility (a relationship naming the organisation and
     no professional) that was active at ``moment``, whose record still exists."""
-    cr, s = care_relationship, record_status
-    deleted = select(s.c.patient_id).where(s.c.status == "deleted")
-    rows = conn.execute(
-        select(cr.c.patient_id)
-        .where(
-            cr.c.organization_id == organization_id,
-            cr.c.practitioner_id.is_(None),
-            cr.c.starts <= moment,
-            or_(cr.c.ends.is_(None), cr.c.ends > moment),
-            or_(cr.c.revoked_at.is_(None), cr.c.revoked_at > moment),
-            cr.c.patient_id.not_in(deleted),
-        )
-        .distinct()
-    )
-    return sorted(rows.scalars())
+    cr = care_relationship
+    return _holders(conn, moment, cr.c.organization_id == organization_id, cr.c.practitioner_id.is_(None))
 
 
 def notify_facility_withdrawals(
@@ -290,26 +318,12 @@ def notify_facility_withdrawals(
     caller's transaction, like ``notify_withdrawals``."""
     fw = facility_withdrawal
     inactive = _inactive(conn, "Organization")
-    announced = {
-        row.organization_id: row
-        for row in conn.execute(
-            select(fw.c.pk, fw.c.organization_id, fw.c.version).where(fw.c.restored_at.is_(None))
-        )
-    }
-    for organization_id, row in announced.items():
-        if organization_id not in inactive:
-            conn.execute(update(fw).where(fw.c.pk == row.pk).values(restored_at=now))
+    announced = _open_withdrawals(conn, fw, "organization_id", inactive, now)
     found: list[FacilityWithdrawal] = []
     for organization_id, res_pk in sorted(inactive.items()):
         run = _inactive_run(conn, res_pk)
-        if run is None:
+        if run is None or _announced_already(conn, fw, announced.get(organization_id), run):
             continue
-        previous = announced.get(organization_id)
-        if previous is not None:
-            if previous.version == run.version:
-                continue
-            ended = run.restored_at or run.withdrawn_at
-            conn.execute(update(fw).where(fw.c.pk == previous.pk).values(restored_at=ended))
         holders = registered_at(conn, organization_id, run.withdrawn_at)
         values = {
             "organization_id": organization_id,
@@ -321,29 +335,16 @@ def notify_facility_withdrawals(
         if not _record(conn, values, fw):
             continue
         display = str(run.current.get("name") or organization_id)
-        for patient_id in holders:
-            outbox.queue(
-                conn,
-                patient_id,
-                outbox.FACILITY_WITHDRAWN,
-                now,
-                dedupe=f"{outbox.FACILITY_WITHDRAWN}:{organization_id}:{run.version}:{patient_id}",
-                organization_id=organization_id,
-                display=display,
-                date=run.withdrawn_at.isoformat(),
-            )
-        audit.append_all(
+        _inform_holders(
             conn,
-            [
-                audit.record_for(
-                    actor,
-                    audit.AuditAction.CONSENT_CHANGE,
-                    patient_id=patient_id,
-                    resources=(f"Organization/{organization_id}",),
-                    interaction="facility-authorisation-withdrawn (holder informed)",
-                )
-                for patient_id in holders
-            ],
+            actor,
+            holders,
+            now,
+            outbox.FACILITY_WITHDRAWN,
+            "Organization",
+            organization_id,
+            run,
+            display,
         )
         found.append(
             FacilityWithdrawal(organization_id, run.version, run.withdrawn_at, display, tuple(holders))

@@ -17,10 +17,10 @@ record, 422 a rule of the regulation), logged by the app's error handler like an
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 from fastapi import APIRouter, Depends, Request, Response
 from sqlalchemy import Connection
 from starlette.concurrency import run_in_threadpool
@@ -28,6 +28,7 @@ from starlette.concurrency import run_in_threadpool
 from sharedcare.access import care, consent
 from sharedcare.access.principals import Principal, PrincipalKind
 from sharedcare.api.fhir import authenticate, fhir_response
+from sharedcare.api.parameters import read_parameters
 from sharedcare.fhir.errors import BadRequest, Forbidden, Issue, NotFound, Unprocessable, operation_outcome
 from sharedcare.fhir.service import FhirService
 from sharedcare.fhir.store import utcnow
@@ -36,30 +37,6 @@ from sharedcare.storage.engine import writer
 
 router = APIRouter(prefix="/fhir", dependencies=[Depends(authenticate)])
 CONTEXTS = ("facility", "emergency")
-
-
-async def _parameters(request: Request) -> dict[str, Any]:
-    """The operation's parameters by name (their ``value[x]``): a ``Parameters`` body or none."""
-    body = await request.body()
-    if not body.strip():
-        return {}
-    try:
-        parsed = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"The body is not valid JSON: {exc}") from None
-    if not isinstance(parsed, dict) or parsed.get("resourceType") != "Parameters":
-        raise BadRequest("The operation takes a Parameters resource")
-    out: dict[str, Any] = {}
-    for p in parsed.get("parameter") or []:
-        if not isinstance(p, dict) or not isinstance(p.get("name"), str):
-            raise BadRequest("Each parameter needs a name")
-        values = [v for k, v in p.items() if k.startswith("value")]
-        if len(values) != 1:
-            raise BadRequest(f"Parameter {p['name']!r} needs exactly one value[x]")
-        if p["name"] in out:
-            raise BadRequest(f"Parameter {p['name']!r} is repeated")
-        out[p["name"]] = values[0]
-    return out
 
 
 def _text(params: dict[str, Any], name: str) -> str | None:
@@ -214,22 +191,26 @@ def _opt_out(service: FhirService, who: Principal, patient_id: str, blobs: Any) 
         return care.honour_objection(conn, who, patient_id, utcnow(), blobs)
 
 
-@router.post("/Patient/{pid}/$register")
-async def register(request: Request, pid: str) -> Response:
+_Act = Callable[[FhirService, Principal, Settings, str, dict[str, Any]], care.Relationship]
+
+
+async def _registration(request: Request, pid: str, act: _Act) -> Response:
+    """Registering and renewing alike: a write, the body's parameters, the registration."""
     service, who, settings = _caller(request)
     _require_write(service)
-    params = await _parameters(request)
-    rel = await run_in_threadpool(_register, service, who, settings, pid, params)
+    params = await read_parameters(request)
+    rel = await run_in_threadpool(act, service, who, settings, pid, params)
     return _answer(request, rel)
+
+
+@router.post("/Patient/{pid}/$register")
+async def register(request: Request, pid: str) -> Response:
+    return await _registration(request, pid, _register)
 
 
 @router.post("/Patient/{pid}/$renew-registration")
 async def renew_registration(request: Request, pid: str) -> Response:
-    service, who, settings = _caller(request)
-    _require_write(service)
-    params = await _parameters(request)
-    rel = await run_in_threadpool(_renew, service, who, settings, pid, params)
-    return _answer(request, rel)
+    return await _registration(request, pid, _renew)
 
 
 @router.post("/Patient/{pid}/$opt-out")
@@ -237,7 +218,7 @@ async def opt_out(request: Request, pid: str) -> Response:
     service, who, _settings = _caller(request)
     if service.session is not None:  # deleting the record: a token must allow deleting Patient
         service.session.require("Patient", "d")
-    await _parameters(request)  # none taken, but a malformed body is still refused
+    await read_parameters(request)  # none taken, but a malformed body is still refused
     count = await run_in_threadpool(_opt_out, service, who, pid, request.app.state.blobs)
     text = f"The record of Patient/{pid} is deleted at the holder's objection ({count} resources)"
     return fhir_response(request, operation_outcome([Issue("information", "informational", text)]))

@@ -18,13 +18,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
-import orjson
 from fastapi import APIRouter, Depends, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from sharedcare.access import requests as rights
 from sharedcare.access.principals import Principal
 from sharedcare.api.fhir import authenticate, base_url, fhir_response
+from sharedcare.api.parameters import read_parameters
 from sharedcare.fhir.errors import BadRequest, FhirError, Issue, NotFound, operation_outcome
 from sharedcare.fhir.render import resource_json
 from sharedcare.fhir.service import FhirService
@@ -52,24 +52,11 @@ def _caller(request: Request) -> tuple[FhirService, Principal]:
 
 async def _parameters(request: Request) -> dict[str, str]:
     """The operation's string parameters: a FHIR ``Parameters`` body (or none at all)."""
-    body = await request.body()
-    if not body.strip():
-        return {}
-    try:
-        parsed = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"The body is not valid JSON: {exc}") from None
-    if not isinstance(parsed, dict) or parsed.get("resourceType") != "Parameters":
-        raise BadRequest("The operation takes a Parameters resource")
-    out: dict[str, str] = {}
-    for p in parsed.get("parameter") or []:
-        if not isinstance(p, dict) or not isinstance(p.get("name"), str):
-            raise BadRequest("Each parameter needs a name")
-        value = next((v for k, v in p.items() if k.startswith("value")), None)
+    params = await read_parameters(request)
+    for name, value in params.items():
         if not isinstance(value, str):
-            raise BadRequest(f"Parameter {p['name']!r} needs a string or code value")
-        out[p["name"]] = value
-    return out
+            raise BadRequest(f"Parameter {name!r} needs a string or code value")
+    return params
 
 
 def _outcome(request: Request, text: str) -> Response:

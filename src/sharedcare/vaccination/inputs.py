@@ -39,6 +39,7 @@ from sharedcare.vaccination.schedules.codings import (
     FORECAST_OBSERVATIONS,
     LOINC,
     condition_codings,
+    fhir_day,
     pregnancy_onset,
     record_codings,
 )
@@ -64,15 +65,6 @@ class ForecastInputs:
     """(reference, reason) of completed doses that name no CVX nor a known product."""
 
 
-def _day(value: Any) -> date | None:
-    if not isinstance(value, str) or len(value) < 10:
-        return None
-    try:
-        return date.fromisoformat(value[:10])
-    except ValueError:
-        return None
-
-
 def reference_of(res: Mapping[str, Any], index: int) -> str:
     rid = res.get("id")
     return f"{res.get('resourceType', 'Immunization')}/{rid}" if rid else f"#{index}"
@@ -89,7 +81,7 @@ def forecast_inputs(
     practitioner_roles: Sequence[Mapping[str, Any]] = (),
 ) -> ForecastInputs:
     """The engine's inputs; raises ``InputError`` when the patient has no usable birth date."""
-    birth = _day(patient.get("birthDate"))
+    birth = fhir_day(patient.get("birthDate"))
     if birth is None:
         raise InputError("The patient needs a full birthDate (YYYY-MM-DD) to be forecast")
     products = products or catalogue()
@@ -111,7 +103,7 @@ def forecast_inputs(
         if imm.get("status") != "completed":
             continue
         ref = reference_of(imm, i)
-        given = _day(imm.get("occurrenceDateTime"))
+        given = fhir_day(imm.get("occurrenceDateTime"))
         if given is None:
             unusable.append((ref, "no full date of administration"))
             continue

@@ -18,7 +18,7 @@ import base64
 import binascii
 import codecs
 import uuid
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -31,7 +31,7 @@ from sharedcare.access.policy import authored_by
 from sharedcare.access.requests import is_pending
 from sharedcare.api.fhir import base_url
 from sharedcare.documents import lifecycle, submission
-from sharedcare.documents.categories import PERSONAL, document_types
+from sharedcare.documents.categories import PERSONAL, DocumentType, document_types
 from sharedcare.documents.mhd import Content, literal
 from sharedcare.documents.retrieve import retrieve
 from sharedcare.fhir.errors import FhirError
@@ -368,18 +368,11 @@ def pro_upload(
     found = document_types().get(system, code)
     if found is None or found.category.code in PRO_EXCLUDED:
         return refuse(t.gettext(NO_TYPE))
-    if confidentiality not in PRO_CONFIDENTIALITY:
-        return refuse(t.gettext(NO_CONFIDENTIALITY))
-    if not title or len(title) > MAX_TITLE:
-        return refuse(t.gettext(NO_TITLE))
     try:
-        data, content_type = read_upload(file, request.app.state.settings.max_content_bytes)
+        bundle, data = _pro_bundle(request, user, patient_id, found, title, confidentiality, file, t.lang)
     except UploadRefused as exc:
         message, params = exc.args
         return refuse(t.gettext(message, **params))
-    author = f"Practitioner/{user.principal.practitioner_id}"
-    coding = {"system": found.system, "code": found.code, "display": found.display}
-    bundle = provide_bundle(patient_id, author, data, content_type, title, coding, confidentiality, t.lang)
     try:
         document_id = file_document(request, user, bundle, data)
     except FhirError as exc:
@@ -399,15 +392,8 @@ def pro_change_status(
     """The author deprecates a document or marks it in error (``lifecycle.change_status``, with
     the professional's session: only the author's side may, and it is audited as an update)."""
     opened = open_document(request, user, document_id, patient_id)
-    t = Translator(language(request, user))
-    if status not in STATUS_ACTIONS:
-        return document_page(request, user, opened, t.gettext(STATUS_REFUSED, reason=status or "—"), 400)
-    try:
-        lifecycle.change_status(opened.service, document_id, status)
-    except FhirError as exc:
-        return document_page(request, user, opened, t.gettext(STATUS_REFUSED, reason=str(exc)), exc.status)
-    flash(request, STATUS_CHANGED)
-    return redirect(f"/portal/pro/patients/{patient_id}/documents/{document_id}")
+    where = f"/portal/pro/patients/{patient_id}/documents/{document_id}"
+    return _change_status(request, user, opened, document_id, status, STATUS_ACTIONS, where)
 
 
 @router.post("/pro/patients/{patient_id}/documents/{document_id}/replace")
@@ -432,21 +418,14 @@ def pro_replace(
     found = document_types().type_of(opened.resource)
     if not _replaceable(user, opened) or found is None:
         return refuse(t.gettext(NOT_REPLACEABLE), 403)
-    if confidentiality not in PRO_CONFIDENTIALITY:
-        return refuse(t.gettext(NO_CONFIDENTIALITY))
     title = " ".join(title.split())
-    if not title or len(title) > MAX_TITLE:
-        return refuse(t.gettext(NO_TITLE))
     try:
-        data, content_type = read_upload(file, request.app.state.settings.max_content_bytes)
+        bundle, data = _pro_bundle(
+            request, user, patient_id, found, title, confidentiality, file, t.lang, replaces=document_id
+        )
     except UploadRefused as exc:
         message, params = exc.args
         return refuse(t.gettext(message, **params))
-    author = f"Practitioner/{user.principal.practitioner_id}"
-    coding = {"system": found.system, "code": found.code, "display": found.display}
-    bundle = provide_bundle(
-        patient_id, author, data, content_type, title, coding, confidentiality, t.lang, replaces=document_id
-    )
     try:
         new_id = file_document(request, user, bundle, data)
     except FhirError as exc:
@@ -465,15 +444,30 @@ def holder_change_status(
     """The holder (or a representative) withdraws a personal document they added: deprecated
     (``superseded``) through their own session, whose write check allows only the author's side."""
     opened = open_document(request, user, document_id, None)
+    where = f"/portal/documents/{document_id}"
+    return _change_status(request, user, opened, document_id, status, HOLDER_ACTIONS, where)
+
+
+def _change_status(
+    request: Request,
+    user: PortalUser,
+    opened: Opened,
+    document_id: str,
+    status: str,
+    allowed: Container[str],
+    where: str,
+) -> Response:
+    """The status change both sides share: only the side's ``allowed`` statuses, through the
+    opened document's session (its write check decides); a refusal shows the page again."""
     t = Translator(language(request, user))
-    if status not in HOLDER_ACTIONS:
+    if status not in allowed:
         return document_page(request, user, opened, t.gettext(STATUS_REFUSED, reason=status or "—"), 400)
     try:
         lifecycle.change_status(opened.service, document_id, status)
     except FhirError as exc:
         return document_page(request, user, opened, t.gettext(STATUS_REFUSED, reason=str(exc)), exc.status)
     flash(request, STATUS_CHANGED)
-    return redirect(f"/portal/documents/{document_id}")
+    return redirect(where)
 
 
 @router.get("/documents/{document_id}")
@@ -505,6 +499,34 @@ def pro_content(
 
 class UploadRefused(ValueError):
     """An upload the page refuses before anything is stored; ``args``: msgid and parameters."""
+
+
+def _pro_bundle(
+    request: Request,
+    user: PortalUser,
+    patient_id: str,
+    found: DocumentType,
+    title: str,
+    confidentiality: str,
+    file: UploadFile | None,
+    lang: str,
+    *,
+    replaces: str | None = None,
+) -> tuple[dict[str, Any], Content]:
+    """A professional's file with its form, checked alike for a new document and a new version
+    (the confidentiality, the normalised title, then the file itself: ``read_upload``), as the
+    ITI-65 bundle the professional files, and its content; ``UploadRefused`` says what is wrong."""
+    if confidentiality not in PRO_CONFIDENTIALITY:
+        raise UploadRefused(NO_CONFIDENTIALITY, {})
+    if not title or len(title) > MAX_TITLE:
+        raise UploadRefused(NO_TITLE, {})
+    data, content_type = read_upload(file, request.app.state.settings.max_content_bytes)
+    author = f"Practitioner/{user.principal.practitioner_id}"
+    coding = {"system": found.system, "code": found.code, "display": found.display}
+    bundle = provide_bundle(
+        patient_id, author, data, content_type, title, coding, confidentiality, lang, replaces=replaces
+    )
+    return bundle, data
 
 
 def _size_words(size: int) -> str:

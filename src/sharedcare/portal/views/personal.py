@@ -21,6 +21,7 @@ profession allow, and a record they may not open answers "not found".
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -334,25 +335,29 @@ def change_writing(
     if not text or len(text) > MAX_TEXT:
         return _holder_page(request, user, t.gettext(NO_TEXT), 400)
     coding = {"system": found.system, "code": found.code, "display": found.display} if found else NOTE_CODING
+    bundle = _text_bundle(request, user, title, text, coding, document_id)
+    return _change(request, user, lambda: documents.file_document(request, user, bundle), SAVED)
+
+
+def _change(request: Request, user: PortalUser, act: Callable[[], object], done: str) -> Response:
+    """Make one change of the holder's space through their session: a refusal (its write check)
+    shows the page again with the reason; a success goes back to it with ``done`` said."""
     try:
-        documents.file_document(request, user, _text_bundle(request, user, title, text, coding, document_id))
+        act()
     except FhirError as exc:
+        t = Translator(language(request, user))
         return _holder_page(request, user, t.gettext(REFUSED, reason=str(exc)), exc.status)
-    flash(request, SAVED)
+    flash(request, done)
     return redirect("/portal/personal")
 
 
 @router.post("/personal/writings/{document_id}/withdraw")
 def withdraw_writing(request: Request, document_id: str, user: PortalUser = Depends(holder_side)) -> Response:
     """Withdraw a document the holder wrote (MHD deprecate: ``superseded``)."""
-    t = Translator(language(request, user))
     opened = _own_document(request, user, document_id)
-    try:
-        lifecycle.change_status(opened.service, document_id, "superseded")
-    except FhirError as exc:
-        return _holder_page(request, user, t.gettext(REFUSED, reason=str(exc)), exc.status)
-    flash(request, WITHDRAWN)
-    return redirect("/portal/personal")
+    return _change(
+        request, user, lambda: lifecycle.change_status(opened.service, document_id, "superseded"), WITHDRAWN
+    )
 
 
 @router.post("/personal/organ-donation")
@@ -369,36 +374,35 @@ def record_organ_wish(
         return _holder_page(request, user, t.gettext(NO_CHOICE), 400)
     if choice == "some" and not (0 < len(organs) <= documents.MAX_TITLE):
         return _holder_page(request, user, t.gettext(NO_ORGANS), 400)
-    assert user.record is not None
+    record = user.record
+    assert record is not None
     service = records.view(request, user)
-    consent = organ_consent(user.record, choice, organs if choice == "some" else "")
-    try:
-        current = organ_wish(service, user.record)
+    consent = organ_consent(record, choice, organs if choice == "some" else "")
+
+    def save() -> None:
+        current = organ_wish(service, record)
         if current is None:
             service.create(consent)
         else:
             service.update("Consent", current.id, {**consent, "id": current.id})
-    except FhirError as exc:
-        return _holder_page(request, user, t.gettext(REFUSED, reason=str(exc)), exc.status)
-    flash(request, SAVED)
-    return redirect("/portal/personal")
+
+    return _change(request, user, save, SAVED)
 
 
 @router.post("/personal/organ-donation/withdraw")
 def withdraw_organ_wish(request: Request, user: PortalUser = Depends(holder_side)) -> Response:
     """Withdraw the wish: the Consent becomes ``inactive`` (its history stays in the record)."""
-    t = Translator(language(request, user))
-    assert user.record is not None
+    record = user.record
+    assert record is not None
     service = records.view(request, user)
-    try:
-        current = organ_wish(service, user.record)
+
+    def withdraw() -> None:
+        current = organ_wish(service, record)
         if current is not None:
             res = service.read("Consent", current.id).resource()
             service.update("Consent", current.id, {**res, "status": "inactive"})
-    except FhirError as exc:
-        return _holder_page(request, user, t.gettext(REFUSED, reason=str(exc)), exc.status)
-    flash(request, WITHDRAWN)
-    return redirect("/portal/personal")
+
+    return _change(request, user, withdraw, WITHDRAWN)
 
 
 @router.get("/pro/patients/{patient_id}/personal")

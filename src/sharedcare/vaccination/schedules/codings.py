@@ -58,7 +58,8 @@ def _holds(condition: Mapping[str, Any]) -> bool:
     )
 
 
-def _day(value: Any) -> date | None:
+def fhir_day(value: Any) -> date | None:
+    """The calendar day of a FHIR date or dateTime (its first ten characters); None if not one."""
     if not isinstance(value, str) or len(value) < 10:
         return None
     try:
@@ -91,7 +92,7 @@ def pregnancy_onset(
         if obs.get("status") not in _FINAL:
             continue
         codes = {code for system, code in _codings(obs.get("code")) if system == LOINC}
-        value = _day(obs.get("valueDateTime"))
+        value = fhir_day(obs.get("valueDateTime"))
         if value is None:
             continue
         if LAST_PERIOD in codes:
@@ -99,7 +100,7 @@ def pregnancy_onset(
         elif codes & DELIVERY_DATE:
             found.append(value - _PREGNANCY)
     for c in conditions:
-        onset = _day(c.get("onsetDateTime"))
+        onset = fhir_day(c.get("onsetDateTime"))
         if onset is not None and _holds(c) and is_pregnancy(_codings(c.get("code"))):
             found.append(onset)
     return max(found, default=None)
