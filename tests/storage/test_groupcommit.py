@@ -67,7 +67,7 @@ def test_concurrent_works_share_commits_and_all_land(engine: Engine) -> None:
     for t in threads:
         t.join()
     assert _rows(engine) == set(range(40))
-    assert 1 <= len(commits) < 40 / 2  # grouped: far fewer commits than works
+    assert commits and len(commits) < 20  # grouped: far fewer commits than the 40 works
 
 
 def test_a_failing_work_fails_alone_and_writes_nothing(engine: Engine) -> None:
