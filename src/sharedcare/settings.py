@@ -112,6 +112,12 @@ class Settings(BaseSettings):
     )
     access_facility_days: int = Field(45, description="Access after registration at a care facility.")
     access_facility_renewal_days: int = Field(30, description="Longest renewal of a care facility's access.")
+    access_lab_result_max_days: int = Field(
+        90,
+        description="Safety cap of a facility's access renewed, with the patient's agreement, until a lab "
+        "result arrives: it ends the filing deadline (ACCESS_EMERGENCY_EXTRA_DAYS) after the result, and "
+        "never later than this many days after the renewal.",
+    )
     access_emergency_hours: int = Field(
         24, description="Emergency-department stay counted from registration."
     )
@@ -133,6 +139,15 @@ class Settings(BaseSettings):
         description="Allow the EHDS emergency override of the holder's restrictions (off in Luxembourg).",
     )
     emergency_override_hours: int = Field(12, description="Duration of one emergency override.")
+    filing_request_days: int = Field(
+        15, ge=1, description="Days a professional has to file an item the holder asked for (art. 9(2))."
+    )
+    retention_extension_max_years: int = Field(
+        10,
+        ge=1,
+        description="Most extra years the holder may agree their closed record is kept before deletion "
+        "(art. 9(5)).",
+    )
     # --- e-mail delivery of the holders' notifications (docs/notifications.md) ---
     smtp_host: str | None = Field(
         None, description="SMTP server for e-mail notifications; unset: messages stay in the portal only."
@@ -200,6 +215,11 @@ class Settings(BaseSettings):
     s3_region: str | None = Field(None, description="S3 region (signature scope), e.g. eu-west-1.")
     max_content_bytes: int = Field(
         256 * 1024 * 1024, description="Largest document content stored; larger content is refused (413)."
+    )
+    unclaimed_upload_hours: int = Field(
+        24,
+        description="Hours a raw Binary upload waits for a document to claim it; then "
+        "`sharedcare expire-uploads` deletes it and its content.",
     )
     master_keys: SecretStr | None = Field(
         None,

@@ -14,7 +14,7 @@ from sharedcare.access.principals import Principal, PrincipalKind
 from sharedcare.audit import log as audit
 from sharedcare.fhir.store import utcnow
 from sharedcare.identity import accounts
-from sharedcare.identity.matricule import generate
+from sharedcare.identity.matricule import MATRICULE_SYSTEM, generate
 from sharedcare.identity.models import AccountStatus
 from sharedcare.notify import outbox
 from sharedcare.notify.models import notification
@@ -320,3 +320,130 @@ def test_the_holder_objects_through_the_api(client: TestClient) -> None:
     assert client.post("/fhir/Patient/pb/$opt-out", headers=mine).status_code == 200
     assert client.get("/fhir/Patient/pb").status_code == 404
     assert client.get("/fhir/Patient/pa").status_code == 200  # the other holder's record stays
+
+
+# --- by the patient's matricule, as at a facility's entrance (Patient/$register) ----------------------
+
+MATRICULE = generate(date(1975, 3, 14), 7)
+
+
+def by_matricule(
+    client: TestClient, operation: str, number: str, headers: dict[str, str], **more: Any
+) -> Any:
+    """``Patient/$<operation>`` naming the holder by ``number`` (system: the matricule's)."""
+    body = params(**more)
+    identifier = {"system": MATRICULE_SYSTEM, "value": number}
+    body["parameter"].append({"name": "identifier", "valueIdentifier": identifier})
+    return client.post(f"/fhir/Patient/${operation}", json=body, headers=headers)
+
+
+def matricule_world(client: TestClient) -> dict[str, dict[str, str]]:
+    """``world`` plus ``Patient/pm`` carrying ``MATRICULE`` and a lab result of it."""
+    h = world(client)
+    patient = {
+        "resourceType": "Patient",
+        "id": "pm",
+        "identifier": [{"system": MATRICULE_SYSTEM, "value": MATRICULE}],
+    }
+    put_all(client, patient, lab_result("lab-m", "pm"))
+    return h
+
+
+def lab_results_seen(client: TestClient, patient: str, headers: dict[str, str]) -> list[str]:
+    """Ids of the Observations of ``patient`` a FHIR search by the caller finds."""
+    resp = client.get(f"/fhir/Observation?patient={patient}", headers=headers)
+    assert resp.status_code == 200, resp.text
+    return [e["resource"]["id"] for e in resp.json().get("entry", [])]
+
+
+def consent_changes(client: TestClient, patient: str) -> list[str]:
+    app: Any = client.app
+    with app.state.engine.connect() as conn:
+        found = audit.query(conn, patient_id=patient, actions=[audit.AuditAction.CONSENT_CHANGE])
+    return [e.record.interaction or "" for e in found]
+
+
+def test_a_facility_registers_by_matricule_and_its_doctor_reads(client: TestClient) -> None:
+    h = matricule_world(client)
+    assert lab_results_seen(client, "pm", h["doctor"]) == []
+    resp = by_matricule(client, "register", MATRICULE, h["system"], context="facility")
+    assert resp.status_code == 200, resp.text
+    assert value(resp.json(), "organization") == {"reference": "Organization/clinic"}
+    assert lab_results_seen(client, "pm", h["doctor"]) == ["lab-m"]
+    assert lab_results_seen(client, "pm", h["other_doctor"]) == []
+    (rel,) = relationships(client, "pm")
+    assert (rel.id, rel.context, rel.organization_id) == (
+        value(resp.json(), "registration"),
+        "facility",
+        "clinic",
+    )
+    assert relationships(client, "pa") == [] and relationships(client, "pb") == []
+    assert consent_changes(client, "pm") == ["register facility Organization/clinic"]
+
+
+def test_the_pre_2014_form_and_spaces_name_the_same_holder(client: TestClient) -> None:
+    h = matricule_world(client)
+    legacy = MATRICULE[:11]
+    first = by_matricule(client, "register", legacy, h["doctor"], context="facility")
+    assert first.status_code == 200, first.text
+    spaced = f"{MATRICULE[:4]} {MATRICULE[4:8]} {MATRICULE[8:11]} {MATRICULE[11:]}"
+    renewed = by_matricule(client, "renew-registration", spaced, h["system"], days=10)
+    assert renewed.status_code == 200, renewed.text
+    assert value(renewed.json(), "registration") == value(first.json(), "registration")
+    (rel,) = relationships(client, "pm")
+    assert rel.ends == when(value(renewed.json(), "end"))
+    assert lab_results_seen(client, "pm", h["doctor"]) == ["lab-m"]
+
+
+def test_invalid_and_unknown_matricules_are_refused_and_change_nothing(client: TestClient) -> None:
+    h = matricule_world(client)
+    wrong_check = MATRICULE[:12] + str((int(MATRICULE[12]) + 1) % 10)
+    invalid = {
+        wrong_check: "second check digit",
+        MATRICULE[:10]: "13 digits",
+        MATRICULE[:10] + "A12": "only digits",
+    }
+    for number, problem in invalid.items():
+        for operation in ("register", "renew-registration"):
+            resp = by_matricule(client, operation, number, h["system"], context="facility")
+            assert resp.status_code == 400, (number, resp.text)
+            assert "not a valid matricule" in diagnostics(resp) and problem in diagnostics(resp)
+    unknown = by_matricule(client, "register", generate(date(1990, 6, 1), 3), h["system"], context="facility")
+    assert unknown.status_code == 404 and diagnostics(unknown) == "No record has this matricule"
+    foreign = client.post(
+        "/fhir/Patient/$register",
+        json={
+            "resourceType": "Parameters",
+            "parameter": [
+                {"name": "context", "valueCode": "facility"},
+                {"name": "identifier", "valueIdentifier": {"system": "urn:oid:1.2.3", "value": MATRICULE}},
+            ],
+        },
+        headers=h["system"],
+    )
+    assert foreign.status_code == 400 and MATRICULE_SYSTEM in diagnostics(foreign)
+    missing = client.post("/fhir/Patient/$register", json=params(context="facility"), headers=h["system"])
+    assert missing.status_code == 400 and "'identifier'" in diagnostics(missing)
+    twice = by_matricule(client, "renew-registration", MATRICULE, h["system"])
+    assert twice.status_code == 422 and "no registration of Patient/pm in force" in diagnostics(twice)
+    # the URL already names the record: an identifier besides is refused
+    both = client.post(
+        "/fhir/Patient/pm/$register",
+        json={
+            "resourceType": "Parameters",
+            "parameter": [
+                {"name": "context", "valueCode": "facility"},
+                {"name": "identifier", "valueIdentifier": {"system": MATRICULE_SYSTEM, "value": MATRICULE}},
+            ],
+        },
+        headers=h["system"],
+    )
+    assert both.status_code == 400 and "names the patient" in diagnostics(both)
+    # who may not register learns nothing of which matricules exist
+    app: Any = client.app
+    holder = bearer(app, Principal(PrincipalKind.PATIENT, "acct-pa", patient_id="pa"), "patient/*.cruds")
+    for number in (MATRICULE, generate(date(1990, 6, 1), 3)):
+        assert by_matricule(client, "register", number, holder, context="facility").status_code == 403
+    assert relationships(client, "pm") == []
+    assert consent_changes(client, "pm") == []
+    assert lab_results_seen(client, "pm", h["doctor"]) == []

@@ -2,8 +2,9 @@
 
 A relationship starts in one of the regulation's care contexts and lasts its default time:
 solo practice (the holder hands over a one-time connection code, 15 days), care facility
-(registration posted by the facility, 45 days, renewable by up to 30), hospital emergency
-department (registration, 24 hours + 15 days). The referring physician designation and the
+(registration posted by the facility, 45 days, renewable by up to 30, or with the holder's
+agreement until a lab result arrives), hospital emergency department (registration, 24 hours +
+15 days). The referring physician designation and the
 holder's permanent grants are relationships without an end (``access.consent``). Every
 function works in the caller's transaction.
 """
@@ -18,6 +19,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, and_, delete, or_, select, update
 
+from sharedcare.access import labwait as _labwait  # noqa: F401  (a lab result ends a registration's wait)
 from sharedcare.access.licence import facility_authorised
 from sharedcare.access.models import care_relationship, connection_code, record_status
 from sharedcare.access.principals import Principal, PrincipalKind
@@ -50,6 +52,16 @@ class Relationship:
     ends: datetime | None
     revoked_at: datetime | None
     reason: str | None
+    patient_agreement: datetime | None = None
+    """When the holder agreed to the facility's access until a lab result arrives."""
+    lab_wait_since: datetime | None = None
+    """The renewal from which a filed lab result ends the wait (None: not waiting, never did)."""
+    lab_result_at: datetime | None = None
+    """When the awaited lab result was filed (``ends`` then set by ``access.labwait``)."""
+
+    @property
+    def waiting_for_lab_result(self) -> bool:
+        return self.lab_wait_since is not None and self.lab_result_at is None
 
     def active(self, now: datetime) -> bool:
         return self.revoked_at is None and self.starts <= now and (self.ends is None or self.ends > now)
@@ -183,12 +195,8 @@ def current_registration(
     return _from_row(row) if row else None
 
 
-def renew(
-    conn: Connection, settings: Settings, actor: Principal, relationship_id: str, days: int, now: datetime
-) -> Relationship:
-    """Prolong a facility stay by up to the renewal limit, counted from now."""
-    if not 0 < days <= settings.access_facility_renewal_days:
-        raise CareError(f"A renewal lasts 1 to {settings.access_facility_renewal_days} days")
+def _renewable(conn: Connection, actor: Principal, relationship_id: str, now: datetime) -> Relationship:
+    """The facility registration ``actor`` may renew now (its own, in force, facility authorised)."""
     rel = get(conn, relationship_id)
     if rel is None or rel.context != "facility" or rel.organization_id != actor.organization_id:
         raise NotAllowed("Only the registering facility renews its own registration")
@@ -196,13 +204,81 @@ def renew(
         raise NotAllowed("The facility's authorisation is withdrawn: it cannot renew registrations")
     if not rel.active(now):
         raise CareError("An ended registration cannot be renewed; register the patient again")
+    return rel
+
+
+def renew(
+    conn: Connection, settings: Settings, actor: Principal, relationship_id: str, days: int, now: datetime
+) -> Relationship:
+    """Prolong a facility stay by up to the renewal limit, counted from now (never shortening
+    it, nor what a lab result still awaited will leave of it)."""
+    if not 0 < days <= settings.access_facility_renewal_days:
+        raise CareError(f"A renewal lasts 1 to {settings.access_facility_renewal_days} days")
+    rel = _renewable(conn, actor, relationship_id, now)
     ends = max(rel.ends or now, now + timedelta(days=days))
-    conn.execute(update(care_relationship).where(care_relationship.c.id == rel.id).values(ends=ends))
+    values: dict[str, object] = {"ends": ends}
+    if rel.waiting_for_lab_result:
+        floor = conn.execute(
+            select(care_relationship.c.lab_wait_floor).where(care_relationship.c.id == rel.id)
+        ).scalar_one()
+        values["lab_wait_floor"] = max(floor or now, now + timedelta(days=days))
+    conn.execute(update(care_relationship).where(care_relationship.c.id == rel.id).values(**values))
     _audit(
         conn,
         actor,
         rel.patient_id,
         f"register renewal facility Organization/{rel.organization_id} until {ends.isoformat()}",
+    )
+    return get(conn, rel.id)  # type: ignore[return-value]
+
+
+def renew_until_lab_result(
+    conn: Connection,
+    settings: Settings,
+    actor: Principal,
+    relationship_id: str,
+    agreed: datetime | None,
+    now: datetime,
+) -> Relationship:
+    """Prolong a facility stay, with the holder's agreement, until a lab result arrives (Annex 1 §3).
+
+    The relationship keeps ``ends`` at the safety cap (``access_lab_result_max_days`` from now)
+    until a final laboratory result is filed in the record; ``access.labwait`` then ends it the
+    filing deadline of art. 9(3) later (``access_emergency_extra_days``), never before the end in
+    force before this renewal nor after the cap. ``agreed`` (when the holder agreed) is required.
+    """
+    if agreed is None:
+        raise CareError(
+            "Access until a lab result needs the patient's agreement: "
+            "give 'patientAgreement', the date and time the patient agreed"
+        )
+    if agreed > now:
+        raise CareError("The patient's agreement cannot be dated in the future")
+    rel = _renewable(conn, actor, relationship_id, now)
+    if rel.waiting_for_lab_result:
+        raise CareError(
+            "This registration already waits for a lab result, until "
+            f"{(rel.ends or now).isoformat(timespec='minutes')} at the latest"
+        )
+    ends = max(rel.ends or now, now + timedelta(days=settings.access_lab_result_max_days))
+    conn.execute(
+        update(care_relationship)
+        .where(care_relationship.c.id == rel.id)
+        .values(
+            ends=ends,
+            patient_agreement=agreed,
+            lab_wait_since=now,
+            lab_wait_floor=rel.ends,
+            lab_wait_days=settings.access_emergency_extra_days,
+            lab_result_at=None,
+        )
+    )
+    _audit(
+        conn,
+        actor,
+        rel.patient_id,
+        f"register renewal facility Organization/{rel.organization_id} until a lab result "
+        f"(patient agreed {agreed.isoformat()}) at the latest {ends.isoformat()}",
     )
     return get(conn, rel.id)  # type: ignore[return-value]
 
@@ -380,4 +456,7 @@ def _from_row(row: object) -> Relationship:
         m["ends"],
         m["revoked_at"],
         m["reason"],
+        m["patient_agreement"],
+        m["lab_wait_since"],
+        m["lab_result_at"],
     )

@@ -43,13 +43,21 @@ care_relationship = Table(
     Column("reason", Text, nullable=True),
     Column("consent_id", String(64), nullable=True),
     Column("created_by", String(64), nullable=False),
+    # a facility stay renewed, with the holder's agreement, until a lab result arrives (§A.3):
+    Column("patient_agreement", DateTime(timezone=False), nullable=True),  # when the holder agreed
+    Column("lab_wait_since", DateTime(timezone=False), nullable=True),  # results filed from then count
+    Column("lab_wait_floor", DateTime(timezone=False), nullable=True),  # end before: never shortened
+    Column("lab_wait_days", Integer, nullable=True),  # access after the result (art. 9(3) deadline)
+    Column("lab_result_at", DateTime(timezone=False), nullable=True),  # the result came: ``ends`` set
     Index("ix_care_relationship_practitioner", "practitioner_id", "patient_id"),
     Index("ix_care_relationship_organization", "organization_id", "patient_id"),
     Index("ix_care_relationship_patient", "patient_id"),
 )
 """Who takes part in a holder's care and until when: one row per proof of care (code handed
 over, registration, emergency registration), permanent grant, referring-physician designation
-or emergency override. Facility registrations name the organisation, not one professional."""
+or emergency override. Facility registrations name the organisation, not one professional. A
+registration waiting for a lab result keeps ``ends`` at its safety cap until the result is filed
+(``access.labwait`` then sets it), so the access decision stays a filter on ``ends``."""
 
 access_restriction = Table(
     "access_restriction",

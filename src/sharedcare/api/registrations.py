@@ -5,7 +5,13 @@
   for the facility, registers the holder at its entrance or emergency department
   (``access.care.register``; Annex 1 §3). Answers the registration as ``Parameters``.
 - ``POST Patient/[id]/$renew-registration`` (optional ``days``, at most
-  ``access_facility_renewal_days``): the same facility prolongs its registration in force.
+  ``access_facility_renewal_days``): the same facility prolongs its registration in force; or,
+  with ``untilLabResult`` true and ``patientAgreement`` (dateTime: when the holder agreed), until
+  a lab result is filed in the record, plus the filing deadline (``care.renew_until_lab_result``).
+- ``POST Patient/$register`` and ``POST Patient/$renew-registration``: the same, the holder named
+  by an ``identifier`` parameter (valueIdentifier, system ``MATRICULE_SYSTEM``, 13 digits or the
+  pre-2014 11-digit form), as a facility's entrance knows them: 400 an invalid matricule, 404 no
+  record has it.
 - ``POST Patient/[id]/$opt-out``: the holder's objection (§A.1) filed by the holder or by the
   Agence's tools (administrator, trusted platform client): the record is deleted for everyone.
 
@@ -32,6 +38,8 @@ from sharedcare.api.parameters import read_parameters
 from sharedcare.fhir.errors import BadRequest, Forbidden, Issue, NotFound, Unprocessable, operation_outcome
 from sharedcare.fhir.service import FhirService
 from sharedcare.fhir.store import utcnow
+from sharedcare.identity import matricule
+from sharedcare.identity.matricule import MATRICULE_SYSTEM
 from sharedcare.settings import Settings
 from sharedcare.storage.engine import writer
 
@@ -60,6 +68,45 @@ def _instant(params: dict[str, Any], name: str) -> datetime | None:
     return moment.astimezone(UTC).replace(tzinfo=None)
 
 
+def _flag(params: dict[str, Any], name: str) -> bool:
+    value = params.get(name, False)
+    if not isinstance(value, bool):
+        raise BadRequest(f"Parameter {name!r} takes a boolean (valueBoolean)")
+    return value
+
+
+def _matricule(params: dict[str, Any]) -> str:
+    """The 13-digit matricule of the ``identifier`` parameter (the 11-digit form upgraded)."""
+    value = params.get("identifier")
+    if value is None:
+        raise BadRequest(
+            f"Name the patient by an 'identifier' parameter (valueIdentifier, system {MATRICULE_SYSTEM})"
+        )
+    if not isinstance(value, dict) or not isinstance(value.get("value"), str):
+        raise BadRequest("Parameter 'identifier' takes a valueIdentifier with a system and a value")
+    if value.get("system") != MATRICULE_SYSTEM:
+        raise BadRequest(f"Parameter 'identifier' takes a matricule: its system is {MATRICULE_SYSTEM}")
+    try:
+        return matricule.normalize(value["value"])
+    except matricule.InvalidMatricule as exc:
+        raise BadRequest(f"The identifier is not a valid matricule: {exc}") from None
+
+
+def _patient_of(conn: Connection, service: FhirService, number: str) -> str:
+    """The record of the matricule, found in the directory of records (not through the caller's
+    view: a facility registers a holder it cannot see yet). A record kept under the 11-digit form
+    is found too."""
+    directory = service.for_session(None)
+    wanted = f"{MATRICULE_SYSTEM}|{number},{MATRICULE_SYSTEM}|{number[: matricule.LEGACY_LENGTH]}"
+    query = directory.parse_search("Patient", [("identifier", wanted), ("_count", "2")], strict=True)
+    found = directory.search_in(conn, query).matches
+    if not found:
+        raise NotFound("No record has this matricule")
+    if len(found) > 1:
+        raise Unprocessable("Several records have this matricule: the Agence must merge them first")
+    return found[0].id
+
+
 def _days(params: dict[str, Any], default: int) -> int:
     value = params.get("days", default)
     if isinstance(value, bool) or not isinstance(value, int):
@@ -82,6 +129,13 @@ def _answer(request: Request, rel: care.Relationship) -> Response:
     ]
     if rel.reason:
         parameters.append({"name": "reason", "valueString": rel.reason})
+    if rel.lab_wait_since is not None:
+        parameters += [
+            {"name": "untilLabResult", "valueBoolean": rel.waiting_for_lab_result},
+            {"name": "patientAgreement", "valueDateTime": _stamp(rel.patient_agreement)},
+        ]
+    if rel.lab_result_at is not None:
+        parameters.append({"name": "labResult", "valueDateTime": _stamp(rel.lab_result_at)})
     return fhir_response(request, {"resourceType": "Parameters", "parameter": parameters})
 
 
@@ -134,9 +188,23 @@ def _care_refusal(exc: care.CareError) -> Exception:
     return Unprocessable(str(exc))
 
 
+def _holder(params: dict[str, Any], patient_id: str | None) -> str | None:
+    """The matricule naming the holder at the type level (None at the instance level, where the
+    URL names the record and an ``identifier`` would name it twice)."""
+    if patient_id is None:
+        return _matricule(params)
+    if "identifier" in params:
+        raise BadRequest(
+            "The URL names the patient: 'identifier' is taken by Patient/$register and "
+            "Patient/$renew-registration only"
+        )
+    return None
+
+
 def _register(
-    service: FhirService, who: Principal, settings: Settings, patient_id: str, params: dict[str, Any]
+    service: FhirService, who: Principal, settings: Settings, patient_id: str | None, params: dict[str, Any]
 ) -> care.Relationship:
+    number = _holder(params, patient_id)
     context = _text(params, "context")
     if context not in CONTEXTS:
         raise BadRequest("$register needs a 'context' parameter: facility or emergency")
@@ -144,6 +212,7 @@ def _register(
     reason = _text(params, "reason")
     with writer(service.engine).begin() as conn:
         organization = _facility_of(conn, service, who)
+        patient_id = patient_id or _patient_of(conn, service, number or "")
         _record(conn, service, patient_id)
         try:
             return care.register(
@@ -162,12 +231,22 @@ def _register(
 
 
 def _renew(
-    service: FhirService, who: Principal, settings: Settings, patient_id: str, params: dict[str, Any]
+    service: FhirService, who: Principal, settings: Settings, patient_id: str | None, params: dict[str, Any]
 ) -> care.Relationship:
+    number = _holder(params, patient_id)
+    until_lab_result = _flag(params, "untilLabResult")
+    agreed = _instant(params, "patientAgreement")
+    if until_lab_result and "days" in params:
+        raise BadRequest("A renewal lasts either 'days' or 'untilLabResult', not both")
+    if agreed is not None and not until_lab_result:
+        raise Unprocessable(
+            "'patientAgreement' is the agreement to access until a lab result: give 'untilLabResult' true"
+        )
     days = _days(params, settings.access_facility_renewal_days)
     now = utcnow()
     with writer(service.engine).begin() as conn:
         organization = _facility_of(conn, service, who)
+        patient_id = patient_id or _patient_of(conn, service, number or "")
         _record(conn, service, patient_id)
         current = care.current_registration(conn, patient_id, organization, "facility", now)
         if current is None:
@@ -177,6 +256,8 @@ def _renew(
                 "with $register)"
             )
         try:
+            if until_lab_result:
+                return care.renew_until_lab_result(conn, settings, who, current.id, agreed, now)
             return care.renew(conn, settings, who, current.id, days, now)
         except care.CareError as exc:
             raise _care_refusal(exc) from None
@@ -191,16 +272,27 @@ def _opt_out(service: FhirService, who: Principal, patient_id: str, blobs: Any) 
         return care.honour_objection(conn, who, patient_id, utcnow(), blobs)
 
 
-_Act = Callable[[FhirService, Principal, Settings, str, dict[str, Any]], care.Relationship]
+_Act = Callable[[FhirService, Principal, Settings, str | None, dict[str, Any]], care.Relationship]
 
 
-async def _registration(request: Request, pid: str, act: _Act) -> Response:
-    """Registering and renewing alike: a write, the body's parameters, the registration."""
+async def _registration(request: Request, pid: str | None, act: _Act) -> Response:
+    """Registering and renewing alike, by record id or by matricule (``pid`` None): a write,
+    the body's parameters, the registration."""
     service, who, settings = _caller(request)
     _require_write(service)
     params = await read_parameters(request)
     rel = await run_in_threadpool(act, service, who, settings, pid, params)
     return _answer(request, rel)
+
+
+@router.post("/Patient/$register")
+async def register_by_matricule(request: Request) -> Response:
+    return await _registration(request, None, _register)
+
+
+@router.post("/Patient/$renew-registration")
+async def renew_registration_by_matricule(request: Request) -> Response:
+    return await _registration(request, None, _renew)
 
 
 @router.post("/Patient/{pid}/$register")
