@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 import typer
 
-from sharedcare.settings import get_settings
+from sharedcare.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 app = typer.Typer(help="SharedCare national shared health record platform.", no_args_is_help=True)
+_log = logging.getLogger("sharedcare.worker")
 
 
 def _engine():  # type: ignore[no-untyped-def]
@@ -147,28 +153,83 @@ def bench(
 @app.command()
 def lifecycle() -> None:
     """Apply the record life-cycle rules once: close at death and after inactivity, delete after
-    the retention period (schedule it daily; docs/operations.md)."""
+    the retention period (``sharedcare worker`` runs it daily; docs/operations.md)."""
+    typer.echo(_lifecycle_job(_engine(), get_settings()))
+
+
+def _lifecycle_job(engine: Engine, settings: Settings, *, full: bool = False) -> str:
+    """One run of the record life cycle (``access.lifecycle.run``), as lines to print."""
     from sharedcare.access.lifecycle import run
     from sharedcare.access.policy import category_of
     from sharedcare.fhir.service import FhirService
     from sharedcare.fhir.store import utcnow
     from sharedcare.storage.engine import writer
 
-    settings = get_settings()
-    engine = _engine()
     with writer(engine).begin() as conn:
         report = run(conn, FhirService(engine, classify=category_of), settings, utcnow())
-    typer.echo(
+    lines = [
         f"closed at death: {len(report.closed_at_death)}, closed after inactivity: "
         f"{len(report.closed_inactive)}, deleted after retention: {len(report.deleted)} "
         f"(with {report.traces_deleted} audit records, art. 8)"
-    )
+    ]
     if report.licence_withdrawn:
-        typer.echo(f"licence withdrawals announced to holders: {', '.join(report.licence_withdrawn)}")
+        lines.append(f"licence withdrawals announced to holders: {', '.join(report.licence_withdrawn)}")
     if report.facility_withdrawn:
-        typer.echo(
+        lines.append(
             "facility authorisation withdrawals announced to holders: " + ", ".join(report.facility_withdrawn)
         )
+    return "\n".join(lines)
+
+
+def _reminder_job(engine: Engine, settings: Settings, *, full: bool = False) -> str:
+    """One run of the vaccination reminders for today (``full``: recompute every forecast)."""
+    from sharedcare.vaccination import reminders
+
+    report = reminders.run(engine, settings, reminders.local_today(settings), full=full)
+    return (
+        f"reminders: {report.reminders} in {report.queued} messages queued; patients: "
+        f"{report.patients}, recomputed: {report.recomputed}, unchanged: {report.unchanged}"
+    )
+
+
+class DailyJob(Protocol):
+    """A job of ``sharedcare worker``, run once a day at SHAREDCARE_REMINDER_TIME (and by
+    ``--once``); it returns what to print."""
+
+    def __call__(self, engine: Engine, settings: Settings, *, full: bool = False) -> str: ...
+
+
+DAILY_JOBS: tuple[tuple[str, DailyJob], ...] = (
+    ("vaccination reminders", _reminder_job),
+    ("record life cycle", _lifecycle_job),
+)
+"""The worker's daily jobs, in order; another one is one more line here."""
+
+
+def _run_daily_jobs(engine: Engine, settings: Settings, *, full: bool = False) -> bool:
+    """Each daily job once; a failed job is logged and the next ones still run. False when one
+    failed (what each committed stays done: the jobs are idempotent)."""
+    ok = True
+    for name, job in DAILY_JOBS:
+        try:
+            typer.echo(job(engine, settings, full=full))
+        except Exception:
+            _log.exception("daily job %s failed", name)
+            typer.echo(f"{name}: failed (see the log); retried at the next run", err=True)
+            ok = False
+    return ok
+
+
+@app.command("expire-uploads")
+def expire_uploads() -> None:
+    """Delete the raw Binary uploads no document claimed within SHAREDCARE_UNCLAIMED_UPLOAD_HOURS,
+    with their content, audited (schedule it hourly; docs/documents.md)."""
+    from sharedcare.documents.submission import expire_unclaimed
+    from sharedcare.fhir.store import utcnow
+
+    settings = get_settings()
+    expired = expire_unclaimed(_engine(), settings, utcnow())
+    typer.echo(f"{expired} unclaimed uploads expired (older than {settings.unclaimed_upload_hours} hours).")
 
 
 audit_app = typer.Typer(help="The audit trail (docs/audit.md).", no_args_is_help=True)
@@ -234,14 +295,18 @@ def notify_deliver(
 
 @app.command()
 def worker(
-    once: bool = typer.Option(False, "--once", help="One reminder run and one delivery pass, then exit"),
+    once: bool = typer.Option(
+        False, "--once", help="One run of the daily jobs and one delivery pass, then exit"
+    ),
     interval: float = typer.Option(60.0, help="Seconds between two e-mail delivery passes"),
     full: bool = typer.Option(False, "--full", help="Recompute every patient's forecast (with --once)"),
 ) -> None:
-    """Background work: the daily vaccination reminder job at SHAREDCARE_REMINDER_TIME and the
-    e-mail delivery of notifications (docs/vaccination-reminders.md); --once for tests and cron."""
+    """Background work: the daily jobs (``DAILY_JOBS``: vaccination reminders, record life cycle)
+    at SHAREDCARE_REMINDER_TIME and the e-mail delivery of notifications
+    (docs/vaccination-reminders.md); --once for tests and cron."""
     import threading
 
+    from sharedcare.fhir.store import utcnow
     from sharedcare.notify import delivery
     from sharedcare.vaccination import reminders
 
@@ -256,21 +321,16 @@ def worker(
     if not delivery.enabled(settings):
         typer.echo("E-mail delivery is off (SHAREDCARE_SMTP_HOST is unset): messages stay in the portal.")
     engine = _engine()
-
-    def show(report: reminders.ReminderReport) -> None:
-        typer.echo(
-            f"reminders: {report.reminders} in {report.queued} messages queued; patients: "
-            f"{report.patients}, recomputed: {report.recomputed}, unchanged: {report.unchanged}"
-        )
-
     if once:
-        show(reminders.run(engine, settings, reminders.local_today(settings), full=full))
+        jobs_ok = _run_daily_jobs(engine, settings, full=full)
         sent = delivery.deliver_pending(engine, settings)
         if sent.enabled:
             typer.echo(
                 f"sent: {sent.sent}, portal only: {sent.portal_only}, to retry: {sent.retried}, "
                 f"given up: {sent.failed}"
             )
+        if not jobs_ok:
+            raise typer.Exit(1)
         return
     stop = threading.Event()
     mailer = threading.Thread(
@@ -279,7 +339,10 @@ def worker(
     if delivery.enabled(settings):
         mailer.start()
     try:
-        reminders.run_daily(engine, settings, stop, on_run=show)
+        while not stop.is_set():  # now (a restarted worker catches up), then daily at its time
+            _run_daily_jobs(engine, settings)
+            moment = utcnow()
+            stop.wait(max((reminders.next_run(settings, moment) - moment).total_seconds(), 0.0))
     except KeyboardInterrupt:
         typer.echo("stopping")
     finally:

@@ -253,3 +253,124 @@ def test_reopening_refused_after_the_window_and_after_death(db_url: str, tmp_pat
         closed_at = conn.execute(select(s.c.closed_at).where(s.c.patient_id == "pr")).scalar_one()
     assert closed_at is None
     engine.dispose()
+
+
+# -- retention extension (art. 9(5)) and the worker ----------------------------------------------------
+HOLDER_KEPT = Principal(PrincipalKind.PATIENT, "acct-kept", patient_id="kept")
+
+
+def _closed_records(engine: Engine, svc: FhirService, closed: dict[str, timedelta]) -> None:
+    """Records with one item each, closed by their holder ``closed[pid]`` ago."""
+    now = utcnow()
+    for pid, ago in closed.items():
+        svc.update("Patient", pid, {"resourceType": "Patient", "id": pid})
+        svc.update("Observation", f"obs-{pid}", _obs(pid))
+        with writer(engine).begin() as conn:
+            care.ensure_record(conn, pid, letter_sent=now - ago * 2, activated=now - ago * 2)
+            conn.execute(
+                update(record_status)
+                .where(record_status.c.patient_id == pid)
+                .values(status="closed", closed_at=now - ago, closed_reason="holder")
+            )
+
+
+def test_a_retention_agreement_postpones_deletion_until_withdrawn(db_url: str, tmp_path: Path) -> None:
+    from sharedcare.access import lifecycle
+
+    engine = make_engine(db_url)
+    truncate(engine)
+    settings = Settings(database_url=db_url, data_dir=tmp_path, retention_extension_max_years=5)
+    svc = FhirService(engine, classify=category_of)
+    eleven_years = timedelta(days=round(365.25 * 11))
+    _closed_records(engine, svc, {"kept": eleven_years, "plain": eleven_years})
+    now = utcnow()
+    with writer(engine).begin() as conn:
+        with pytest.raises(lifecycle.RetentionError):  # beyond the setting
+            lifecycle.agree_retention_extension(conn, svc, settings, HOLDER_KEPT, "kept", 6, now)
+        with pytest.raises(lifecycle.RetentionError):  # someone else's record
+            lifecycle.agree_retention_extension(conn, svc, settings, HOLDER_KEPT, "plain", 2, now)
+        lifecycle.agree_retention_extension(conn, svc, settings, HOLDER_KEPT, "kept", 1, now)
+        agreed = lifecycle.agree_retention_extension(conn, svc, settings, HOLDER_KEPT, "kept", 2, now)
+    current = lifecycle.retention_agreement(svc, "kept")
+    assert current is not None and (current.consent_id, current.years) == (agreed.consent_id, 2)
+    consents = svc.search(svc.parse_search("Consent", [("patient", "Patient/kept")], strict=True)).matches
+    assert sorted(c.resource()["status"] for c in consents) == ["active", "inactive"]  # the first replaced
+    assert category_of(svc.read("Consent", agreed.consent_id).resource()) == "holder-choices"
+    with engine.connect() as conn:
+        changes = audit.query(conn, patient_id="kept", actions=[audit.AuditAction.CONSENT_CHANGE])
+    assert "retention-extension 2 years" in [e.record.interaction for e in changes]
+    with writer(engine).begin() as conn:
+        report = run(conn, svc, settings, now)
+    assert report.deleted == ["plain"]  # closure + 10 y has passed; "kept" waits for + 2 more
+    assert _status(engine)["kept"] == ("closed", "holder")
+    assert svc.read("Observation", "obs-kept").resource()["status"] == "final"
+    later = now + timedelta(days=180)
+    with writer(engine).begin() as conn:
+        assert run(conn, svc, settings, later).deleted == []  # closed 11.5 years ago: deletion due at 12
+        assert lifecycle.withdraw_retention_extension(conn, svc, HOLDER_KEPT, "kept", later)
+        assert not lifecycle.withdraw_retention_extension(conn, svc, HOLDER_KEPT, "kept", later)
+    assert lifecycle.retention_agreement(svc, "kept") is None
+    with writer(engine).begin() as conn:
+        assert run(conn, svc, settings, later).deleted == ["kept"]  # the default applies again
+    engine.dispose()
+
+
+def test_the_worker_runs_the_record_life_cycle_once_a_day(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from sharedcare import cli
+    from sharedcare import settings as settings_module
+
+    engine = make_engine(db_url)
+    truncate(engine)
+    svc = FhirService(engine, classify=category_of)
+    _closed_records(engine, svc, {"due": timedelta(days=365 * 11), "recent": timedelta(days=365)})
+    assert [name for name, _job in cli.DAILY_JOBS] == ["vaccination reminders", "record life cycle"]
+    monkeypatch.setenv("SHAREDCARE_DATABASE_URL", db_url)
+    monkeypatch.setenv("SHAREDCARE_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("SHAREDCARE_SMTP_HOST", raising=False)
+    settings_module.get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(cli.app, ["worker", "--once"])
+    finally:
+        settings_module.get_settings.cache_clear()
+    assert result.exit_code == 0, result.output
+    assert "reminders: " in result.output
+    assert "deleted after retention: 1 " in result.output
+    assert _status(engine) == {"due": ("deleted", "holder"), "recent": ("closed", "holder")}
+    with pytest.raises(NotFound):
+        svc.read("Observation", "obs-due")
+    engine.dispose()
+
+
+def test_a_failing_daily_job_does_not_stop_the_others(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from sharedcare import cli
+    from sharedcare import settings as settings_module
+
+    engine = make_engine(db_url)
+    truncate(engine)
+    svc = FhirService(engine, classify=category_of)
+    _closed_records(engine, svc, {"due": timedelta(days=365 * 11)})
+
+    def broken(engine: Engine, settings: Settings, *, full: bool = False) -> str:
+        raise RuntimeError("reminders down")
+
+    monkeypatch.setattr(cli, "DAILY_JOBS", (("vaccination reminders", broken), *cli.DAILY_JOBS[1:]))
+    monkeypatch.setenv("SHAREDCARE_DATABASE_URL", db_url)
+    monkeypatch.setenv("SHAREDCARE_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("SHAREDCARE_SMTP_HOST", raising=False)
+    settings_module.get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(cli.app, ["worker", "--once"])
+    finally:
+        settings_module.get_settings.cache_clear()
+    assert result.exit_code == 1  # cron sees the failure ...
+    assert "vaccination reminders: failed" in result.output
+    assert _status(engine) == {"due": ("deleted", "holder")}  # ... and the life cycle still ran
+    engine.dispose()

@@ -546,3 +546,53 @@ def test_deleting_the_record_deletes_its_objections_and_requests(world: World) -
     with writer(world.engine).begin() as conn:
         opt_out(conn, "pa", utcnow())
     assert counts() == (0, 0)  # nothing of the deleted record stays behind
+
+
+# -- filing requests (art. 9(2)) -------------------------------------------------------------------------
+def test_a_filing_request_goes_to_the_professional_asked_with_its_due_date(world: World) -> None:
+    now = utcnow()
+    filed = rights.ask_to_file(world.as_(HOLDER), HOLDER, "gp", "Discharge report of March", now, 15)
+    assert (filed.kind, filed.status, filed.author_practitioner_id) == ("file", "requested", "gp")
+    assert filed.due == now + timedelta(days=15) and not filed.overdue(now)
+    assert filed.overdue(now + timedelta(days=16))
+    task = world.svc.read("Task", filed.id).resource()
+    assert task["owner"] == {"reference": "Practitioner/gp"} and "focus" not in task
+    assert task["code"]["coding"][0]["code"] == "file"
+    assert task["note"][0]["text"] == "Discharge report of March"
+    assert rights._due_of(task) == filed.due  # Task.restriction.period.end
+    assert [(r.id, r.due) for r in rights.addressed_requests(world.as_(GP))] == [(filed.id, filed.due)]
+    assert rights.rectification_requests(world.as_(GP)) == []
+    for who in (COLLEAGUE, HOSPITAL_DOCTOR, STRANGER, FACILITY):  # only the professional asked
+        assert not _sees(world, who, f"Task/{filed.id}")
+        with pytest.raises(rights.UnknownItem):
+            rights.decide(world.as_(who), who, filed.id, "completed", "", now)
+    with pytest.raises(rights.NotAllowed):
+        rights.decide(world.as_(HOLDER), HOLDER, filed.id, "completed", "", now)
+    with world.engine.connect() as conn:
+        (mine,) = rights.requests_of(conn, "pa")
+    assert (mine.id, mine.due) == (filed.id, filed.due)  # the holder's list shows the due date too
+    done = rights.decide(world.as_(GP), GP, filed.id, "completed", "Filed today", now + timedelta(days=2))
+    assert done.status == "completed" and not done.overdue(now + timedelta(days=30))
+    assert world.svc.read("Task", filed.id).resource()["status"] == "completed"
+    with world.engine.connect() as conn:
+        log = audit.query(conn, patient_id="pa", actions=[audit.AuditAction.CREATE])
+    assert "request-file Practitioner/gp" in [e.record.interaction for e in log]
+
+
+def test_a_filing_request_must_name_a_professional_of_the_holders_care(world: World) -> None:
+    now = utcnow()
+    with pytest.raises(rights.RequestError):  # never in pa's care
+        rights.ask_to_file(world.as_(HOLDER), HOLDER, "stranger", "Lab result", now, 15)
+    with pytest.raises(rights.RequestError):
+        rights.ask_to_file(world.as_(HOLDER), HOLDER, "gp", "   ", now, 15)
+    with pytest.raises(rights.NotAllowed):
+        rights.ask_to_file(world.as_(GP), GP, "gp", "Lab result", now, 15, patient_id="pa")
+    with pytest.raises(rights.UnknownItem):  # not their record
+        other = world.as_(OTHER_HOLDER)
+        rights.ask_to_file(other, OTHER_HOLDER, "gp", "Lab result", now, 15, patient_id="pa")
+    with world.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(record_request)).scalar_one() == 0
+    by_rep = rights.ask_to_file(
+        world.as_(REPRESENTATIVE), REPRESENTATIVE, "pharm", "Prescription", now, 15, patient_id="pa"
+    )
+    assert by_rep.patient_id == "pa" and by_rep.author_practitioner_id == "pharm"

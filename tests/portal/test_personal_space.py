@@ -256,3 +256,29 @@ def test_the_holder_chooses_the_type_of_an_uploaded_document(world: World, holde
         files={"file": ("card.pdf", pdf, "application/pdf")},
     )
     assert bad.status_code == 400 and count(world, "DocumentReference") == before + 1
+
+
+def test_retention_agreement_recorded_dated_and_withdrawn(world: World, holder: TestClient) -> None:
+    from sharedcare.access import lifecycle
+
+    page = holder.get(PAGE).text
+    assert "No agreement: your record is deleted at the end of the usual period." in page
+    before = count(world, "Consent")
+    for years in ("0", "11", "many"):
+        refused = post(holder, "/portal/personal/retention", {"years": years}, PAGE)
+        assert refused.status_code == 400 and "Choose between 1 and 10 extra years." in refused.text
+    assert count(world, "Consent") == before
+    assert post(holder, "/portal/personal/retention", {"years": "3"}, PAGE).status_code == 303
+    agreement = lifecycle.retention_agreement(world.app.state.fhir, "pa")
+    assert agreement is not None and agreement.years == 3
+    page = holder.get(PAGE).text
+    assert "You agreed that your record is kept 3 more years." in page
+    assert "(agreed on " in page  # dated
+    assert post(holder, "/portal/personal/retention/withdraw", {}, PAGE).status_code == 303
+    assert lifecycle.retention_agreement(world.app.state.fhir, "pa") is None
+    assert "No agreement" in holder.get(PAGE).text
+    with world.engine.connect() as conn:
+        changes = audit.query(conn, patient_id="pa", actions=[audit.AuditAction.CONSENT_CHANGE])
+    assert {"retention-extension 3 years", "withdraw-retention-extension"} <= {
+        e.record.interaction for e in changes
+    }

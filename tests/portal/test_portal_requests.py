@@ -228,3 +228,43 @@ def test_the_access_log_shows_a_held_back_items_trace_but_not_the_item(
     assert "Biopsy" not in log  # ... without naming what the holder may not open yet
     post(gp, f"{GP_PAGE}/release", {"reference": "Observation/biopsy"}, GP_PAGE)
     assert generic not in holder.get("/portal/log").text  # released: the item's kind is named
+
+
+def test_the_holder_asks_the_gp_to_file_an_item_and_the_gp_files_it(
+    world: World, holder: TestClient, gp: TestClient, browser: Browser
+) -> None:
+    page = holder.get("/portal/items").text
+    assert "Ask a professional to file an item" in page and "within 15 days" in page
+    assert '<option value="gp"' in page and '<option value="stranger"' not in page  # only their care
+    empty = post(holder, "/portal/items/ask-to-file", {"practitioner": "gp"}, "/portal/items")
+    assert empty.status_code == 400 and "Describe the item to file" in empty.text
+    foreign = {"practitioner": "stranger", "description": "Scan report"}
+    refused = post(holder, "/portal/items/ask-to-file", foreign, "/portal/items")
+    assert refused.status_code == 400 and "takes or took part in your care" in refused.text
+    assert "Scan report" in refused.text  # the text is kept
+    assert _count(world, record_request) == 0
+    form = {"practitioner": "gp", "description": "Discharge report of my March stay"}
+    assert post(holder, "/portal/items/ask-to-file", form, "/portal/items").status_code == 303
+    listed = holder.get("/portal/items").text
+    assert "Filing" in listed and "Discharge report of my March stay" in listed and "Claire" in listed
+    assert "due by" in listed and "Overdue" not in listed
+    requests = gp.get("/portal/pro/requests").text
+    assert "Discharge report of my March stay" in requests and "Marie" in requests
+    assert "Mark as filed" in requests and "Overdue" not in requests
+    stranger = browser()
+    sign_in(stranger, world.stranger)
+    assert "Discharge report" not in stranger.get("/portal/pro/requests").text
+    with world.engine.connect() as conn:
+        (filing,) = rights.requests_of(conn, "pa")
+    assert filing.due is not None
+    svc: FhirService = world.app.state.fhir
+    task = svc.read("Task", filing.id).resource()
+    past = (_now().replace(microsecond=0) - (filing.due - filing.created)).isoformat() + "Z"
+    task["restriction"]["period"]["end"] = past  # the due date passed, still not filed: overdue for both
+    svc.update("Task", filing.id, task)
+    assert "Overdue" in holder.get("/portal/items").text
+    assert "Overdue" in gp.get("/portal/pro/requests").text
+    decide = {"request_id": filing.id, "status": "completed", "reason": "Filed"}
+    assert post(gp, "/portal/pro/requests/decide", decide, "/portal/pro/requests").status_code == 303
+    listed = holder.get("/portal/items").text
+    assert "Done" in listed and "Overdue" not in listed

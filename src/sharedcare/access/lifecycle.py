@@ -9,17 +9,34 @@ row, the projection rows of the holder's choices and the record's access traces 
 transaction, and destroys the data key of its document content (crypto-shredding,
 docs/storage.md) before deleting the blobs. Closure archives the traces with the data:
 ``audit.retention`` reads the record's status, so there is nothing more to do here.
+
+Retention extension (art. 9(5), [P]): the holder may agree that their record is kept longer
+than ``delete_after_closure_years`` after closure, by 1 to ``retention_extension_max_years``
+years. The agreement is a dated Consent of the record (``policyRule`` and a ``category`` coding
+``retention-extension`` in ``consent.CHOICE_SYSTEM``, the years in the ``RETENTION_YEARS_URL``
+extension) written by the platform and audited like every choice of the holder; deletion is due
+at closure + the retention period + the years of the active agreement; withdrawing it (the
+Consent becomes ``inactive``) restores the default.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, Table, and_, delete, func, or_, select, update
 
 from sharedcare.access import licence
 from sharedcare.access.care import ensure_record
+from sharedcare.access.consent import (
+    CHOICE_SYSTEM,
+    audit_change,
+    deactivate_consent,
+    fhir_consent,
+    write_consent,
+)
+from sharedcare.access.minors import delegation_in_force
 from sharedcare.access.models import (
     access_restriction,
     care_relationship,
@@ -44,6 +61,23 @@ from sharedcare.storage.tables import INDEX_TABLES, resource, resource_compartme
 AGENCY = Principal(
     PrincipalKind.SYSTEM, "sharedcare-lifecycle", display="SharedCare life-cycle job", trusted=True
 )
+RETENTION_EXTENSION = "retention-extension"
+"""Code (in ``consent.CHOICE_SYSTEM``) of the holder's agreement to a longer retention."""
+RETENTION_YEARS_URL = "https://sharedcare.lu/fhir/StructureDefinition/retention-extension-years"
+"""Extension of that Consent: how many years the record is kept beyond the retention period."""
+
+
+class RetentionError(Exception):
+    """A retention agreement that cannot be recorded as asked; the message is for people."""
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionAgreement:
+    """The holder's current agreement to a longer retention: its Consent, years and date."""
+
+    consent_id: str
+    years: int
+    agreed_at: datetime
 
 
 @dataclass(slots=True)
@@ -167,13 +201,111 @@ def opt_out(conn: Connection, patient_id: str, now: datetime, blobs: BlobStore |
     return count
 
 
+# -- retention extension (art. 9(5)) ------------------------------------------------------------------
+def retention_agreement(
+    svc: FhirService, patient_id: str, conn: Connection | None = None
+) -> RetentionAgreement | None:
+    """The record's active retention agreement as ``svc`` may read it (the holder's session for
+    the portal, audited; the platform's for the job), on ``conn`` when given; else None."""
+    params = [
+        ("patient", f"Patient/{patient_id}"),
+        ("category", f"{CHOICE_SYSTEM}|{RETENTION_EXTENSION}"),
+        ("status", "active"),
+        ("_sort", "-_lastUpdated"),
+        ("_count", "1"),
+    ]
+    query = svc.parse_search("Consent", params, strict=True)
+    found = (svc.search_in(conn, query) if conn is not None else svc.search(query)).matches
+    if not found:
+        return None
+    res = found[0].resource()
+    years = next(
+        (e.get("valueInteger") for e in res.get("extension") or () if e.get("url") == RETENTION_YEARS_URL),
+        None,
+    )
+    if not isinstance(years, int) or years < 1:
+        return None
+    agreed = datetime.fromisoformat(str(res["dateTime"]).removesuffix("Z"))
+    return RetentionAgreement(found[0].id, years, agreed.replace(tzinfo=None))
+
+
+def agree_retention_extension(
+    conn: Connection,
+    fhir: FhirService,
+    settings: Settings,
+    who: Principal,
+    patient_id: str,
+    years: int,
+    now: datetime,
+) -> RetentionAgreement:
+    """Record the holder's (or a representative's) agreement that the record is kept ``years``
+    longer after closure; a new agreement replaces the current one (made ``inactive``)."""
+    _require_holder(conn, who, patient_id, now)
+    if not 1 <= years <= settings.retention_extension_max_years:
+        raise RetentionError(f"Choose between 1 and {settings.retention_extension_max_years} extra years")
+    current = retention_agreement(fhir.for_session(None), patient_id, conn)
+    if current is not None:
+        deactivate_consent(conn, fhir, current.consent_id)
+    consent: dict[str, Any] = fhir_consent(
+        patient_id, RETENTION_EXTENSION, "permit", now, performer=_performer(who, patient_id)
+    )
+    consent["category"] = [
+        *consent["category"],
+        {"coding": [{"system": CHOICE_SYSTEM, "code": RETENTION_EXTENSION}]},
+    ]
+    consent["extension"] = [{"url": RETENTION_YEARS_URL, "valueInteger": years}]
+    consent_id = write_consent(conn, fhir, consent)
+    audit_change(conn, who, patient_id, f"{RETENTION_EXTENSION} {years} years", consent_id)
+    return RetentionAgreement(consent_id, years, now)
+
+
+def withdraw_retention_extension(
+    conn: Connection, fhir: FhirService, who: Principal, patient_id: str, now: datetime
+) -> bool:
+    """Withdraw the agreement: the default retention applies again. False when there was none."""
+    _require_holder(conn, who, patient_id, now)
+    current = retention_agreement(fhir.for_session(None), patient_id, conn)
+    if current is None:
+        return False
+    deactivate_consent(conn, fhir, current.consent_id)
+    audit_change(conn, who, patient_id, f"withdraw-{RETENTION_EXTENSION}", current.consent_id)
+    return True
+
+
+def deletion_due(closed_at: datetime, settings: Settings, agreement: RetentionAgreement | None) -> datetime:
+    """When a record closed at ``closed_at`` is deleted: the retention period after closure,
+    plus the years the holder agreed to."""
+    extra = agreement.years if agreement is not None else 0
+    return closed_at + _years(settings.delete_after_closure_years + extra)
+
+
+def _require_holder(conn: Connection, who: Principal, patient_id: str, now: datetime) -> None:
+    if who.kind is PrincipalKind.PATIENT and who.patient_id == patient_id:
+        return
+    d = delegation
+    if (
+        who.kind is PrincipalKind.REPRESENTATIVE
+        and conn.execute(
+            select(d.c.id).where(
+                d.c.account_id == who.subject, d.c.patient_id == patient_id, delegation_in_force(d, now)
+            )
+        ).first()
+    ):
+        return
+    raise RetentionError("Only the holder of the record or their representative can agree to this")
+
+
+def _performer(who: Principal, patient_id: str) -> str | None:
+    return f"Patient/{patient_id}" if who.kind is PrincipalKind.PATIENT else None
+
+
 def run(
     conn: Connection, fhir: FhirService, settings: Settings, now: datetime, blobs: BlobStore | None = None
 ) -> LifecycleReport:
     """Apply the rules once: close at death, close after inactivity, delete after retention;
     tell the holders of the professionals whose licence was withdrawn and of the facilities whose
     authorisation was withdrawn. Deleted records' content goes from ``blobs``, by default the
-    store of the settings."""
+    store of the settings. A retention agreement of the holder postpones the deletion."""
     report = LifecycleReport()
     s = record_status
     closed = set(conn.execute(select(s.c.patient_id).where(s.c.status != "open")).scalars())
@@ -195,9 +327,11 @@ def run(
         if close(conn, patient_id, "inactivity", now):
             report.closed_inactive.append(patient_id)
     expired = now - _years(settings.delete_after_closure_years)
-    for patient_id in conn.execute(
-        select(s.c.patient_id).where(s.c.status == "closed", s.c.closed_at < expired)
-    ).scalars():
+    for patient_id, closed_at in conn.execute(
+        select(s.c.patient_id, s.c.closed_at).where(s.c.status == "closed", s.c.closed_at < expired)
+    ).all():
+        if deletion_due(closed_at, settings, retention_agreement(svc, patient_id, conn)) > now:
+            continue
         if blobs is None:
             blobs = make_backend(settings)
         purge(conn, patient_id, blobs)

@@ -62,7 +62,7 @@ from sharedcare.access.models import (
     record_status,
 )
 from sharedcare.access.principals import Principal, PrincipalKind
-from sharedcare.access.requests import DISCLOSURE_SYSTEM, PENDING_DISCLOSURE, RECTIFY
+from sharedcare.access.requests import ADDRESSED, DISCLOSURE_SYSTEM, PENDING_DISCLOSURE
 from sharedcare.fhir.search.engine import AccessFilter
 from sharedcare.fhir.store import utcnow
 from sharedcare.settings import Settings
@@ -472,7 +472,7 @@ class _ProfessionalParts:
         authors = [_RQ.c.author_practitioner_id == self.practitioner]
         if self.organization is not None:
             authors.append(_RQ.c.owner_organization_id == self.organization)
-        owned = AccessPolicy._record_request(r, _RQ.c.kind == _sql(RECTIFY), or_(*authors))
+        owned = AccessPolicy._record_request(r, _RQ.c.kind.in_(_sql_list(ADDRESSED)), or_(*authors))
         return or_(r.c.category == _sql(REFERENCE), and_(self.licensed, or_(and_(allowed, withheld), owned)))
 
     def _confidential(self, r: FromClause) -> ColumnElement[bool]:
@@ -785,7 +785,7 @@ class AccessPolicy:
             self._open(cr.c.patient_id),
             _authorised(cr.c.organization_id, resource.alias("sor"), idx_token.alias("sot")),
         )
-        owned = (_RQ.c.kind == _sql(RECTIFY), _RQ.c.owner_organization_id == p.organization_id)
+        owned = (_RQ.c.kind.in_(_sql_list(ADDRESSED)), _RQ.c.owner_organization_id == p.organization_id)
         return lambda r: or_(
             r.c.category == REFERENCE,
             and_(

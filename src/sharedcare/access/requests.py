@@ -13,6 +13,12 @@
   the author's professionals and systems see and decide rectifications, agency administrators
   decide erasures. An approved erasure removes the item, every version and index row, in the
   deciding transaction, and leaves an audit record naming it.
+- **Filing request** (art. 9(2), §A.9): the holder asks a professional they have or had a care
+  relationship with to file an item not yet in the record; a ``Task`` owned by that
+  Practitioner, due ``filing_request_days`` later (``Task.restriction.period.end``), that only
+  this professional (and the Agence) sees and completes; its row names the record itself
+  (``Patient/<id>``) since the item does not exist yet. Open requests past their due date are
+  overdue (``RecordRequest.overdue``) in both lists.
 
 Every function runs in one transaction of the caller's session-bound ``FhirService``: the item
 is looked up through the caller's own access decision (an item they may not see answers as an
@@ -26,14 +32,15 @@ import re
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 from sqlalchemy import Connection, Row, delete, func, select, update
 
 from sharedcare.access.consent import audit_change, deactivate_consent, fhir_consent, write_consent
 from sharedcare.access.minors import delegation_in_force
-from sharedcare.access.models import delegation, filing_objection, record_request
+from sharedcare.access.models import care_relationship, delegation, filing_objection, record_request
 from sharedcare.access.principals import Principal, PrincipalKind
 from sharedcare.audit import log as audit
 from sharedcare.audit.models import audit_log
@@ -56,7 +63,10 @@ REQUEST_SYSTEM = "https://sharedcare.lu/fhir/CodeSystem/record-request"
 """Our code system of the holder's requests on an item (``Task.code``)."""
 RECTIFY = "rectify"
 ERASE = "erase"
-KINDS = (RECTIFY, ERASE)
+FILE = "file"
+KINDS = (RECTIFY, ERASE, FILE)
+ADDRESSED = (RECTIFY, FILE)
+"""Kinds addressed to a professional (or their organisation), who sees and decides them."""
 OBJECTION = "object-to-filing"
 """``Consent.policyRule`` code (in ``consent.CHOICE_SYSTEM``) of an objection to filing."""
 AGENCY_OWNER: dict[str, Any] = {
@@ -73,7 +83,7 @@ OPEN = ("requested", "accepted")
 DECISIONS = ("accepted", "rejected", "completed", "cancelled")
 REASON_MAX = 2000
 _REFERENCE = re.compile(r"^([A-Z][A-Za-z]{1,63})/([A-Za-z0-9\-.]{1,64})$")
-_DISPLAY = {RECTIFY: "Rectification of an item", ERASE: "Erasure of an item"}
+_DISPLAY = {RECTIFY: "Rectification of an item", ERASE: "Erasure of an item", FILE: "Filing of an item"}
 
 # categories an objection or request cannot be about (identity is the record itself, the holder's
 # own choices and the access log are not filed items, the holder writes their own area freely)
@@ -111,7 +121,7 @@ class RequestConflict(RequestError):
 
 @dataclass(frozen=True, slots=True)
 class RecordRequest:
-    """A rectification or erasure request as the portal lists it."""
+    """A rectification, erasure or filing request as the portal lists it."""
 
     id: str
     patient_id: str
@@ -124,13 +134,19 @@ class RecordRequest:
     decided_at: datetime | None
     author_practitioner_id: str | None
     owner_organization_id: str | None
+    due: datetime | None = None
+    """When a filing request must be done by (its Task's ``restriction.period.end``)."""
 
     @property
     def open(self) -> bool:
         return self.status in OPEN
 
+    def overdue(self, now: datetime) -> bool:
+        """Still open after its due date (a filing request past art. 9(2)'s deadline)."""
+        return self.open and self.due is not None and now > self.due
 
-def _request(row: Row[Any]) -> RecordRequest:
+
+def _request(row: Row[Any], due: datetime | None = None) -> RecordRequest:
     return RecordRequest(
         row.id,
         row.patient_id,
@@ -143,6 +159,7 @@ def _request(row: Row[Any]) -> RecordRequest:
         row.decided_at,
         row.author_practitioner_id,
         row.owner_organization_id,
+        due,
     )
 
 
@@ -304,7 +321,7 @@ def file_request(
     """The holder asks for an item to be corrected (by its author's organisation, or the Agence
     when the author is unknown) or erased (by the Agence). One open request per kind and item."""
     _holder_side(who)
-    if kind not in KINDS:
+    if kind not in (RECTIFY, ERASE):
         raise RequestError("Choose what you ask for: a correction or an erasure")
     text = reason.strip()
     if not text:
@@ -331,7 +348,7 @@ def file_request(
         if already is not None:
             raise RequestConflict("You have already asked for this: your request is still open")
         practitioner, organization = _author(conn, stored, patient) if kind == RECTIFY else (None, None)
-        task = _task(who, patient, reference, kind, text, now, practitioner, organization)
+        task = _task(who, patient, kind, text, now, practitioner, organization, focus=reference)
         task_id = svc.for_session(None).create_in(conn, task).stored.id
         conn.execute(
             rq.insert().values(
@@ -354,6 +371,65 @@ def file_request(
     return _request(row)
 
 
+def ask_to_file(
+    svc: FhirService,
+    who: Principal,
+    practitioner_id: str,
+    description: str,
+    now: datetime,
+    days: int,
+    *,
+    patient_id: str | None = None,
+) -> RecordRequest:
+    """The holder asks a professional they have or had a care relationship with to file an item
+    (art. 9(2)): a Task owned by that Practitioner, due ``days`` from ``now``. The record is read
+    through the caller's access decision (``Patient/<id>``, else ``UnknownItem``)."""
+    _holder_side(who)
+    text = description.strip()
+    if not text:
+        raise RequestError("Describe the item to file")
+    if len(text) > REASON_MAX:
+        raise RequestError("Keep the explanation under 2000 characters")
+    wanted = patient_id or who.patient_id
+    if not wanted:
+        raise UnknownItem("There is no such item, or you have no access to it")
+    with svc.transaction() as conn:
+        record = _visible(svc, conn, "Patient", wanted, "r")
+        patient = _holder_patient(conn, who, record, now, wanted)
+        cr = care_relationship
+        known = conn.execute(
+            select(cr.c.id).where(
+                cr.c.patient_id == patient, cr.c.practitioner_id == practitioner_id, cr.c.starts <= now
+            )
+        ).first()
+        if not practitioner_id or known is None:
+            raise RequestError("Choose a professional who takes or took part in your care")
+        due = now + timedelta(days=days)
+        task = _task(who, patient, FILE, text, now, practitioner_id, None, due=due)
+        task_id = svc.for_session(None).create_in(conn, task).stored.id
+        rq = record_request
+        conn.execute(
+            rq.insert().values(
+                id=task_id,
+                patient_id=patient,
+                kind=FILE,
+                resource_type="Patient",
+                resource_id=patient,
+                item_version=record.version,
+                status="requested",
+                author_practitioner_id=practitioner_id,
+                owner_organization_id=None,
+                reason=text,
+                created=now,
+                created_by=who.subject,
+            )
+        )
+        what = f"request-{FILE} Practitioner/{practitioner_id}"
+        _audit(conn, who, audit.AuditAction.CREATE, patient, what, task_id)
+        row = conn.execute(select(rq).where(rq.c.id == task_id)).one()
+    return _request(row, due)
+
+
 def decide(
     svc: FhirService, who: Principal, request_id: str, status: str, reason: str, now: datetime
 ) -> RecordRequest:
@@ -361,7 +437,8 @@ def decide(
     ``cancelled`` (by the holder). Rectifications are decided by their author (the professional,
     or the professionals and systems of the author's organisation) or the Agence, and completed
     only once the item has been corrected; erasures by agency administrators, and completing one
-    erases the item. A request the caller may not see answers as unknown."""
+    erases the item; filing requests by the professional asked (or the Agence). A request the
+    caller may not see answers as unknown."""
     if status not in DECISIONS:
         raise RequestError("Choose accept, reject, complete or cancel")
     text = reason.strip()
@@ -379,6 +456,8 @@ def decide(
                 if status == "cancelled"
                 else "Only the author of the item or the Agence can decide this request"
                 if row.kind == RECTIFY
+                else "Only the professional asked or the Agence can decide this request"
+                if row.kind == FILE
                 else "Only an agency administrator can decide an erasure request"
             )
         if row.status not in OPEN or row.status == status:
@@ -419,7 +498,8 @@ def decide(
             conn, who, audit.AuditAction.UPDATE, row.patient_id, f"{row.kind}-request {status}", request_id
         )
         done = conn.execute(select(rq).where(rq.c.id == request_id)).one()
-    return _request(done)
+        due = _due_dates(conn, [done]).get(request_id)
+    return _request(done, due)
 
 
 def erase_item(conn: Connection, rtype: str, rid: str, now: datetime) -> int:
@@ -450,26 +530,61 @@ def erase_item(conn: Connection, rtype: str, rid: str, now: datetime) -> int:
 def requests_of(conn: Connection, patient_id: str) -> list[RecordRequest]:
     """The holder's requests, newest first (their own data: the "my requests" list)."""
     rq = record_request
-    rows = conn.execute(
-        select(rq).where(rq.c.patient_id == patient_id).order_by(rq.c.created.desc(), rq.c.id)
+    rows = list(
+        conn.execute(select(rq).where(rq.c.patient_id == patient_id).order_by(rq.c.created.desc(), rq.c.id))
     )
-    return [_request(r) for r in rows]
+    due = _due_dates(conn, rows)
+    return [_request(r, due.get(r.id)) for r in rows]
 
 
 def rectification_requests(svc: FhirService, *, open_only: bool = True) -> list[RecordRequest]:
-    """The rectification requests the caller (an author) may see, newest first: read as Tasks
-    through the caller's access decision (and audited), then their projection rows."""
-    params = [("code", f"{REQUEST_SYSTEM}|{RECTIFY}"), ("_count", "200"), ("_sort", "-_lastUpdated")]
+    """The rectification requests the caller (an author) may see, newest first."""
+    return addressed_requests(svc, (RECTIFY,), open_only=open_only)
+
+
+def addressed_requests(
+    svc: FhirService, kinds: Iterable[str] = ADDRESSED, *, open_only: bool = True
+) -> list[RecordRequest]:
+    """The requests of ``kinds`` addressed to the caller (a professional or facility system)
+    that they may see, newest first: read as Tasks through the caller's access decision (and
+    audited), then their projection rows; a filing request's due date from its Task."""
+    codes = ",".join(f"{REQUEST_SYSTEM}|{kind}" for kind in kinds)
+    params = [("code", codes), ("_count", "200"), ("_sort", "-_lastUpdated")]
     if open_only:
         params.append(("status", ",".join(OPEN)))
     found = svc.search(svc.parse_search("Task", params, strict=True)).matches
+    due = {s.id: _due_of(s.resource()) for s in found if s.content is not None}
     ids = [s.id for s in found]
     if not ids:
         return []
     rq = record_request
     with svc.engine.connect() as conn:
-        rows = {r.id: _request(r) for r in conn.execute(select(rq).where(rq.c.id.in_(ids)))}
+        rows = {r.id: _request(r, due.get(r.id)) for r in conn.execute(select(rq).where(rq.c.id.in_(ids)))}
     return [rows[i] for i in ids if i in rows]
+
+
+def _due_of(task: Mapping[str, Any]) -> datetime | None:
+    """``Task.restriction.period.end`` as naive UTC (the stored form), or None."""
+    end = ((task.get("restriction") or {}).get("period") or {}).get("end")
+    if not isinstance(end, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(end.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
+
+
+def _due_dates(conn: Connection, rows: Iterable[Row[Any]]) -> dict[str, datetime]:
+    """The due dates of the filing requests among ``rows``, from their current Tasks."""
+    ids = [r.id for r in rows if r.kind == FILE]
+    if not ids:
+        return {}
+    found = conn.execute(
+        select(resource.c.id, resource.c.content).where(resource.c.type == "Task", resource.c.id.in_(ids))
+    )
+    dates = {r.id: _due_of(orjson.loads(r.content)) for r in found if r.content}
+    return {k: v for k, v in dates.items() if v is not None}
 
 
 def erasure_requests(conn: Connection, *, open_only: bool = True) -> list[RecordRequest]:
@@ -484,12 +599,14 @@ def erasure_requests(conn: Connection, *, open_only: bool = True) -> list[Record
 def _task(
     who: Principal,
     patient_id: str,
-    reference: str,
     kind: str,
     reason: str,
     now: datetime,
     practitioner: str | None,
     organization: str | None,
+    *,
+    focus: str | None = None,
+    due: datetime | None = None,
 ) -> dict[str, Any]:
     if organization:
         owner: dict[str, Any] = {"reference": f"Organization/{organization}"}
@@ -501,21 +618,28 @@ def _task(
     requester = (
         {"reference": f"Patient/{patient_id}"} if own else {"display": who.display or "Representative"}
     )
-    return {
+    task: dict[str, Any] = {
         "resourceType": "Task",
         "status": "requested",
         "intent": "order",
         "priority": "routine",
         "code": {"coding": [{"system": REQUEST_SYSTEM, "code": kind, "display": _DISPLAY[kind]}]},
-        "description": f"{_DISPLAY[kind]} asked by the holder of the record: {reference}",
-        "focus": {"reference": reference},
+        "description": f"{_DISPLAY[kind]} asked by the holder of the record"
+        + (f": {focus}" if focus else ""),
+    }
+    if focus is not None:
+        task["focus"] = {"reference": focus}
+    task |= {
         "for": {"reference": f"Patient/{patient_id}"},
         "authoredOn": instant(now),
         "lastModified": instant(now),
         "requester": requester,
         "owner": owner,
-        "note": [{"text": reason, "time": instant(now)}],
     }
+    if due is not None:
+        task["restriction"] = {"period": {"start": instant(now), "end": instant(due)}}
+    task["note"] = [{"text": reason, "time": instant(now)}]
+    return task
 
 
 def _update_task(
@@ -549,8 +673,9 @@ def _may_decide(who: Principal, kind: str, status: str) -> bool:
         return who.kind in (PrincipalKind.PATIENT, PrincipalKind.REPRESENTATIVE)
     if who.kind is PrincipalKind.ADMIN or (who.kind is PrincipalKind.SYSTEM and who.trusted):
         return True
-    # the author's side sees a rectification only when the access decision names it the owner
-    return kind == RECTIFY and who.kind in (PrincipalKind.PROFESSIONAL, PrincipalKind.SYSTEM)
+    # the author's side (or the professional asked to file) sees a request only when the access
+    # decision names it the owner
+    return kind in ADDRESSED and who.kind in (PrincipalKind.PROFESSIONAL, PrincipalKind.SYSTEM)
 
 
 def _sees_request(svc: FhirService, conn: Connection, who: Principal, task_id: str) -> bool:

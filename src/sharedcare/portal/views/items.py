@@ -2,9 +2,11 @@
 
 - the holder (or a representative) lists the record's items and their own requests, withdraws
   an item from the shared record (objection to filing) or files it again, asks its author for a
-  correction or the agency for its erasure, and cancels an open request;
+  correction or the agency for its erasure, asks a professional of their care to file an item
+  (art. 9(2), due ``filing_request_days`` later), and cancels an open request;
 - professionals release items held back for a consultation d'annonce, and decide the
-  correction requests on the items they (or their organisation) wrote;
+  correction requests on the items they (or their organisation) wrote and the filing requests
+  addressed to them (overdue ones flagged, as in the holder's list);
 - agency administrators decide the erasure requests.
 
 Every item is read through the user's own access decision (``records.view``): an item the user
@@ -21,9 +23,11 @@ from typing import Annotated, Any, Protocol
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import Response
 
+from sharedcare.access import care
 from sharedcare.access import requests as rights
 from sharedcare.access.principals import PrincipalKind
 from sharedcare.fhir.errors import FhirError
+from sharedcare.fhir.service import FhirService
 from sharedcare.portal import csrf, records
 from sharedcare.portal.deps import holder_side, now, professional, signed_in
 from sharedcare.portal.i18n import N_, Translator
@@ -59,9 +63,12 @@ REQUEST_MESSAGES = (
     N_("Only the holder of the record or their representative can ask for this"),
     N_("There is no such item, or you have no access to it"),
     N_("This kind of item cannot be withdrawn, corrected or erased this way"),
+    N_("Describe the item to file"),
+    N_("Choose a professional who takes or took part in your care"),
+    N_("Only the professional asked or the Agence can decide this request"),
 )
 """The messages of ``access.requests``, for extraction (they are shown translated)."""
-KIND_LABELS = {rights.RECTIFY: N_("Correction"), rights.ERASE: N_("Erasure")}
+KIND_LABELS = {rights.RECTIFY: N_("Correction"), rights.ERASE: N_("Erasure"), rights.FILE: N_("Filing")}
 STATUS_LABELS = {
     "requested": N_("Sent"),
     "accepted": N_("Accepted"),
@@ -130,12 +137,27 @@ def _decide(
 
 
 # -- the holder's items and requests ------------------------------------------------------------
-def _items(request: Request, user: PortalUser, *, error: str | None = None, status: int = 200) -> Response:
+def _items(
+    request: Request,
+    user: PortalUser,
+    *,
+    error: str | None = None,
+    status: int = 200,
+    keep: dict[str, str] | None = None,
+) -> Response:
     assert user.record is not None
+    at = now()
     _patient, items = record_overview(records.view(request, user), user.record)
     with request.app.state.engine.connect() as conn:
         withdrawn = rights.objections(conn, user.record)
         mine = rights.requests_of(conn, user.record)
+        cared = {r.practitioner_id for r in care.of_patient(conn, user.record, at, include_ended=True)}
+    asked = {f"Practitioner/{r.author_practitioner_id}" for r in mine if r.kind == rights.FILE}
+    names = records.directory_names(request, {f"Practitioner/{p}" for p in cared if p} | asked)
+    professionals = sorted(
+        ((ref.split("/", 1)[1], name) for ref, name in names.items() if ref.split("/", 1)[1] in cared),
+        key=lambda pair: pair[1].lower(),
+    )
     titles = {i.reference: i for i in items}
     t = Translator(language(request, user))
     context = {
@@ -143,6 +165,11 @@ def _items(request: Request, user: PortalUser, *, error: str | None = None, stat
         "withdrawn": withdrawn,
         "requests": mine,
         "titles": titles,
+        "names": names,
+        "professionals": professionals,
+        "filing_days": request.app.state.settings.filing_request_days,
+        "now": at,
+        "keep": keep or {},
         "error": error,
         **_labels(t),
     }
@@ -251,6 +278,35 @@ def file_request(
     return _holder_act(request, user, reference, N_("Your request is sent."), act)
 
 
+@router.post("/items/ask-to-file")
+def ask_to_file(
+    request: Request,
+    practitioner: Text = "",
+    description: Text = "",
+    user: PortalUser = Depends(holder_side),
+    at: datetime = Depends(now),
+) -> Response:
+    """Ask a professional of the holder's care to file an item (art. 9(2)): due in
+    ``filing_request_days``; refused, the page again with the reason and the text kept."""
+    t = Translator(language(request, user))
+    days = request.app.state.settings.filing_request_days
+    try:
+        rights.ask_to_file(
+            records.view(request, user),
+            user.principal,
+            practitioner,
+            description,
+            at,
+            days,
+            patient_id=user.record,
+        )
+    except rights.RequestError as exc:
+        keep = {"practitioner": practitioner, "description": description}
+        return _items(request, user, error=_message(t, exc), status=exc.status, keep=keep)
+    flash(request, N_("Your request is sent."))
+    return redirect(ITEMS)
+
+
 @router.post("/items/cancel")
 def cancel_request(
     request: Request,
@@ -287,18 +343,31 @@ def _pro_requests(
     request: Request, user: PortalUser, *, error: str | None = None, status: int = 200
 ) -> Response:
     service = records.view(request, user)
-    found = rights.rectification_requests(service, open_only=False)
-    refs = [r.reference for r in found]
+    found = rights.addressed_requests(service, open_only=False)
+    refs = [r.reference for r in found if r.kind != rights.FILE]
     titles = records.titles(service, refs, {ref.split("/")[0] for ref in refs})
+    patients = {r.patient_id for r in found if r.kind == rights.FILE}
     t = Translator(language(request, user))
     context = {
         "open": [r for r in found if r.open],
         "closed": [r for r in found if not r.open][:20],
         "titles": titles,
+        "patients": _patient_names(service, patients),
+        "now": now(),
         "error": error,
         **_labels(t),
     }
     return render(request, "pro_requests.html", context, user=user, status=status)
+
+
+def _patient_names(service: FhirService, patient_ids: set[str]) -> dict[str, str]:
+    """The names of the patients of filing requests, read through the professional's own access
+    decision (audited); a record they may not read keeps its id."""
+    if not patient_ids:
+        return {}
+    params = [("_id", ",".join(sorted(patient_ids))), ("_count", "200")]
+    found = service.search(service.parse_search("Patient", params, strict=True)).matches
+    return {s.id: records.human_name(s.resource()) for s in found}
 
 
 @router.get("/pro/requests")

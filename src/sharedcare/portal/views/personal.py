@@ -11,7 +11,10 @@ Representation (standard FHIR R4 / IHE, see ``docs/portal.md``):
   uploaded file as a second document of the same type;
 - the organ-donation wish is a ``Consent`` (scope ``adr``, category LOINC 64300-7): a
   computable permit/deny (with the organs allowed when only some are), versioned when changed
-  and ``inactive`` when withdrawn.
+  and ``inactive`` when withdrawn;
+- the agreement to keep the record longer after closure (art. 9(5)) is a dated ``Consent``
+  recorded by ``access.lifecycle`` (a choice of the holder's, which no professional reads; the
+  holder reads it through their own session here), ``inactive`` when withdrawn.
 
 All three fall in the ``personal-expression`` row of the access matrix (``access.categories``):
 every write goes through the holder's own session (write check, audit), and every read through
@@ -28,7 +31,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import Response
+from sqlalchemy import Connection
 
+from sharedcare.access import lifecycle as record_lifecycle
 from sharedcare.access.categories import DOCUMENT_TYPE_SYSTEM, LOINC, PERSONAL_DOCUMENT
 from sharedcare.access.policy import authored_by
 from sharedcare.documents import lifecycle
@@ -37,11 +42,12 @@ from sharedcare.documents.mhd import Content
 from sharedcare.fhir.errors import FhirError
 from sharedcare.fhir.service import FhirService
 from sharedcare.portal import csrf, records
-from sharedcare.portal.deps import holder_side, professional
+from sharedcare.portal.deps import holder_side, now, professional
 from sharedcare.portal.i18n import N_, Translator
 from sharedcare.portal.pages import flash, language, redirect, render
 from sharedcare.portal.sessions import PortalError, PortalUser
 from sharedcare.portal.views import documents
+from sharedcare.storage.engine import writer
 
 router = APIRouter(dependencies=[Depends(csrf.require_csrf)])
 
@@ -67,6 +73,11 @@ WITHDRAWN = N_("Withdrawn: professionals no longer see it as current.")
 REFUSED = N_("This could not be saved: %(reason)s")
 NOT_YOURS = N_("Only what you or your representatives wrote can be changed here.")
 NOT_FOUND = N_("No record was found, or you have no access to it.")
+NO_YEARS = N_("Choose between 1 and %(max)s extra years.")
+RETENTION_SAVED = N_("Your agreement is recorded.")
+RETENTION_WITHDRAWN = N_("Your agreement is withdrawn: the usual period applies again.")
+RETENTION_MESSAGES = (N_("Only the holder of the record or their representative can agree to this"),)
+"""The messages of ``access.lifecycle.RetentionError`` the page may show, for extraction."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +222,7 @@ def _page(
     status: int = 200,
 ) -> Response:
     found = writings(request, user, service, patient_id, base)
+    settings = request.app.state.settings
     context = {
         "base": base,
         "editable": editable,
@@ -221,6 +233,9 @@ def _page(
         "wish": organ_wish(service, patient_id),
         "accept": ",".join(documents.UPLOAD_TYPES),
         "max_text": MAX_TEXT,
+        "retention": record_lifecycle.retention_agreement(service, patient_id) if editable else None,
+        "retention_base": settings.delete_after_closure_years,
+        "retention_max": settings.retention_extension_max_years,
     }
     return render(request, "personal.html", context, user=user, status=status)
 
@@ -403,6 +418,62 @@ def withdraw_organ_wish(request: Request, user: PortalUser = Depends(holder_side
             service.update("Consent", current.id, {**res, "status": "inactive"})
 
     return _change(request, user, withdraw, WITHDRAWN)
+
+
+@router.post("/personal/retention")
+def agree_retention(
+    request: Request,
+    years: Annotated[str, Form()] = "",
+    user: PortalUser = Depends(holder_side),
+    at: datetime = Depends(now),
+) -> Response:
+    """Record the holder's agreement that their record is kept ``years`` longer after closure
+    (a new agreement replaces the current one)."""
+    t = Translator(language(request, user))
+    settings = request.app.state.settings
+    most = settings.retention_extension_max_years
+    count = int(years) if years.strip().isdigit() else 0
+    if not 1 <= count <= most:
+        return _holder_page(request, user, t.gettext(NO_YEARS, max=most), 400)
+    record = user.record
+    assert record is not None
+    fhir = request.app.state.fhir
+
+    def agree(conn: Connection) -> object:
+        return record_lifecycle.agree_retention_extension(
+            conn, fhir, settings, user.principal, record, count, at
+        )
+
+    return _retention_change(request, user, agree, RETENTION_SAVED)
+
+
+@router.post("/personal/retention/withdraw")
+def withdraw_retention(
+    request: Request, user: PortalUser = Depends(holder_side), at: datetime = Depends(now)
+) -> Response:
+    """Withdraw the agreement: the record is deleted at the end of the usual period again."""
+    record = user.record
+    assert record is not None
+    fhir = request.app.state.fhir
+
+    def withdraw(conn: Connection) -> object:
+        return record_lifecycle.withdraw_retention_extension(conn, fhir, user.principal, record, at)
+
+    return _retention_change(request, user, withdraw, RETENTION_WITHDRAWN)
+
+
+def _retention_change(
+    request: Request, user: PortalUser, act: Callable[[Connection], object], done: str
+) -> Response:
+    """One change of the agreement in a writer transaction; a refusal changes nothing and shows why."""
+    try:
+        with writer(request.app.state.engine).begin() as conn:
+            act(conn)
+    except record_lifecycle.RetentionError as exc:
+        t = Translator(language(request, user))
+        return _holder_page(request, user, t.gettext(str(exc)), 403)
+    flash(request, done)
+    return redirect("/portal/personal")
 
 
 @router.get("/pro/patients/{patient_id}/personal")
