@@ -1,5 +1,6 @@
 """Minors in the portal: the professional admits a minor in their care to act alone; that minor,
-signed in to their own account, objects to their parents' access and allows it again."""
+signed in to their own account, objects to their parents' access and allows it again; the
+professional who recorded the decision, and only they, withdraws it: the parents' rights come back."""
 
 from __future__ import annotations
 
@@ -10,19 +11,22 @@ import pytest
 from fastapi.testclient import TestClient
 from portal_http import post, sign_in
 from portal_world import Person, World, enrol
+from sqlalchemy import select
 
 from sharedcare.access import consent, minors
-from sharedcare.access.models import minor_objection
+from sharedcare.access.models import minor_autonomy, minor_objection
 from sharedcare.access.principals import Principal, PrincipalKind
+from sharedcare.identity import accounts
 from sharedcare.identity.matricule import MATRICULE_SYSTEM, generate
 from sharedcare.storage.engine import writer
-from support import add_care
+from support import add_care, bearer
 
 Browser = Callable[[], TestClient]
 KID_PAGE = "/portal/pro/patients/kid"
 ACT_ALONE = "Record that this minor acts alone"
 OBJECT = "Object to my parents' access"
 ALLOW = "Allow my parents' access again"
+WITHDRAW = "Withdraw the decision"
 
 
 def _now() -> datetime:
@@ -133,3 +137,175 @@ def test_the_minor_objects_to_the_parents_access_and_allows_it_again(
     assert "Tom" in jean.get("/portal/home").text
     log = tom.get("/portal/log?act=rights&who=all").text
     assert "Objection to the parents&#39; access" in log and "Parents&#39; access allowed again" in log
+
+
+# -- the professional withdraws the decision -----------------------------------------------------------
+def _objects(world: World) -> None:
+    tom = Principal(PrincipalKind.PATIENT, "tom", patient_id="kid")
+    with writer(world.engine).begin() as conn:
+        minors.object_to_parents(conn, world.app.state.fhir, tom, "kid", _now())
+
+
+def _parent_reads_kid(world: World) -> int:
+    """The status of the parent's read of Tom's Patient through the API (the access decision)."""
+    jean = Principal(PrincipalKind.REPRESENTATIVE, world.representative.account_id)
+    api = TestClient(world.app)
+    return api.get("/fhir/Patient/kid", headers=bearer(world.app, jean, "user/*.read")).status_code
+
+
+def _decision_row(world: World) -> tuple[object, object]:
+    with world.engine.connect() as conn:
+        row = conn.execute(select(minor_autonomy.c.withdrawn_at, minor_autonomy.c.withdrawn_by)).one()
+    return row.withdrawn_at, row.withdrawn_by
+
+
+@pytest.fixture
+def colleague(world: World, kid: Person) -> Person:
+    """Dr Ines Kieffer, also in Tom's care: not the author of the decision."""
+    with writer(world.engine).begin() as conn:
+        add_care(conn, "stranger-kid", "kid", "stranger", _now())
+    return world.stranger
+
+
+def test_the_author_withdraws_the_decision_and_the_parents_exercise_the_rights_again(
+    world: World, kid: Person, colleague: Person, browser: Browser
+) -> None:
+    _autonomous(world)
+    _objects(world)
+    assert _parent_reads_kid(world) in (403, 404)  # the minor's objection is in force
+    gp = browser()
+    sign_in(gp, world.gp)
+    page = gp.get(KID_PAGE).text
+    assert "Basis: law of 24 July 2014" in page and "Dr Claire Hoffmann" in page
+    assert WITHDRAW in page and "the parents or the legal representative exercise this minor" in page
+    # nothing changes without a reason, or without the confirmation
+    no_reason = post(gp, f"{KID_PAGE}/autonomy/withdraw", {"understood": "yes", "reason": " "}, KID_PAGE)
+    assert no_reason.status_code == 400 and "Give the reason for withdrawing the decision." in no_reason.text
+    unconfirmed = post(gp, f"{KID_PAGE}/autonomy/withdraw", {"reason": "Reassessed"}, KID_PAGE)
+    assert unconfirmed.status_code == 400 and "Confirm that the parents" in unconfirmed.text
+    too_long = post(gp, f"{KID_PAGE}/autonomy/withdraw", {"understood": "yes", "reason": "x" * 501}, KID_PAGE)
+    assert too_long.status_code == 400
+    assert _decided(world) and _objecting(world) and _parent_reads_kid(world) in (403, 404)
+
+    reason = "Discernment reassessed at today's consultation"
+    done = post(gp, f"{KID_PAGE}/autonomy/withdraw", {"understood": "yes", "reason": reason}, KID_PAGE)
+    assert done.status_code == 303 and done.headers["location"] == KID_PAGE
+    page = gp.get(KID_PAGE).text
+    assert "The decision is withdrawn: the parents exercise the minor&#39;s rights again." in page
+    assert WITHDRAW not in page and ACT_ALONE in page  # a new decision may be recorded
+    assert not _decided(world) and not _objecting(world)
+    withdrawn_at, by = _decision_row(world)
+    assert withdrawn_at is not None and by == "professional"
+    # the parents read again, by the access decision, and the portal shows them the record
+    assert _parent_reads_kid(world) == 200
+    jean = browser()
+    sign_in(jean, world.representative)
+    assert "Tom" in jean.get("/portal/home").text
+    assert (
+        "The parents or the legal representative exercise the rights of this minor"
+        in jean.get("/portal/access").text
+    )
+    # the minor no longer acts alone: no objection possible, and their page says who acts
+    tom = browser()
+    sign_in(tom, kid)
+    access = tom.get("/portal/access").text
+    assert OBJECT not in access and "Your parents or your legal representative exercise your rights" in access
+    assert post(tom, "/portal/access/parents/object", {}, "/portal/access").status_code == 403
+    assert not _objecting(world) and _parent_reads_kid(world) == 200
+    # kept: the Consent is inactive with the reason; the access log says what happened
+    with world.engine.connect() as conn:
+        consent_id = conn.execute(select(minor_autonomy.c.consent_id)).scalar_one()
+    stored = world.app.state.fhir.read("Consent", consent_id).resource()
+    assert stored["status"] == "inactive"
+    assert {"url": minors.WITHDRAWAL_REASON, "valueString": reason} in stored["extension"]
+    log = tom.get("/portal/log?act=rights&who=all").text
+    assert "No longer admitted to exercise your rights alone" in log
+    # already withdrawn: refused with the reason, nothing changes
+    again = post(gp, f"{KID_PAGE}/autonomy/withdraw", {"understood": "yes", "reason": "again"}, KID_PAGE)
+    assert again.status_code == 403 and "This minor does not exercise their rights alone" in again.text
+    assert _decision_row(world) == (withdrawn_at, by)
+
+
+def test_another_professional_sees_the_decision_but_cannot_withdraw_it(
+    world: World, kid: Person, colleague: Person, browser: Browser
+) -> None:
+    _autonomous(world)
+    _objects(world)
+    other = browser()
+    sign_in(other, colleague)
+    page = other.get(KID_PAGE)
+    assert page.status_code == 200
+    assert "This minor exercises their rights alone since" in page.text and "Dr Claire Hoffmann" in page.text
+    assert "Basis: law of 24 July 2014" in page.text and WITHDRAW not in page.text
+    refused = post(other, f"{KID_PAGE}/autonomy/withdraw", {"understood": "yes", "reason": "No"}, KID_PAGE)
+    assert refused.status_code == 403 and "Only the professional who recorded this decision" in refused.text
+    assert _decided(world) and _objecting(world) and _decision_row(world) == (None, None)
+    assert _parent_reads_kid(world) in (403, 404)
+    # the parent, while the minor acts alone without objecting, is told so
+    tom = Principal(PrincipalKind.PATIENT, "tom", patient_id="kid")
+    with writer(world.engine).begin() as conn:
+        minors.allow_parents(conn, world.app.state.fhir, tom, "kid", _now())
+    jean = browser()
+    sign_in(jean, world.representative)
+    assert "This minor exercises their rights alone since" in jean.get("/portal/access").text
+
+
+def test_no_withdrawal_once_the_patient_is_no_longer_a_minor(
+    world: World, kid: Person, browser: Browser
+) -> None:
+    _autonomous(world)
+    patient = world.app.state.fhir.read("Patient", "kid").resource()
+    patient["birthDate"] = date(_now().year - 19, 1, 1).isoformat()  # the record's birth date corrected
+    world.app.state.fhir.update("Patient", "kid", patient)
+    gp = browser()
+    sign_in(gp, world.gp)
+    assert "Rights of a minor" not in gp.get(KID_PAGE).text
+    refused = post(gp, f"{KID_PAGE}/autonomy/withdraw", {"understood": "yes", "reason": "Grown"}, KID_PAGE)
+    assert refused.status_code == 403 and "no longer a minor" in refused.text
+    assert _decision_row(world) == (None, None)
+
+
+@pytest.mark.parametrize(
+    ("lang", "button", "basis", "missing", "parents"),
+    [
+        (
+            "fr",
+            "Retirer la décision",
+            "Base : loi du 24 juillet 2014",
+            "Indiquez le motif du retrait de la décision.",
+            "Les parents ou le représentant légal exercent les droits de ce mineur",
+        ),
+        (
+            "de",
+            "Entscheidung widerrufen",
+            "Grundlage: Gesetz vom 24. Juli 2014",
+            "Geben Sie die Begründung für den Widerruf der Entscheidung an.",
+            "Die Eltern oder der gesetzliche Vertreter üben die Rechte dieses Minderjährigen",
+        ),
+    ],
+)
+def test_the_withdrawal_is_in_french_and_german(
+    world: World,
+    kid: Person,
+    browser: Browser,
+    lang: str,
+    button: str,
+    basis: str,
+    missing: str,
+    parents: str,
+) -> None:
+    _autonomous(world)
+    with accounts.transaction(world.engine) as conn:
+        accounts.set_language(conn, world.gp.account_id, lang)
+        accounts.set_language(conn, world.representative.account_id, lang)
+    gp = browser()
+    sign_in(gp, world.gp)
+    page = gp.get(KID_PAGE).text
+    assert button in page and basis in page
+    refused = post(gp, f"{KID_PAGE}/autonomy/withdraw", {"understood": "yes"}, KID_PAGE)
+    assert refused.status_code == 400 and missing in refused.text
+    post(gp, f"{KID_PAGE}/autonomy/withdraw", {"understood": "yes", "reason": "Réévalué"}, KID_PAGE)
+    assert not _decided(world)
+    jean = browser()
+    sign_in(jean, world.representative)
+    assert parents in jean.get("/portal/access").text

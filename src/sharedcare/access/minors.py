@@ -26,9 +26,9 @@ minor's care, never an age rule. Majority (18, Civil Code) is the only age the p
 - ``withdraw_autonomy``: the decision is withdrawn by the professional who recorded it (a
   mistake, or the minor's discernment reassessed), while in the minor's care, or by the minor,
   personally (handing the exercise of the rights back to the parents). Nothing is deleted: the
-  row is dated ``withdrawn_at``, its Consent made ``inactive``; a standing objection to the
-  parents ends with it (only an autonomous minor may object), so the parents' delegations count
-  again at once. A new decision may be recorded later.
+  row is dated ``withdrawn_at``, its Consent made ``inactive`` (with the professional's reason);
+  a standing objection to the parents ends with it (only an autonomous minor may object), so the
+  parents' delegations count again at once. A new decision may be recorded later.
 - At 18 a parent's delegation ends by itself: ``representation_in_force`` compares the birth
   date of the holder's ``Patient`` with the clock of the statement that reads it, so the end is
   exact to the day without a scheduled job. A guardian's delegation is left alone at 18 (a
@@ -76,6 +76,8 @@ MINOR_REPRESENTATIVES = ("parent", "guardian")
 every other delegation their accounts hold to the record."""
 AUTONOMY = "minor-autonomy"
 OBJECTION = "minor-objection"
+WITHDRAWAL_REASON = "https://sharedcare.lu/fhir/StructureDefinition/withdrawal-reason"
+"""Extension of a withdrawn decision's Consent: why the professional withdrew it."""
 _ROLE_CLASS = "http://terminology.hl7.org/CodeSystem/v3-RoleClass"
 _ACCESS = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentaction", "code": "access"}]}
 
@@ -307,11 +309,21 @@ def record_autonomy(
 
 
 def withdraw_autonomy(
-    conn: Connection, fhir: FhirService, policy: AccessPolicy, who: Principal, patient_id: str, now: datetime
+    conn: Connection,
+    fhir: FhirService,
+    policy: AccessPolicy,
+    who: Principal,
+    patient_id: str,
+    now: datetime,
+    reason: str = "",
 ) -> None:
     """Withdraw the decision in force: by the professional who recorded it, while in the minor's
-    care, or by the minor personally. A standing objection to the parents ends with it."""
-    decision = status(conn, patient_id, now).autonomy
+    care, or by the minor personally. A standing objection to the parents ends with it. The
+    ``reason`` (the portal asks the professional for one) is kept in the inactive Consent."""
+    current = status(conn, patient_id, now)
+    if not current.minor:
+        raise MinorError("This patient is no longer a minor by the date of birth in the record")
+    decision = current.autonomy
     if decision is None:
         raise MinorError("This minor does not exercise their rights alone")
     if who.kind is PrincipalKind.PATIENT and who.patient_id == patient_id and not who.acting_for:
@@ -328,7 +340,7 @@ def withdraw_autonomy(
         .where(minor_autonomy.c.id == decision.id)
         .values(withdrawn_at=now, withdrawn_by=by)
     )
-    consent.deactivate_consent(conn, fhir, decision.consent_id)
+    _end_decision(conn, fhir, decision.consent_id, reason.strip())
     consent.audit_change(conn, who, patient_id, "withdraw-minor-autonomy", decision.consent_id)
     objection = _objection(conn, patient_id)
     if objection is not None:
@@ -337,6 +349,22 @@ def withdraw_autonomy(
         )
         consent.deactivate_consent(conn, fhir, objection.consent_id)
         consent.audit_change(conn, who, patient_id, "allow-parents", objection.consent_id)
+
+
+def _end_decision(conn: Connection, fhir: FhirService, consent_id: str | None, reason: str) -> None:
+    """The decision's Consent made ``inactive`` in one new version, with the professional's
+    reason as an extension (R4 ``Consent`` has no element for it)."""
+    if not reason or not consent_id:
+        consent.deactivate_consent(conn, fhir, consent_id)
+        return
+    svc = fhir.for_session(None)
+    current = svc.store.current(conn, "Consent", consent_id)
+    if current is None or current.deleted:
+        return
+    res = current.resource()
+    res["status"] = "inactive"
+    res["extension"] = [*res.get("extension", []), {"url": WITHDRAWAL_REASON, "valueString": reason}]
+    svc.update_in(conn, "Consent", consent_id, res)
 
 
 # -- the minor's objection ---------------------------------------------------------------------------

@@ -80,6 +80,7 @@ CONSENT_CHANGES = {
     "register": N_("Registered by a care facility"),
     "issue-connection-code": N_("Connection code issued"),
     "minor-autonomy": N_("Admitted to exercise your rights alone"),
+    "withdraw-minor-autonomy": N_("No longer admitted to exercise your rights alone"),
     "object-to-parents": N_("Objection to the parents' access"),
     "allow-parents": N_("Parents' access allowed again"),
 }

@@ -1,10 +1,12 @@
 """Minors acting alone (§A.7): the professional's decision and the minor's objection to the parents.
 
 A professional in the care of a minor records, from the record page, that the minor exercises
-their rights alone; that minor, signed in to their own account, may then object to their parents'
-access from the access-rights page, and withdraw the objection. The sections these pages show
-are built here (``pro_section``, ``holder_section``) and included by their templates; each change
-runs ``access.minors`` in one writer transaction; a refused one changes nothing and shows why.
+their rights alone, and only that professional withdraws it there (with a reason: the parents'
+rights come back); that minor, signed in to their own account, may object to their parents'
+access from the access-rights page, and withdraw the objection. The minor and their parents see
+on that page whether the minor acts alone. The sections these pages show are built here
+(``pro_section``, ``holder_section``) and included by their templates; each change runs
+``access.minors`` in one writer transaction; a refused one changes nothing and shows why.
 """
 
 from __future__ import annotations
@@ -38,37 +40,61 @@ MINOR_MESSAGES = (
     ),
     N_("You already object to your parents' access"),
     N_("You do not object to your parents' access"),
+    N_("This patient is no longer a minor by the date of birth in the record"),
+    N_("This minor does not exercise their rights alone"),
+    N_(
+        "Only the professional who recorded this decision, while taking part in the minor's care, "
+        "or the minor themselves can withdraw it"
+    ),
 )
 """User-facing messages of ``access.minors``, for extraction."""
+REASON_MAX = 500
+"""Longest reason for a withdrawal (kept in the decision's Consent)."""
 
 
 def pro_section(request: Request, user: PortalUser, patient_id: str, at: datetime) -> dict[str, Any] | None:
-    """What the professional's record page shows of a minor (None: not a minor)."""
+    """What the professional's record page shows of a minor (None: not a minor): the decision in
+    force, and the form to record one or, to its author only, to withdraw it (the forms follow
+    the rules of ``access.minors``, which decides again when one is sent)."""
     with request.app.state.engine.connect() as conn:
         state = minors.status(conn, patient_id, at)
         if not state.minor:
             return None
-        can_record = state.autonomy is None and minors.in_care(
+        decision = state.autonomy
+        author = decision is not None and decision.practitioner_id == user.principal.practitioner_id
+        in_care = (decision is None or author) and minors.in_care(
             conn, request.app.state.policy, user.principal, patient_id, at
         )
     decided_by = ""
     if state.autonomy is not None:
         ref = f"Practitioner/{state.autonomy.practitioner_id}"
         decided_by = records.directory_names(request, [ref]).get(ref) or ref
-    return {"patient_id": patient_id, "state": state, "can_record": can_record, "decided_by": decided_by}
+    return {
+        "patient_id": patient_id,
+        "state": state,
+        "can_record": decision is None and in_care,
+        "can_withdraw": author and in_care,
+        "decided_by": decided_by,
+        "reason_max": REASON_MAX,
+    }
 
 
 def holder_section(request: Request, user: PortalUser, at: datetime) -> dict[str, Any] | None:
-    """What the minor's own access-rights page shows of their parents' access (None: nothing:
-    the user is not an autonomous minor looking at their own record)."""
-    p = user.principal
-    if p.kind is not PrincipalKind.PATIENT or user.record is None or user.record != p.patient_id:
+    """What the access-rights page of a minor's record shows (None: the holder is not a minor):
+    whether the minor acts alone, to the minor (``own``: with their parents' access) and to the
+    representatives acting for them."""
+    if user.record is None:
         return None
     with request.app.state.engine.connect() as conn:
         state = minors.status(conn, user.record, at)
-    if not state.minor or state.autonomy is None:
+    if not state.minor:
         return None
-    return {"since": state.autonomy.decided_at, "objection_since": state.objection_since}
+    p = user.principal
+    return {
+        "own": p.kind is PrincipalKind.PATIENT and p.patient_id == user.record,
+        "since": state.autonomy.decided_at if state.autonomy is not None else None,
+        "objection_since": state.objection_since,
+    }
 
 
 @router.post("/pro/patients/{patient_id}/autonomy")
@@ -90,6 +116,34 @@ def record_autonomy(
     except minors.MinorError as exc:
         raise PortalError(403, str(exc)) from None
     flash(request, N_("The minor now exercises their rights alone."))
+    return redirect(f"/portal/pro/patients/{patient_id}")
+
+
+@router.post("/pro/patients/{patient_id}/autonomy/withdraw")
+def withdraw_autonomy(
+    request: Request,
+    patient_id: str,
+    reason: Text = "",
+    understood: Text = "",
+    user: PortalUser = Depends(professional),
+    at: datetime = Depends(now),
+) -> Response:
+    """The professional who recorded the decision withdraws it, with a reason (confirmed first):
+    the parents exercise the minor's rights again, and a standing objection ends."""
+    if not reason.strip():
+        raise PortalError(400, N_("Give the reason for withdrawing the decision."))
+    if len(reason) > REASON_MAX:
+        raise PortalError(400, N_("The reason is too long (at most 500 characters)."))
+    if understood != "yes":
+        raise PortalError(400, N_("Confirm that the parents exercise the minor's rights again."))
+    try:
+        with writer(request.app.state.engine).begin() as conn:
+            minors.withdraw_autonomy(
+                conn, request.app.state.fhir, request.app.state.policy, user.principal, patient_id, at, reason
+            )
+    except minors.MinorError as exc:
+        raise PortalError(403, str(exc)) from None
+    flash(request, N_("The decision is withdrawn: the parents exercise the minor's rights again."))
     return redirect(f"/portal/pro/patients/{patient_id}")
 
 
