@@ -112,6 +112,7 @@ def test_file_validates_and_is_cached(matrix: AccessMatrix) -> None:
         "holder-choices",
         "vaccination",
         "vaccination-reported",
+        "unfiled",
     ]
 
 

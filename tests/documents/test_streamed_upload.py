@@ -26,6 +26,7 @@ from mhd_world import GP, HOLDER, HOSPITAL, LAB, SCOPES, STRANGER, Doc, created,
 from sqlalchemy import func, select
 
 from sharedcare.access.principals import Principal
+from sharedcare.audit import log as audit
 from sharedcare.fhir.store import resource as resources
 from support import mint_token
 
@@ -275,7 +276,9 @@ def test_put_replaces_an_unclaimed_upload_of_its_uploader(world: TestClient) -> 
     second = world.put(f"/fhir/Binary/{first}", content=b"%PDF-second", headers=auth)
     assert second.status_code == 200, second.text
     assert second.json()["meta"]["versionId"] == "2"
-    assert world.get(f"/fhir/Binary/{first}", headers=headers(app, GP)).content == b"%PDF-second"
+    assert world.get(f"/fhir/Binary/{first}", headers=headers(app, HOLDER)).content == b"%PDF-second"
+    # unfiled: no professional reads it, its uploader included (the read filter knows no uploader)
+    assert world.get(f"/fhir/Binary/{first}", headers=headers(app, GP)).status_code == 404
     other = world.put(f"/fhir/Binary/{first}", content=b"%PDF-x", headers={**headers(app, LAB), **raw()})
     assert other.status_code == 409  # another client's upload
     new = world.put("/fhir/Binary/scan-1", content=b"%PDF-x", headers=auth)
@@ -355,3 +358,109 @@ def test_streamed_paths_are_bounded_by_the_content_limit(world: TestClient) -> N
         headers={**headers(app, LAB), **raw(), "Content-Length": str(limit + 2 * MIB)},
     )
     assert resp.status_code == 413
+
+
+# -- unclaimed uploads: who reads them, refusals in the access log, the CapabilityStatement ---------------
+
+
+def category_of_row(app: Any, binary_id: str) -> str:
+    with app.state.engine.connect() as conn:
+        return str(
+            conn.execute(
+                select(resources.c.category).where(resources.c.type == "Binary", resources.c.id == binary_id)
+            ).scalar_one()
+        )
+
+
+def test_an_unclaimed_upload_is_read_by_no_professional_until_a_document_claims_it(world: TestClient) -> None:
+    """The GP in care of the patient reads care reports, but not content no document filed yet;
+    the holder does (the whole record). Claimed, it takes its document's category."""
+    app: Any = world.app
+    data = b"%PDF-1.7 " + os.urandom(3000)
+    binary_id = upload(world, LAB, data)
+    assert category_of_row(app, binary_id) == "unfiled"
+    gp = headers(app, GP)
+    assert world.get(f"/fhir/Binary/{binary_id}", headers=gp).status_code == 404
+    found = world.get("/fhir/Binary", params={"_id": binary_id}, headers=gp).json()
+    assert found.get("total", 0) == 0 and not found.get("entry")
+    everything = world.get("/fhir/Patient/pa/$everything", headers=gp).json()
+    assert binary_id not in {e["resource"]["id"] for e in everything.get("entry", [])}
+    assert world.get(f"/fhir/Binary/{binary_id}", headers=headers(app, HOLDER)).content == data
+    filed = world.post(
+        "/fhir", json=claiming_bundle(binary_id, sha1_b64(data), len(data)), headers=headers(app, LAB)
+    )
+    assert filed.status_code == 200, filed.text
+    assert category_of_row(app, binary_id) == "lab-results"  # the document's (a laboratory report)
+    assert world.get(f"/fhir/Binary/{binary_id}", headers=gp).content == data
+
+
+def test_a_professional_uploads_and_files_its_content(world: TestClient) -> None:
+    """The write check decides on the content as it will be filed: a GP (who writes care reports,
+    not "unfiled") uploads, replaces and claims its upload; the claim is audited as the GP's."""
+    app: Any = world.app
+    first = upload(world, GP, b"%PDF-draft")
+    data = b"%PDF-1.7 final " + os.urandom(1000)
+    put = world.put(f"/fhir/Binary/{first}", content=data, headers={**headers(app, GP), **raw()})
+    assert put.status_code == 200, put.text
+    filed = world.post(
+        "/fhir", json=claiming_bundle(first, sha1_b64(data), len(data)), headers=headers(app, GP)
+    )
+    assert filed.status_code == 200, filed.text
+    assert world.get(f"/fhir/Binary/{first}", headers=headers(app, GP)).content == data
+    with app.state.engine.connect() as conn:
+        entries = audit.query(conn, principal_subject=GP.subject, limit=100)
+    acts = [(e.record.action, e.record.resources) for e in entries]
+    for action, version in (("create", 1), ("update", 2), ("update", 3)):
+        assert any(a == action and f"Binary/{first}/_history/{version}" in r for a, r in acts), acts
+
+
+def refusals(app: Any, subject: str) -> list[tuple[str | None, str | None]]:
+    with app.state.engine.connect() as conn:
+        entries = audit.query(conn, principal_subject=subject, limit=100)
+    return [
+        (e.record.interaction, e.record.outcome_desc)
+        for e in entries
+        if e.record.outcome == audit.AuditOutcome.MINOR_FAILURE
+    ]
+
+
+def test_upload_refusals_are_in_the_access_log(world: TestClient) -> None:
+    """413 (streamed past the limit, or declared beyond it), 400 and 409 are refused attempts of
+    the caller in the access log, as 403, 404 and 422 are."""
+    app: Any = world.app
+    limit = 64 * 1024
+    app.state.settings = app.state.settings.model_copy(update={"max_content_bytes": limit})
+    auth = headers(app, LAB)
+
+    def chunked() -> Iterator[bytes]:
+        yield bytes(limit)
+        yield b"x"
+
+    assert world.post("/fhir/Binary", content=chunked(), headers={**auth, **raw()}).status_code == 413
+    declared = world.post(
+        "/fhir/Binary", content=b"x", headers={**auth, **raw(), "Content-Length": str(limit + 10)}
+    )
+    assert declared.status_code == 413, declared.text
+    missing = world.post("/fhir/Binary", content=b"%PDF", headers={**auth, "Content-Type": "application/pdf"})
+    assert missing.status_code == 400
+    theirs = upload(world, HOSPITAL, b"%PDF-h")
+    assert world.put(f"/fhir/Binary/{theirs}", content=b"%PDF", headers={**auth, **raw()}).status_code == 409
+    closed = world.post("/fhir/Binary", content=b"%PDF", headers={**auth, **raw("pc")})
+    assert closed.status_code == 422, closed.text  # a closed record
+    found = refusals(app, LAB.subject)
+    assert found.count(("POST /fhir/Binary", "413 too-costly")) == 2, found
+    assert ("POST /fhir/Binary", "400 invalid") in found
+    assert (f"PUT /fhir/Binary/{theirs}", "409 conflict") in found
+    assert len(found) == 5, found  # the 422 once, by the application's handler
+    assert count(app, "Binary") == 1
+
+
+def test_the_capability_statement_documents_raw_binary_create(world: TestClient) -> None:
+    app: Any = world.app
+    statement = world.get("/fhir/metadata").json()
+    binary = next(r for r in statement["rest"][0]["resource"] if r["type"] == "Binary")
+    create = next(i for i in binary["interaction"] if i["code"] == "create")
+    limit = str(app.state.settings.max_content_bytes)
+    assert "X-Security-Context: Patient/[id]" in create["documentation"] and limit in create["documentation"]
+    other = next(r for r in statement["rest"][0]["resource"] if r["type"] == "Observation")
+    assert all("documentation" not in i for i in other["interaction"])

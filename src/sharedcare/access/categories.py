@@ -16,6 +16,11 @@ decision the regulation leaves open are explained in ``docs/access-matrix.md``; 
    never lets a writer file data outside its own write rights.
 5. Otherwise per-type rules on codes (LOINC document types, observation categories, diagnostic
    service sections), then the type's default category.
+
+A Binary uploaded ahead of its document (``documents.submission.upload``) is ``unfiled`` until a
+Provide Document Bundle claims it: a platform row no column of the matrix reads or writes, so no
+professional reads content nobody has yet said what it is (the holder still does: the holder reads
+the whole record). The claim replaces the tag with the document's category.
 """
 
 from __future__ import annotations
@@ -75,10 +80,13 @@ class DataCategory(StrEnum):
     """Platform row: the vaccination record (CVE), with its own write rights (vaccinators)."""
     VACCINATION_REPORTED = "vaccination-reported"
     """Platform row: doses the holder reported from a paper card, not yet validated."""
+    UNFILED = "unfiled"
+    """Platform row: content uploaded ahead of its document, that no document claims yet; read by
+    no professional (its ``meta.tag``, set by the platform only)."""
 
 
 C = DataCategory
-_PLATFORM = frozenset({C.IDENTITY, C.HOLDER_CHOICES, C.VACCINATION, C.VACCINATION_REPORTED})
+_PLATFORM = frozenset({C.IDENTITY, C.HOLDER_CHOICES, C.VACCINATION, C.VACCINATION_REPORTED, C.UNFILED})
 EXPLICIT_CODES: frozenset[str] = frozenset(c.value for c in DataCategory if c not in _PLATFORM)
 """Codes of ``CATEGORY_SYSTEM`` that ``classify`` honours: the regulation's 19 categories only."""
 
@@ -558,6 +566,21 @@ def _tagged(resource: Resource) -> DataCategory | None:
     return None
 
 
+def _binary(resource: Resource) -> DataCategory | None:
+    """An upload no document claims yet is ``unfiled`` (``documents.submission``); otherwise the
+    category of its document, copied into ``meta.tag``."""
+    meta = resource.get("meta")
+    tags = meta.get("tag") if isinstance(meta, Mapping) else None
+    for tag in tags if isinstance(tags, list) else ():
+        if (
+            isinstance(tag, Mapping)
+            and tag.get("system") == CATEGORY_SYSTEM
+            and tag.get("code") == C.UNFILED.value
+        ):
+            return C.UNFILED
+    return _tagged(resource)
+
+
 def _list(resource: Resource) -> DataCategory | None:
     return _tagged(resource) or _document("code")(resource)
 
@@ -593,7 +616,7 @@ _RULES: Mapping[str, Callable[[Resource], DataCategory | None]] = {
     "Procedure": _care_category,
     "CarePlan": _care_category,
     "Media": _media,
-    "Binary": _tagged,
+    "Binary": _binary,
 }
 """Content rules; a rule's None keeps the type's default."""
 

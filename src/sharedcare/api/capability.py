@@ -103,8 +103,32 @@ def _resources() -> list[dict[str, Any]]:
     return out
 
 
-def capability_statement(base_url: str, date: str) -> dict[str, Any]:
-    """The server's CapabilityStatement for ``base_url``."""
+def raw_binary_create(max_content_bytes: int | None) -> str:
+    """How ``create`` on Binary takes a document's raw bytes (``api/documents.py``)."""
+    limit = f"{max_content_bytes} bytes" if max_content_bytes is not None else "the server's content limit"
+    return (
+        "Besides a FHIR Binary resource, POST [base]/Binary accepts a document's raw bytes streamed as the "
+        "body, with their own Content-Type and the header 'X-Security-Context: Patient/[id]' naming the "
+        f"record they go to; at most {limit} (SHAREDCARE_MAX_CONTENT_BYTES), 413 beyond with nothing kept. "
+        "A Provide Document Bundle (ITI-65) of the same uploader then names it in attachment.url; until "
+        "then no professional reads it, and it expires if unclaimed. PUT [base]/Binary/[id] with raw bytes "
+        "replaces the uploader's own unclaimed upload."
+    )
+
+
+def _with_raw_binary(res: dict[str, Any], max_content_bytes: int | None) -> dict[str, Any]:
+    if res["type"] != "Binary":
+        return res
+    interactions = [
+        {**i, "documentation": raw_binary_create(max_content_bytes)} if i["code"] == "create" else i
+        for i in res["interaction"]
+    ]
+    return {**res, "interaction": interactions}
+
+
+def capability_statement(base_url: str, date: str, max_content_bytes: int | None = None) -> dict[str, Any]:
+    """The server's CapabilityStatement for ``base_url``; ``max_content_bytes``, the content limit
+    of raw Binary uploads, is named in Binary's ``create``."""
     modifiers = "; ".join(f"{t}: {', '.join(m)}" for t, m in sorted(MODIFIERS_BY_TYPE.items()))
     return {
         "resourceType": "CapabilityStatement",
@@ -125,7 +149,7 @@ def capability_statement(base_url: str, date: str) -> dict[str, Any]:
                     "keyset paging, _total, _summary, _elements, Prefer: handling=strict|lenient. "
                     f"Modifiers by type: {modifiers}; reference: :identifier and :[type]."
                 ),
-                "resource": _resources(),
+                "resource": [_with_raw_binary(r, max_content_bytes) for r in _resources()],
                 "interaction": [{"code": i} for i in SYSTEM_INTERACTIONS],
                 "operation": [{"name": "immds-forecast", "definition": IDS_FORECAST}],
                 "searchParam": [

@@ -5,8 +5,10 @@ Upload: a body of a non-FHIR ``Content-Type`` is the Binary's content (FHIR R4 R
 and ``X-Security-Context`` its ``securityContext``: ``Patient/[id]``, the record it goes to. The
 caller's write check runs before the body is read; the body then streams chunk by chunk from
 the connection into the blob store (hashed and encrypted as it arrives), up to
-``SHAREDCARE_MAX_CONTENT_BYTES`` (413 beyond, nothing kept). A Provide Document Bundle of the
-same caller then names it by ``attachment.url`` (``documents.submission``).
+``SHAREDCARE_MAX_CONTENT_BYTES`` (413 beyond, nothing kept; a refusal is in the access log). A
+Provide Document Bundle of the same caller then names it by ``attachment.url``
+(``documents.submission``); until then no professional reads it (category ``unfiled``), and it
+expires after ``SHAREDCARE_UNCLAIMED_UPLOAD_HOURS`` (``sharedcare expire-uploads``).
 
 The bytes, with their own ``Content-Type``, ``Content-Length``, a strong ``ETag`` (their SHA-256),
 ``Accept-Ranges: bytes`` and single ``Range`` requests (206, or 416 outside the content; an
@@ -35,7 +37,7 @@ from sharedcare.documents import submission
 from sharedcare.documents.content import RangeNotSatisfiable
 from sharedcare.documents.mhd import literal
 from sharedcare.documents.retrieve import Document, retrieve
-from sharedcare.fhir.errors import BadRequest, FhirError
+from sharedcare.fhir.errors import BadRequest, FhirError, PayloadTooLarge
 from sharedcare.fhir.service import FhirService
 from sharedcare.storage.blobstore import BlobCorrupted, BlobNotFound
 
@@ -201,10 +203,29 @@ def _body_chunks(request: Request) -> Iterator[bytes]:
         yield chunk
 
 
+_RECORDED_BY_THE_APP = frozenset({403, 404, 410, 422})
+"""Refusals the application's error handler puts in the access log itself (``app.fhir_error``)."""
+
+
 async def _upload(request: Request, binary_id: str | None) -> Response:
+    """Store the body as a Binary; a refusal (400, 409, 413…) is in the access log as a refused
+    attempt, like every refused act of an authenticated caller."""
+    try:
+        return await _store_upload(request, binary_id)
+    except FhirError as exc:
+        if exc.status not in _RECORDED_BY_THE_APP:
+            await run_in_threadpool(record_refusal, request, exc)
+        raise
+
+
+async def _store_upload(request: Request, binary_id: str | None) -> Response:
     svc: FhirService = request.state.fhir
     patient_id = _patient_of(request)
     content_type = request.headers["content-type"].strip()
+    limit = request.app.state.settings.max_content_bytes
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:  # refused unread
+        raise PayloadTooLarge(f"The content exceeds the limit of {limit} bytes: nothing kept")
     outcome = await run_in_threadpool(
         submission.upload,
         svc,
@@ -212,7 +233,7 @@ async def _upload(request: Request, binary_id: str | None) -> Response:
         _body_chunks(request),
         patient_id=patient_id,
         content_type=content_type,
-        max_size=request.app.state.settings.max_content_bytes,
+        max_size=limit,
         binary_id=binary_id,
     )
     return fhir_api._write_response(request, outcome, "Stored" if outcome.created else "Replaced")

@@ -20,7 +20,7 @@ from sharedcare.api.capability import capability_statement
 from sharedcare.audit import log as audit
 from sharedcare.crossborder import ips
 from sharedcare.crossborder.texts import LANGUAGES, pick_language
-from sharedcare.documents import mhd, submission
+from sharedcare.documents import labresults, mhd, submission
 from sharedcare.fhir.bundle import BundleProcessor
 from sharedcare.fhir.errors import (
     BadRequest,
@@ -220,7 +220,10 @@ def _whole_number(value: str, name: str, error: str | None = None) -> int:
 # -- system level ------------------------------------------------------------------------------
 @router.get("/metadata")
 async def metadata(request: Request) -> Response:
-    return fhir_response(request, capability_statement(base_url(request), instant(request.app.state.started)))
+    limit = request.app.state.settings.max_content_bytes
+    return fhir_response(
+        request, capability_statement(base_url(request), instant(request.app.state.started), limit)
+    )
 
 
 @router.post("")
@@ -234,6 +237,18 @@ async def system_bundle(request: Request) -> Response:
         result = await run_in_threadpool(submission.provide, svc, blobs, body, base_url=base, max_size=limit)
         return fhir_response(request, result)
     processor = BundleProcessor(svc, get_handler=lambda url, b, conn: _bundle_get(svc, url, b, conn))
+    if labresults.carries_inline_forms(body):  # a report's PDF goes to the content store first
+        blobs, limit = request.app.state.blobs, request.app.state.settings.max_content_bytes
+        result = await run_in_threadpool(
+            labresults.file_transaction,
+            svc,
+            blobs,
+            body,
+            base_url=base,
+            max_size=limit,
+            get_handler=processor.get_handler,
+        )
+        return fhir_response(request, result)
     result = await run_in_threadpool(processor.process, body, base)
     return fhir_response(request, result)
 
@@ -334,6 +349,18 @@ async def create(request: Request, rtype: str) -> Response:
         if_none_exist = if_none_exist.strip().removeprefix(f"{rtype}?")
         if not if_none_exist:
             raise BadRequest("If-None-Exist needs search criteria")
+    if labresults.carries_inline_form(body):  # a report's PDF goes to the content store first
+        blobs, limit = request.app.state.blobs, request.app.state.settings.max_content_bytes
+        outcome = await run_in_threadpool(
+            labresults.create_report,
+            svc,
+            blobs,
+            body,
+            if_none_exist=if_none_exist,
+            base_url=base_url(request),
+            max_size=limit,
+        )
+        return _write_response(request, outcome, "Created" if outcome.created else "Resource already exists")
     outcome = await run_in_threadpool(
         svc.create, body, if_none_exist=if_none_exist, base_url=base_url(request)
     )
@@ -539,6 +566,19 @@ async def read(request: Request, rtype: str, rid: str) -> Response:
 @router.put("/{rtype}/{rid}")
 async def update(request: Request, rtype: str, rid: str) -> Response:
     body = await _json_body(request)
+    if rtype == "DiagnosticReport" and labresults.carries_inline_form(body):  # its PDF: as create
+        blobs, limit = request.app.state.blobs, request.app.state.settings.max_content_bytes
+        outcome = await run_in_threadpool(
+            labresults.update_report,
+            _service(request),
+            blobs,
+            rid,
+            body,
+            if_match=request.headers.get("if-match"),
+            base_url=base_url(request),
+            max_size=limit,
+        )
+        return _write_response(request, outcome, "Created" if outcome.created else "Updated")
     outcome = await run_in_threadpool(
         _service(request).update, rtype, rid, body, if_match=request.headers.get("if-match")
     )

@@ -28,20 +28,25 @@ import copy
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection
+import orjson
+from sqlalchemy import Connection, Engine, select
 
 from sharedcare.access.categories import DataCategory, classify
 from sharedcare.access.policy import RESTRICTED, VERY_RESTRICTED
-from sharedcare.access.principals import PrincipalKind
+from sharedcare.access.principals import Principal, PrincipalKind
 from sharedcare.access.requests import is_pending
 from sharedcare.access.session import PolicySession
+from sharedcare.audit import log as audit
 from sharedcare.documents import lifecycle
 from sharedcare.documents.categories import document_types
 from sharedcare.documents.content import (
+    UPLOADER_EXTENSION,
     pending_binary,
     pending_upload,
+    pointer_of,
     security_codings,
     stored_binary,
     strictest,
@@ -51,9 +56,13 @@ from sharedcare.documents.mhd import Content, Submission, SubmissionRejected, li
 from sharedcare.fhir.bundle import BundleProcessor, parse_entries
 from sharedcare.fhir.errors import BadRequest, Conflict, Issue, NotFound, PayloadTooLarge
 from sharedcare.fhir.service import ID_RE, FhirService, WriteOutcome, serialize, serialize_many
-from sharedcare.fhir.store import CONFIDENTIALITY_SYSTEM, Write, confidentiality_of, instant, utcnow
+from sharedcare.fhir.session import Interaction
+from sharedcare.fhir.store import CONFIDENTIALITY_SYSTEM, Stored, Write, confidentiality_of, instant, utcnow
 from sharedcare.notify import outbox
+from sharedcare.settings import Settings
 from sharedcare.storage.blobstore import CHUNK, BlobStore, BlobTooLarge
+from sharedcare.storage.tables import resource as resource_table
+from sharedcare.storage.tables import resource_version
 
 
 @dataclass(slots=True)
@@ -195,7 +204,34 @@ def _claim(svc: FhirService, conn: Connection, claims: list[Write], submission: 
         if current is None or current.deleted or current.version != versions.get(claim.id):
             raise Conflict(f"Binary/{claim.id} changed or was claimed meanwhile; submit again")
         writes.append(replace(claim, current=current))
-    svc.apply_writes(conn, writes)
+    _write_upload(svc, conn, writes, [w.resource for w in writes])
+
+
+def _as_filed(write: Write, resource: dict[str, Any] | None) -> Write:
+    """What the write check decides for a write of an upload: ``resource``, the content as it is
+    (or will be) filed, created in the record. The stored upload is ``unfiled``, a category no
+    column of the matrix writes, so a check on it would refuse every professional and holder;
+    being its uploader (``pending_upload``) is checked apart."""
+    return replace(write, method="POST", resource=resource, current=None)
+
+
+def _write_upload(
+    svc: FhirService, conn: Connection, writes: list[Write], filed: list[dict[str, Any] | None]
+) -> list[Stored]:
+    """Write uploads (``upload``) or their claims (``_claim``): the caller's write check on each
+    as filed (``_as_filed``: ``filed`` in step with ``writes``), the store's write, the caller's
+    audit record of it."""
+    session = svc.session
+    if session is not None:
+        for w in writes:
+            if w.current is not None:
+                session.require(w.type, "u")
+        session.check_writes(conn, [_as_filed(w, r) for w, r in zip(writes, filed, strict=True)])
+    results = svc.for_session(None).apply_writes(conn, writes)
+    if session is not None:
+        for w, stored in zip(writes, results, strict=True):
+            session.record(conn, Interaction("create" if w.current is None else "update", w.type, [stored]))
+    return results
 
 
 def _uploader(svc: FhirService) -> str:
@@ -231,13 +267,16 @@ def upload(
         raise BadRequest(f"Invalid resource id {binary_id!r}")
     rid = binary_id or str(uuid.uuid4())
 
-    def binary(digest: str, size: int, sha1: bytes) -> dict[str, Any]:
+    def binary(digest: str, size: int, sha1: bytes, *, stored: bool = True) -> dict[str, Any]:
+        """The upload as stored (``unfiled``), or as the write check decides on it: the content
+        as it will be filed (the holder's side: their personal area; others: the type's default)."""
+        filed = DataCategory.PERSONAL_EXPRESSION.value if holder else None
         return pending_binary(
             binary_id=rid,
             content_type=content_type,
             patient_id=patient_id,
             uploader=_uploader(svc),
-            category=DataCategory.PERSONAL_EXPRESSION.value if holder else None,
+            category=DataCategory.UNFILED.value if stored else filed,
             digest=digest,
             size=size,
             sha1=sha1,
@@ -255,24 +294,129 @@ def upload(
             if pending is None or pending[1] != _uploader(svc):
                 raise Conflict(f"Binary/{rid} is not an unclaimed upload of yours: its content cannot change")
         if svc.session is not None:
-            draft = binary("0" * 64, 0, b"")
-            method = "POST" if current is None else "PUT"
-            svc.session.check_writes(conn, [Write(method, "Binary", rid, draft, current)])
+            if current is not None:
+                svc.session.require("Binary", "u")
+            draft = binary("0" * 64, 0, b"", stored=False)
+            svc.session.check_writes(conn, [_as_filed(Write("POST", "Binary", rid, draft, None), draft)])
     try:
         info = blobs.put(patient_id, _nonempty(chunks), max_size=max_size)
     except BlobTooLarge:
         raise PayloadTooLarge(f"The content exceeds the limit of {max_size} bytes: nothing kept") from None
     resource = binary(info.digest, info.size, info.sha1)
+    filed = binary(info.digest, info.size, info.sha1, stored=False)
     with svc.transaction() as conn:
-        if binary_id is None:
-            return svc.create_in(conn, resource, new_id=rid)
-        # written apart from ``update_in``: the uploader (a system) may not read what it uploaded
+        # written apart from ``create_in``/``update_in``: the write check decides on the content
+        # as filed, and nobody but the holder reads an unfiled upload, its uploader included
         serialize(conn, f"Binary/{rid}")
         now = svc.store.current(conn, "Binary", rid)
+        if binary_id is None:
+            if now is not None:
+                raise Conflict(f"Binary/{rid} exists already; upload again")
+            svc.check_resource(resource)
+            stored = _write_upload(svc, conn, [Write("POST", "Binary", rid, resource, None)], [filed])[0]
+            return WriteOutcome(stored, 201, created=True)
         if now is None or current is None or now.version != current.version:
             raise Conflict(f"Binary/{rid} changed meanwhile; upload again")
-        stored = svc.apply_writes(conn, [Write("PUT", "Binary", rid, resource, now)])[0]
+        stored = _write_upload(svc, conn, [Write("PUT", "Binary", rid, resource, now)], [filed])[0]
         return WriteOutcome(stored, 200)
+
+
+EXPIRY = Principal(
+    PrincipalKind.SYSTEM, "sharedcare-upload-expiry", display="SharedCare upload expiry", trusted=True
+)
+"""Who deletes expired uploads in the access log: the platform itself."""
+_EXPIRY_BATCH = 200
+
+
+def expire_unclaimed(
+    engine: Engine, settings: Settings, now: datetime, blobs: BlobStore | None = None
+) -> int:
+    """Delete the uploads (``upload``) no document claimed within ``unclaimed_upload_hours`` of
+    their last write; returns how many. Each is a FHIR delete in its own transaction, rechecked
+    under its lock (a claim racing the expiry wins or loses whole), traced as the platform's act
+    in the record's access log; then its content goes from ``blobs`` (by default the settings'
+    store), every version's blob that no other Binary names (the store is content-addressed)."""
+    from sharedcare.access.policy import category_of
+    from sharedcare.storage.content import make_blob_store
+
+    svc = FhirService(engine, classify=category_of)
+    cutoff = now - timedelta(hours=settings.unclaimed_upload_hours)
+    r = resource_table
+    expired, last = 0, 0
+    while True:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                select(r.c.pk, r.c.id)
+                .where(
+                    r.c.type == "Binary",
+                    r.c.deleted.is_(False),
+                    r.c.last_updated < cutoff,
+                    r.c.content.like(f"%{UPLOADER_EXTENSION}%"),
+                    r.c.pk > last,
+                )
+                .order_by(r.c.pk)
+                .limit(_EXPIRY_BATCH)
+            ).all()
+        if not rows:
+            return expired
+        last = rows[-1].pk
+        for row in rows:
+            gone = _expire(svc, row.id, cutoff)
+            if gone is None:
+                continue
+            expired += 1
+            blobs = blobs or make_blob_store(settings, engine)
+            _remove_blobs(engine, blobs, row.pk, gone)
+
+
+def _expire(svc: FhirService, binary_id: str, cutoff: datetime) -> tuple[str, set[str]] | None:
+    """Delete one expired upload, audited; its patient and the blobs its versions named (None:
+    claimed, replaced or deleted meanwhile)."""
+    with svc.transaction() as conn:
+        serialize(conn, f"Binary/{binary_id}")
+        current = svc.store.current(conn, "Binary", binary_id)
+        if current is None or current.deleted or current.last_updated >= cutoff:
+            return None
+        pending = pending_upload(current.resource())
+        if pending is None:
+            return None
+        patient_id = pending[0].patient_id
+        versions = conn.execute(
+            select(resource_version.c.content).where(
+                resource_version.c.res_pk == current.pk, resource_version.c.content.is_not(None)
+            )
+        ).scalars()
+        digests = {p.digest for c in versions if (p := pointer_of(orjson.loads(c))) is not None}
+        deleted = svc.delete_in(conn, "Binary", binary_id)
+        assert deleted is not None
+        audit.append(
+            conn,
+            audit.record_for(
+                EXPIRY,
+                audit.AuditAction.DELETE,
+                patient_id=patient_id,
+                resources=[f"Binary/{binary_id}/_history/{deleted.version}"],
+                interaction="expire-unclaimed-upload",
+            ),
+        )
+    return patient_id, digests
+
+
+def _remove_blobs(engine: Engine, blobs: BlobStore, res_pk: int, gone: tuple[str, set[str]]) -> None:
+    """Delete the expired upload's blobs that no version of another Binary of the record names
+    (after the delete's commit: a crash in between leaves an unreachable blob, as a refused
+    submission does, removed with its record's namespace)."""
+    patient_id, digests = gone
+    v = resource_version
+    for digest in sorted(digests):
+        with engine.connect() as conn:
+            shared = conn.execute(
+                select(v.c.res_pk)
+                .where(v.c.type == "Binary", v.c.res_pk != res_pk, v.c.content.like(f"%{digest}%"))
+                .limit(1)
+            ).first()
+        if shared is None:
+            blobs.delete(patient_id, digest)
 
 
 def _nonempty(chunks: Iterable[bytes]) -> Iterator[bytes]:
@@ -394,7 +538,9 @@ def _check_writes(svc: FhirService, conn: Connection, plan: _Plan) -> None:
             resource = {**current.resource(), "status": plan.statuses[document_id]}
             writes.append(Write("PUT", "DocumentReference", document_id, resource, current))
     for claim in plan.claims:
-        writes.append(replace(claim, current=svc.store.current(conn, "Binary", claim.id)))
+        writes.append(_as_filed(claim, claim.resource))
+        if svc.store.current(conn, "Binary", claim.id) is not None:
+            svc.session.require("Binary", "u")
     svc.session.check_writes(conn, writes)
 
 

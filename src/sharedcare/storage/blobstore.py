@@ -75,6 +75,10 @@ class BlobStore(Protocol):
         """Delete every blob of a namespace (a purged record); return how many."""
         ...
 
+    def delete(self, namespace: str, digest: str) -> bool:
+        """Delete one blob (an expired upload's content); False when there was none."""
+        ...
+
 
 class RawBlobStore(BlobStore, Protocol):
     """A back end that also stores bytes it does not address itself: the encryption layer
@@ -194,6 +198,13 @@ class FileBlobStore:
             return self._path(namespace, digest).stat().st_size
         except FileNotFoundError as err:
             raise BlobNotFound(f"{namespace}/{digest}") from err
+
+    def delete(self, namespace: str, digest: str) -> bool:
+        path = self._path(namespace, digest)
+        if not path.exists():
+            return False
+        path.unlink(missing_ok=True)
+        return True
 
     def delete_namespace(self, namespace: str) -> int:
         check_names(namespace)

@@ -448,5 +448,9 @@ class EncryptedBlobStore:
         if check is not None and check.digest() != digest:
             raise BlobCorrupted(f"blob {digest} does not match its digest")
 
+    def delete(self, namespace: str, digest: str) -> bool:
+        check_names(namespace, digest)
+        return self.inner.delete(namespace, digest)
+
     def delete_namespace(self, namespace: str) -> int:
         return self.inner.delete_namespace(namespace)

@@ -196,6 +196,14 @@ class S3BlobStore:
         if check is not None and check.hexdigest() != digest:
             raise BlobCorrupted(f"blob {digest} does not match its digest")
 
+    def delete(self, namespace: str, digest: str) -> bool:
+        try:
+            self.size(namespace, digest)
+        except BlobNotFound:
+            return False
+        self.client.delete_object(Bucket=self.bucket, Key=self._key(namespace, digest))
+        return True
+
     def delete_namespace(self, namespace: str) -> int:
         check_names(namespace)
         prefix = f"{namespace}/"
