@@ -9,9 +9,11 @@ from __future__ import annotations
 import base64
 import copy
 import hashlib
+import json
 import re
 import sys
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +28,18 @@ from mhd_world import Doc, created, provide_bundle
 from portal_http import sign_in
 from portal_world import World, build_world
 
+from sharedcare.access.categories import CATEGORY_SYSTEM
+from sharedcare.access.lifecycle import purge
 from sharedcare.access.principals import Principal, PrincipalKind
 from sharedcare.app import create_app
+from sharedcare.documents.content import pointer_of
+from sharedcare.documents.labresults import PDF as PDF_TYPE
 from sharedcare.documents.labresults import is_loinc_code, ucum_problem
 from sharedcare.settings import Settings
-from sharedcare.storage.tables import resource
-from support import bearer, cheap_passwords, truncate
+from sharedcare.storage.crypto import DataKeyMissing
+from sharedcare.storage.engine import writer
+from sharedcare.storage.tables import resource, resource_version
+from support import add_care, bearer, cheap_passwords, truncate
 
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
@@ -161,12 +169,24 @@ def file_report(client: TestClient, bundle: dict[str, Any] | None = None) -> Any
 
 
 def stored_count(world: World) -> int:
-    """Reports and Observations in the database (the world's own included)."""
+    """Reports, Observations and Binaries in the database (the world's own included), and blobs
+    in the record's content store."""
+    kinds = ("DiagnosticReport", "Observation", "Binary")
     with world.engine.connect() as conn:
         query = select(func.count()).select_from(resource)
-        return int(
-            conn.execute(query.where(resource.c.type.in_(("DiagnosticReport", "Observation")))).scalar_one()
-        )
+        rows = int(conn.execute(query.where(resource.c.type.in_(kinds))).scalar_one())
+    return rows + len(blob_files(world))
+
+
+def blob_files(world: World, patient_id: str = "pa") -> list[Path]:
+    folder = world.settings.data_dir / "blobs" / patient_id
+    return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+
+
+def pdf_binary(report: dict[str, Any]) -> str:
+    """The id of the Binary a stored report's PDF names."""
+    url: str = report["presentedForm"][0]["url"]
+    return url.rsplit("/Binary/", 1)[1]
 
 
 def test_a_laboratory_files_a_report_its_results_and_its_pdf(api: TestClient) -> None:
@@ -178,8 +198,15 @@ def test_a_laboratory_files_a_report_its_results_and_its_pdf(api: TestClient) ->
     assert read.status_code == 200, read.text
     report = read.json()
     assert [r["reference"] for r in report["result"]] == [f"Observation/{i}" for i in observations]
-    form = report["presentedForm"][0]
-    assert base64.b64decode(form["data"]) == PDF and form["hash"] == sha1_b64(PDF)
+    [form] = report["presentedForm"]
+    binary_id = form["url"].rsplit("/Binary/", 1)[1]
+    assert form == {
+        "contentType": "application/pdf",
+        "url": f"http://testserver/fhir/Binary/{binary_id}",
+        "size": len(PDF),
+        "hash": sha1_b64(PDF),
+        "title": "Metabolic panel (PDF)",
+    }
     found = api.get("/fhir/Observation?patient=pa&category=laboratory&code=2823-3", headers=auth(api, GP))
     [entry] = found.json()["entry"]
     assert entry["resource"]["interpretation"][0]["coding"][0]["code"] == "L"
@@ -427,3 +454,123 @@ def test_loinc_and_ucum_checks() -> None:
         assert ucum_problem(unit) is None, unit
     for unit in ("µg/L", "mmol/LL", "mg per dL", " mg", "", "cel"):
         assert ucum_problem(unit) is not None, unit
+
+
+# -- the PDF in the content store (the report points at its Binary) -----------------------------
+SOCIAL_WORKER = Principal(PrincipalKind.PROFESSIONAL, "acct-sw", practitioner_id="sw", profession="is")
+
+
+def _filed_report(api: TestClient) -> dict[str, Any]:
+    [report_id] = created(file_report(api), "DiagnosticReport")
+    report: dict[str, Any] = api.get(f"/fhir/DiagnosticReport/{report_id}", headers=auth(api, GP)).json()
+    return report
+
+
+def test_the_pdf_is_a_binary_in_the_content_store(api: TestClient, lab_world: World) -> None:
+    report = _filed_report(api)
+    binary_id = pdf_binary(report)
+    content = api.get(f"/fhir/Binary/{binary_id}", headers=auth(api, GP))
+    assert content.status_code == 200, content.text
+    assert content.content == PDF and content.headers["content-type"] == "application/pdf"
+    binary = api.get(
+        f"/fhir/Binary/{binary_id}", headers={**auth(api, GP), "Accept": "application/fhir+json"}
+    ).json()
+    assert binary["securityContext"] == {"reference": f"DiagnosticReport/{report['id']}"}
+    assert {"system": CATEGORY_SYSTEM, "code": "lab-results"} in binary["meta"]["tag"]
+    # the bytes are a blob (encrypted), in no row: neither the report's versions nor the Binary's
+    [blob] = blob_files(lab_world)
+    assert PDF[:200] not in blob.read_bytes()
+    encoded = base64.b64encode(PDF).decode()[:200]
+    with lab_world.engine.connect() as conn:
+        contents = conn.execute(select(resource_version.c.content)).scalars().all()
+    assert contents and not any(encoded in str(c) for c in contents)
+
+
+def test_a_professional_whose_column_does_not_read_lab_results_gets_404(
+    api: TestClient, lab_world: World
+) -> None:
+    """In care of the patient, but a social worker: the matrix gives ``is`` no lab results."""
+    with writer(lab_world.engine).begin() as conn:
+        add_care(conn, "sw-care", "pa", "sw", datetime.now(UTC).replace(tzinfo=None))
+    report = _filed_report(api)
+    binary = f"/fhir/Binary/{pdf_binary(report)}"
+    assert api.get(binary, headers=auth(api, SOCIAL_WORKER)).status_code == 404
+    assert api.get(binary, headers=auth(api, STRANGER)).status_code == 404
+    assert api.get(binary, headers=auth(api, GP)).status_code == 200
+    searched = api.get("/fhir/Binary?patient=pa", headers=auth(api, SOCIAL_WORKER))
+    assert searched.status_code == 200 and not searched.json().get("entry")
+
+
+def test_a_report_posted_or_put_alone_files_its_pdf_too(api: TestClient, lab_world: World) -> None:
+    bundle = report_bundle()
+    alone = _report(bundle)
+    _report(bundle).pop("presentedForm")
+    observations = created(file_report(api, bundle), "Observation")
+    alone["result"] = [{"reference": f"Observation/{i}"} for i in observations]
+    alone["presentedForm"] = report_bundle()["entry"][0]["resource"]["presentedForm"]
+    posted = api.post("/fhir/DiagnosticReport", json=alone, headers=auth(api, LAB))
+    assert posted.status_code == 201, posted.text
+    stored = posted.json()
+    assert "data" not in stored["presentedForm"][0] and stored["presentedForm"][0]["size"] == len(PDF)
+    first = pdf_binary(stored)
+    assert api.get(f"/fhir/Binary/{first}", headers=auth(api, GP)).content == PDF
+    # an amended PDF replaces it (by a GP: the laboratory's client writes, it does not read): a
+    # new Binary, the first one kept for the report's history
+    amended = _pdf() + b"\n% amended"
+    data = base64.b64encode(amended).decode()
+    form = {"contentType": PDF_TYPE, "data": data, "size": len(amended), "hash": sha1_b64(amended)}
+    put = api.put(
+        f"/fhir/DiagnosticReport/{stored['id']}",
+        json={**alone, "id": stored["id"], "status": "amended", "presentedForm": [form]},
+        headers=auth(api, GP),
+    )
+    assert put.status_code == 200, put.text
+    second = pdf_binary(put.json())
+    assert second != first and put.json()["presentedForm"][0]["hash"] == sha1_b64(amended)
+    assert api.get(f"/fhir/Binary/{second}", headers=auth(api, GP)).content == amended
+    assert api.get(f"/fhir/Binary/{first}", headers=auth(api, GP)).content == PDF
+
+
+@pytest.mark.parametrize("what", ["hash", "size"])
+def test_a_wrong_hash_or_size_stores_nothing(api: TestClient, lab_world: World, what: str) -> None:
+    before = stored_count(lab_world)
+    wrong = {"hash": sha1_b64(OTHER_PDF), "size": len(PDF) - 1}[what]
+    bundle = report_bundle()
+    _report(bundle)["presentedForm"][0][what] = wrong
+    alone = {**_report(bundle), "result": [{"reference": "Observation/obs-a1"}]}
+    for response in (
+        file_report(api, bundle),
+        api.post("/fhir/DiagnosticReport", json=alone, headers=auth(api, LAB)),
+    ):
+        assert response.status_code == 422, response.text
+        outcome = response.json()
+        assert outcome["resourceType"] == "OperationOutcome"
+        [issue] = outcome["issue"]
+        assert issue["expression"] == [f"DiagnosticReport.presentedForm[0].{what}"]
+    assert stored_count(lab_world) == before and not blob_files(lab_world)
+
+
+def test_a_caller_without_the_right_stores_no_blob(api: TestClient, lab_world: World) -> None:
+    response = api.post("/fhir", json=report_bundle(), headers=auth(api, STRANGER))
+    assert response.status_code in (403, 404), response.text
+    assert not blob_files(lab_world)
+
+
+def test_purging_the_record_shreds_the_pdf(api: TestClient, lab_world: World) -> None:
+    report = _filed_report(api)
+    blobs = lab_world.app.state.blobs
+    with lab_world.engine.connect() as conn:
+        [row] = conn.execute(
+            select(resource.c.content).where(resource.c.type == "Binary", resource.c.id == pdf_binary(report))
+        ).all()
+    pointer = pointer_of(json.loads(row.content))
+    assert pointer is not None and pointer.patient_id == "pa"
+    assert b"".join(blobs.open("pa", pointer.digest)) == PDF
+    [blob] = blob_files(lab_world)
+    kept = blob.read_bytes()
+    with writer(lab_world.engine).begin() as conn:
+        purge(conn, "pa")  # no blob store given: the key goes, the ciphertext stays behind
+    assert blob.read_bytes() == kept
+    with pytest.raises(DataKeyMissing):
+        b"".join(blobs.open("pa", pointer.digest))
+    assert api.get(f"/fhir/Binary/{pdf_binary(report)}", headers=auth(api, GP)).status_code == 404

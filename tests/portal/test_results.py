@@ -3,6 +3,7 @@ trend chart's geometry (points, reference bands, out-of-range marks) checked aga
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -14,6 +15,7 @@ from portal_world import World
 from record_content import GLUCOSE, glucose
 
 from sharedcare.audit import log as audit
+from sharedcare.documents import labresults
 from sharedcare.portal import charts
 
 Browser = Callable[[], TestClient]
@@ -222,3 +224,55 @@ def test_chart_geometry_units() -> None:
     assert [(b.x0, b.x1) for b in gaps.bands] == [(64.0, 210.0), (470.0, 616.0)]
     with pytest.raises(ValueError):
         charts.trend_chart([])
+
+
+LAB_PDF = b"%PDF-1.4\n% Laboratoire Central: lipid panel\n%%EOF\n"
+
+
+def _report_with_pdf(world: World) -> str:
+    """A laboratory report with its PDF inline, filed as the API files it: the PDF in the content
+    store, the report pointing at its Binary."""
+    report = {
+        "resourceType": "DiagnosticReport",
+        "status": "final",
+        "category": [
+            {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0074", "code": "LAB"}]}
+        ],
+        "code": {"coding": [{"system": "http://loinc.org", "code": "57698-3"}], "text": "Lipid panel"},
+        "subject": {"reference": "Patient/pa"},
+        "effectiveDateTime": "2026-03-20T08:00:00Z",
+        "presentedForm": [
+            {"contentType": "application/pdf", "data": base64.b64encode(LAB_PDF).decode(), "title": "Lipids"}
+        ],
+    }
+    app = world.app
+    outcome = labresults.create_report(
+        app.state.fhir, app.state.blobs, report, base_url="http://testserver/fhir"
+    )
+    assert "data" not in outcome.stored.resource()["presentedForm"][0]
+    return outcome.stored.id
+
+
+def test_a_reports_pdf_is_linked_and_served_through_the_readers_access(
+    record: World, holder: TestClient, browser: Browser
+) -> None:
+    report_id = _report_with_pdf(record)
+    page = holder.get(RESULTS).text
+    links = re.findall(r'<a class="pdf" href="([^"]+)">([^<]+)</a>', page)
+    assert links == [(f"{RESULTS}/reports/{report_id}/pdf", "The laboratory's report (PDF)")]
+    pdf = holder.get(links[0][0])
+    assert pdf.status_code == 200 and pdf.content == LAB_PDF
+    assert pdf.headers["content-type"] == "application/pdf"
+    gp = browser()
+    sign_in(gp, record.gp)
+    pro = f"{PRO_RESULTS}/reports/{report_id}/pdf"
+    assert f'href="{pro}"' in gp.get(PRO_RESULTS).text
+    assert gp.get(pro).content == LAB_PDF
+    stranger = browser()
+    sign_in(stranger, record.stranger)
+    assert stranger.get(pro).status_code == 404
+    # a report without a PDF has no link; an unknown report's PDF is not found
+    assert holder.get(f"{RESULTS}/reports/unknown/pdf").status_code == 404
+    with record.engine.connect() as conn:
+        reads = audit.query(conn, patient_id="pa", principal_subject=record.patient.account_id)
+    assert any(r.record.action is audit.AuditAction.READ and "Binary" in str(r.record) for r in reads)

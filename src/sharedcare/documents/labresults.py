@@ -18,6 +18,14 @@ result needs to be read, compared and charted across laboratories:
   bytes a PDF, inline up to ``INLINE_BYTES``; a larger PDF is filed as an MHD document (its bytes
   go to the content store) and the report names its Binary (``url`` ``[base]/Binary/[id]``).
 
+An inline PDF does not stay in the report: before the write transaction (``create_report``,
+``update_report``, ``file_transaction``, called by the API for ``POST``/``PUT`` and transaction
+Bundles, as ITI-65 is), the checks the transaction will make are made, the bytes go to the content
+store under the patient's key (``documents.submission._store``), and the report is written with
+the attachment pointing at a new Binary (``url``, ``size``, ``hash``; no ``data``) whose
+``securityContext`` is the report and whose category tag and ``meta.security`` are the report's
+(``documents.content.stored_binary``); ITI-68 serves it, purging the record shreds it.
+
 Every problem of a resource is named in one 422 OperationOutcome; the transaction then stores
 nothing. The agency's own writes (trusted clients: imports of Synthea and registries, the demo)
 are taken as they come, as for ``vaccination.record``.
@@ -27,18 +35,28 @@ from __future__ import annotations
 
 import base64
 import binascii
+import copy
 import hashlib
 import re
+import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from functools import cache
 from typing import Any
 
+from sqlalchemy import Connection
+
 from sharedcare.access.categories import classify
 from sharedcare.access.principals import Principal, PrincipalKind
-from sharedcare.fhir.errors import Issue, Unprocessable
-from sharedcare.fhir.service import register_write_rule
+from sharedcare.documents.content import stored_binary
+from sharedcare.documents.mhd import Content, literal
+from sharedcare.documents.submission import _store
+from sharedcare.fhir.bundle import BundleProcessor, GetHandler, parse_entries
+from sharedcare.fhir.errors import Issue, NotFound, Unprocessable
+from sharedcare.fhir.service import FhirService, WriteOutcome, register_write_rule
 from sharedcare.fhir.session import AccessSession
-from sharedcare.fhir.store import Write
+from sharedcare.fhir.store import Stored, Write
+from sharedcare.storage.blobstore import BlobStore
 
 LAB_RESULTS = "lab-results"
 LOINC = "http://loinc.org"
@@ -46,8 +64,8 @@ UCUM = "http://unitsofmeasure.org"
 INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
 PDF = "application/pdf"
 INLINE_BYTES = 4 * 1024 * 1024
-"""Largest PDF a report carries inline (``presentedForm.data``, kept in the resource): beyond it,
-the PDF is an MHD document in the content store and the report points at its Binary."""
+"""Largest PDF a report may carry inline in the request (``presentedForm.data``, moved to the content
+store on write): beyond it, the PDF is filed first as an MHD document and the report points at it."""
 INTERPRETATION_CODES = frozenset(
     (
         *("<", ">", "A", "AA", "AC", "B", "CAR", "Carrier", "D", "DET", "E", "EX", "EXP", "H", "H>"),
@@ -233,10 +251,8 @@ def _check_form(form: Mapping[str, Any], path: str, out: _Problems) -> None:
     size, digest, data, url = form.get("size"), form.get("hash"), form.get("data"), form.get("url")
     if not isinstance(size, int) or isinstance(size, bool):
         out.add(f"{path}.size", "the size of the PDF (in bytes) is required", "required")
-        size = None
     if not isinstance(digest, str):
         out.add(f"{path}.hash", "the hash of the PDF (base64 SHA-1) is required", "required")
-        digest = None
     if data is None:
         if not isinstance(url, str) or not _BINARY_URL.fullmatch(url):
             out.add(
@@ -246,12 +262,8 @@ def _check_form(form: Mapping[str, Any], path: str, out: _Problems) -> None:
                 "required",
             )
         return
-    try:
-        content = base64.b64decode(data, validate=True) if isinstance(data, str) else None
-    except (binascii.Error, ValueError):
-        content = None
+    content = _check_bytes(form, path, out)
     if content is None:
-        out.add(f"{path}.data", "the data is not valid base64", "invalid")
         return
     if len(content) > INLINE_BYTES:
         out.add(
@@ -262,11 +274,25 @@ def _check_form(form: Mapping[str, Any], path: str, out: _Problems) -> None:
         )
     if not content.startswith(b"%PDF-"):
         out.add(f"{path}.data", "the content is not a PDF (it does not start with %PDF-)", "invalid")
-    if size is not None and size != len(content):
+
+
+def _check_bytes(form: Mapping[str, Any], path: str, out: _Problems) -> bytes | None:
+    """The inline bytes of an attachment, checked against the ``size`` and ``hash`` it gives
+    (either may be absent); None when they are not valid base64."""
+    data, size, digest = form.get("data"), form.get("size"), form.get("hash")
+    try:
+        content = base64.b64decode(data, validate=True) if isinstance(data, str) else None
+    except (binascii.Error, ValueError):
+        content = None
+    if content is None:
+        out.add(f"{path}.data", "the data is not valid base64", "invalid")
+        return None
+    if isinstance(size, int) and not isinstance(size, bool) and size != len(content):
         out.add(f"{path}.size", f"size {size} does not match the content ({len(content)} bytes)", "invalid")
     sha1 = base64.b64encode(hashlib.sha1(content).digest()).decode()
-    if digest is not None and digest != sha1:
+    if isinstance(digest, str) and digest != sha1:
         out.add(f"{path}.hash", f"hash {digest} is not the base64 SHA-1 of the content ({sha1})", "invalid")
+    return content
 
 
 def report_problems(res: Mapping[str, Any]) -> list[Issue]:
@@ -305,6 +331,308 @@ def check(w: Write, session: AccessSession | None) -> None:
     if issues:
         text = "; ".join(f"{i.expression[0]}: {i.diagnostics}" for i in issues)
         raise Unprocessable(f"{w.type}/{w.id} is not an acceptable laboratory result: {text}", issues=issues)
+
+
+# -- the PDF to the content store (before the write transaction) -------------------------------
+@dataclass(slots=True)
+class _Pdf:
+    """An inline ``presentedForm`` moved to the content store, and the Binary that names it."""
+
+    content: Content
+    binary: dict[str, Any]
+
+
+@dataclass(slots=True)
+class _Report:
+    """A report to write with its forms pointing at Binaries, and those Binaries' contents."""
+
+    resource: dict[str, Any]
+    patient_id: str
+    problems: list[Issue]
+    pdfs: list[_Pdf] = field(default_factory=list)
+
+
+def _inline_forms(res: Any) -> list[tuple[int, Mapping[str, Any]]]:
+    forms = res.get("presentedForm") if isinstance(res, Mapping) else None
+    return [
+        (i, f)
+        for i, f in enumerate(forms if isinstance(forms, list) else ())
+        if isinstance(f, Mapping) and f.get("data") is not None
+    ]
+
+
+def carries_inline_form(res: Any) -> bool:
+    """``res`` is a DiagnosticReport with bytes inline in ``presentedForm`` (``data``)."""
+    return (
+        isinstance(res, Mapping)
+        and res.get("resourceType") == "DiagnosticReport"
+        and bool(_inline_forms(res))
+    )
+
+
+def carries_inline_forms(bundle: Any) -> bool:
+    """``bundle`` is a transaction creating or updating such a DiagnosticReport."""
+    entries = bundle.get("entry") if isinstance(bundle, Mapping) else None
+    return (
+        bundle.get("type") == "transaction"
+        and isinstance(entries, list)
+        and any(isinstance(e, Mapping) and carries_inline_form(e.get("resource")) for e in entries)
+    )
+
+
+def _prepare(res: Mapping[str, Any], patient_id: str | None, context: str, base_url: str) -> _Report:
+    """The report with each inline form replaced by a pointer at a new Binary (``url``, ``size``,
+    ``hash``; no ``data``), and those Binaries: ``securityContext`` ``context`` (the report, or
+    its fullUrl in a transaction), the report's category and ``meta.security``. Bytes that do not
+    match the ``size`` or ``hash`` given, or a report naming no patient of this server to file
+    them under, are ``problems`` (raised after the access check, by ``_precheck``)."""
+    out = _Problems("DiagnosticReport")
+    report = copy.deepcopy(dict(res))
+    prepared = _Report(report, patient_id or "", out.issues)
+    if patient_id is None:
+        out.add("subject", "a report carrying its PDF inline must name its Patient (subject)", "required")
+    category = classify(report) or LAB_RESULTS
+    meta = report.get("meta")
+    security = [
+        {"system": c["system"], "code": c["code"]}
+        for c in (meta.get("security") or () if isinstance(meta, Mapping) else ())
+        if isinstance(c, Mapping) and c.get("system") and c.get("code")
+    ]
+    for i, form in _inline_forms(res):
+        data = _check_bytes(form, f"presentedForm[{i}]", out)
+        if data is None or patient_id is None:
+            continue
+        content, binary_id = Content.of(data), str(uuid.uuid4())
+        binary = stored_binary(
+            binary_id=binary_id,
+            content_type=str(form.get("contentType") or "application/octet-stream"),
+            document_id="",
+            patient_id=patient_id,
+            category=category,
+            content=content,
+            security=security,
+        )
+        binary["securityContext"] = {"reference": context}
+        attachment = {k: v for k, v in form.items() if k != "data"}
+        attachment["url"] = f"{base_url}/Binary/{binary_id}" if base_url else f"Binary/{binary_id}"
+        attachment["size"] = content.size
+        attachment["hash"] = base64.b64encode(content.sha1).decode()
+        report["presentedForm"][i] = attachment
+        prepared.pdfs.append(_Pdf(content, binary))
+    return prepared
+
+
+def _subject(res: Mapping[str, Any], base_url: str, named: Mapping[str, str] | None = None) -> str | None:
+    """The id of the report's Patient: a literal reference, or the fullUrl of a transaction's
+    ``PUT Patient/[id]`` entry (``named``)."""
+    reference = (
+        (res.get("subject") or {}).get("reference") if isinstance(res.get("subject"), Mapping) else None
+    )
+    target = literal(reference, base_url)
+    if target is not None:
+        return target[1] if target[0] == "Patient" else None
+    return (named or {}).get(str(reference))
+
+
+def _precheck(svc: FhirService, conn: Connection, writes: list[Write], given: list[Write]) -> None:
+    """What the write transaction will ask, asked before a blob is stored (a refused write leaves
+    nothing behind), in the same order: the validation of ``writes`` (the reports pointing at
+    their Binaries, the Binaries, other results), the caller's write check (403 before any
+    content error), then the laboratory rules on what was ``given`` (a report's PDF as sent: a
+    PDF, not too large, its bytes matching size and hash)."""
+    for w in writes:
+        assert w.resource is not None
+        svc.check_resource(w.resource)
+    if svc.session is not None:
+        svc.session.check_writes(conn, writes)
+    for w in given:
+        check(w, svc.session)
+
+
+def _raise_problems(prepared: _Report, rid: str) -> None:
+    """The problems of a report's inline bytes that the laboratory rules do not name (a report of
+    another category, or without a patient to file them under): one 422."""
+    if prepared.problems:
+        text = "; ".join(f"{i.expression[0]}: {i.diagnostics}" for i in prepared.problems)
+        raise Unprocessable(
+            f"DiagnosticReport/{rid}: the PDF cannot be filed: {text}", issues=prepared.problems
+        )
+
+
+def _binary_writes(prepared: _Report) -> list[Write]:
+    return [Write("POST", "Binary", p.binary["id"], p.binary, None) for p in prepared.pdfs]
+
+
+def _write_binaries(svc: FhirService, conn: Connection, stored: Stored, prepared: _Report) -> None:
+    """Create the Binaries the stored report points at (none when a conditional create found
+    another report: its blobs stay unreachable, as a refused ITI-65 step 4's)."""
+    urls = {str(f.get("url")) for f in stored.resource().get("presentedForm") or () if isinstance(f, Mapping)}
+    for pdf in prepared.pdfs:
+        if any(url.endswith(f"Binary/{pdf.binary['id']}") for url in urls):
+            binary = {**pdf.binary, "securityContext": {"reference": f"DiagnosticReport/{stored.id}"}}
+            svc.create_in(conn, binary, new_id=binary["id"])
+
+
+def create_report(
+    svc: FhirService,
+    blobs: BlobStore,
+    res: dict[str, Any],
+    *,
+    if_none_exist: str | None = None,
+    base_url: str = "",
+    max_size: int | None = None,
+) -> WriteOutcome:
+    """``POST [base]/DiagnosticReport`` of a report carrying its PDF inline: the bytes go to the
+    content store under the patient's key, the report points at their Binary (ITI-68 serves it).
+    Raises what ``FhirService.create`` raises; nothing is stored then."""
+    if not carries_inline_form(res):
+        return svc.create(res, if_none_exist=if_none_exist, base_url=base_url)
+    rid = str(uuid.uuid4())
+    prepared = _prepare(res, _subject(res, base_url), f"DiagnosticReport/{rid}", base_url)
+    with svc.engine.connect() as conn:
+        draft = Write("POST", "DiagnosticReport", rid, {**prepared.resource, "id": rid}, None)
+        _precheck(
+            svc, conn, [draft, *_binary_writes(prepared)], [replace(draft, resource={**res, "id": rid})]
+        )
+        _raise_problems(prepared, rid)
+    _store(blobs, prepared.patient_id, [p.content for p in prepared.pdfs], max_size)
+    with svc.transaction() as conn:
+        outcome = svc.create_in(
+            conn, prepared.resource, if_none_exist=if_none_exist, base_url=base_url, new_id=rid
+        )
+        _write_binaries(svc, conn, outcome.stored, prepared)
+    return outcome
+
+
+def update_report(
+    svc: FhirService,
+    blobs: BlobStore,
+    rid: str,
+    res: dict[str, Any],
+    *,
+    if_match: str | None = None,
+    base_url: str = "",
+    max_size: int | None = None,
+) -> WriteOutcome:
+    """``PUT [base]/DiagnosticReport/[id]``, as ``create_report`` for its inline PDF."""
+    if not carries_inline_form(res) or res.get("id") != rid:
+        return svc.update("DiagnosticReport", rid, res, if_match=if_match)
+    prepared = _prepare(res, _subject(res, base_url), f"DiagnosticReport/{rid}", base_url)
+    with svc.engine.connect() as conn:
+        current = svc.store.current(conn, "DiagnosticReport", rid)
+        if current is not None and not svc.visible(conn, current):
+            raise NotFound(f"Resource DiagnosticReport/{rid} is not known")
+        draft = Write("PUT", "DiagnosticReport", rid, prepared.resource, current)
+        _precheck(svc, conn, [draft, *_binary_writes(prepared)], [replace(draft, resource=res)])
+        _raise_problems(prepared, rid)
+    _store(blobs, prepared.patient_id, [p.content for p in prepared.pdfs], max_size)
+    with svc.transaction() as conn:
+        outcome = svc.update_in(conn, "DiagnosticReport", rid, prepared.resource, if_match=if_match)
+        _write_binaries(svc, conn, outcome.stored, prepared)
+    return outcome
+
+
+def file_transaction(
+    svc: FhirService,
+    blobs: BlobStore,
+    bundle: dict[str, Any],
+    *,
+    base_url: str = "",
+    max_size: int | None = None,
+    get_handler: GetHandler | None = None,
+) -> dict[str, Any]:
+    """A transaction Bundle whose DiagnosticReports carry PDFs inline: as ``create_report``, each
+    PDF's Binary an entry of the same transaction (its ``securityContext`` the report's fullUrl,
+    which the processor resolves); the response answers the request's entries only. A failure
+    inside the transaction (another entry refused) leaves the blobs unreachable, as ITI-65's."""
+    processor = BundleProcessor(svc, get_handler=get_handler)
+    if not carries_inline_forms(bundle):
+        return processor.process(bundle, base_url)
+    source = copy.deepcopy(bundle)
+    entries: list[dict[str, Any]] = source["entry"]
+    planned = _planned_ids(entries)
+    patients = {full: ref.partition("/")[2] for full, ref in planned.items() if ref.startswith("Patient/")}
+    reports: list[tuple[str, _Report]] = []
+    writes: list[Write] = []  # the results and reports the checks see before any blob is stored
+    given: list[Write] = []
+    binaries: list[dict[str, Any]] = []
+    for entry in entries:
+        res, request = entry.get("resource"), entry.get("request")
+        if not isinstance(res, dict) or not isinstance(request, dict):
+            continue
+        method, url = request.get("method"), str(request.get("url", ""))
+        if method not in ("POST", "PUT") or res.get("resourceType") not in (
+            "DiagnosticReport",
+            "Observation",
+        ):
+            continue
+        rid = url.partition("/")[2] if method == "PUT" and "?" not in url else ""
+        write_id = rid or str(uuid.uuid4())
+        write = Write(
+            str(method), str(res["resourceType"]), write_id, _resolved({**res, "id": write_id}, planned), None
+        )
+        given.append(write)
+        if not carries_inline_form(res):
+            writes.append(write)
+            continue
+        if not entry.get("fullUrl"):
+            entry["fullUrl"] = f"DiagnosticReport/{rid}" if rid else f"urn:uuid:{uuid.uuid4()}"
+        prepared = _prepare(res, _subject(res, base_url, patients), str(entry["fullUrl"]), base_url)
+        entry["resource"] = prepared.resource
+        draft = _resolved({**prepared.resource, "id": write_id}, planned)
+        if prepared.patient_id:
+            draft["subject"] = {"reference": f"Patient/{prepared.patient_id}"}
+        writes.extend([replace(write, resource=draft), *_binary_writes(prepared)])
+        reports.append((write_id, prepared))
+        binaries.extend(p.binary for p in prepared.pdfs)
+    with svc.engine.connect() as conn:
+        current = {(w.type, w.id): svc.store.current(conn, w.type, w.id) for w in writes if w.method == "PUT"}
+        writes = [replace(w, current=current.get((w.type, w.id))) for w in writes]
+        given = [replace(w, current=current.get((w.type, w.id))) for w in given]
+        _precheck(svc, conn, writes, given)
+        for rid, prepared in reports:
+            _raise_problems(prepared, rid)
+    for _, prepared in reports:
+        _store(blobs, prepared.patient_id, [p.content for p in prepared.pdfs], max_size)
+    count = len(entries)
+    for binary in binaries:
+        request = {"method": "POST", "url": "Binary"}
+        entries.append({"fullUrl": f"urn:uuid:{binary['id']}", "resource": binary, "request": request})
+    parsed = parse_entries(source)
+    for parsed_entry, binary in zip(parsed[count:], binaries, strict=True):
+        parsed_entry.assigned_id = binary["id"]
+    with svc.transaction() as conn:
+        responses = processor.transaction_in(conn, parsed, base_url)
+    return {"resourceType": "Bundle", "type": "transaction-response", "entry": responses[:count]}
+
+
+def _planned_ids(entries: list[dict[str, Any]]) -> dict[str, str]:
+    """fullUrl → ``Type/id`` of the transaction's entries: the id a ``PUT Type/id`` names, a
+    stand-in for what a POST will create (enough for the write checks)."""
+    out: dict[str, str] = {}
+    for entry in entries:
+        res, request = entry.get("resource"), entry.get("request")
+        full = entry.get("fullUrl")
+        if not isinstance(full, str) or not isinstance(res, dict) or not isinstance(request, dict):
+            continue
+        rtype, url = str(res.get("resourceType")), str(request.get("url", ""))
+        if request.get("method") == "PUT" and "?" not in url and url.startswith(f"{rtype}/"):
+            out[full] = url
+        else:
+            out[full] = f"{rtype}/{uuid.uuid4()}"
+    return out
+
+
+def _resolved(node: Any, names: Mapping[str, str]) -> Any:
+    """``node`` with the references ``names`` knows replaced (a copy)."""
+    if isinstance(node, dict):
+        return {
+            k: names.get(v, v) if k == "reference" and isinstance(v, str) else _resolved(v, names)
+            for k, v in node.items()
+        }
+    if isinstance(node, list):
+        return [_resolved(item, names) for item in node]
+    return node
 
 
 register_write_rule("Observation", check, after_access=True)

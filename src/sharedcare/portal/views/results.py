@@ -12,6 +12,10 @@ server's session secret, the sign-in session and the record. It means nothing ou
 session, cannot be turned back into a code, and a bookmark of it stops working at sign-out.
 The chart (``portal.charts``) shows ``valueQuantity`` results only, one chart per unit; other
 values are listed under it, and a table gives every charted value for screen readers.
+
+A report's PDF (``presentedForm``: the Binary the laboratory's PDF was filed as, ITI-68) is
+linked from its card: ``…/results/reports/[id]/pdf`` reads the report and then the Binary through
+the reader's session, as the document viewer serves a document's content (decided, audited).
 """
 
 from __future__ import annotations
@@ -32,16 +36,20 @@ from markupsafe import Markup
 from sharedcare.access.categories import LOINC
 from sharedcare.access.policy import category_of
 from sharedcare.access.requests import is_pending
+from sharedcare.documents.mhd import literal
+from sharedcare.fhir.errors import FhirError
 from sharedcare.oauth.keys import session_secret
 from sharedcare.portal import charts, csrf, records
 from sharedcare.portal.deps import holder_side, professional
 from sharedcare.portal.i18n import N_, Translator
 from sharedcare.portal.pages import language, render
 from sharedcare.portal.sessions import PortalError, PortalUser
+from sharedcare.portal.views.documents import Opened, content_response
 from sharedcare.portal.views.timeline import OpenRecord, open_record
 
 router = APIRouter(dependencies=[Depends(csrf.require_csrf)])
 LAB = "lab-results"
+PDF = "application/pdf"
 INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
 FLAG_CODES = {"H": "H", "HH": "HH", "HU": "HH", ">": "H", "L": "L", "LL": "LL", "LU": "LL", "<": "L"}
 FLAG_CODES |= {"N": "N", "A": "A", "AA": "A"}
@@ -107,6 +115,8 @@ class Report:
     when: datetime | None
     performer: str
     results: list[LabResult] = field(default_factory=list)
+    pdf: bool = False
+    """The report carries the laboratory's PDF (``presentedForm``), linked from its card."""
 
 
 def _number(value: Any) -> float | None:
@@ -220,6 +230,7 @@ def laboratory(record: OpenRecord) -> tuple[list[Report], list[LabResult]]:
             records.title_of(res),
             records.when_of(res),
             next((_reference(p) for p in res.get("performer") or () if _reference(p)), ""),
+            pdf=_pdf_form(res) is not None,
         )
         for ref in res.get("result") or ():
             target = _reference(ref)
@@ -237,6 +248,17 @@ def laboratory(record: OpenRecord) -> tuple[list[Report], list[LabResult]]:
             report.results.sort(key=_newest, reverse=True)
     grouped.sort(key=lambda r: (r.reference is not None, r.when or EARLIEST), reverse=True)
     return grouped, list(results.values())
+
+
+def _pdf_form(res: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The report's PDF: its first ``presentedForm`` of type PDF with a Binary ``url`` (or, filed
+    before the PDFs went to the content store, inline ``data``)."""
+    for form in res.get("presentedForm") or ():
+        if not isinstance(form, Mapping) or str(form.get("contentType", "")).split(";")[0] != PDF:
+            continue
+        if "/Binary/" in f"/{form.get('url') or ''}" or form.get("data"):
+            return dict(form)
+    return None
 
 
 def _newest(result: LabResult) -> datetime:
@@ -315,6 +337,40 @@ def _results(request: Request, user: PortalUser, record: OpenRecord) -> Response
         **_presenter(t, _lab_names(request, found, reports)),
     }
     return render(request, "results.html", context, user=user)
+
+
+@router.get("/results/reports/{report_id}/pdf")
+def report_pdf(request: Request, report_id: str, user: PortalUser = Depends(holder_side)) -> Response:
+    return _report_pdf(request, user, report_id, None)
+
+
+@router.get("/pro/patients/{patient_id}/results/reports/{report_id}/pdf")
+def pro_report_pdf(
+    request: Request, patient_id: str, report_id: str, user: PortalUser = Depends(professional)
+) -> Response:
+    return _report_pdf(request, user, report_id, patient_id)
+
+
+def _report_pdf(request: Request, user: PortalUser, report_id: str, patient_id: str | None) -> Response:
+    """The PDF of a laboratory report of the record the page is about, as the reader may see it:
+    the report read through their session (a report of another record, held back from the
+    holder, or not theirs to read is "not found"), then its Binary through the document viewer's
+    ``content_response`` (the access decision again, the audit, the safe headers)."""
+    service = records.view(request, user)
+    record = user.record if patient_id is None else patient_id
+    try:
+        res = service.read("DiagnosticReport", report_id).resource()
+    except FhirError:
+        raise PortalError(404, NOT_FOUND) from None
+    subject = literal((res.get("subject") or {}).get("reference"))
+    form = _pdf_form(res)
+    if record is None or subject != ("Patient", record) or form is None or category_of(res) != LAB:
+        raise PortalError(404, NOT_FOUND)
+    if patient_id is None and is_pending(res):
+        raise PortalError(404, NOT_FOUND)
+    base = "/portal" if patient_id is None else f"/portal/pro/patients/{patient_id}"
+    content = {"content": [{"attachment": form}]}  # the viewer reads a document's first attachment
+    return content_response(request, Opened(service, report_id, content, base))
 
 
 @router.get("/results/{key}")
