@@ -25,7 +25,7 @@ SMART scopes only narrow this decision (``access.session``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
@@ -209,7 +209,29 @@ def ordinary_confidentiality(r: FromClause) -> ColumnElement[bool]:
     )
 
 
-def _restricts(r: FromClause, table: FromClause, *conditions: ColumnElement[bool]) -> ColumnElement[bool]:
+@dataclass(frozen=True, slots=True)
+class _Rows:
+    """Which type-specific rules can concern the rows a filter is asked about: those of Binaries
+    (their document's restrictions and authors decide) and those of Tasks (the holder's record
+    requests). A statement on other types leaves them out: PostgreSQL plans every sub-query of a
+    statement, also one no row reaches, and a search is planned at each execution."""
+
+    binary: bool = True
+    task: bool = True
+
+    @classmethod
+    def of(cls, types: Collection[str] | None) -> _Rows:
+        if types is None:
+            return _ANY_ROWS
+        return cls("Binary" in types, "Task" in types)
+
+
+_ANY_ROWS = _Rows()
+
+
+def _restricts(
+    r: FromClause, table: FromClause, *conditions: ColumnElement[bool], rows: _Rows = _ANY_ROWS
+) -> ColumnElement[bool]:
     """A row of ``table`` (keyed by ``resource_type``, ``resource_id``) meeting ``conditions``
     restricts row ``r``: one on the item itself, or, for a Binary, one on the document its
     ``securityContext`` names (FHIR's proxy for access control), so a mask or an objection hides
@@ -221,6 +243,8 @@ def _restricts(r: FromClause, table: FromClause, *conditions: ColumnElement[bool
         .select_from(t)
         .where(t.c.resource_type == r.c.type, t.c.resource_id == r.c.id, *conditions)
     )
+    if not rows.binary:
+        return own
     of_document = exists(
         select(_ONE)
         .select_from(x)
@@ -233,6 +257,11 @@ def _restricts(r: FromClause, table: FromClause, *conditions: ColumnElement[bool
         )
     )
     return or_(own, and_(r.c.type == _sql("Binary"), of_document))
+
+
+def _reference_only(r: FromClause, types: Collection[str] | None = None) -> ColumnElement[bool]:
+    """The filter of callers who read reference data only (staff, unidentified professionals)."""
+    return r.c.category == REFERENCE
 
 
 def _sql(value: str) -> ColumnElement[str]:
@@ -428,12 +457,12 @@ class _ProfessionalParts:
         if stray:
             raise RuntimeError(f"the professional read filter binds values outside its parameters: {stray}")
 
-    def filter(self, r: FromClause) -> ColumnElement[bool]:
+    def filter(self, r: FromClause, types: Collection[str] | None = None) -> ColumnElement[bool]:
         """The filter on ``r``, as a construct whose SQL SQLAlchemy caches by its shape."""
-        return _ProfessionalFilter(self, r)
+        return _ProfessionalFilter(self, r, _Rows.of(types))
 
-    def condition(self, r: FromClause) -> ColumnElement[bool]:
-        """The filter on the ``resource`` rows of ``r``."""
+    def condition(self, r: FromClause, rows: _Rows = _ANY_ROWS) -> ColumnElement[bool]:
+        """The filter on the ``resource`` rows of ``r`` (of the kinds ``rows``)."""
         cr, ar = _CR, _AR
         # a relationship opens its own column's categories (``either`` is checked on the row)
         category: list[ColumnElement[bool]] = []
@@ -448,7 +477,7 @@ class _ProfessionalParts:
         cared = exists(
             select(_ONE)
             .select_from(_AC, cr)
-            .where(_AC.c.res_pk == r.c.pk, *self.cared, *category, self._confidential(r))
+            .where(_AC.c.res_pk == r.c.pk, *self.cared, *category, self._confidential(r, rows))
         )
         mask = _restricts(
             r,
@@ -456,6 +485,7 @@ class _ProfessionalParts:
             ar.c.kind == _sql("mask"),
             ar.c.practitioner_id == self.practitioner,
             ar.c.removed_at.is_(None),
+            rows=rows,
         )
         allowed = and_(r.c.category.in_(_sql_list(self.either)), cared, ~and_(self.restricted, mask))
         if self.overridden is not None:
@@ -468,14 +498,17 @@ class _ProfessionalParts:
             allowed = or_(allowed, and_(r.c.category.in_(_sql_list(self.readable)), overridden))
         # the holder's objections to filing and requests on items (``access.requests``): an
         # objected item is in no professional's view; a request's Task only in its author's
-        withheld = and_(~AccessPolicy._objected(r), ~AccessPolicy._record_request(r))
+        withheld = ~AccessPolicy._objected(r, rows)
+        if not rows.task:
+            return or_(r.c.category == _sql(REFERENCE), and_(self.licensed, allowed, withheld))
+        withheld = and_(withheld, ~AccessPolicy._record_request(r))
         authors = [_RQ.c.author_practitioner_id == self.practitioner]
         if self.organization is not None:
             authors.append(_RQ.c.owner_organization_id == self.organization)
         owned = AccessPolicy._record_request(r, _RQ.c.kind.in_(_sql_list(ADDRESSED)), or_(*authors))
         return or_(r.c.category == _sql(REFERENCE), and_(self.licensed, or_(and_(allowed, withheld), owned)))
 
-    def _confidential(self, r: FromClause) -> ColumnElement[bool]:
+    def _confidential(self, r: FromClause, rows: _Rows) -> ColumnElement[bool]:
         """The relationship ``_CR`` lets the professional read row ``r`` at its confidentiality:
         any for N, L, M, U (or none); R when the relationship's column reads and writes the row's
         category; V when it is the referring physician's, or the professional is on the author's
@@ -490,11 +523,11 @@ class _ProfessionalParts:
             and_(r.c.confidentiality == _sql(RESTRICTED), full),
             and_(
                 r.c.confidentiality == _sql(VERY_RESTRICTED),
-                or_(cr.c.context == _sql(REFERENT), self._authored(r)),
+                or_(cr.c.context == _sql(REFERENT), self._authored(r, rows)),
             ),
         )
 
-    def _authored(self, r: FromClause) -> ColumnElement[bool]:
+    def _authored(self, r: FromClause, rows: _Rows) -> ColumnElement[bool]:
         """The professional, their PractitionerRole or the organisation they act for is an
         ``author`` of row ``r`` (by its index rows; a List's ``source``: a submission set), or of
         the document a Binary's ``securityContext`` names. A DocumentReference's author named
@@ -526,6 +559,8 @@ class _ProfessionalParts:
             )
             .correlate(r)
         )
+        if not rows.binary:
+            return own
         of_document = exists(
             select(_ONE)
             .select_from(x)
@@ -563,10 +598,11 @@ class _ProfessionalFilter(ColumnElement[bool]):
         ("binds", InternalTraversal.dp_clauseelement_tuple),
     ]
 
-    def __init__(self, parts: _ProfessionalParts, r: FromClause) -> None:
+    def __init__(self, parts: _ProfessionalParts, r: FromClause, rows: _Rows) -> None:
         self.parts = parts
         self.r = r
-        self.shape = parts.shape
+        self.rows = rows
+        self.shape = f"{parts.shape}{rows.binary:d}{rows.task:d}"
         self.columns = (r.c.pk, r.c.category, r.c.type, r.c.id, r.c.confidentiality)
         self.binds = parts.binds
 
@@ -578,7 +614,7 @@ class _ProfessionalFilter(ColumnElement[bool]):
 @compiles(_ProfessionalFilter)
 def _compile_professional_filter(element: _ProfessionalFilter, compiler: Any, **kw: Any) -> str:
     # in parentheses: the enclosing statement takes the element for a single term
-    return "(" + str(compiler.process(element.parts.condition(element.r), **kw)) + ")"
+    return "(" + str(compiler.process(element.parts.condition(element.r, element.rows), **kw)) + ")"
 
 
 @dataclass(frozen=True, slots=True)
@@ -693,12 +729,12 @@ class AccessPolicy:
         if p.kind is PrincipalKind.SYSTEM:
             return None if self.is_trusted(p) else self._system_filter(p, now)
         if p.is_staff:
-            return lambda r: r.c.category == REFERENCE
+            return _reference_only
         if p.kind in (PrincipalKind.PATIENT, PrincipalKind.REPRESENTATIVE):
             return self._holder_filter(p, now)
         if p.kind is PrincipalKind.PROFESSIONAL:
             return self._professional_filter(p, now)
-        return lambda r: false()
+        return lambda r, types=None: false()
 
     @staticmethod
     def is_trusted(p: Principal) -> bool:
@@ -710,7 +746,7 @@ class AccessPolicy:
         c = resource_compartment
         s = record_status
 
-        def flt(r: FromClause) -> ColumnElement[bool]:
+        def flt(r: FromClause, types: Collection[str] | None = None) -> ColumnElement[bool]:
             mine: list[ColumnElement[bool]] = [c.c.patient_id.in_(delegated)]
             if p.patient_id:
                 mine.append(c.c.patient_id == p.patient_id)
@@ -728,7 +764,7 @@ class AccessPolicy:
                             ),
                         )
                     ),
-                    ~self._pending_disclosure(r),
+                    ~self._pending_disclosure(r, _Rows.of(types)),
                 ),
             )
 
@@ -745,7 +781,7 @@ class AccessPolicy:
         (``_professional_parts``); only the conditions on the row itself are built for each
         statement."""
         if not p.practitioner_id or not p.profession:
-            return lambda r: r.c.category == REFERENCE
+            return _reference_only
         return self._professional_parts(p).filter
 
     def _professional_parts(self, p: Principal) -> _ProfessionalParts:
@@ -776,7 +812,7 @@ class AccessPolicy:
 
     def _system_filter(self, p: Principal, now: datetime) -> AccessFilter:
         if not p.organization_id:
-            return lambda r: r.c.category == REFERENCE
+            return _reference_only
         cr = care_relationship
         registered = select(cr.c.patient_id).where(
             cr.c.organization_id == p.organization_id,
@@ -786,20 +822,24 @@ class AccessPolicy:
             _authorised(cr.c.organization_id, resource.alias("sor"), idx_token.alias("sot")),
         )
         owned = (_RQ.c.kind.in_(_sql_list(ADDRESSED)), _RQ.c.owner_organization_id == p.organization_id)
-        return lambda r: or_(
-            r.c.category == REFERENCE,
-            and_(
+
+        def flt(r: FromClause, types: Collection[str] | None = None) -> ColumnElement[bool]:
+            rows = _Rows.of(types)
+            identity = and_(
                 r.c.category == IDENTITY,
                 self._in_compartment(r, registered),
-                ~self._objected(r),
+                ~self._objected(r, rows),
                 or_(r.c.confidentiality.is_(None), r.c.confidentiality != VERY_RESTRICTED),
-            ),
-            self._record_request(r, *owned),
-        )
+            )
+            if not rows.task:
+                return or_(r.c.category == REFERENCE, identity)
+            return or_(r.c.category == REFERENCE, identity, self._record_request(r, *owned))
+
+        return flt
 
     # -- the holder's rights on items (``access.requests``) -----------------------------------
     @staticmethod
-    def _pending_disclosure(r: FromClause) -> ColumnElement[bool]:
+    def _pending_disclosure(r: FromClause, rows: _Rows = _ANY_ROWS) -> ColumnElement[bool]:
         """The item waits for its consultation d'annonce: its ``_security`` index holds the
         pending code (the store indexes every write). A deleted item has no index rows: its
         last live version's content decides, so its history stays hidden too."""
@@ -824,6 +864,8 @@ class AccessPolicy:
                 v.c.content.like(_sql(f'%"code":"{PENDING_DISCLOSURE}"%')),
             )
         )
+        if not rows.binary:
+            return or_(tagged, and_(r.c.deleted, was_tagged))
         x, d = _CX, _PD
         document_tagged = and_(
             r.c.type == _sql("Binary"),
@@ -845,9 +887,9 @@ class AccessPolicy:
         return or_(tagged, and_(r.c.deleted, was_tagged), document_tagged)
 
     @staticmethod
-    def _objected(r: FromClause) -> ColumnElement[bool]:
+    def _objected(r: FromClause, rows: _Rows = _ANY_ROWS) -> ColumnElement[bool]:
         """The holder objected to the item being filed: no professional or system sees it."""
-        return _restricts(r, _FO, _FO.c.removed_at.is_(None))
+        return _restricts(r, _FO, _FO.c.removed_at.is_(None), rows=rows)
 
     @staticmethod
     def _record_request(r: FromClause, *conditions: ColumnElement[bool]) -> ColumnElement[bool]:

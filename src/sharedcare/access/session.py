@@ -8,7 +8,7 @@ each interaction returned; the session writes the audit records just before the 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -243,14 +243,15 @@ class PolicySession:
             return base
         c = resource_compartment
 
-        def flt(r: FromClause) -> object:
-            conds = [] if base is None else [base(r)]
+        def flt(r: FromClause, types: Collection[str] | None = None) -> ColumnElement[bool]:
+            conds = [] if base is None else [base(r, types)]
             if readable is not None:
                 ctx = self._scope_context(base)
                 allowed: list[ColumnElement[bool]] = [r.c.type.in_(sorted(readable))] if readable else []
                 allowed += [
                     and_(r.c.type == rtype, self._matching(r, rtype, queries, ctx))
                     for rtype, queries in sorted(conditional.items())
+                    if types is None or rtype in types
                 ]
                 conds.append(or_(*allowed) if allowed else false())
             if launch is not None:
@@ -258,7 +259,7 @@ class PolicySession:
                 conds.append((r.c.category == REFERENCE) | in_launch)
             return and_(*conds)
 
-        return flt  # type: ignore[return-value]
+        return flt
 
     # -- writes ----------------------------------------------------------------------------
     def check_writes(self, conn: Connection, writes: Sequence[Write]) -> None:

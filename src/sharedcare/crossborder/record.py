@@ -40,15 +40,16 @@ class RecordView:
         """The caller's readable resources of ``types`` in the patient's compartment."""
         r = _R
         pid = self.patient.id
+        kinds = sorted(set(types))
         conds: list[Any] = [
             r.c.deleted.is_(False),
-            r.c.type.in_(sorted(set(types))),
+            r.c.type.in_(kinds),
             r.c.pk.in_(select(resource_compartment.c.res_pk).where(resource_compartment.c.patient_id == pid)),
             local_compartment_link(r, pid, self.base_url),
         ]
         access = self.service.access_filter()
         if access is not None:
-            conds.append(access(r))
+            conds.append(access(r, kinds))
         rows = self.conn.execute(select(*_COLUMNS).where(*conds).order_by(r.c.pk))
         return [Stored(x.pk, x.type, x.id, x.version, x.last_updated, x.deleted, x.content) for x in rows]
 
@@ -64,7 +65,7 @@ class RecordView:
                 tuple_(r.c.type, r.c.id).in_(wanted[start : start + _CHUNK]),
             ]
             if access is not None:
-                conds.append(access(r))
+                conds.append(access(r, {t for t, _ in wanted[start : start + _CHUNK]}))
             for x in self.conn.execute(select(*_COLUMNS).where(*conds)):
                 found[(x.type, x.id)] = Stored(
                     x.pk, x.type, x.id, x.version, x.last_updated, x.deleted, x.content

@@ -207,7 +207,7 @@ class FhirService:
         own = self.session.read_filter() if self.session is not None else None
         if own is None or extra is None:
             return own or extra
-        return lambda r: and_(own(r), extra(r))
+        return lambda r, types=None: and_(own(r, types), extra(r, types))
 
     def _require(self, rtype: str | None, interaction: str) -> None:
         if self.session is not None:
@@ -223,7 +223,11 @@ class FhirService:
         if flt is None:
             return True
         return (
-            conn.execute(select(resource.c.pk).where(resource.c.pk == stored.pk, flt(resource))).first()
+            conn.execute(
+                select(resource.c.pk).where(
+                    resource.c.pk == stored.pk, resource.c.type == stored.type, flt(resource, (stored.type,))
+                )
+            ).first()
             is not None
         )
 
@@ -619,7 +623,14 @@ class FhirService:
         conds: list[Any] = []
         flt = self.access_filter()
         if flt is not None:
-            conds.append(v.c.res_pk.in_(select(resource.c.pk).where(flt(resource))))
+            typed = [resource.c.type == rtype] if rtype is not None else []
+            conds.append(
+                v.c.res_pk.in_(
+                    select(resource.c.pk).where(
+                        *typed, flt(resource, (rtype,) if rtype is not None else None)
+                    )
+                )
+            )
         if rtype is not None:
             conds.append(v.c.type == rtype)
         if rid is not None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Select, and_, func, select
+from sqlalchemy import Connection, and_, func, select
 
 from sharedcare.fhir.errors import BadRequest
 from sharedcare.fhir.search.engine import AccessFilter, local_compartment_link
@@ -73,29 +73,30 @@ def everything(
     if types:
         conds.append(r.c.type.in_(types))
     if access is not None:
-        conds.append(access(r))
-    total = None
+        conds.append(access(r, types or None))
+    cols: list[Any] = [r.c.pk, r.c.type, r.c.id, r.c.version, r.c.last_updated, r.c.deleted, r.c.content]
     if page is None:
-        total = int(conn.execute(select(func.count()).select_from(r).where(*conds)).scalar_one())
+        # the first page counts the matches in the same pass (the window sees them all before the
+        # LIMIT): a count statement of its own read the compartment and ran the access filter twice
+        cols.append(func.count().over().label("total"))
     else:
         conds.append(r.c.pk > page_key(page))
-    cols = [r.c.pk, r.c.type, r.c.id, r.c.version, r.c.last_updated, r.c.deleted, r.c.content]
     rows = list(conn.execute(select(*cols).where(*conds).order_by(r.c.pk).limit(count + 1)))
+    total = (rows[0].total if rows else 0) if page is None else None
     more = len(rows) > count
     rows = rows[:count]
     matches = [Stored(x.pk, x.type, x.id, x.version, x.last_updated, x.deleted, x.content) for x in rows]
     result = EverythingPage(matches, total=total, next_cursor=str(rows[-1].pk) if more and rows else None)
     if matches:
-        # the page's keys as a sub-query: one cached statement instead of hundreds of parameters
-        page_pks = select(r.c.pk).where(*conds).order_by(r.c.pk).limit(count)
+        # the page's keys as values (a sub-query selecting the page again ran the filter again)
         seen = {m.pk for m in matches}
-        result.included = _support(conn, page_pks, seen, types, access, base_url)
+        result.included = _support(conn, sorted(seen), seen, types, access, base_url)
     return result
 
 
 def _support(
     conn: Connection,
-    page_pks: Select[Any],
+    page_pks: list[int],
     seen: set[int],
     types: tuple[str, ...],
     access: AccessFilter | None,
@@ -113,7 +114,7 @@ def _support(
     )
     conds: list[Any] = [t.c.deleted.is_(False)]
     if access is not None:
-        conds.append(access(t))
+        conds.append(access(t, wanted))
     stmt = (
         select(t.c.pk, t.c.type, t.c.id, t.c.version, t.c.last_updated, t.c.deleted, t.c.content)
         .select_from(targets)

@@ -7,7 +7,7 @@ boundary, so ``next``/``previous`` links stay correct while resources are added 
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -17,14 +17,20 @@ from sqlalchemy import ColumnElement, Connection, Select, and_, exists, false, f
 from sqlalchemy.sql import FromClause
 
 from sharedcare.fhir.errors import BadRequest
-from sharedcare.fhir.search.compile import CompileContext, criterion, param_rows, sort_expression, sort_kind
+from sharedcare.fhir.search.compile import (
+    AccessFilter,
+    CompileContext,
+    criterion,
+    param_rows,
+    sort_expression,
+    sort_kind,
+)
 from sharedcare.fhir.search.parse import Include, SearchQuery
 from sharedcare.fhir.search.reference import local
 from sharedcare.fhir.search.values import to_utc_naive
 from sharedcare.fhir.store import Stored
 from sharedcare.storage.tables import idx_reference, resource, resource_compartment
 
-AccessFilter = Callable[[FromClause], ColumnElement[bool]]
 MAX_INCLUDE_DEPTH = 4
 MAX_INCLUDED = 1000  # included resources per page, as HAPI bounds them
 
@@ -139,6 +145,19 @@ def _stored(row: Any) -> Stored:
     return Stored(row.pk, row.type, row.id, row.version, row.last_updated, row.deleted, row.content)
 
 
+def _include_targets(fwd: list[Include]) -> set[str] | None:
+    """The types forward includes can reach (None: any): the asked target, else the parameter's."""
+    types: set[str] = set()
+    for inc in fwd:
+        if inc.target_type:
+            types.add(inc.target_type)
+        elif inc.param is not None and inc.param.targets:
+            types.update(inc.param.targets)
+        else:
+            return None
+    return types
+
+
 class SearchEngine:
     """Executes searches; the access filter, when given, applies to matches and includes alike."""
 
@@ -161,8 +180,25 @@ class SearchEngine:
             conds.append(local_compartment_link(r, compartment, self.ctx.base_url))
         conds.extend(criterion(r, query.resource_type, f, self.ctx) for f in query.filters)
         if access is not None:
-            conds.append(access(r))
+            conds.append(access(r, (query.resource_type,)))
         return conds
+
+    def _rows(
+        self, query: SearchQuery, access: AccessFilter | None, compartment: str | None
+    ) -> tuple[FromClause, list[Any]]:
+        """The rows a search reads, and the conditions on them.
+
+        With an access filter, the search's own criteria pick the candidates in a sub-query the
+        planner may not merge into the statement (``OFFSET 0``), and the filter applies to those
+        only. Merged, PostgreSQL checked the caller's access where it read the rows: for
+        ``Observation?patient&code`` on each of the patient's 217 Observations before the code
+        kept 12 of them, a third of the statement's time."""
+        r = _R
+        conds = self.where(r, query, None, compartment)
+        if access is None:
+            return r, conds
+        candidates = select(r).where(*conds).offset(0).subquery("rc")
+        return candidates, [access(candidates, (query.resource_type,))]
 
     def count(
         self,
@@ -172,8 +208,7 @@ class SearchEngine:
         compartment: str | None = None,
     ) -> int:
         """How many resources match (the accurate total)."""
-        r = _R
-        return self._count(conn, r, self.where(r, query, access, compartment))
+        return self._count(conn, *self._rows(query, access, compartment))
 
     @staticmethod
     def _count(conn: Connection, r: FromClause, conds: list[Any]) -> int:
@@ -189,8 +224,7 @@ class SearchEngine:
         default_total: str = "accurate",
     ) -> SearchResult:
         """Run ``query`` and return one page (``page_size`` 0 returns no matches, only the total)."""
-        r = _R
-        conds = self.where(r, query, access, compartment)
+        r, conds = self._rows(query, access, compartment)
         total_mode = query.total or default_total
         want_total = total_mode != "none" and not query.page
         if page_size == 0 or query.summary == "count":
@@ -312,7 +346,10 @@ class SearchEngine:
                 alts.append(and_(*cond) if cond else ref.c.res_pk.is_not(None))
             where = [ref.c.res_pk.in_(pks), or_(*alts), local(ref, self.ctx.base_url), t.c.deleted.is_(False)]
             if access is not None:
-                where.append(access(t))
+                types = _include_targets(fwd)
+                if types is not None:  # said in SQL too: the filter's narrowing relies on it
+                    where.append(t.c.type.in_(sorted(types)))
+                where.append(access(t, types))
             statements.append(
                 select(*cols)
                 .distinct()
@@ -331,7 +368,8 @@ class SearchEngine:
                 alts.append(and_(*cond) if cond else ref.c.res_pk.is_not(None))
             where = [targets, or_(*alts), local(ref, self.ctx.base_url), t.c.deleted.is_(False)]
             if access is not None:
-                where.append(access(t))
+                types = {inc.source_type for inc in rev}
+                where += [t.c.type.in_(sorted(types)), access(t, types)]
             statements.append(
                 select(*cols).distinct().select_from(ref).join(t, t.c.pk == ref.c.res_pk).where(*where)
             )
