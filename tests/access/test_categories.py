@@ -64,10 +64,11 @@ def test_every_r4_resource_type_is_decided() -> None:
 def test_every_patient_compartment_type_has_a_category_except_group() -> None:
     compartment = set(definitions().patient_compartment)
     assert compartment - set(DEFAULTS) == {"Group"}
-    # Patient data outside the compartment: Device (Device.patient). Document content (Binary) is in it
-    # through the platform's own link (fhir/data/search-parameters-local.json, docs/documents.md).
-    assert set(DEFAULTS) - compartment == {"Device"}
+    # R4 leaves out document content (Binary) and a patient's Device: the platform adds both, through
+    # Binary.patient and Device.patient (fhir/data/search-parameters-local.json, docs/access-matrix.md).
+    assert set(DEFAULTS) - compartment == set()
     assert definitions().patient_compartment["Binary"] == ("patient",)
+    assert definitions().patient_compartment["Device"] == ("patient",)
 
 
 def test_none_is_not_a_grant() -> None:

@@ -36,9 +36,9 @@ def test_the_gp_summary_follows_the_selection_rules(ips_world: IpsWorld) -> None
     request = next(r for r in urls.values() if r.get("id") == "mr-active")
     assert urls[request["medicationReference"]["reference"]]["id"] == "med-1"
     assert urls[request["requester"]["reference"]]["id"] == "gp"
-    # what the GP cannot read (the Device is outside the patient compartment) stays a display
+    # the holder's Device is in their record (Device.patient): the GP in care reads it, so it is included
     statement = next(r for r in urls.values() if r.get("id") == "dus-1")
-    assert statement["device"] == {"display": "Device"}
+    assert urls[statement["device"]["reference"]]["deviceName"][0]["name"] == "Insulin pump"
     condition = next(r for r in urls.values() if r.get("id") == "c-active")
     assert "encounter" not in condition  # an optional reference to something left out is dropped
     procedure = next(r for r in urls.values() if r.get("id") == "proc-1")
