@@ -23,6 +23,7 @@ from sharedcare.storage.tables import idx_reference, resource, resource_compartm
 _R = resource.alias("r")
 _T = resource.alias("t")
 _REF = idx_reference.alias("ref")
+_COLUMNS = ("pk", "type", "id", "version", "last_updated", "deleted", "content")
 SUPPORT_TYPES = ("Practitioner", "PractitionerRole", "Organization", "Location", "Medication", "Substance")
 
 
@@ -74,14 +75,26 @@ def everything(
         conds.append(r.c.type.in_(types))
     if access is not None:
         conds.append(access(r, types or None))
-    cols: list[Any] = [r.c.pk, r.c.type, r.c.id, r.c.version, r.c.last_updated, r.c.deleted, r.c.content]
-    if page is None:
-        # the first page counts the matches in the same pass (the window sees them all before the
-        # LIMIT): a count statement of its own read the compartment and ran the access filter twice
-        cols.append(func.count().over().label("total"))
-    else:
+    if page is not None:
         conds.append(r.c.pk > page_key(page))
-    rows = list(conn.execute(select(*cols).where(*conds).order_by(r.c.pk).limit(count + 1)))
+    # the first page counts the matches in the same pass (the window sees them all before the
+    # LIMIT, over the keys only): a count statement of its own ran the access filter again
+    keys = (
+        select(r.c.pk, func.count().over().label("total"))
+        .where(*conds)
+        .order_by(r.c.pk)
+        .limit(count + 1)
+        .subquery("pg")
+    )
+    c = _T
+    stmt = (
+        select(
+            c.c.pk, c.c.type, c.c.id, c.c.version, c.c.last_updated, c.c.deleted, c.c.content, keys.c.total
+        )
+        .select_from(keys.join(c, c.c.pk == keys.c.pk))
+        .order_by(c.c.pk)
+    )
+    rows = list(conn.execute(stmt))
     total = (rows[0].total if rows else 0) if page is None else None
     more = len(rows) > count
     rows = rows[:count]

@@ -138,7 +138,27 @@ def local_compartment_link(r: FromClause, patient_id: str, base_url: str) -> Col
 
 _R = resource.alias("r")
 _T = resource.alias("t")
+_P = resource.alias("rp")
 _REF = idx_reference.alias("ref")
+
+
+def _ordering(keys: list[tuple[Any, bool]], pk: Any, forward: bool) -> list[Any]:
+    """ORDER BY terms of a page: the sort keys (missing values last), then the row key; a page
+    read backwards (``previous`` link) reverses each."""
+    order: list[Any] = []
+    for expr, desc in keys:
+        ascending = not desc if forward else desc
+        order.append(
+            expr.asc().nulls_last()
+            if ascending and forward
+            else expr.desc().nulls_last()
+            if forward
+            else expr.asc().nulls_first()
+            if ascending
+            else expr.desc().nulls_first()
+        )
+    order.append(pk.asc() if forward else pk.desc())
+    return order
 
 
 def _stored(row: Any) -> Stored:
@@ -236,32 +256,25 @@ class SearchEngine:
             direction, values, pk = _decode_cursor(query.page, kinds)
             boundary = _after if direction == "n" else _before
             conds.append(boundary(keys, values, r.c.pk, pk))
-        columns = [r.c.pk, r.c.type, r.c.id, r.c.version, r.c.last_updated, r.c.deleted, r.c.content]
-        stmt: Select[Any] = select(*columns, *(e.label(f"s{i}") for i, (e, _d) in enumerate(keys)))
-        stmt = stmt.select_from(r).where(*conds)
         forward = direction == "n"
-        order: list[Any] = []
-        for expr, desc in keys:
-            ascending = not desc if forward else desc
-            order.append(
-                expr.asc().nulls_last()
-                if ascending and forward
-                else expr.desc().nulls_last()
-                if forward
-                else expr.asc().nulls_first()
-                if ascending
-                else expr.desc().nulls_first()
+        labels = [e.label(f"s{i}") for i, (e, _d) in enumerate(keys)]
+        if want_total:
+            stmt = self._counted_page(r, conds, keys, labels, page_size)
+        else:
+            columns = [r.c.pk, r.c.type, r.c.id, r.c.version, r.c.last_updated, r.c.deleted, r.c.content]
+            stmt = (
+                select(*columns, *labels)
+                .select_from(r)
+                .where(*conds)
+                .order_by(*_ordering(keys, r.c.pk, forward))
+                .limit(page_size + 1)
             )
-        order.append(r.c.pk.asc() if forward else r.c.pk.desc())
-        rows = list(conn.execute(stmt.order_by(*order).limit(page_size + 1)))
+        rows = list(conn.execute(stmt))
         more = len(rows) > page_size
         rows = rows[:page_size]
         if not forward:
             rows.reverse()
-        total = None
-        if want_total:
-            # a first page that holds every match already knows the total: no count query
-            total = len(rows) if not more else self._count(conn, r, conds)
+        total = (int(rows[0].total_) if rows else 0) if want_total else None
         result = SearchResult([_stored(row) for row in rows], total=total)
         if rows:
             first, last = rows[0], rows[-1]
@@ -281,6 +294,40 @@ class SearchEngine:
                 conn, result.matches, query.includes, query.revincludes, access, result.warnings
             )
         return result
+
+    @staticmethod
+    def _counted_page(
+        r: FromClause, conds: list[Any], keys: list[tuple[Any, bool]], labels: list[Any], page_size: int
+    ) -> Select[Any]:
+        """A first page and the number of all matches, in one statement: the window counts every
+        match before the LIMIT, over the keys only (not the resources' content); the page's rows
+        then join their content. A count statement of its own planned the search a second time
+        and ran its access filter on every match again."""
+        page = (
+            select(r.c.pk, *labels, func.count().over().label("total_"))
+            .select_from(r)
+            .where(*conds)
+            .order_by(*_ordering(keys, r.c.pk, True))
+            .limit(page_size + 1)
+            .subquery("pg")
+        )
+        c = _P
+        sorted_by = [(page.c[f"s{i}"], desc) for i, (_e, desc) in enumerate(keys)]
+        return (
+            select(
+                c.c.pk,
+                c.c.type,
+                c.c.id,
+                c.c.version,
+                c.c.last_updated,
+                c.c.deleted,
+                c.c.content,
+                *(page.c[f"s{i}"] for i in range(len(keys))),
+                page.c.total_,
+            )
+            .select_from(page.join(c, c.c.pk == page.c.pk))
+            .order_by(*_ordering(sorted_by, page.c.pk, True))
+        )
 
     def includes(
         self,
@@ -368,8 +415,11 @@ class SearchEngine:
                 alts.append(and_(*cond) if cond else ref.c.res_pk.is_not(None))
             where = [targets, or_(*alts), local(ref, self.ctx.base_url), t.c.deleted.is_(False)]
             if access is not None:
-                types = {inc.source_type for inc in rev}
-                where += [t.c.type.in_(sorted(types)), access(t, types)]
+                pointing = {inc.source_type for inc in rev}
+                if "*" in pointing:  # ``_revinclude=*``: any type may point at the page
+                    where.append(access(t))
+                else:  # said in SQL too: the filter's narrowing relies on it
+                    where += [t.c.type.in_(sorted(pointing)), access(t, pointing)]
             statements.append(
                 select(*cols).distinct().select_from(ref).join(t, t.c.pk == ref.c.res_pk).where(*where)
             )
