@@ -192,6 +192,15 @@ def _reminder_job(engine: Engine, settings: Settings, *, full: bool = False) -> 
     )
 
 
+def _upload_expiry_job(engine: Engine, settings: Settings, *, full: bool = False) -> str:
+    """Raw uploads no document claimed in time, deleted with their content (``expire-uploads``)."""
+    from sharedcare.documents.submission import expire_unclaimed
+    from sharedcare.fhir.store import utcnow
+
+    expired = expire_unclaimed(engine, settings, utcnow())
+    return f"{expired} unclaimed uploads expired (older than {settings.unclaimed_upload_hours} hours)."
+
+
 class DailyJob(Protocol):
     """A job of ``sharedcare worker``, run once a day at SHAREDCARE_REMINDER_TIME (and by
     ``--once``); it returns what to print."""
@@ -202,6 +211,7 @@ class DailyJob(Protocol):
 DAILY_JOBS: tuple[tuple[str, DailyJob], ...] = (
     ("vaccination reminders", _reminder_job),
     ("record life cycle", _lifecycle_job),
+    ("unclaimed uploads", _upload_expiry_job),
 )
 """The worker's daily jobs, in order; another one is one more line here."""
 
@@ -224,12 +234,7 @@ def _run_daily_jobs(engine: Engine, settings: Settings, *, full: bool = False) -
 def expire_uploads() -> None:
     """Delete the raw Binary uploads no document claimed within SHAREDCARE_UNCLAIMED_UPLOAD_HOURS,
     with their content, audited (schedule it hourly; docs/documents.md)."""
-    from sharedcare.documents.submission import expire_unclaimed
-    from sharedcare.fhir.store import utcnow
-
-    settings = get_settings()
-    expired = expire_unclaimed(_engine(), settings, utcnow())
-    typer.echo(f"{expired} unclaimed uploads expired (older than {settings.unclaimed_upload_hours} hours).")
+    typer.echo(_upload_expiry_job(_engine(), get_settings()))
 
 
 audit_app = typer.Typer(help="The audit trail (docs/audit.md).", no_args_is_help=True)
@@ -301,7 +306,8 @@ def worker(
     interval: float = typer.Option(60.0, help="Seconds between two e-mail delivery passes"),
     full: bool = typer.Option(False, "--full", help="Recompute every patient's forecast (with --once)"),
 ) -> None:
-    """Background work: the daily jobs (``DAILY_JOBS``: vaccination reminders, record life cycle)
+    """Background work: the daily jobs (``DAILY_JOBS``: vaccination reminders, record life cycle,
+    unclaimed uploads)
     at SHAREDCARE_REMINDER_TIME and the e-mail delivery of notifications
     (docs/vaccination-reminders.md); --once for tests and cron."""
     import threading

@@ -327,7 +327,11 @@ def test_the_worker_runs_the_record_life_cycle_once_a_day(
     truncate(engine)
     svc = FhirService(engine, classify=category_of)
     _closed_records(engine, svc, {"due": timedelta(days=365 * 11), "recent": timedelta(days=365)})
-    assert [name for name, _job in cli.DAILY_JOBS] == ["vaccination reminders", "record life cycle"]
+    assert [name for name, _job in cli.DAILY_JOBS] == [
+        "vaccination reminders",
+        "record life cycle",
+        "unclaimed uploads",
+    ]
     monkeypatch.setenv("SHAREDCARE_DATABASE_URL", db_url)
     monkeypatch.setenv("SHAREDCARE_DATA_DIR", str(tmp_path))
     monkeypatch.delenv("SHAREDCARE_SMTP_HOST", raising=False)
@@ -339,6 +343,7 @@ def test_the_worker_runs_the_record_life_cycle_once_a_day(
     assert result.exit_code == 0, result.output
     assert "reminders: " in result.output
     assert "deleted after retention: 1 " in result.output
+    assert "0 unclaimed uploads expired (older than 24 hours)." in result.output
     assert _status(engine) == {"due": ("deleted", "holder"), "recent": ("closed", "holder")}
     with pytest.raises(NotFound):
         svc.read("Observation", "obs-due")
