@@ -594,7 +594,7 @@ class _ProfessionalFilter(ColumnElement[bool]):
     type = Boolean()
     _traverse_internals = [
         ("shape", InternalTraversal.dp_string),
-        ("columns", InternalTraversal.dp_clauseelement_tuple),
+        ("r", InternalTraversal.dp_clauseelement),
         ("binds", InternalTraversal.dp_clauseelement_tuple),
     ]
 
@@ -603,7 +603,6 @@ class _ProfessionalFilter(ColumnElement[bool]):
         self.r = r
         self.rows = rows
         self.shape = f"{parts.shape}{rows.binary:d}{rows.task:d}"
-        self.columns = (r.c.pk, r.c.category, r.c.type, r.c.id, r.c.confidentiality)
         self.binds = parts.binds
 
     @property
