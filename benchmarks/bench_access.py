@@ -53,7 +53,7 @@ from sharedcare.storage.tables import resource
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_load import CpuMeter, _fill, _samples, _serve, _wrk
+from bench_load import _fill, _samples, _serve, _wrk
 from common import mint_token, register_demo_client, report, scratch_database, system_token
 
 SCENARIOS = ("read", "obs", "family", "include", "everything")
@@ -186,7 +186,7 @@ def _same_answers(
 
 
 def _figures(r: dict[str, float]) -> str:
-    text = f"{r['rps']:6.0f} req/s p50 {r['p50']:6.1f} p99 {r['p99']:6.1f} ms {r['cpu_ms']:5.2f} ms CPU"
+    text = f"{r['rps']:6.0f} req/s p50 {r['p50']:6.1f} p99 {r['p99']:6.1f} ms"
     return text + (f" ({r['timeouts']:.0f} timeouts)" if r.get("timeouts") else "")
 
 
@@ -228,9 +228,7 @@ def main() -> None:
             for name in SCENARIOS:
                 order = list(tokens) if rep % 2 == 0 else list(reversed(tokens))
                 for who in order:
-                    runs[name][who].append(
-                        _wrk(port, samples[name], workdir, name, token=tokens[who], cpu=CpuMeter(proc, url))
-                    )
+                    runs[name][who].append(_wrk(port, samples[name], workdir, name, token=tokens[who]))
                 if args.single != "0":
                     for who in order:
                         single[name][who].append(
@@ -242,7 +240,6 @@ def main() -> None:
                                 connections=1,
                                 duration=args.single,
                                 token=tokens[who],
-                                cpu=CpuMeter(proc, url),
                             )
                         )
     print(
@@ -259,7 +256,6 @@ def main() -> None:
         for name in SCENARIOS:
             pairs = list(zip(table[name]["system"], table[name]["professional"], strict=True))
             ratios = [p["rps"] / s["rps"] if s["rps"] else float("nan") for s, p in pairs]
-            capacity = [s["cpu_ms"] / p["cpu_ms"] if p["cpu_ms"] else float("nan") for s, p in pairs]
             for i, (s, p) in enumerate(pairs, start=1):
                 rows.append(
                     (
@@ -268,26 +264,13 @@ def main() -> None:
                         f"ratio {p['rps'] / s['rps'] if s['rps'] else float('nan'):6.1%}",
                     )
                 )
-            rows.append(
-                (
-                    f"{LABELS[name]}: median ratio",
-                    f"{statistics.median(ratios):6.1%} (CPU per request: {statistics.median(capacity):6.1%})",
-                )
-            )
+            rows.append((f"{LABELS[name]}: median ratio", f"{statistics.median(ratios):6.1%}"))
         searches = [
             p["rps"] / s["rps"] if s["rps"] else float("nan")
             for n in SEARCHES
             for s, p in zip(table[n]["system"], table[n]["professional"], strict=True)
         ]
-        by_cpu = [
-            s["cpu_ms"] / p["cpu_ms"] if p["cpu_ms"] else float("nan")
-            for n in SEARCHES
-            for s, p in zip(table[n]["system"], table[n]["professional"], strict=True)
-        ]
         rows.append(("searches: median ratio (target ≥ 85 %)", f"{statistics.median(searches):6.1%}"))
-        rows.append(
-            ("searches: system CPU / professional CPU per request", f"{statistics.median(by_cpu):6.1%}")
-        )
         report(f"Access decision cost, {title}, {args.workers} workers", rows)
 
 
