@@ -246,6 +246,8 @@ def _chained(r: FromClause, rtype: str, flt: Filter, hop: int, ctx: CompileConte
     if param is None or param.type != "reference":
         return false()
     targets = [type_mod] if type_mod else [t for t in param.targets if t in ctx.defs.resource_types]
+    if not targets:  # a parameter naming no known type reaches nothing (an empty OR would match all)
+        return false()
     ref = ctx.alias(INDEX_TABLES["reference"])
     target = ctx.alias(resource)
     branches = [and_(target.c.type == t, _chained(target, t, flt, hop + 1, ctx)) for t in targets]
@@ -279,6 +281,7 @@ def criterion(r: FromClause, rtype: str, flt: Filter | HasFilter, ctx: CompileCo
                 ref.c.target_id == r.c.id,
                 reference.local(ref, ctx.base_url),
                 source.c.deleted.is_(False),
+                source.c.type == flt.source_type,  # said in SQL: the filter's narrowing relies on it
                 *((ctx.access(source, (flt.source_type,)),) if ctx.access is not None else ()),
                 criterion(source, flt.source_type, flt.inner, ctx),
             )
