@@ -11,6 +11,7 @@ import orjson
 from sqlalchemy import Engine, text
 from test_migration_0017 import NOW, fresh  # noqa: F401  (the fixture: a new database per engine)
 
+from sharedcare.documents.content import UPLOADER_EXTENSION
 from sharedcare.storage.migrate import upgrade
 
 V_LABEL = [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "V"}]}]
@@ -75,6 +76,13 @@ def test_0019_backfills_binary_confidentiality_and_contained_authors(fresh: Engi
     _insert(fresh, 3, _document("plain", None, contained=False), None)
     _insert(fresh, 4, _binary("b-plain", "plain"), None)
     _insert(fresh, 5, {"resourceType": "Binary", "id": "loose", "contentType": "text/plain"}, None)
+    pending = {
+        "resourceType": "Binary",
+        "id": "pending",
+        "contentType": "application/pdf",
+        "meta": {"extension": [{"url": UPLOADER_EXTENSION, "valueString": "lab-system"}]},
+    }
+    _insert(fresh, 6, pending, None)  # an upload no document claimed: care-reports before 0019
     with fresh.begin() as conn:  # the plain document's author row exists already (not contained)
         conn.execute(
             text(
@@ -99,11 +107,27 @@ def test_0019_backfills_binary_confidentiality_and_contained_authors(fresh: Engi
         return levels, authors
 
     levels, authors = state()
-    assert levels == {"secret": "V", "b-secret": "V", "plain": None, "b-plain": None, "loose": None}
+    assert levels == {
+        "secret": "V",
+        "b-secret": "V",
+        "plain": None,
+        "b-plain": None,
+        "loose": None,
+        "pending": None,
+    }
+    with fresh.connect() as conn:
+        categories = dict(conn.execute(text("SELECT id, category FROM resource WHERE type = 'Binary'")).all())
+    assert categories == {
+        "b-secret": "care-reports",
+        "b-plain": "care-reports",
+        "loose": "care-reports",
+        "pending": "unfiled",
+    }
     assert authors == [(1, "Organization", "hosp1"), (1, "Practitioner", "gp"), (3, "Practitioner", "gp2")]
     # idempotent: running its steps again (a retried migration) adds and changes nothing
     migration = importlib.import_module("sharedcare.storage.migrations.versions.0019_backfill")
     with fresh.begin() as conn:
         migration._binary_confidentiality(conn)
         migration._contained_authors(conn)
+        migration._pending_uploads(conn)
     assert state() == (levels, authors)

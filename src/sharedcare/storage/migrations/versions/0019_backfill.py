@@ -6,6 +6,8 @@ decision reads:
 - a document's Binary (``securityContext`` = ``DocumentReference/[id]``) has on its row the
   strictest of its own confidentiality and its document's (``fhir.store``: an R or V document's
   content is hidden wherever the document is); older rows have only their own;
+- a raw upload no document claimed yet is ``unfiled`` (``documents.submission``), a category no
+  professional reads; older ones have the category of content;
 - a DocumentReference whose ``author`` names a contained PractitionerRole has ``author`` index
   rows for that role's practitioner and organisation (``fhir.indexer``: V items are read by
   their author's side); older rows have none.
@@ -25,6 +27,7 @@ import orjson
 import sqlalchemy as sa
 from alembic import op
 
+from sharedcare.documents.content import UPLOADER_EXTENSION
 from sharedcare.fhir.indexer import Indexer
 from sharedcare.fhir.store import CONFIDENTIALITY_ORDER, INDEX_COLUMNS, confidentiality_of
 
@@ -123,10 +126,23 @@ def _contained_authors(conn: sa.Connection) -> None:
             conn.execute(insert, missing)
 
 
+def _pending_uploads(conn: Any) -> None:
+    """Uploads no document claimed yet (they carry ``uploaded-by``) are ``unfiled``: no
+    professional reads them until a document claims them, or they expire."""
+    conn.execute(
+        sa.text(
+            "UPDATE resource SET category = 'unfiled' WHERE type = 'Binary' AND deleted = :no "
+            "AND content LIKE :mark AND (category IS NULL OR category <> 'unfiled')"
+        ),
+        {"no": False, "mark": f"%{UPLOADER_EXTENSION}%"},
+    )
+
+
 def upgrade() -> None:
     conn = op.get_bind()
     _binary_confidentiality(conn)
     _contained_authors(conn)
+    _pending_uploads(conn)
 
 
 def downgrade() -> None:
