@@ -259,45 +259,45 @@ class ResourceStore:
     def _inherit_document_labels(
         conn: Connection, writes: Sequence[Write], results: Sequence[Stored]
     ) -> None:
-        """A Binary's row takes the strictest of its own confidentiality and that of the
-        DocumentReference its ``securityContext`` names, so that a plain-FHIR Binary of an R or V
-        document is hidden wherever the document is (search, includes, history), not only on
-        retrieval. Kept in step in the write's transaction: for the Binaries written, and for
-        those of every DocumentReference written (its label may have changed, or it may arrive
-        after its content). A deleted document keeps its last label on its row, so its
-        Binaries keep it too. Reads the index rows just inserted (``security-context``)."""
-        documents = sorted({w.id for w in writes if w.type == "DocumentReference"})
+        """A Binary's row takes the strictest of its own confidentiality and that of the resource
+        its ``securityContext`` names (a DocumentReference, a laboratory DiagnosticReport whose
+        PDF it is, any type: FHIR applies the context's labels to the Binary), so that a Binary
+        of an R or V item is hidden wherever the item is (search, includes, history,
+        ``$everything``), not only on retrieval. Kept in step in the write's transaction: for the
+        Binaries written, and for those of every other resource written (its label may have
+        changed, or it may arrive after its content). A deleted context keeps its last label on
+        its row, so its Binaries keep it too. Reads the index rows just inserted
+        (``security-context``)."""
+        contexts = {(w.type, w.id) for w in writes if w.type != "Binary" and w.resource is not None}
+        ids, types = sorted({i for _, i in contexts}), sorted({t for t, _ in contexts})
         binaries = [s.pk for w, s in zip(writes, results, strict=True) if w.type == "Binary" and w.resource]
-        if not documents and not binaries:
+        if not ids and not binaries:
             return
-        x, b, d = idx_reference, resource.alias("sc_binary"), resource.alias("sc_document")
+        x, b, d = idx_reference, resource.alias("sc_binary"), resource.alias("sc_context")
         found: dict[int, tuple[str | None, str | None, str | None]] = {}
-        for start in range(0, max(len(documents), len(binaries)), 500):
+        for start in range(0, max(len(ids), len(binaries)), 500):
             which = []
-            if documents[start : start + 500]:
-                which.append(x.c.target_id.in_(documents[start : start + 500]))
+            if ids[start : start + 500]:
+                # ids and types apart (the index leads with the id); a Binary matched by another
+                # written type's id is only recomputed from its own context, to the same level
+                which.append(and_(x.c.target_id.in_(ids[start : start + 500]), x.c.target_type.in_(types)))
             if binaries[start : start + 500]:
                 which.append(x.c.res_pk.in_(binaries[start : start + 500]))
             rows = conn.execute(
-                select(b.c.pk, b.c.content, b.c.confidentiality, d.c.confidentiality.label("document"))
+                select(b.c.pk, b.c.content, b.c.confidentiality, d.c.confidentiality.label("context"))
                 .select_from(
                     x.join(b, b.c.pk == x.c.res_pk).outerjoin(
                         d, and_(d.c.type == x.c.target_type, d.c.id == x.c.target_id)
                     )
                 )
-                .where(
-                    x.c.rtype == "Binary",
-                    x.c.param == "security-context",
-                    x.c.target_type == "DocumentReference",
-                    or_(*which),
-                )
+                .where(x.c.rtype == "Binary", x.c.param == "security-context", or_(*which))
             )
             for row in rows:
-                found[row.pk] = (row.content, row.confidentiality, row.document)
+                found[row.pk] = (row.content, row.confidentiality, row.context)
         changes = []
-        for pk, (content, stored, document) in found.items():
+        for pk, (content, stored, context) in found.items():
             own = confidentiality_of(orjson.loads(content)) if content else None
-            level = _strictest(own, document)
+            level = _strictest(own, context)
             if level != stored:
                 changes.append({"b_pk": pk, "b_level": level})
         if changes:
