@@ -7,8 +7,12 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select, update
+from sqlalchemy import Connection, event, select, text, update
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.sql import Select
 
 from sharedcare.access import care
 from sharedcare.access.categories import DataCategory, classify
@@ -17,6 +21,7 @@ from sharedcare.access.principals import Principal, PrincipalKind
 from sharedcare.audit import log as audit
 from sharedcare.fhir.store import utcnow
 from sharedcare.settings import Settings
+from sharedcare.storage.engine import writer
 from support import OBSERVATION_CATEGORY, bearer, lab_result, put_all
 
 SYSTEM = Principal(PrincipalKind.SYSTEM, "clinic-system", display="Clinic", organization_id="clinic")
@@ -232,3 +237,109 @@ def test_without_the_patients_agreement_nothing_changes(client: TestClient) -> N
     with app.state.engine.connect() as conn:
         changes = audit.query(conn, patient_id="pa", actions=[audit.AuditAction.CONSENT_CHANGE])
     assert "until a lab result (patient agreed" in (changes[0].record.interaction or "")
+
+
+def test_only_the_first_version_that_is_a_result_ends_the_wait(client: TestClient) -> None:
+    """An amendment, an old result written again or re-created after a deletion is not the result
+    awaited; a result first filed as preliminary ends the wait when it becomes final."""
+    h = setup(client)
+    until_lab_result(client, h["system"])
+    waiting = row(client)
+    file(client, {**lab_result("lab-a", "pa"), "status": "amended", "valueQuantity": {"value": 5.4}})
+    file(client, {**lab_result("lab-a", "pa"), "note": [{"text": "copied again"}]})
+    assert client.delete("/fhir/Observation/lab-a").status_code in (200, 204)
+    file(client, lab_result("lab-a", "pa"))  # re-created: it was a result before its deletion
+    file(client, {**lab_result("pending", "pa"), "status": "preliminary"})
+    assert row(client) == waiting
+    filed = file(client, lab_result("pending", "pa"))  # the preliminary result becomes final
+    rel = registration(client)
+    assert rel.lab_result_at == filed and not rel.waiting_for_lab_result
+
+
+def _statements_locking(client: TestClient, act: Any) -> list[str]:
+    """The statements on ``care_relationship`` that ``act()`` runs, as PostgreSQL reads them."""
+    app: Any = client.app
+    seen: list[str] = []
+
+    def capture(_conn: Any, statement: Any, *_args: Any) -> None:
+        if isinstance(statement, Select) and care_relationship in statement.get_final_froms():
+            seen.append(str(statement.compile(dialect=postgresql.dialect())))
+
+    event.listen(app.state.engine, "before_execute", capture)
+    try:
+        act()
+    finally:
+        event.remove(app.state.engine, "before_execute", capture)
+    return [s for s in seen if "FOR UPDATE" in s]
+
+
+def test_a_renewal_and_a_filed_result_lock_the_relationship(client: TestClient) -> None:
+    h = setup(client)
+    until_lab_result(client, h["system"])
+    renewing = _statements_locking(client, lambda: renew(client, h["system"], days=5))
+    filing = _statements_locking(client, lambda: file(client, lab_result("lab-final", "pa")))
+    assert [s.split("FOR UPDATE")[1].strip() for s in renewing] == [""]  # care_relationship only
+    assert [s.split("FOR UPDATE")[1].strip() for s in filing] == ["OF care_relationship"]
+    assert row(client).lab_result_at is not None
+
+
+def test_on_postgresql_a_renewal_and_a_result_wait_for_each_other(client: TestClient) -> None:
+    """Two transactions: while one holds the relationship (renewing, or filing the result), the
+    other cannot read it to write its own end (a short lock timeout stands for the wait)."""
+    app: Any = client.app
+    if app.state.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite writers take the database lock at BEGIN: no two renew or file at once")
+    h = setup(client)
+    settings: Settings = app.state.settings
+    service = app.state.fhir
+    until_lab_result(client, h["system"])
+    resp = client.post(
+        "/fhir/Patient/pb/$renew-registration",
+        json={
+            "resourceType": "Parameters",
+            "parameter": [
+                {"name": "untilLabResult", "valueBoolean": True},
+                {"name": "patientAgreement", "valueDateTime": stamp(utcnow() - timedelta(minutes=1))},
+            ],
+        },
+        headers=h["system"],
+    )
+    assert resp.status_code == 200, resp.text
+    engine = writer(app.state.engine)
+
+    def short_wait(conn: Connection) -> None:
+        conn.execute(text("SET LOCAL lock_timeout = '300ms'"))
+
+    # a renewal has read pa's registration (nothing written yet): the result cannot read it
+    # until the renewal commits (``care.locked`` is the read of ``renew``, see the test above)
+    with engine.connect() as first, engine.connect() as second:
+        renewing = first.begin()
+        assert care.locked(first, registration(client, "pa").id) is not None
+        filing = second.begin()
+        short_wait(second)
+        with pytest.raises(OperationalError, match="lock timeout"):
+            service.update_in(second, "Observation", "lab-new", lab_result("lab-new", "pa"))
+        filing.rollback()
+        renewing.commit()
+    renewed = registration(client, "pa").ends
+    filed = file(client, lab_result("lab-new", "pa"))
+    assert registration(client, "pa").lab_result_at == filed
+    assert renewed is not None and registration(client, "pa").ends == min(
+        renewed,
+        max(row(client, "pa").lab_wait_floor, filed + timedelta(days=settings.access_emergency_extra_days)),
+    )
+    # a result holds pb's registration: the renewal waits, then reads the result and keeps it
+    with engine.connect() as first, engine.connect() as second:
+        filing = first.begin()
+        service.update_in(first, "Observation", "lab-b3", lab_result("lab-b3", "pb"))
+        renewing = second.begin()
+        short_wait(second)
+        with pytest.raises(OperationalError, match="lock timeout"):
+            care.renew(second, settings, SYSTEM, registration(client, "pb").id, 5, utcnow())
+        renewing.rollback()
+        filing.commit()
+    ended = registration(client, "pb")
+    assert ended.lab_result_at is not None
+    with engine.begin() as conn:
+        after = care.renew(conn, settings, SYSTEM, ended.id, 5, utcnow())
+    assert after.lab_result_at == ended.lab_result_at and after.ends == ended.ends  # never shortened

@@ -11,6 +11,7 @@ from sqlalchemy import select
 from sharedcare.access import care
 from sharedcare.access.models import care_relationship, record_status
 from sharedcare.access.principals import Principal, PrincipalKind
+from sharedcare.api.registrations import REGISTER_REFUSED, RENEW_REFUSED
 from sharedcare.audit import log as audit
 from sharedcare.fhir.store import utcnow
 from sharedcare.identity import accounts
@@ -207,8 +208,9 @@ def test_a_client_of_another_facility_is_refused(client: TestClient) -> None:
     h = world(client)
     assert register(client, "pa", "facility", h["system"]).status_code == 200
     other = client.post("/fhir/Patient/pa/$renew-registration", json=params(days=10), headers=h["other"])
-    assert other.status_code == 422
-    assert "Organization/other has no registration of Patient/pa in force" in diagnostics(other)
+    assert other.status_code == 404 and diagnostics(other) == RENEW_REFUSED  # as for an unknown id
+    nobody = client.post("/fhir/Patient/nobody/$renew-registration", json=params(days=10), headers=h["other"])
+    assert (nobody.status_code, nobody.json()) == (404, other.json())
     assert client.get("/fhir/Patient/pa", headers=h["other"]).status_code == 404
     assert client.get("/fhir/Observation/lab-a", headers=h["other_doctor"]).status_code == 404
     (rel,) = relationships(client, "pa")
@@ -228,7 +230,7 @@ def test_a_client_of_another_facility_is_refused(client: TestClient) -> None:
     assert resp.status_code == 403 and "scopes" in diagnostics(resp)
     assert relationships(client, "pb") == []
     unknown = register(client, "nobody", "facility", h["system"])
-    assert unknown.status_code == 404
+    assert unknown.status_code == 404 and diagnostics(unknown) == REGISTER_REFUSED
 
 
 def test_a_withdrawn_facility_is_refused(client: TestClient) -> None:
@@ -236,23 +238,39 @@ def test_a_withdrawn_facility_is_refused(client: TestClient) -> None:
     assert register(client, "pa", "facility", h["system"]).status_code == 200
     client.put("/fhir/Organization/clinic", json={**CLINIC, "active": False})  # as the trusted client
     for who in ("system", "doctor"):
-        resp = register(client, "pb", "emergency", h[who])
-        assert resp.status_code == 403, resp.text
-        assert "authorisation is withdrawn" in diagnostics(resp)
+        for patient in ("pb", "nobody"):  # refused before the record is looked up: alike
+            resp = register(client, patient, "emergency", h[who])
+            assert resp.status_code == 403, resp.text
+            assert "authorisation is withdrawn" in diagnostics(resp)
     renew = client.post("/fhir/Patient/pa/$renew-registration", json=params(days=5), headers=h["system"])
     assert renew.status_code == 403 and "cannot renew" in diagnostics(renew)
     assert relationships(client, "pb") == []
     assert client.get("/fhir/Observation/lab-a", headers=h["doctor"]).status_code == 404
 
 
-def test_a_closed_record_takes_no_registration(client: TestClient) -> None:
-    h = world(client)
+def close(client: TestClient, patient: str) -> None:
     app: Any = client.app
     with app.state.engine.begin() as conn:
-        conn.execute(record_status.insert().values(patient_id="pa", status="closed", closed_at=utcnow()))
+        conn.execute(record_status.insert().values(patient_id=patient, status="closed", closed_at=utcnow()))
+
+
+def test_a_closed_record_takes_no_registration(client: TestClient) -> None:
+    """Only a facility in the holder's care is told the record is closed; any other is answered
+    as for an unknown record."""
+    h = world(client)
+    assert register(client, "pa", "facility", h["system"]).status_code == 200
+    close(client, "pa")
+    before = relationships(client, "pa")
     resp = register(client, "pa", "emergency", h["system"])
     assert resp.status_code == 422 and "closed" in diagnostics(resp)
-    assert relationships(client, "pa") == []
+    renewal = client.post("/fhir/Patient/pa/$renew-registration", json=params(days=5), headers=h["system"])
+    assert renewal.status_code == 422 and "closed" in diagnostics(renewal)
+    for patient in ("pa", "nobody"):
+        refused = register(client, patient, "emergency", h["other"])
+        assert (refused.status_code, diagnostics(refused)) == (404, REGISTER_REFUSED)
+        refused = client.post(f"/fhir/Patient/{patient}/$renew-registration", headers=h["other_doctor"])
+        assert (refused.status_code, diagnostics(refused)) == (404, RENEW_REFUSED)
+    assert relationships(client, "pa") == before
 
 
 def test_the_agency_files_the_holders_objection(client: TestClient) -> None:
@@ -409,7 +427,7 @@ def test_invalid_and_unknown_matricules_are_refused_and_change_nothing(client: T
             assert resp.status_code == 400, (number, resp.text)
             assert "not a valid matricule" in diagnostics(resp) and problem in diagnostics(resp)
     unknown = by_matricule(client, "register", generate(date(1990, 6, 1), 3), h["system"], context="facility")
-    assert unknown.status_code == 404 and diagnostics(unknown) == "No record has this matricule"
+    assert unknown.status_code == 404 and diagnostics(unknown) == REGISTER_REFUSED
     foreign = client.post(
         "/fhir/Patient/$register",
         json={
@@ -425,7 +443,7 @@ def test_invalid_and_unknown_matricules_are_refused_and_change_nothing(client: T
     missing = client.post("/fhir/Patient/$register", json=params(context="facility"), headers=h["system"])
     assert missing.status_code == 400 and "'identifier'" in diagnostics(missing)
     twice = by_matricule(client, "renew-registration", MATRICULE, h["system"])
-    assert twice.status_code == 422 and "no registration of Patient/pm in force" in diagnostics(twice)
+    assert twice.status_code == 404 and diagnostics(twice) == RENEW_REFUSED
     # the URL already names the record: an identifier besides is refused
     both = client.post(
         "/fhir/Patient/pm/$register",
@@ -447,3 +465,98 @@ def test_invalid_and_unknown_matricules_are_refused_and_change_nothing(client: T
     assert relationships(client, "pm") == []
     assert consent_changes(client, "pm") == []
     assert lab_results_seen(client, "pm", h["doctor"]) == []
+
+
+def refusals_logged(client: TestClient, subject: str) -> list[tuple[Any, ...]]:
+    """The caller's refused acts in the access log, oldest first."""
+    app: Any = client.app
+    with app.state.engine.connect() as conn:
+        entries = audit.query(conn, principal_subject=subject)
+    return [
+        (e.record.action, e.record.interaction, e.record.patient_id, e.record.outcome_desc)
+        for e in reversed(entries)
+        if e.record.outcome == audit.AuditOutcome.MINOR_FAILURE
+    ]
+
+
+def test_by_matricule_a_facility_not_in_care_learns_nothing_and_is_logged(client: TestClient) -> None:
+    """No record, a duplicate, a closed record, no registration of the caller's: one answer that
+    names neither the record nor its state, and each refusal in the access log (naming no one)."""
+    h = matricule_world(client)
+    unknown = generate(date(1990, 6, 1), 3)
+    duplicated = generate(date(1960, 2, 2), 5)
+    put_all(
+        client,
+        {
+            "resourceType": "Patient",
+            "id": "pd1",
+            "identifier": [{"system": MATRICULE_SYSTEM, "value": duplicated}],
+        },
+        {
+            "resourceType": "Patient",
+            "id": "pd2",
+            "identifier": [{"system": MATRICULE_SYSTEM, "value": duplicated}],
+        },
+    )
+    # the clinic takes part in pm's care (an emergency registration); the other facility does not
+    assert by_matricule(client, "register", MATRICULE, h["system"], context="emergency").status_code == 200
+    renewals = [by_matricule(client, "renew-registration", n, h["other"]) for n in (unknown, duplicated)]
+    renewals.append(by_matricule(client, "renew-registration", MATRICULE, h["other"]))  # open, not theirs
+    registrations = [
+        by_matricule(client, "register", n, h["other"], context="facility") for n in (unknown, duplicated)
+    ]
+    close(client, "pm")
+    renewals.append(by_matricule(client, "renew-registration", MATRICULE, h["other"]))
+    registrations.append(by_matricule(client, "register", MATRICULE, h["other"], context="facility"))
+    for answers, message in ((renewals, RENEW_REFUSED), (registrations, REGISTER_REFUSED)):
+        for resp in answers:
+            assert (resp.status_code, diagnostics(resp)) == (404, message), resp.text
+            assert resp.json() == answers[0].json()
+            assert "pm" not in resp.text and "closed" not in resp.text
+    # a bad end is refused before the record is looked up: known or not, the same answer
+    late = (utcnow() + timedelta(days=60)).isoformat() + "Z"
+    ends = [
+        by_matricule(client, "register", n, h["other"], context="facility", end=late)
+        for n in (unknown, MATRICULE)
+    ]
+    assert [r.status_code for r in ends] == [422, 422] and ends[0].json() == ends[1].json()
+    renew_path = ("POST /fhir/Patient/$renew-registration", "404 not-found")
+    register_path = ("POST /fhir/Patient/$register", "404 not-found")
+    assert (
+        refusals_logged(client, "other-system")
+        == [
+            (audit.AuditAction.CREATE, path, None, outcome)
+            for path, outcome in [renew_path] * 3 + [register_path] * 2 + [renew_path, register_path]
+        ]
+        + [(audit.AuditAction.CREATE, "POST /fhir/Patient/$register", None, "422 processing")] * 2
+    )
+    assert relationships(client, "pd1") == [] and relationships(client, "pd2") == []
+    assert [r.organization_id for r in relationships(client, "pm")] == ["clinic"]
+    # the facility in the holder's care is told precisely, the record named
+    closed = by_matricule(client, "renew-registration", MATRICULE, h["doctor"])
+    assert closed.status_code == 422 and "closed" in diagnostics(closed)
+    assert "Patient/pm" in diagnostics(closed)
+    assert refusals_logged(client, "acct-doc")[0][-1] == "422 processing"
+
+
+def test_a_facility_in_care_keeps_the_precise_answers(client: TestClient) -> None:
+    h = matricule_world(client)
+    assert by_matricule(client, "register", MATRICULE, h["system"], context="emergency").status_code == 200
+    resp = by_matricule(client, "renew-registration", MATRICULE, h["system"])
+    assert resp.status_code == 422
+    assert "Organization/clinic has no registration of Patient/pm in force" in diagnostics(resp)
+    assert "an emergency registration is not renewed" in diagnostics(resp)
+    # a second record with the same matricule: the clinic is told to have them merged, no one else
+    put_all(
+        client,
+        {
+            "resourceType": "Patient",
+            "id": "pm2",
+            "identifier": [{"system": MATRICULE_SYSTEM, "value": MATRICULE}],
+        },
+    )
+    twice = by_matricule(client, "register", MATRICULE, h["system"], context="facility")
+    assert twice.status_code == 422 and "Several records" in diagnostics(twice)
+    other = by_matricule(client, "register", MATRICULE, h["other"], context="facility")
+    assert (other.status_code, diagnostics(other)) == (404, REGISTER_REFUSED)
+    assert [r.context for r in relationships(client, "pm")] == ["emergency"]

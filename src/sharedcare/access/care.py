@@ -143,16 +143,7 @@ def register(
         raise NotAllowed("A facility registers patients only for itself")
     if not facility_authorised(conn, organization):
         raise NotAllowed("The facility's authorisation is withdrawn: it cannot register patients")
-    if emergency:
-        longest = now + timedelta(
-            hours=settings.access_emergency_hours, days=settings.access_emergency_extra_days
-        )
-    else:
-        longest = now + timedelta(days=settings.access_facility_days)
-    if ends is not None and not now < ends <= longest:
-        raise CareError(
-            f"A registration ends after now and at the latest on {longest.isoformat(timespec='minutes')}"
-        )
+    ends = registration_end(settings, now, emergency=emergency, ends=ends)
     _audit(
         conn,
         actor,
@@ -166,9 +157,38 @@ def register(
         organization_id=organization,
         context="emergency" if emergency else "facility",
         starts=now,
-        ends=ends or longest,
+        ends=ends,
         reason=reason.strip() if reason and reason.strip() else None,
         created_by=actor.subject,
+    )
+
+
+def registration_end(
+    settings: Settings, now: datetime, *, emergency: bool, ends: datetime | None
+) -> datetime:
+    """When a registration made now ends: ``ends`` if within the context's default duration
+    (Annex 1 §3), else that default. Whether ``ends`` is acceptable depends on no record, so the
+    API checks it before it looks the holder up (a refusal must not tell a known record apart)."""
+    if emergency:
+        longest = now + timedelta(
+            hours=settings.access_emergency_hours, days=settings.access_emergency_extra_days
+        )
+    else:
+        longest = now + timedelta(days=settings.access_facility_days)
+    if ends is not None and not now < ends <= longest:
+        raise CareError(
+            f"A registration ends after now and at the latest on {longest.isoformat(timespec='minutes')}"
+        )
+    return ends or longest
+
+
+def holds_registration(conn: Connection, patient_id: str, organization_id: str, now: datetime) -> bool:
+    """Whether the facility has a registration of the holder in force now, in any context: it
+    takes part in the holder's care, so it may be told what became of the record (closed, …)
+    where any other facility is told only that it may not act on it."""
+    return any(
+        current_registration(conn, patient_id, organization_id, context, now) is not None
+        for context in ("facility", "emergency")
     )
 
 
@@ -196,8 +216,9 @@ def current_registration(
 
 
 def _renewable(conn: Connection, actor: Principal, relationship_id: str, now: datetime) -> Relationship:
-    """The facility registration ``actor`` may renew now (its own, in force, facility authorised)."""
-    rel = get(conn, relationship_id)
+    """The facility registration ``actor`` may renew now (its own, in force, facility authorised),
+    its row locked until the transaction ends (see ``locked``)."""
+    rel = locked(conn, relationship_id)
     if rel is None or rel.context != "facility" or rel.organization_id != actor.organization_id:
         raise NotAllowed("Only the registering facility renews its own registration")
     if not facility_authorised(conn, rel.organization_id or ""):
@@ -347,6 +368,17 @@ def active_overrides(conn: Connection, practitioner_id: str, now: datetime) -> d
         )
     )
     return {row.patient_id: row.reason or "" for row in rows}
+
+
+def locked(conn: Connection, relationship_id: str) -> Relationship | None:
+    """The relationship, its row locked until the transaction ends (``SELECT … FOR UPDATE`` on
+    PostgreSQL; SQLite writers hold the database lock already). A renewal and a filed lab result
+    (``access.labwait``, which locks the same rows) both read ``ends`` and write it back: each
+    waits for the other's commit and reads what it wrote, so neither loses the other's end."""
+    row = conn.execute(
+        select(care_relationship).where(care_relationship.c.id == relationship_id).with_for_update()
+    ).first()
+    return _from_row(row) if row else None
 
 
 def get(conn: Connection, relationship_id: str) -> Relationship | None:

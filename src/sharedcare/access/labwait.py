@@ -10,7 +10,12 @@ relationship can start waiting.
 
 A result is a final (or amended, corrected, appended) ``Observation`` or ``DiagnosticReport``, or
 a current ``DocumentReference``, whose data category is ``lab-results``; a preliminary or
-registered one is not the result yet.
+registered one is not the result yet. Only the first version of a resource that is a result
+ends a wait (created as one, or its previous version was not one): an amendment, or an old
+result written again, is not the result awaited.
+
+The effect locks the relationships it ends (``SELECT … FOR UPDATE``) as ``care.renew`` locks the
+one it prolongs, so a renewal and a result filed at the same time never write back a stale end.
 """
 
 from __future__ import annotations
@@ -19,13 +24,14 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
+import orjson
 from sqlalchemy import Connection, select, update
 
 from sharedcare.access.categories import DataCategory, classify
 from sharedcare.access.models import care_relationship
 from sharedcare.fhir.service import register_write_effect
 from sharedcare.fhir.store import Stored, Write
-from sharedcare.storage.tables import resource_compartment
+from sharedcare.storage.tables import resource_compartment, resource_version
 
 RESULT_STATUSES: Mapping[str, frozenset[str]] = {
     "Observation": frozenset({"final", "amended", "corrected"}),
@@ -45,17 +51,37 @@ def is_lab_result(res: Mapping[str, Any]) -> bool:
     return classify(res) == DataCategory.LAB_RESULTS
 
 
+def _first_result(conn: Connection, write: Write, stored: Stored) -> bool:
+    """Whether ``stored`` is the first version of its resource that is a result: created as one,
+    or its previous version was not one (a deleted resource written again: none before was)."""
+    previous = write.current
+    if previous is None:
+        return True
+    if not previous.deleted:
+        return not is_lab_result(previous.resource())
+    rv = resource_version
+    earlier = conn.execute(
+        select(rv.c.content).where(
+            rv.c.res_pk == stored.pk, rv.c.version < stored.version, rv.c.content.is_not(None)
+        )
+    ).scalars()
+    return not any(is_lab_result(orjson.loads(content)) for content in earlier)
+
+
 def end_lab_wait(conn: Connection, write: Write, stored: Stored) -> None:
     """The write effect: a lab result filed in a record ends its registrations waiting for one,
     the filing deadline after the result (never before their end before the wait, never after
     their cap)."""
     if write.resource is None or stored.deleted or not is_lab_result(write.resource):
         return
+    if not _first_result(conn, write, stored):
+        return
     cr = care_relationship
     filed = stored.last_updated
     patients = select(resource_compartment.c.patient_id).where(resource_compartment.c.res_pk == stored.pk)
     waiting = conn.execute(
-        select(cr.c.id, cr.c.ends, cr.c.lab_wait_floor, cr.c.lab_wait_days).where(
+        select(cr.c.id, cr.c.ends, cr.c.lab_wait_floor, cr.c.lab_wait_days)
+        .where(
             cr.c.patient_id.in_(patients),
             cr.c.lab_wait_since.is_not(None),
             cr.c.lab_wait_since <= filed,
@@ -63,6 +89,8 @@ def end_lab_wait(conn: Connection, write: Write, stored: Stored) -> None:
             cr.c.revoked_at.is_(None),
             cr.c.ends > filed,
         )
+        .order_by(cr.c.id)  # rows locked in one order: two results of a holder cannot deadlock
+        .with_for_update(of=cr)
     ).all()
     for row in waiting:
         after = filed + timedelta(days=row.lab_wait_days or 0)

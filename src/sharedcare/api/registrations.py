@@ -10,8 +10,7 @@
   a lab result is filed in the record, plus the filing deadline (``care.renew_until_lab_result``).
 - ``POST Patient/$register`` and ``POST Patient/$renew-registration``: the same, the holder named
   by an ``identifier`` parameter (valueIdentifier, system ``MATRICULE_SYSTEM``, 13 digits or the
-  pre-2014 11-digit form), as a facility's entrance knows them: 400 an invalid matricule, 404 no
-  record has it.
+  pre-2014 11-digit form), as a facility's entrance knows them: 400 an invalid matricule.
 - ``POST Patient/[id]/$opt-out``: the holder's objection (§A.1) filed by the holder or by the
   Agence's tools (administrator, trusted platform client): the record is deleted for everyone.
 
@@ -19,6 +18,13 @@ A registration is not a FHIR resource of the record: it is the proof of a care r
 access decision reads (``care_relationship``), so an operation states the act and its answer
 names what the decision now knows. Refusals are OperationOutcomes (403 who may not, 404 unknown
 record, 422 a rule of the regulation), logged by the app's error handler like any refusal.
+
+No existence oracle: what depends on no record (the caller, its facility's authorisation, the
+parameters) is refused first; then a facility without a registration in force of the holder is
+told one thing, ``REGISTER_REFUSED`` or ``RENEW_REFUSED`` (404, naming neither the record nor its
+state), whether no record has the matricule or id, several do, the record is closed, or (to
+renew) the facility has no registration of it. A facility with a registration in force is in
+the holder's care and keeps the precise answers (closed record, emergency registration…).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from sqlalchemy import Connection
 from starlette.concurrency import run_in_threadpool
 
 from sharedcare.access import care, consent
+from sharedcare.access.licence import facility_authorised
 from sharedcare.access.principals import Principal, PrincipalKind
 from sharedcare.api.fhir import authenticate, fhir_response
 from sharedcare.api.parameters import read_parameters
@@ -45,6 +52,13 @@ from sharedcare.storage.engine import writer
 
 router = APIRouter(prefix="/fhir", dependencies=[Depends(authenticate)])
 CONTEXTS = ("facility", "emergency")
+REGISTER_REFUSED = "No record open to registration is known for this patient"
+"""A registration refused to a facility not (yet) in the holder's care, whatever the reason."""
+RENEW_REFUSED = (
+    "This facility has no registration of this patient in force to renew (an emergency "
+    "registration is not renewed; an ended one is made again with $register)"
+)
+"""A renewal refused to a facility not in the holder's care, whatever the reason."""
 
 
 def _text(params: dict[str, Any], name: str) -> str | None:
@@ -92,19 +106,28 @@ def _matricule(params: dict[str, Any]) -> str:
         raise BadRequest(f"The identifier is not a valid matricule: {exc}") from None
 
 
-def _patient_of(conn: Connection, service: FhirService, number: str) -> str:
-    """The record of the matricule, found in the directory of records (not through the caller's
-    view: a facility registers a holder it cannot see yet). A record kept under the 11-digit form
-    is found too."""
+def _records_of(conn: Connection, service: FhirService, number: str) -> list[str]:
+    """The ids of the records of the matricule (at most two: one, or a duplicate to merge), found
+    in the directory of records (not through the caller's view: a facility registers a holder it
+    cannot see yet). A record kept under the 11-digit form is found too."""
     directory = service.for_session(None)
     wanted = f"{MATRICULE_SYSTEM}|{number},{MATRICULE_SYSTEM}|{number[: matricule.LEGACY_LENGTH]}"
     query = directory.parse_search("Patient", [("identifier", wanted), ("_count", "2")], strict=True)
-    found = directory.search_in(conn, query).matches
-    if not found:
-        raise NotFound("No record has this matricule")
-    if len(found) > 1:
+    return [found.id for found in directory.search_in(conn, query).matches]
+
+
+def _patient_of(
+    conn: Connection, service: FhirService, number: str, organization: str, now: datetime, refused: str
+) -> str:
+    """The record of the matricule; ``refused`` (404) when there is none, or several and the
+    facility holds a registration of none of them (a duplicate is news only to a facility in the
+    holder's care)."""
+    found = _records_of(conn, service, number)
+    if len(found) > 1 and any(care.holds_registration(conn, pid, organization, now) for pid in found):
         raise Unprocessable("Several records have this matricule: the Agence must merge them first")
-    return found[0].id
+    if len(found) != 1:
+        raise NotFound(refused)
+    return found[0]
 
 
 def _days(params: dict[str, Any], default: int) -> int:
@@ -151,9 +174,10 @@ def _require_write(service: FhirService) -> None:
         service.session.require("Patient", "u")
 
 
-def _facility_of(conn: Connection, service: FhirService, who: Principal) -> str:
-    """The facility the caller acts for: listed in the directory (its authorisation, the
-    ``active`` flag, is checked by ``care``); a professional's own licence must stand too."""
+def _facility_of(conn: Connection, service: FhirService, who: Principal, act: str) -> str:
+    """The facility the caller acts for: listed in the directory and authorised (its ``active``
+    flag; ``care`` checks it again), before any record is looked up; a professional's own
+    licence must stand too. ``act`` (e.g. "register patients") completes the refusal."""
     if who.kind not in (PrincipalKind.SYSTEM, PrincipalKind.PROFESSIONAL) or not who.organization_id:
         raise Forbidden(
             "Only a care facility's system or a professional acting for a facility registers patients"
@@ -169,17 +193,45 @@ def _facility_of(conn: Connection, service: FhirService, who: Principal) -> str:
             raise Forbidden(
                 "Only a professional listed as active in the national directory registers patients"
             )
+    if not facility_authorised(conn, who.organization_id):
+        raise Forbidden(f"The facility's authorisation is withdrawn: it cannot {act}")
     return who.organization_id
 
 
-def _record(conn: Connection, service: FhirService, patient_id: str) -> None:
-    """The record exists and is open (a closed one takes nothing new, as for data)."""
+def _record(conn: Connection, service: FhirService, patient_id: str, refused: str | None = None) -> None:
+    """The record exists and is open (a closed one takes nothing new, as for data). With
+    ``refused``, the caller may not know more: every one of these answers is ``refused`` (404)."""
     found = service.store.current(conn, "Patient", patient_id)
     state = consent.status(conn, patient_id)
     if found is None or found.deleted or state == "deleted":
-        raise NotFound(f"Resource Patient/{patient_id} is not known")
+        raise NotFound(refused or f"Resource Patient/{patient_id} is not known")
+    if state == "closed" and refused:
+        raise NotFound(refused)
     if state == "closed":
         raise Unprocessable(f"The record of Patient/{patient_id} is closed: no registration can be made")
+
+
+def _open_record(
+    conn: Connection,
+    service: FhirService,
+    organization: str,
+    patient_id: str | None,
+    number: str | None,
+    refused: str,
+    now: datetime,
+    *,
+    in_care_only: bool,
+) -> str:
+    """The open record named by its id or matricule (``number``) that ``organization`` may act
+    on: a facility holding a registration of it in force is told precisely why not; any other
+    is ``refused`` (404), and also when the act is for facilities in the holder's care only."""
+    if patient_id is None:
+        patient_id = _patient_of(conn, service, number or "", organization, now, refused)
+    in_care = care.holds_registration(conn, patient_id, organization, now)
+    if in_care_only and not in_care:
+        raise NotFound(refused)
+    _record(conn, service, patient_id, None if in_care else refused)
+    return patient_id
 
 
 def _care_refusal(exc: care.CareError) -> Exception:
@@ -210,10 +262,16 @@ def _register(
         raise BadRequest("$register needs a 'context' parameter: facility or emergency")
     ends = _instant(params, "end")
     reason = _text(params, "reason")
+    now = utcnow()
     with writer(service.engine).begin() as conn:
-        organization = _facility_of(conn, service, who)
-        patient_id = patient_id or _patient_of(conn, service, number or "")
-        _record(conn, service, patient_id)
+        organization = _facility_of(conn, service, who, "register patients")
+        try:  # the end is checked before the record is looked up: its refusal tells nothing of it
+            care.registration_end(settings, now, emergency=context == "emergency", ends=ends)
+        except care.CareError as exc:
+            raise _care_refusal(exc) from None
+        patient_id = _open_record(
+            conn, service, organization, patient_id, number, REGISTER_REFUSED, now, in_care_only=False
+        )
         try:
             return care.register(
                 conn,
@@ -221,7 +279,7 @@ def _register(
                 who,
                 patient_id,
                 emergency=context == "emergency",
-                now=utcnow(),
+                now=now,
                 organization_id=organization,
                 ends=ends,
                 reason=reason,
@@ -245,11 +303,12 @@ def _renew(
     days = _days(params, settings.access_facility_renewal_days)
     now = utcnow()
     with writer(service.engine).begin() as conn:
-        organization = _facility_of(conn, service, who)
-        patient_id = patient_id or _patient_of(conn, service, number or "")
-        _record(conn, service, patient_id)
+        organization = _facility_of(conn, service, who, "renew registrations")
+        patient_id = _open_record(
+            conn, service, organization, patient_id, number, RENEW_REFUSED, now, in_care_only=True
+        )
         current = care.current_registration(conn, patient_id, organization, "facility", now)
-        if current is None:
+        if current is None:  # the facility holds an emergency registration: it may know more
             raise Unprocessable(
                 f"Organization/{organization} has no registration of Patient/{patient_id} in force "
                 "to renew (an emergency registration is not renewed; an ended one is made again "
