@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -312,6 +314,109 @@ def test_a_retention_agreement_postpones_deletion_until_withdrawn(db_url: str, t
     assert lifecycle.retention_agreement(svc, "kept") is None
     with writer(engine).begin() as conn:
         assert run(conn, svc, settings, later).deleted == ["kept"]  # the default applies again
+    engine.dispose()
+
+
+def _active_agreements(svc: FhirService, patient_id: str) -> list[str]:
+    """Ids of the record's active retention agreements, as the platform reads them."""
+    from sharedcare.access import lifecycle
+
+    query = svc.parse_search(
+        "Consent",
+        [
+            ("patient", f"Patient/{patient_id}"),
+            ("category", f"{consent.CHOICE_SYSTEM}|{lifecycle.RETENTION_EXTENSION}"),
+            ("status", "active"),
+        ],
+        strict=True,
+    )
+    return sorted(m.id for m in svc.search(query).matches)
+
+
+def _withdrawals(engine: Engine, patient_id: str) -> list[str]:
+    with engine.connect() as conn:
+        changes = audit.query(conn, patient_id=patient_id, actions=[audit.AuditAction.CONSENT_CHANGE])
+        return [e.record.interaction for e in changes if e.record.interaction.startswith("withdraw-")]
+
+
+def test_agreements_replace_each_other_and_a_withdrawal_ends_every_active_one(
+    db_url: str, tmp_path: Path
+) -> None:
+    """Two agreements in a row leave one active, and a withdrawal ends even the several a record
+    may hold from before agreements were serialised."""
+    from sharedcare.access import lifecycle
+
+    engine = make_engine(db_url)
+    truncate(engine)
+    settings = Settings(database_url=db_url, data_dir=tmp_path)
+    svc = FhirService(engine, classify=category_of)
+    svc.update("Patient", "kept", {"resourceType": "Patient", "id": "kept"})
+    now = utcnow()
+    for years in (1, 3):
+        with writer(engine).begin() as conn:
+            last = lifecycle.agree_retention_extension(conn, svc, settings, HOLDER_KEPT, "kept", years, now)
+    assert _active_agreements(svc, "kept") == [last.consent_id]
+    with writer(engine).begin() as conn:
+        assert lifecycle.withdraw_retention_extension(conn, svc, HOLDER_KEPT, "kept", now)
+    assert _active_agreements(svc, "kept") == []
+
+    # the state the race left: two active agreements (written as agree wrote them)
+    with writer(engine).begin() as conn:
+        for years in (2, 4):
+            agreement = consent.fhir_consent(
+                "kept", lifecycle.RETENTION_EXTENSION, "permit", now, performer="Patient/kept"
+            )
+            agreement["category"] = [
+                *agreement["category"],
+                {"coding": [{"system": consent.CHOICE_SYSTEM, "code": lifecycle.RETENTION_EXTENSION}]},
+            ]
+            agreement["extension"] = [{"url": lifecycle.RETENTION_YEARS_URL, "valueInteger": years}]
+            consent.write_consent(conn, svc, agreement)
+    assert len(_active_agreements(svc, "kept")) == 2
+    before = len(_withdrawals(engine, "kept"))
+    with writer(engine).begin() as conn:
+        assert lifecycle.withdraw_retention_extension(conn, svc, HOLDER_KEPT, "kept", now)
+    assert _active_agreements(svc, "kept") == []
+    assert lifecycle.retention_agreement(svc, "kept") is None
+    assert len(_withdrawals(engine, "kept")) == before + 2  # each one audited
+    with writer(engine).begin() as conn:
+        assert not lifecycle.withdraw_retention_extension(conn, svc, HOLDER_KEPT, "kept", now)
+    engine.dispose()
+
+
+def test_parallel_agreements_are_serialised(db_url: str, tmp_path: Path) -> None:
+    """A second agreement waits for the first to commit, then replaces it: one stays active."""
+    from sharedcare.access import lifecycle
+
+    engine = make_engine(db_url)
+    truncate(engine)
+    settings = Settings(database_url=db_url, data_dir=tmp_path)
+    svc = FhirService(engine, classify=category_of)
+    svc.update("Patient", "kept", {"resourceType": "Patient", "id": "kept"})
+    now = utcnow()
+    second: list[str] = []
+    errors: list[BaseException] = []
+
+    def agree_again() -> None:
+        try:
+            with writer(engine).begin() as conn:
+                done = lifecycle.agree_retention_extension(conn, svc, settings, HOLDER_KEPT, "kept", 2, now)
+                second.append(done.consent_id)
+        except BaseException as exc:  # reported to the test's thread
+            errors.append(exc)
+
+    with writer(engine).begin() as conn:
+        lifecycle.agree_retention_extension(conn, svc, settings, HOLDER_KEPT, "kept", 1, now)
+        other = threading.Thread(target=agree_again)
+        other.start()
+        time.sleep(0.5)
+        assert other.is_alive()  # waiting for this transaction
+    other.join(timeout=30)
+    assert not other.is_alive() and errors == []
+    assert _active_agreements(svc, "kept") == second
+    with writer(engine).begin() as conn:
+        assert lifecycle.withdraw_retention_extension(conn, svc, HOLDER_KEPT, "kept", now)
+    assert _active_agreements(svc, "kept") == []
     engine.dispose()
 
 

@@ -5,6 +5,7 @@ ends by itself."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -18,6 +19,7 @@ from sharedcare.access.principals import Principal, PrincipalKind
 from sharedcare.audit import log as audit
 from sharedcare.fhir.store import utcnow
 from sharedcare.storage.engine import writer
+from sharedcare.storage.tables import resource
 from support import add_care, bearer, put_all
 
 GP = Principal(PrincipalKind.PROFESSIONAL, "acct-gp", display="Dr Gp", practitioner_id="gp", profession="med")
@@ -321,3 +323,111 @@ def test_the_decision_lapses_at_18(world: TestClient) -> None:
     assert stored["provision"]["period"]["end"].startswith(adult_day.date().isoformat())
     assert adult_day > now
     assert minors.majority_date(datetime(2008, 2, 29)) == datetime(2026, 3, 1)
+
+
+# -- a refusal says nothing about the patient ----------------------------------------------------------
+COLLEAGUE = Principal(
+    PrincipalKind.PROFESSIONAL,
+    "acct-col",
+    display="Dr Colleague",
+    practitioner_id="colleague",
+    profession="med",
+)
+STATES = ("kid", "turns-18-tomorrow", "mum", "nobirth")
+"""A minor acting alone (once ``decide``d), a minor who does not, an adult, no birth date."""
+
+
+def rights_rows(client: TestClient) -> tuple[Any, ...]:
+    """Everything a change of a minor's rights writes: the decisions, the objections, the
+    Consents (with their versions) and the access-rights audit records."""
+    app: Any = client.app
+    with app.state.engine.connect() as conn:
+        return (
+            conn.execute(select(minor_autonomy).order_by(minor_autonomy.c.id)).all(),
+            conn.execute(select(minor_objection).order_by(minor_objection.c.id)).all(),
+            conn.execute(
+                select(resource.c.id, resource.c.version)
+                .where(resource.c.type == "Consent")
+                .order_by(resource.c.id)
+            ).all(),
+            sorted(
+                e.record.interaction or ""
+                for patient in STATES
+                for e in audit.query(
+                    conn, patient_id=patient, actions=[audit.AuditAction.CONSENT_CHANGE], limit=1000
+                )
+            ),
+        )
+
+
+def refusal(client: TestClient, change: Callable[[], None]) -> str:
+    """The message of a refused change, which must have changed nothing."""
+    before = rights_rows(client)
+    with pytest.raises(minors.MinorError) as refused:
+        change()
+    assert rights_rows(client) == before
+    return str(refused.value)
+
+
+@pytest.fixture
+def colleague(world: TestClient) -> TestClient:
+    """Another doctor in the care of every record of ``STATES``: in care, but not the author."""
+    app: Any = world.app
+    put_all(world, {"resourceType": "Practitioner", "id": "colleague", "active": True})
+    with writer(app.state.engine).begin() as conn:
+        for patient in STATES:
+            add_care(conn, f"colleague-{patient}", patient, "colleague", utcnow())
+    with app.state.engine.connect() as conn:
+        assert all(minors.in_care(conn, app.state.policy, COLLEAGUE, p, utcnow()) for p in STATES)
+        assert not any(minors.in_care(conn, app.state.policy, STRANGER, p, utcnow()) for p in STATES)
+    return world
+
+
+def test_a_refused_withdrawal_is_the_same_whatever_the_patient(colleague: TestClient) -> None:
+    world = colleague
+    decide(world, GP)
+    messages = {
+        (who.practitioner_id, patient): refusal(
+            world, lambda who=who, patient=patient: withdraw(world, who, patient)
+        )
+        for who in (STRANGER, COLLEAGUE)
+        for patient in STATES
+    }
+    assert set(messages.values()) == {minors.WITHDRAWAL_REFUSED}, messages
+    # the same for an adult whose decision, taken while a minor, lapsed at 18
+    app: Any = world.app
+    with app.state.engine.connect() as conn:
+        birth = minors.birth_date(conn, "kid")
+    assert birth is not None
+    grown = minors.majority_date(birth) + timedelta(days=1)
+    for who in (STRANGER, COLLEAGUE):
+
+        def late(who: Principal = who) -> None:
+            with writer(app.state.engine).begin() as conn:
+                minors.withdraw_autonomy(conn, app.state.fhir, app.state.policy, who, "kid", grown)
+
+        assert refusal(world, late) == minors.WITHDRAWAL_REFUSED
+    # the author of the decision, in the minor's care, has the right: told the state precisely
+    withdraw(world, GP)
+    assert refusal(world, lambda: withdraw(world, GP)) == "This minor does not exercise their rights alone"
+    assert refusal(world, lambda: withdraw(world, COLLEAGUE)) == minors.WITHDRAWAL_REFUSED
+
+
+def test_refused_records_and_objections_are_the_same_whatever_the_patient(colleague: TestClient) -> None:
+    """Recording and objecting check the caller's right first too: one message per refusal."""
+    world = colleague
+    decide(world, GP)
+    recorded = {refusal(world, lambda p=p: decide(world, STRANGER, p)) for p in STATES}
+    assert recorded == {"Only a professional taking part in the care of this minor can record this decision"}
+    app: Any = world.app
+    for change in (minors.object_to_parents, minors.allow_parents):
+        for who in (MUM, STRANGER, Principal(PrincipalKind.PATIENT, "acct-other", patient_id="other")):
+            messages = set()
+            for patient in STATES:
+
+                def attempt(change: Any = change, who: Principal = who, patient: str = patient) -> None:
+                    with writer(app.state.engine).begin() as conn:
+                        change(conn, app.state.fhir, who, patient, utcnow())
+
+                messages.add(refusal(world, attempt))
+            assert messages == {"Only the minor themselves can object to their parents' access"}

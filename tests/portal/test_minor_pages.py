@@ -9,6 +9,7 @@ from datetime import UTC, date, datetime
 
 import pytest
 from fastapi.testclient import TestClient
+from markupsafe import escape
 from portal_http import post, sign_in
 from portal_world import Person, World, enrol
 from sqlalchemy import select
@@ -18,6 +19,7 @@ from sharedcare.access.models import minor_autonomy, minor_objection
 from sharedcare.access.principals import Principal, PrincipalKind
 from sharedcare.identity import accounts
 from sharedcare.identity.matricule import MATRICULE_SYSTEM, generate
+from sharedcare.portal.views import autonomy
 from sharedcare.storage.engine import writer
 from support import add_care, bearer
 
@@ -309,3 +311,43 @@ def test_the_withdrawal_is_in_french_and_german(
     jean = browser()
     sign_in(jean, world.representative)
     assert parents in jean.get("/portal/access").text
+
+
+def test_a_refused_withdrawal_tells_nothing_about_the_patient(
+    world: World, kid: Person, colleague: Person, browser: Browser
+) -> None:
+    """A professional out of the minor's care and one in it, not the author, are refused alike
+    whether the patient is a minor acting alone, a minor who does not, or an adult."""
+    with writer(world.engine).begin() as conn:
+        add_care(conn, "stranger-pa", "pa", "stranger", _now())
+    outsider = browser()
+    sign_in(outsider, world.pharmacist)  # in nobody's care
+    other = browser()
+    sign_in(other, colleague)  # in Tom's and Marie's care
+
+    def refusals() -> list[tuple[int, list[str]]]:
+        """Each refusal's status and the messages of ``access.minors`` it shows."""
+        seen = []
+        for client in (outsider, other):
+            for patient in ("kid", "pa"):
+                resp = post(
+                    client,
+                    f"/portal/pro/patients/{patient}/autonomy/withdraw",
+                    {"understood": "yes", "reason": "Reassessed"},
+                    "/portal/pro",
+                )
+                shown = [m for m in autonomy.MINOR_MESSAGES if escape(m) in resp.text]
+                seen.append((resp.status_code, shown))
+        return seen
+
+    refused = [(403, [minors.WITHDRAWAL_REFUSED])] * 4
+    with world.engine.connect() as conn:
+        assert conn.execute(select(minor_autonomy)).first() is None
+    assert refusals() == refused  # Tom does not act alone yet
+    with world.engine.connect() as conn:
+        assert conn.execute(select(minor_autonomy)).first() is None
+    _autonomous(world)
+    _objects(world)
+    assert refusals() == refused  # now he does
+    assert _decided(world) and _objecting(world) and _decision_row(world) == (None, None)
+    assert _parent_reads_kid(world) in (403, 404)

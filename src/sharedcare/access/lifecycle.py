@@ -16,7 +16,8 @@ years. The agreement is a dated Consent of the record (``policyRule`` and a ``ca
 ``retention-extension`` in ``consent.CHOICE_SYSTEM``, the years in the ``RETENTION_YEARS_URL``
 extension) written by the platform and audited like every choice of the holder; deletion is due
 at closure + the retention period + the years of the active agreement; withdrawing it (the
-Consent becomes ``inactive``) restores the default.
+Consent becomes ``inactive``) restores the default. A record's agreements are serialised, and
+agreeing or withdrawing ends every active agreement of the record, not only the newest.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from sharedcare.access.models import (
 from sharedcare.access.principals import Principal, PrincipalKind
 from sharedcare.audit import log as audit
 from sharedcare.audit import retention
-from sharedcare.fhir.service import FhirService
+from sharedcare.fhir.service import FhirService, serialize
 from sharedcare.settings import Settings
 from sharedcare.storage.blobstore import BlobStore
 from sharedcare.storage.content import make_backend
@@ -202,19 +203,22 @@ def opt_out(conn: Connection, patient_id: str, now: datetime, blobs: BlobStore |
 
 
 # -- retention extension (art. 9(5)) ------------------------------------------------------------------
+def _agreement_search(patient_id: str, count: int) -> list[tuple[str, str]]:
+    return [
+        ("patient", f"Patient/{patient_id}"),
+        ("category", f"{CHOICE_SYSTEM}|{RETENTION_EXTENSION}"),
+        ("status", "active"),
+        ("_sort", "-_lastUpdated"),
+        ("_count", str(count)),
+    ]
+
+
 def retention_agreement(
     svc: FhirService, patient_id: str, conn: Connection | None = None
 ) -> RetentionAgreement | None:
     """The record's active retention agreement as ``svc`` may read it (the holder's session for
     the portal, audited; the platform's for the job), on ``conn`` when given; else None."""
-    params = [
-        ("patient", f"Patient/{patient_id}"),
-        ("category", f"{CHOICE_SYSTEM}|{RETENTION_EXTENSION}"),
-        ("status", "active"),
-        ("_sort", "-_lastUpdated"),
-        ("_count", "1"),
-    ]
-    query = svc.parse_search("Consent", params, strict=True)
+    query = svc.parse_search("Consent", _agreement_search(patient_id, 1), strict=True)
     found = (svc.search_in(conn, query) if conn is not None else svc.search(query)).matches
     if not found:
         return None
@@ -229,6 +233,35 @@ def retention_agreement(
     return RetentionAgreement(found[0].id, years, agreed.replace(tzinfo=None))
 
 
+def _end_agreements(
+    conn: Connection, fhir: FhirService, who: Principal, patient_id: str, interaction: str | None
+) -> bool:
+    """Make every active agreement of the record ``inactive`` (each audited as ``interaction``
+    unless None: a replaced one is audited with its replacement); False when there was none. All
+    of them, not the newest only: records written before agreements were serialised may hold
+    several."""
+    svc = fhir.for_session(None)
+    query = svc.parse_search("Consent", _agreement_search(patient_id, 100), strict=True)
+    ids: list[str] = []
+    while True:
+        result = svc.search_in(conn, query)
+        ids.extend(stored.id for stored in result.matches)
+        if not result.next_cursor:
+            break
+        query.page = result.next_cursor
+    for consent_id in ids:
+        deactivate_consent(conn, fhir, consent_id)
+        if interaction is not None:
+            audit_change(conn, who, patient_id, interaction, consent_id)
+    return bool(ids)
+
+
+def _lock_key(patient_id: str) -> str:
+    """Key serialising a record's agreements (``fhir.service.serialize``): two parallel ones
+    would each replace the same current agreement and leave two active."""
+    return f"retention-extension/{patient_id}"
+
+
 def agree_retention_extension(
     conn: Connection,
     fhir: FhirService,
@@ -239,13 +272,12 @@ def agree_retention_extension(
     now: datetime,
 ) -> RetentionAgreement:
     """Record the holder's (or a representative's) agreement that the record is kept ``years``
-    longer after closure; a new agreement replaces the current one (made ``inactive``)."""
+    longer after closure; a new agreement replaces the current ones (made ``inactive``)."""
     _require_holder(conn, who, patient_id, now)
     if not 1 <= years <= settings.retention_extension_max_years:
         raise RetentionError(f"Choose between 1 and {settings.retention_extension_max_years} extra years")
-    current = retention_agreement(fhir.for_session(None), patient_id, conn)
-    if current is not None:
-        deactivate_consent(conn, fhir, current.consent_id)
+    serialize(conn, _lock_key(patient_id))
+    _end_agreements(conn, fhir, who, patient_id, None)
     consent: dict[str, Any] = fhir_consent(
         patient_id, RETENTION_EXTENSION, "permit", now, performer=_performer(who, patient_id)
     )
@@ -262,14 +294,11 @@ def agree_retention_extension(
 def withdraw_retention_extension(
     conn: Connection, fhir: FhirService, who: Principal, patient_id: str, now: datetime
 ) -> bool:
-    """Withdraw the agreement: the default retention applies again. False when there was none."""
+    """Withdraw the agreement (every active one): the default retention applies again. False
+    when there was none."""
     _require_holder(conn, who, patient_id, now)
-    current = retention_agreement(fhir.for_session(None), patient_id, conn)
-    if current is None:
-        return False
-    deactivate_consent(conn, fhir, current.consent_id)
-    audit_change(conn, who, patient_id, f"withdraw-{RETENTION_EXTENSION}", current.consent_id)
-    return True
+    serialize(conn, _lock_key(patient_id))
+    return _end_agreements(conn, fhir, who, patient_id, f"withdraw-{RETENTION_EXTENSION}")
 
 
 def deletion_due(closed_at: datetime, settings: Settings, agreement: RetentionAgreement | None) -> datetime:

@@ -29,6 +29,10 @@ minor's care, never an age rule. Majority (18, Civil Code) is the only age the p
   row is dated ``withdrawn_at``, its Consent made ``inactive`` (with the professional's reason);
   a standing objection to the parents ends with it (only an autonomous minor may object), so the
   parents' delegations count again at once. A new decision may be recorded later.
+- Every change checks the caller's right before reading anything about the patient, and refuses
+  every caller without it in one same message, so that a refusal never tells whether the patient
+  is a minor, or acts alone; the state messages are for those with the right. Changes of one
+  record are serialised (``_lock_key``).
 - At 18 a parent's delegation ends by itself: ``representation_in_force`` compares the birth
   date of the holder's ``Patient`` with the clock of the statement that reads it, so the end is
   exact to the day without a scheduled job. A guardian's delegation is left alone at 18 (a
@@ -63,7 +67,7 @@ from sqlalchemy import (
 from sharedcare.access import care, consent
 from sharedcare.access.models import delegation, minor_autonomy, minor_objection
 from sharedcare.access.principals import Principal, PrincipalKind
-from sharedcare.fhir.service import FhirService
+from sharedcare.fhir.service import FhirService, serialize
 from sharedcare.storage.tables import idx_date, resource
 
 if TYPE_CHECKING:
@@ -89,8 +93,21 @@ _D2 = delegation.alias("mnr_p")
 _ONE: ColumnElement[int] = literal_column("1")
 
 
+WITHDRAWAL_REFUSED = (
+    "Only the professional who recorded this decision, while taking part in the minor's care, "
+    "or the minor themselves can withdraw it"
+)
+"""The one refusal of a withdrawal to a caller without the right: it says nothing of the patient."""
+
+
 class MinorError(Exception):
     """A decision about a minor that cannot be taken; the message is for the user."""
+
+
+def _lock_key(patient_id: str) -> str:
+    """Key serialising the changes of one record's minor decisions (``fhir.service.serialize``):
+    two parallel requests could otherwise record two decisions or two objections."""
+    return f"minor-rights/{patient_id}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,6 +291,7 @@ def record_autonomy(
     """A professional in the minor's care records that the minor exercises their rights alone."""
     if not in_care(conn, policy, who, patient_id, now):
         raise MinorError("Only a professional taking part in the care of this minor can record this decision")
+    serialize(conn, _lock_key(patient_id))
     current = status(conn, patient_id, now)
     if not current.minor:
         raise MinorError("This decision is only for a minor whose date of birth is in the record")
@@ -319,22 +337,20 @@ def withdraw_autonomy(
 ) -> None:
     """Withdraw the decision in force: by the professional who recorded it, while in the minor's
     care, or by the minor personally. A standing objection to the parents ends with it. The
-    ``reason`` (the portal asks the professional for one) is kept in the inactive Consent."""
+    ``reason`` (the portal asks the professional for one) is kept in the inactive Consent.
+
+    The caller's right is checked before anything about the patient: every caller without it gets
+    ``WITHDRAWAL_REFUSED``, whether the patient is an adult, a minor or a minor acting alone."""
+    by = _withdrawer(conn, policy, who, patient_id, now)
+    if by is None:
+        raise MinorError(WITHDRAWAL_REFUSED)
+    serialize(conn, _lock_key(patient_id))
     current = status(conn, patient_id, now)
     if not current.minor:
         raise MinorError("This patient is no longer a minor by the date of birth in the record")
     decision = current.autonomy
     if decision is None:
         raise MinorError("This minor does not exercise their rights alone")
-    if who.kind is PrincipalKind.PATIENT and who.patient_id == patient_id and not who.acting_for:
-        by = "minor"
-    elif who.practitioner_id == decision.practitioner_id and in_care(conn, policy, who, patient_id, now):
-        by = "professional"
-    else:
-        raise MinorError(
-            "Only the professional who recorded this decision, while taking part in the minor's care, "
-            "or the minor themselves can withdraw it"
-        )
     conn.execute(
         update(minor_autonomy)
         .where(minor_autonomy.c.id == decision.id)
@@ -349,6 +365,30 @@ def withdraw_autonomy(
         )
         consent.deactivate_consent(conn, fhir, objection.consent_id)
         consent.audit_change(conn, who, patient_id, "allow-parents", objection.consent_id)
+
+
+def _withdrawer(
+    conn: Connection, policy: AccessPolicy, who: Principal, patient_id: str, now: datetime
+) -> str | None:
+    """Who ``who`` withdraws as (``minor``, ``professional``), None when they may not.
+
+    The professional's right is that of the author of the latest decision recorded for the
+    patient (the one in force, else the last withdrawn: its author re-sending a withdrawal is told
+    why nothing happens), while in the patient's care; it reveals nothing to anyone else."""
+    if who.kind is PrincipalKind.PATIENT and who.patient_id == patient_id and not who.acting_for:
+        return "minor"
+    if who.kind is not PrincipalKind.PROFESSIONAL or not who.practitioner_id:
+        return None
+    a = minor_autonomy
+    author = conn.execute(
+        select(a.c.practitioner_id)
+        .where(a.c.patient_id == patient_id)
+        .order_by(a.c.withdrawn_at.is_(None).desc(), a.c.decided_at.desc())
+        .limit(1)
+    ).scalar()
+    if author != who.practitioner_id or not in_care(conn, policy, who, patient_id, now):
+        return None
+    return "professional"
 
 
 def _end_decision(conn: Connection, fhir: FhirService, consent_id: str | None, reason: str) -> None:
@@ -372,6 +412,7 @@ def _require_autonomous_minor(conn: Connection, who: Principal, patient_id: str,
     """Only the minor, personally (not a representative), and only once admitted to act alone."""
     if who.kind is not PrincipalKind.PATIENT or who.patient_id != patient_id or who.acting_for:
         raise MinorError("Only the minor themselves can object to their parents' access")
+    serialize(conn, _lock_key(patient_id))
     current = status(conn, patient_id, now)
     if not current.minor or current.autonomy is None:
         raise MinorError(
