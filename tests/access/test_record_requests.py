@@ -596,3 +596,29 @@ def test_a_filing_request_must_name_a_professional_of_the_holders_care(world: Wo
         world.as_(REPRESENTATIVE), REPRESENTATIVE, "pharm", "Prescription", now, 15, patient_id="pa"
     )
     assert by_rep.patient_id == "pa" and by_rep.author_practitioner_id == "pharm"
+
+
+def test_filing_requests_need_a_care_the_holder_took_part_in_and_stay_few(world: World) -> None:
+    """The emergency override's relationship is the professional's act, not a care the holder took
+    part in: no ground for a filing request. And one professional gets at most FILE_OPEN_MAX open
+    requests from one record: a refused request stores nothing."""
+    now = utcnow()
+    with writer(world.engine).begin() as conn:
+        add_care(conn, "er-override", "pa", "er-doc", now, context="override")
+    with pytest.raises(rights.RequestError, match="took part in your care"):
+        rights.ask_to_file(world.as_(HOLDER), HOLDER, "er-doc", "Emergency report", now, 15)
+    for n in range(rights.FILE_OPEN_MAX):
+        rights.ask_to_file(world.as_(HOLDER), HOLDER, "gp", f"Report {n}", now, 15)
+
+    def stored() -> int:
+        with world.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(record_request)).scalar_one())
+
+    assert stored() == rights.FILE_OPEN_MAX
+    with pytest.raises(rights.RequestError, match="10 open requests"):
+        rights.ask_to_file(world.as_(HOLDER), HOLDER, "gp", "One more", now, 15)
+    assert stored() == rights.FILE_OPEN_MAX
+    first = rights.addressed_requests(world.as_(GP))[0]
+    rights.decide(world.as_(GP), GP, first.id, "completed", "Filed", now)
+    rights.ask_to_file(world.as_(HOLDER), HOLDER, "gp", "One more", now, 15)  # room again
+    assert stored() == rights.FILE_OPEN_MAX + 1

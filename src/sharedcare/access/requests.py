@@ -80,6 +80,12 @@ AGENCY_OWNER: dict[str, Any] = {
 author is unknown."""
 
 OPEN = ("requested", "accepted")
+FILE_OPEN_MAX = 10
+"""Open filing requests a holder may have with one professional at a time (a request is a duty
+with a deadline for its professional: not a channel to flood)."""
+_BREAK_GLASS = "override"
+"""The emergency override's relationship (``access.policy.OVERRIDE``): opened by the professional,
+not a care the holder took part in, so no ground to ask them to file."""
 DECISIONS = ("accepted", "rejected", "completed", "cancelled")
 REASON_MAX = 2000
 _REFERENCE = re.compile(r"^([A-Z][A-Za-z]{1,63})/([A-Za-z0-9\-.]{1,64})$")
@@ -396,18 +402,36 @@ def ask_to_file(
     with svc.transaction() as conn:
         record = _visible(svc, conn, "Patient", wanted, "r")
         patient = _holder_patient(conn, who, record, now, wanted)
+        serialize(conn, f"file-requests/{patient}")  # the count below stays true until commit
         cr = care_relationship
         known = conn.execute(
             select(cr.c.id).where(
-                cr.c.patient_id == patient, cr.c.practitioner_id == practitioner_id, cr.c.starts <= now
+                cr.c.patient_id == patient,
+                cr.c.practitioner_id == practitioner_id,
+                cr.c.starts <= now,
+                cr.c.context != _BREAK_GLASS,
             )
         ).first()
         if not practitioner_id or known is None:
             raise RequestError("Choose a professional who takes or took part in your care")
+        rq = record_request
+        pending = conn.execute(
+            select(func.count())
+            .select_from(rq)
+            .where(
+                rq.c.patient_id == patient,
+                rq.c.kind == FILE,
+                rq.c.author_practitioner_id == practitioner_id,
+                rq.c.status.in_(OPEN),
+            )
+        ).scalar_one()
+        if pending >= FILE_OPEN_MAX:
+            raise RequestError(
+                "You already have 10 open requests to this professional: wait for their answer or cancel one"
+            )
         due = now + timedelta(days=days)
         task = _task(who, patient, FILE, text, now, practitioner_id, None, due=due)
         task_id = svc.for_session(None).create_in(conn, task).stored.id
-        rq = record_request
         conn.execute(
             rq.insert().values(
                 id=task_id,
