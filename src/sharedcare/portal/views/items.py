@@ -65,6 +65,7 @@ REQUEST_MESSAGES = (
     N_("This kind of item cannot be withdrawn, corrected or erased this way"),
     N_("Describe the item to file"),
     N_("Choose a professional who takes or took part in your care"),
+    N_("You already have 10 open requests to this professional: wait for their answer or cancel one"),
     N_("Only the professional asked or the Agence can decide this request"),
 )
 """The messages of ``access.requests``, for extraction (they are shown translated)."""
