@@ -188,12 +188,20 @@ def _authorised(
     """The facility's directory entry is not inactive: a withdrawn authorisation (the directory
     sets ``Organization.active`` to false) ends every registration at the facility at once, as a
     withdrawn licence ends a professional's relationships (``access.licence``)."""
+    return _in_directory("Organization", organization, r, t)
+
+
+def _in_directory(
+    rtype: str, rid: ColumnElement[str] | str, r: FromClause, t: FromClause
+) -> ColumnElement[bool]:
+    """The directory does not mark ``rtype/rid`` inactive (``active`` = false): a licence or an
+    authorisation stands until the directory withdraws it."""
     return ~exists(
         select(_ONE)
         .select_from(r.join(t, t.c.res_pk == r.c.pk))
         .where(
-            r.c.type == _sql("Organization"),
-            r.c.id == organization,
+            r.c.type == _sql(rtype),
+            r.c.id == rid,
             r.c.deleted.is_(False),
             t.c.param == _sql("active"),
             t.c.code == _sql("false"),
@@ -385,7 +393,6 @@ class _ProfessionalParts:
                 ar.c.removed_at.is_(None),
             )
         )
-        lr, lt = _LR, _LT
         binds = (
             (practitioner, now, window)
             + ((organization,) if p.organization_id else ())
@@ -415,17 +422,7 @@ class _ProfessionalParts:
             role=role,
             binds=binds,
             shape=shape,
-            licensed=~exists(
-                select(_ONE)
-                .select_from(lr.join(lt, lt.c.res_pk == lr.c.pk))
-                .where(
-                    lr.c.type == _sql("Practitioner"),
-                    lr.c.id == practitioner,
-                    lr.c.deleted.is_(False),
-                    lt.c.param == _sql("active"),
-                    lt.c.code == _sql("false"),
-                )
-            ),
+            licensed=_in_directory("Practitioner", practitioner, _LR, _LT),
             cared=(
                 cr.c.context.in_(_sql_list((*PROFESSIONAL_CONTEXTS, REFERENT))),
                 *relationship,
