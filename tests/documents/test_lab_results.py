@@ -574,3 +574,149 @@ def test_purging_the_record_shreds_the_pdf(api: TestClient, lab_world: World) ->
     with pytest.raises(DataKeyMissing):
         b"".join(blobs.open("pa", pointer.digest))
     assert api.get(f"/fhir/Binary/{pdf_binary(report)}", headers=auth(api, GP)).status_code == 404
+
+
+# -- every write path keeps the PDF out of the stored report (issue 4) ---------------------------
+def _alone(api: TestClient, pdf: bytes = PDF, identifier: str | None = None) -> dict[str, Any]:
+    """A report on its own, its PDF inline, its results filed first (a transaction without PDF)."""
+    bundle = report_bundle()
+    alone = _report(bundle)
+    _report(bundle).pop("presentedForm")
+    observations = created(file_report(api, bundle), "Observation")
+    alone = copy.deepcopy(alone)
+    alone["result"] = [{"reference": f"Observation/{i}"} for i in observations]
+    alone["presentedForm"] = [
+        {
+            "contentType": PDF_TYPE,
+            "data": base64.b64encode(pdf).decode(),
+            "size": len(pdf),
+            "hash": sha1_b64(pdf),
+        }
+    ]
+    if identifier:
+        alone["identifier"] = [{"system": "urn:example:lab-report", "value": identifier}]
+    return alone
+
+
+def _no_inline_bytes(world: World) -> None:
+    """No version of any resource holds a PDF's bytes (base64), and none carries ``data`` in a form."""
+    with world.engine.connect() as conn:
+        contents = (
+            conn.execute(
+                select(resource_version.c.content).where(resource_version.c.type == "DiagnosticReport")
+            )
+            .scalars()
+            .all()
+        )
+    for content in contents:
+        for form in json.loads(content or "{}").get("presentedForm") or ():
+            assert "data" not in form, content
+
+
+def _binaries(world: World) -> int:
+    with world.engine.connect() as conn:
+        return int(
+            conn.execute(
+                select(func.count()).select_from(resource).where(resource.c.type == "Binary")
+            ).scalar_one()
+        )
+
+
+def test_a_batch_routes_each_reports_pdf_to_the_content_store(api: TestClient, lab_world: World) -> None:
+    """A batch Bundle: each report carrying its PDF (POST, PUT) has it moved to the content store,
+    a wrong one is refused in its own entry, the other entries go on as in any batch."""
+    first, amended, wrong = _alone(api), _alone(api, OTHER_PDF), _alone(api)
+    wrong["presentedForm"][0]["size"] = 3
+    posted = api.post("/fhir/DiagnosticReport", json=_alone(api), headers=auth(api, LAB))
+    assert posted.status_code == 201, posted.text
+    stored = posted.json()
+    entries = [
+        {"resource": first, "request": {"method": "POST", "url": "DiagnosticReport"}},
+        {"resource": wrong, "request": {"method": "POST", "url": "DiagnosticReport"}},
+        {
+            "resource": {**amended, "id": stored["id"], "status": "amended"},
+            "request": {"method": "PUT", "url": f"DiagnosticReport/{stored['id']}"},
+        },
+        observation(
+            "6a1c0000-0000-4000-8000-0000000000b1", "2345-7", "Glucose", 5.0, "mmol/L", 3.9, 5.5, "N"
+        ),
+    ]
+    batch = {"resourceType": "Bundle", "type": "batch", "entry": entries}
+    response = api.post("/fhir", json=batch, headers=auth(api, GP))  # who updates must read the report
+    assert response.status_code == 200, response.text
+    answers = [e["response"] for e in response.json()["entry"]]
+    assert [a["status"].split()[0] for a in answers] == ["201", "422", "200", "201"]
+    assert answers[1]["outcome"]["issue"][0]["expression"] == ["DiagnosticReport.presentedForm[0].size"]
+    for answer, pdf in ((answers[0], PDF), (answers[2], OTHER_PDF)):
+        report = api.get(f"/fhir/{answer['location'].split('/_history')[0]}", headers=auth(api, GP)).json()
+        assert "data" not in report["presentedForm"][0]
+        assert api.get(f"/fhir/Binary/{pdf_binary(report)}", headers=auth(api, GP)).content == pdf
+    _no_inline_bytes(lab_world)
+
+
+def test_a_patch_or_conditional_update_carrying_the_pdf_is_refused(api: TestClient, lab_world: World) -> None:
+    """A JSON Patch adding ``data`` and a conditional update with the PDF inline cannot move it to
+    the content store: 422, saying how to send it; nothing stored. A patch of another element of a
+    report (its PDF a Binary) goes through."""
+    posted = api.post("/fhir/DiagnosticReport", json=_alone(api), headers=auth(api, LAB))
+    assert posted.status_code == 201, posted.text
+    report = posted.json()
+    conditional_body = _alone(api, identifier="r-77")
+    before = (stored_count(lab_world), len(blob_files(lab_world)))
+    patch = [{"op": "add", "path": "/presentedForm/0/data", "value": base64.b64encode(OTHER_PDF).decode()}]
+    patched = api.patch(
+        f"/fhir/DiagnosticReport/{report['id']}",
+        content=json.dumps(patch),
+        headers={**auth(api, GP), "Content-Type": "application/json-patch+json"},
+    )
+    assert patched.status_code == 422, patched.text
+    [issue] = patched.json()["issue"]
+    assert issue["expression"] == ["DiagnosticReport.presentedForm[0].data"]
+    assert "by POST or PUT" in issue["diagnostics"]
+    conditional = api.put(
+        "/fhir/DiagnosticReport?identifier=urn:example:lab-report|r-77",
+        json=conditional_body,
+        headers=auth(api, LAB),
+    )
+    assert conditional.status_code == 422, conditional.text
+    assert "by POST or PUT" in conditional.json()["issue"][0]["diagnostics"]
+    assert (stored_count(lab_world), len(blob_files(lab_world))) == before
+    status = [{"op": "replace", "path": "/status", "value": "amended"}]
+    fine = api.patch(
+        f"/fhir/DiagnosticReport/{report['id']}",
+        content=json.dumps(status),
+        headers={**auth(api, GP), "Content-Type": "application/json-patch+json"},
+    )
+    assert fine.status_code == 200, fine.text
+    _no_inline_bytes(lab_world)
+
+
+def test_a_conditional_create_files_one_pdf(api: TestClient, lab_world: World) -> None:
+    """``If-None-Exist`` (REST) and ``ifNoneExist`` (transaction): the first files the report and
+    its PDF; again, the report found is the answer and no Binary is added for the PDF sent again.
+    Sent by the GP: a conditional create matches what its caller reads (the laboratory's client
+    reads no results: its conditional creates never match)."""
+    alone = _alone(api, identifier="r-1")
+    headers = {**auth(api, GP), "If-None-Exist": "identifier=urn:example:lab-report|r-1"}
+    first = api.post("/fhir/DiagnosticReport", json=alone, headers=headers)
+    assert first.status_code == 201, first.text
+    binaries = _binaries(lab_world)
+    again = api.post("/fhir/DiagnosticReport", json=alone, headers=headers)
+    assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
+    assert _binaries(lab_world) == binaries
+    bundle = report_bundle(OTHER_PDF)
+    _report(bundle)["identifier"] = [{"system": "urn:example:lab-report", "value": "r-2"}]
+    bundle["entry"][0]["request"]["ifNoneExist"] = "identifier=urn:example:lab-report|r-2"
+    filed = api.post("/fhir", json=copy.deepcopy(bundle), headers=auth(api, GP))
+    assert filed.status_code == 200, filed.text
+    [report_id] = created(filed, "DiagnosticReport")
+    binaries = _binaries(lab_world)
+    bundle["entry"] = bundle["entry"][:1]  # the report alone, found this time
+    _report(bundle)["result"] = [{"reference": "Observation/none-needed"}]
+    repeated = api.post("/fhir", json=bundle, headers=auth(api, GP))
+    assert repeated.status_code == 200, repeated.text
+    assert repeated.json()["entry"][0]["response"]["status"].startswith("200")
+    assert _binaries(lab_world) == binaries  # no Binary of the PDF sent again, pointing at the report found
+    report = api.get(f"/fhir/DiagnosticReport/{report_id}", headers=auth(api, GP)).json()
+    assert api.get(f"/fhir/Binary/{pdf_binary(report)}", headers=auth(api, GP)).content == OTHER_PDF
+    _no_inline_bytes(lab_world)

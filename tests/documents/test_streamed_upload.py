@@ -22,7 +22,19 @@ import httpx
 import pytest
 import uvicorn
 from fastapi.testclient import TestClient
-from mhd_world import GP, HOLDER, HOSPITAL, LAB, SCOPES, STRANGER, Doc, created, issues, provide_bundle
+from mhd_world import (
+    GP,
+    HOLDER,
+    HOSPITAL,
+    LAB,
+    OTHER_GP,
+    SCOPES,
+    STRANGER,
+    Doc,
+    created,
+    issues,
+    provide_bundle,
+)
 from sqlalchemy import func, select
 
 from sharedcare.access.principals import Principal
@@ -277,8 +289,9 @@ def test_put_replaces_an_unclaimed_upload_of_its_uploader(world: TestClient) -> 
     assert second.status_code == 200, second.text
     assert second.json()["meta"]["versionId"] == "2"
     assert world.get(f"/fhir/Binary/{first}", headers=headers(app, HOLDER)).content == b"%PDF-second"
-    # unfiled: no professional reads it, its uploader included (the read filter knows no uploader)
-    assert world.get(f"/fhir/Binary/{first}", headers=headers(app, GP)).status_code == 404
+    # unfiled: no professional reads it but its uploader, who may replace it (test_own_upload_read)
+    assert world.get(f"/fhir/Binary/{first}", headers=headers(app, GP)).content == b"%PDF-second"
+    assert world.get(f"/fhir/Binary/{first}", headers=headers(app, OTHER_GP)).status_code == 404
     other = world.put(f"/fhir/Binary/{first}", content=b"%PDF-x", headers={**headers(app, LAB), **raw()})
     assert other.status_code == 409  # another client's upload
     new = world.put("/fhir/Binary/scan-1", content=b"%PDF-x", headers=auth)

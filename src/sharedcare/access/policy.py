@@ -994,3 +994,30 @@ class AccessPolicy:
                     query = query.union(part)  # type: ignore[assignment]
                 return query
         return select(care_relationship.c.patient_id).where(false())
+
+    # -- raw uploads (``documents.submission.upload``) ---------------------------------------------
+    def reads_own_upload(
+        self, conn: object, p: Principal, uploader: str, upload: WriteTarget, now: datetime
+    ) -> bool:
+        """Whether ``p`` reads back a raw upload no document claims yet, which ``read_filter``
+        hides from every professional and system (category ``unfiled``: no column reads it).
+        Only its uploader (``uploader``, the principal as ``documents.submission`` records it:
+        kind and subject) does, and only while it could still write that content (``upload``:
+        the record, and the category the content will be filed as) into the open record: who may
+        replace the upload reads back the bytes it sent, and learns nothing else. The holder's
+        side reads it through ``read_filter``; nobody else does."""
+        if p.kind not in (PrincipalKind.SYSTEM, PrincipalKind.PROFESSIONAL) or p.is_staff:
+            return False
+        if uploader != f"{p.kind.value}:{p.subject}" or len(upload.patients) != 1 or not upload.category:
+            return False
+        if self.write_denial(conn, p, upload, now) is not None:
+            return False
+        (patient_id,) = upload.patients
+        db: Any = conn  # a Connection (typed ``object`` as in ``write_denial``)
+        if not db.execute(select(self._open(literal(patient_id)))).scalar():
+            return False
+        if p.kind is PrincipalKind.PROFESSIONAL:  # a system's right is its organisation's (above)
+            allowed = self.writable_patients(p, upload.category, now).subquery()
+            found = select(allowed.c.patient_id).where(allowed.c.patient_id == patient_id)
+            return db.execute(found).first() is not None
+        return True

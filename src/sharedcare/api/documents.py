@@ -7,8 +7,9 @@ caller's write check runs before the body is read; the body then streams chunk b
 the connection into the blob store (hashed and encrypted as it arrives), up to
 ``SHAREDCARE_MAX_CONTENT_BYTES`` (413 beyond, nothing kept; a refusal is in the access log). A
 Provide Document Bundle of the same caller then names it by ``attachment.url``
-(``documents.submission``); until then no professional reads it (category ``unfiled``), and it
-expires after ``SHAREDCARE_UNCLAIMED_UPLOAD_HOURS`` (``sharedcare expire-uploads``).
+(``documents.submission``); until then no professional reads it (category ``unfiled``) but its
+uploader, who reads it back by ``GET`` (``submission.read_own_upload``), and it expires after
+``SHAREDCARE_UNCLAIMED_UPLOAD_HOURS`` (``sharedcare expire-uploads``).
 
 The bytes, with their own ``Content-Type``, ``Content-Length``, a strong ``ETag`` (their SHA-256),
 ``Accept-Ranges: bytes`` and single ``Range`` requests (206, or 416 outside the content; an

@@ -78,9 +78,9 @@ def pending_binary(
 ) -> dict[str, Any]:
     """The Binary of content uploaded before its document: in the patient's compartment, its
     ``securityContext`` the patient, ``category`` tagged (None: no tag). ``documents.submission``
-    stores it ``unfiled`` (no professional reads it until a submission claims it) and builds it
-    again with the category it will be filed as for the write check (the holder's side: their
-    personal area; others None: the type's default, care reports)."""
+    stores it ``unfiled`` (no professional but its uploader reads it until a submission claims
+    it) and builds it again with the category it will be filed as for the write check (the
+    holder's side: their personal area; others None: the type's default, care reports)."""
     meta: dict[str, Any] = {
         "extension": [
             *_blob_meta(patient_id, digest, size, sha1),

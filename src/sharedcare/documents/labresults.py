@@ -24,7 +24,12 @@ Bundles, as ITI-65 is), the checks the transaction will make are made, the bytes
 store under the patient's key (``documents.submission._store``), and the report is written with
 the attachment pointing at a new Binary (``url``, ``size``, ``hash``; no ``data``) whose
 ``securityContext`` is the report and whose category tag and ``meta.security`` are the report's
-(``documents.content.stored_binary``); ITI-68 serves it, purging the record shreds it.
+(``documents.content.stored_binary``); ITI-68 serves it, purging the record shreds it. A batch
+Bundle routes each such entry alone (``file_batch``). The Binaries are written after the report
+in the same transaction, only when the stored report names them (a conditional create that found
+another report adds none), the blobs held against an expiry of the same bytes
+(``submission.hold_blobs``). Where the bytes would reach the store inside a write transaction (a
+JSON Patch, a conditional update), the write rule ``inline_form_refused`` refuses them (422).
 
 Every problem of a resource is named in one 422 OperationOutcome; the transaction then stores
 nothing. The agency's own writes (trusted clients: imports of Synthea and registries, the demo)
@@ -37,6 +42,7 @@ import base64
 import binascii
 import copy
 import hashlib
+import logging
 import re
 import uuid
 from collections.abc import Mapping
@@ -50,14 +56,15 @@ from sharedcare.access.categories import classify
 from sharedcare.access.principals import Principal, PrincipalKind
 from sharedcare.documents.content import stored_binary
 from sharedcare.documents.mhd import Content, literal
-from sharedcare.documents.submission import _store
-from sharedcare.fhir.bundle import BundleProcessor, GetHandler, parse_entries
-from sharedcare.fhir.errors import Issue, NotFound, Unprocessable
+from sharedcare.documents.submission import _store, hold_blobs
+from sharedcare.fhir.bundle import STATUS_TEXT, BundleProcessor, GetHandler, parse_entries
+from sharedcare.fhir.errors import FhirError, Issue, NotFound, Unprocessable, operation_outcome
 from sharedcare.fhir.service import FhirService, WriteOutcome, register_write_rule
 from sharedcare.fhir.session import AccessSession
-from sharedcare.fhir.store import Stored, Write
+from sharedcare.fhir.store import Stored, Write, instant
 from sharedcare.storage.blobstore import BlobStore
 
+log = logging.getLogger(__name__)
 LAB_RESULTS = "lab-results"
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
@@ -371,10 +378,10 @@ def carries_inline_form(res: Any) -> bool:
 
 
 def carries_inline_forms(bundle: Any) -> bool:
-    """``bundle`` is a transaction creating or updating such a DiagnosticReport."""
+    """``bundle`` is a transaction or batch creating or updating such a DiagnosticReport."""
     entries = bundle.get("entry") if isinstance(bundle, Mapping) else None
     return (
-        bundle.get("type") == "transaction"
+        bundle.get("type") in ("transaction", "batch")
         and isinstance(entries, list)
         and any(isinstance(e, Mapping) and carries_inline_form(e.get("resource")) for e in entries)
     )
@@ -501,6 +508,7 @@ def create_report(
             conn, prepared.resource, if_none_exist=if_none_exist, base_url=base_url, new_id=rid
         )
         _write_binaries(svc, conn, outcome.stored, prepared)
+        hold_blobs(conn, blobs, prepared.patient_id, [p.content.sha256 for p in prepared.pdfs])
     return outcome
 
 
@@ -529,6 +537,7 @@ def update_report(
     with svc.transaction() as conn:
         outcome = svc.update_in(conn, "DiagnosticReport", rid, prepared.resource, if_match=if_match)
         _write_binaries(svc, conn, outcome.stored, prepared)
+        hold_blobs(conn, blobs, prepared.patient_id, [p.content.sha256 for p in prepared.pdfs])
     return outcome
 
 
@@ -541,22 +550,25 @@ def file_transaction(
     max_size: int | None = None,
     get_handler: GetHandler | None = None,
 ) -> dict[str, Any]:
-    """A transaction Bundle whose DiagnosticReports carry PDFs inline: as ``create_report``, each
-    PDF's Binary an entry of the same transaction (its ``securityContext`` the report's fullUrl,
-    which the processor resolves); the response answers the request's entries only. A failure
-    inside the transaction (another entry refused) leaves the blobs unreachable, as ITI-65's."""
+    """A transaction (or batch: ``file_batch``) Bundle whose DiagnosticReports carry PDFs inline:
+    as ``create_report``, each PDF's Binary written in the same transaction once the processor
+    has written the report, when the stored report names it (an ``ifNoneExist`` that found
+    another report adds none, as ``_write_binaries`` has it); the response answers the request's
+    entries only. A failure inside the transaction (another entry refused) leaves the blobs
+    unreachable, as ITI-65's."""
     processor = BundleProcessor(svc, get_handler=get_handler)
     if not carries_inline_forms(bundle):
         return processor.process(bundle, base_url)
+    if bundle.get("type") == "batch":
+        return file_batch(svc, blobs, bundle, base_url=base_url, max_size=max_size, get_handler=get_handler)
     source = copy.deepcopy(bundle)
     entries: list[dict[str, Any]] = source["entry"]
     planned = _planned_ids(entries)
     patients = {full: ref.partition("/")[2] for full, ref in planned.items() if ref.startswith("Patient/")}
-    reports: list[tuple[str, _Report]] = []
+    reports: list[tuple[int, str, _Report]] = []  # (entry position, id for the checks, report)
     writes: list[Write] = []  # the results and reports the checks see before any blob is stored
     given: list[Write] = []
-    binaries: list[dict[str, Any]] = []
-    for entry in entries:
+    for position, entry in enumerate(entries):
         res, request = entry.get("resource"), entry.get("request")
         if not isinstance(res, dict) or not isinstance(request, dict):
             continue
@@ -583,27 +595,90 @@ def file_transaction(
         if prepared.patient_id:
             draft["subject"] = {"reference": f"Patient/{prepared.patient_id}"}
         writes.extend([replace(write, resource=draft), *_binary_writes(prepared)])
-        reports.append((write_id, prepared))
-        binaries.extend(p.binary for p in prepared.pdfs)
+        reports.append((position, write_id, prepared))
     with svc.engine.connect() as conn:
         current = {(w.type, w.id): svc.store.current(conn, w.type, w.id) for w in writes if w.method == "PUT"}
         writes = [replace(w, current=current.get((w.type, w.id))) for w in writes]
         given = [replace(w, current=current.get((w.type, w.id))) for w in given]
         _precheck(svc, conn, writes, given)
-        for rid, prepared in reports:
+        for _, rid, prepared in reports:
             _raise_problems(prepared, rid)
-    for _, prepared in reports:
+    for _, _, prepared in reports:
         _store(blobs, prepared.patient_id, [p.content for p in prepared.pdfs], max_size)
-    count = len(entries)
-    for binary in binaries:
-        request = {"method": "POST", "url": "Binary"}
-        entries.append({"fullUrl": f"urn:uuid:{binary['id']}", "resource": binary, "request": request})
-    parsed = parse_entries(source)
-    for parsed_entry, binary in zip(parsed[count:], binaries, strict=True):
-        parsed_entry.assigned_id = binary["id"]
     with svc.transaction() as conn:
-        responses = processor.transaction_in(conn, parsed, base_url)
-    return {"resourceType": "Bundle", "type": "transaction-response", "entry": responses[:count]}
+        responses = processor.transaction_in(conn, parse_entries(source), base_url)
+        for position, _, prepared in reports:
+            location = str(responses[position]["response"].get("location", ""))
+            rtype, _, rest = location.partition("/")
+            stored = svc.store.current(conn, rtype, rest.partition("/")[0]) if rtype else None
+            if stored is not None and not stored.deleted:
+                _write_binaries(svc, conn, stored, prepared)
+            hold_blobs(conn, blobs, prepared.patient_id, [p.content.sha256 for p in prepared.pdfs])
+    return {"resourceType": "Bundle", "type": "transaction-response", "entry": responses}
+
+
+def file_batch(
+    svc: FhirService,
+    blobs: BlobStore,
+    bundle: dict[str, Any],
+    *,
+    base_url: str = "",
+    max_size: int | None = None,
+    get_handler: GetHandler | None = None,
+) -> dict[str, Any]:
+    """A batch Bundle: each entry on its own, as ``BundleProcessor.batch`` does; a ``POST
+    DiagnosticReport`` (``ifNoneExist`` too) or ``PUT DiagnosticReport/[id]`` carrying its PDF
+    inline goes through ``create_report`` / ``update_report`` (the PDF to the content store),
+    its refusal that entry's answer. Other entries (a conditional update carrying a PDF inline
+    among them: refused by the write rule, 422) are the processor's."""
+    processor = BundleProcessor(svc, get_handler=get_handler)
+    parsed = parse_entries(bundle)  # a malformed bundle is refused whole (400), as by the processor
+    responses: list[dict[str, Any]] = []
+    for e, raw in zip(parsed, bundle["entry"], strict=True):
+        routed = (
+            e.rtype == "DiagnosticReport"
+            and e.query is None
+            and ((e.method == "POST" and e.rid is None) or (e.method == "PUT" and e.rid is not None))
+            and carries_inline_form(e.resource)
+        )
+        if not routed:
+            single = processor.batch({"resourceType": "Bundle", "type": "batch", "entry": [raw]}, base_url)
+            responses.append(single["entry"][0])
+            continue
+        assert e.resource is not None
+        try:
+            if e.rid is None:
+                outcome = create_report(
+                    svc,
+                    blobs,
+                    e.resource,
+                    if_none_exist=e.if_none_exist,
+                    base_url=base_url,
+                    max_size=max_size,
+                )
+            else:
+                outcome = update_report(
+                    svc, blobs, e.rid, e.resource, if_match=e.if_match, base_url=base_url, max_size=max_size
+                )
+        except FhirError as err:
+            responses.append({"response": {"status": str(err.status), "outcome": err.outcome()}})
+            continue
+        except Exception as exc:  # as the processor's batch: one entry's failure hides no other's
+            log.exception("batch entry %s failed", e.index)
+            failure = operation_outcome(
+                [Issue("error", "exception", f"Internal error: {type(exc).__name__}")]
+            )
+            responses.append({"response": {"status": "500", "outcome": failure}})
+            continue
+        stored = outcome.stored
+        response = {
+            "status": STATUS_TEXT.get(outcome.status, str(outcome.status)),
+            "location": f"{stored.type}/{stored.id}/_history/{stored.version}",
+            "etag": stored.etag,
+            "lastModified": instant(stored.last_updated),
+        }
+        responses.append({"response": response})
+    return {"resourceType": "Bundle", "type": "batch-response", "entry": responses}
 
 
 def _planned_ids(entries: list[dict[str, Any]]) -> dict[str, str]:
@@ -635,5 +710,35 @@ def _resolved(node: Any, names: Mapping[str, str]) -> Any:
     return node
 
 
+def inline_form_refused(w: Write, session: AccessSession | None) -> None:
+    """The write rule that keeps a PDF's bytes out of stored reports: a DiagnosticReport reaching
+    the store with ``presentedForm.data`` was not routed through the content store (``create_report``,
+    ``update_report``, ``file_transaction`` strip it first). A JSON Patch (adding ``data``, or
+    changing a report that still carries it) and a conditional update (``PUT
+    DiagnosticReport?…``) cannot be routed, the bytes being known only inside the write
+    transaction, where the store cannot write them (a record's data key may need a transaction of
+    its own): refused, 422, saying how to send the PDF. The agency's trusted imports keep theirs."""
+    res = w.resource
+    p = _principal(session)
+    if res is None or session is None or (p is not None and p.kind is PrincipalKind.SYSTEM and p.trusted):
+        return
+    forms = _inline_forms(res)
+    if forms:
+        issues = [
+            Issue(
+                "error",
+                "business-rule",
+                "a report's PDF is not kept inline: send the report with its PDF (presentedForm.data) "
+                "by POST or PUT DiagnosticReport/[id], or in a transaction or batch Bundle, which move "
+                "the bytes to the content store; or name the Binary of a document filed on this server "
+                "(url [base]/Binary/[id])",
+                (f"DiagnosticReport.presentedForm[{i}].data",),
+            )
+            for i, _ in forms
+        ]
+        raise Unprocessable(f"DiagnosticReport/{w.id}: {issues[0].diagnostics}", issues=issues)
+
+
 register_write_rule("Observation", check, after_access=True)
+register_write_rule("DiagnosticReport", inline_form_refused, after_access=True)  # first: whatever the bytes
 register_write_rule("DiagnosticReport", check, after_access=True)

@@ -26,6 +26,7 @@ from typing import Any
 
 from sharedcare.documents.content import ByteRange, inline_data, parse_range, pointer_of
 from sharedcare.documents.mhd import literal
+from sharedcare.documents.submission import read_own_upload
 from sharedcare.fhir.errors import NotFound
 from sharedcare.fhir.service import FhirService
 from sharedcare.storage.blobstore import BlobStore
@@ -90,10 +91,16 @@ def retrieve(
     its document). ``read_body`` False: metadata only (HEAD, a 304). ``inline``: the Binary
     resource is asked for: small content is read into ``body``."""
     with svc.reading() as conn:
-        stored = svc.read_in(conn, "Binary", binary_id)
+        try:
+            stored, own_upload = svc.read_in(conn, "Binary", binary_id), False
+        except NotFound:  # its uploader reads back an unclaimed upload (``submission``)
+            found = read_own_upload(svc, conn, binary_id)
+            if found is None:
+                raise
+            stored, own_upload = found, True
         resource = stored.resource()
         context = literal((resource.get("securityContext") or {}).get("reference"))
-        if context is not None:
+        if context is not None and not own_upload:
             current = svc.store.current(conn, *context)
             if current is None or current.deleted or not svc.visible(conn, current):
                 raise NotFound(f"Resource Binary/{binary_id} is not known")

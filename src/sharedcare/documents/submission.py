@@ -20,6 +20,20 @@ A refused submission so writes no blob. When step 4 fails (a race with a closure
 a care relationship, a database error), the blobs of step 3 are unreachable: no Binary points at
 them, the store is content-addressed (the same bytes submitted again reuse them), and they are
 removed with their record's namespace.
+
+Blobs are content-addressed per record, so one blob may be named by several Binaries, and the
+expiry of an unclaimed upload (``expire_unclaimed``) deletes its blob only when no other Binary
+names it. That check and the deletion would race with a write naming the same bytes (an upload
+or a submission of the same content, whose ``put`` found or rewrote the blob before the check and
+whose Binary commits after it): its content would be lost. Both sides therefore meet on one lock
+per record and digest (``blob_lock``): the expiry checks and deletes while holding it, and every
+write transaction that records a Binary naming a blob takes it too and checks, under it, that
+the blob is there (``hold_blobs``). Either the writer commits first (the expiry then sees its
+Binary and keeps the blob) or the expiry deletes first (the writer then finds no blob and is
+refused with 409, nothing written: send the content again). No accepted write can so name a
+missing blob. A refusal was preferred to writing the bytes again under the lock: a streamed
+upload's body is consumed by then, and on SQLite the store may need a transaction of its own
+(a record's data key) that the writer's transaction would block.
 """
 
 from __future__ import annotations
@@ -34,8 +48,8 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, Engine, select
 
-from sharedcare.access.categories import DataCategory, classify
-from sharedcare.access.policy import RESTRICTED, VERY_RESTRICTED
+from sharedcare.access.categories import CATEGORY_SYSTEM, DataCategory, classify
+from sharedcare.access.policy import RESTRICTED, VERY_RESTRICTED, WriteTarget
 from sharedcare.access.principals import Principal, PrincipalKind
 from sharedcare.access.requests import is_pending
 from sharedcare.access.session import PolicySession
@@ -60,7 +74,8 @@ from sharedcare.fhir.session import Interaction
 from sharedcare.fhir.store import CONFIDENTIALITY_SYSTEM, Stored, Write, confidentiality_of, instant, utcnow
 from sharedcare.notify import outbox
 from sharedcare.settings import Settings
-from sharedcare.storage.blobstore import CHUNK, BlobStore, BlobTooLarge
+from sharedcare.storage.blobstore import CHUNK, BlobNotFound, BlobStore, BlobTooLarge
+from sharedcare.storage.engine import writer
 from sharedcare.storage.tables import resource as resource_table
 from sharedcare.storage.tables import resource_version
 
@@ -128,6 +143,8 @@ def provide(
         processed = BundleProcessor(svc).transaction_in(conn, entries, base_url)
         changed = lifecycle.apply_statuses(svc, conn, plan.statuses)
         _claim(svc, conn, plan.claims, submission)
+        named = [a.content.sha256 for d in submission.documents for a in d.attachments]
+        hold_blobs(conn, blobs, submission.patient_id, named)
         _notify(svc, conn, submission.patient_id, plan)
     responses: dict[int, dict[str, Any]] = dict(zip(plan.positions, processed, strict=False))
     for update in submission.updates:
@@ -242,6 +259,39 @@ def _uploader(svc: FhirService) -> str:
     return "platform"
 
 
+def read_own_upload(svc: FhirService, conn: Connection, binary_id: str) -> Stored | None:
+    """``Binary/[binary_id]`` when it is an upload no document claims yet that the caller of
+    ``svc`` uploaded and may read back (``AccessPolicy.reads_own_upload``: who may replace it),
+    its read recorded in the caller's audit trail; None otherwise (the caller's ordinary read
+    decision stands: "not known"). For ITI-68, after the ordinary read refused it."""
+    session = svc.session
+    if not isinstance(session, PolicySession):
+        return None
+    current = svc.store.current(conn, "Binary", binary_id)
+    if current is None or current.deleted:
+        return None
+    resource = current.resource()
+    pending = pending_upload(resource)
+    if pending is None:
+        return None
+    pointer, uploader = pending
+    meta = resource.get("meta") or {}
+    untagged = [
+        t for t in meta.get("tag") or () if not (isinstance(t, dict) and t.get("system") == CATEGORY_SYSTEM)
+    ]
+    holder = session.principal.kind in (PrincipalKind.PATIENT, PrincipalKind.REPRESENTATIVE)
+    filed = (
+        DataCategory.PERSONAL_EXPRESSION.value
+        if holder
+        else session.classify({**resource, "meta": {**meta, "tag": untagged}})
+    )  # as ``upload``'s write check decides on it: the content as it will be filed
+    target = WriteTarget(frozenset({pointer.patient_id}), filed)
+    if not session.policy.reads_own_upload(conn, session.principal, uploader, target, session.now):
+        return None
+    session.record(conn, Interaction("read", "Binary", [current]))
+    return current
+
+
 def upload(
     svc: FhirService,
     blobs: BlobStore,
@@ -306,8 +356,9 @@ def upload(
     filed = binary(info.digest, info.size, info.sha1, stored=False)
     with svc.transaction() as conn:
         # written apart from ``create_in``/``update_in``: the write check decides on the content
-        # as filed, and nobody but the holder reads an unfiled upload, its uploader included
+        # as filed, and no professional reads an unfiled upload (its uploader: ``read_own_upload``)
         serialize(conn, f"Binary/{rid}")
+        hold_blobs(conn, blobs, patient_id, [info.digest])
         now = svc.store.current(conn, "Binary", rid)
         if binary_id is None:
             if now is not None:
@@ -402,21 +453,47 @@ def _expire(svc: FhirService, binary_id: str, cutoff: datetime) -> tuple[str, se
     return patient_id, digests
 
 
+def blob_lock(patient_id: str, digest: str) -> str:
+    """The lock key of one blob of a record: taken by the expiry deleting it and by every write
+    transaction recording a Binary that names it (module docstring)."""
+    return f"blob/{patient_id}/{digest}"
+
+
+def hold_blobs(conn: Connection, blobs: BlobStore, patient_id: str, digests: Iterable[str]) -> None:
+    """In a write transaction recording Binaries that name ``digests`` (blobs of ``patient_id``'s
+    record): take their locks until the commit, so no expiry deletes them meanwhile, and check
+    they are there. Raises ``Conflict`` (409; the transaction then writes nothing) when an expiry
+    deleted one after this write stored it: the content must be sent again."""
+    wanted = sorted(set(digests))
+    serialize_many(conn, [blob_lock(patient_id, d) for d in wanted])  # SQLite: BEGIN IMMEDIATE did
+    for digest in wanted:
+        try:
+            blobs.size(patient_id, digest)
+        except BlobNotFound:
+            raise Conflict(
+                "The content was removed meanwhile (an expired upload held the same bytes): "
+                "nothing was stored; send it again"
+            ) from None
+
+
 def _remove_blobs(engine: Engine, blobs: BlobStore, res_pk: int, gone: tuple[str, set[str]]) -> None:
     """Delete the expired upload's blobs that no version of another Binary of the record names
     (after the delete's commit: a crash in between leaves an unreachable blob, as a refused
-    submission does, removed with its record's namespace)."""
+    submission does, removed with its record's namespace). Each is checked and deleted in a write
+    transaction holding its ``blob_lock``: a writer naming the same bytes either committed before
+    (its Binary is seen, the blob kept) or waits and then finds it gone (``hold_blobs``: 409)."""
     patient_id, digests = gone
     v = resource_version
     for digest in sorted(digests):
-        with engine.connect() as conn:
+        with writer(engine).begin() as conn:
+            serialize(conn, blob_lock(patient_id, digest))
             shared = conn.execute(
                 select(v.c.res_pk)
                 .where(v.c.type == "Binary", v.c.res_pk != res_pk, v.c.content.like(f"%{digest}%"))
                 .limit(1)
             ).first()
-        if shared is None:
-            blobs.delete(patient_id, digest)
+            if shared is None:
+                blobs.delete(patient_id, digest)
 
 
 def _nonempty(chunks: Iterable[bytes]) -> Iterator[bytes]:

@@ -56,6 +56,23 @@ def _strictest(*codes: str | None) -> str | None:
     return max(found, key=CONFIDENTIALITY_ORDER.index) if found else None
 
 
+def _level_changed(w: Write) -> bool:
+    """Whether the confidentiality a write stores on its row differs from the row's before it
+    (``ResourceStore._inherit_document_labels``). The row's level is ``confidentiality_of`` its
+    current content, but for a deleted row, which keeps its last label: unknown, so it counts.
+    A content that names no confidentiality system (nor is a Composition) has none, unparsed."""
+    assert w.resource is not None
+    new = confidentiality_of(w.resource)
+    if w.current is None:
+        return new is not None
+    content = w.current.content
+    if content is None:
+        return True
+    if CONFIDENTIALITY_SYSTEM not in content and '"Composition"' not in content:
+        return new is not None
+    return confidentiality_of(orjson.loads(content)) != new
+
+
 def utcnow() -> datetime:
     """Current time as naive UTC (the stored form)."""
     return datetime.now(UTC).replace(tzinfo=None)
@@ -267,10 +284,26 @@ class ResourceStore:
         Binaries written, and for those of every other resource written (its label may have
         changed, or it may arrive after its content). A deleted context keeps its last label on
         its row, so its Binaries keep it too. Reads the index rows just inserted
-        (``security-context``)."""
-        contexts = {(w.type, w.id) for w in writes if w.type != "Binary" and w.resource is not None}
+        (``security-context``).
+
+        The query runs only for a batch where it can change something: a Binary written with a
+        ``securityContext`` (its level depends on its context's), or a resource written whose
+        own level (the row's ``confidentiality``, the only thing a Binary takes from its context)
+        differs from the one its row had, so that every Binary naming it was computed from
+        another level. A new resource had none: it counts when it carries a label (a Binary may
+        have arrived before it). An unchanged level leaves every Binary naming the resource right
+        as it is, so the common write (no label, or the same label again) costs no query."""
+        contexts = {
+            (w.type, w.id)
+            for w in writes
+            if w.type != "Binary" and w.resource is not None and _level_changed(w)
+        }
         ids, types = sorted({i for _, i in contexts}), sorted({t for t, _ in contexts})
-        binaries = [s.pk for w, s in zip(writes, results, strict=True) if w.type == "Binary" and w.resource]
+        binaries = [
+            s.pk
+            for w, s in zip(writes, results, strict=True)
+            if w.type == "Binary" and w.resource and w.resource.get("securityContext")
+        ]
         if not ids and not binaries:
             return
         x, b, d = idx_reference, resource.alias("sc_binary"), resource.alias("sc_context")
