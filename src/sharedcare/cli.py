@@ -201,6 +201,18 @@ def _upload_expiry_job(engine: Engine, settings: Settings, *, full: bool = False
     return f"{expired} unclaimed uploads expired (older than {settings.unclaimed_upload_hours} hours)."
 
 
+def _filing_notice_job(engine: Engine, settings: Settings, *, full: bool = False) -> str:
+    """Overdue filing requests announced once to the holder and the professional asked."""
+    from sharedcare.access import filing_notices
+    from sharedcare.fhir.store import utcnow
+
+    report = filing_notices.run(engine, settings, utcnow())
+    return (
+        f"overdue filing requests: {report.holders} holders told, {report.professionals} professionals "
+        f"e-mailed, {report.portal_only} portal only, {report.retried} to retry"
+    )
+
+
 class DailyJob(Protocol):
     """A job of ``sharedcare worker``, run once a day at SHAREDCARE_REMINDER_TIME (and by
     ``--once``); it returns what to print."""
@@ -212,6 +224,7 @@ DAILY_JOBS: tuple[tuple[str, DailyJob], ...] = (
     ("vaccination reminders", _reminder_job),
     ("record life cycle", _lifecycle_job),
     ("unclaimed uploads", _upload_expiry_job),
+    ("overdue filing requests", _filing_notice_job),
 )
 """The worker's daily jobs, in order; another one is one more line here."""
 
@@ -307,7 +320,7 @@ def worker(
     full: bool = typer.Option(False, "--full", help="Recompute every patient's forecast (with --once)"),
 ) -> None:
     """Background work: the daily jobs (``DAILY_JOBS``: vaccination reminders, record life cycle,
-    unclaimed uploads)
+    unclaimed uploads, overdue filing requests)
     at SHAREDCARE_REMINDER_TIME and the e-mail delivery of notifications
     (docs/vaccination-reminders.md); --once for tests and cron."""
     import threading

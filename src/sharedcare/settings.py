@@ -124,6 +124,13 @@ class Settings(BaseSettings):
     access_emergency_extra_days: int = Field(
         15, description="Access after the emergency-department stay (filing deadline)."
     )
+    filing_deadline_days: int = Field(
+        15,
+        ge=1,
+        description="Days after the end of care by which the author files lab results, discharge and "
+        "imaging reports and the patient summary (art. 9(3)); a declared end of care ends the "
+        "relationship then.",
+    )
     connection_code_minutes: int = Field(
         60, description="Minutes a one-time connection code from the patient's portal stays valid."
     )

@@ -436,6 +436,7 @@ def test_the_worker_runs_the_record_life_cycle_once_a_day(
         "vaccination reminders",
         "record life cycle",
         "unclaimed uploads",
+        "overdue filing requests",
     ]
     monkeypatch.setenv("SHAREDCARE_DATABASE_URL", db_url)
     monkeypatch.setenv("SHAREDCARE_DATA_DIR", str(tmp_path))
@@ -449,6 +450,7 @@ def test_the_worker_runs_the_record_life_cycle_once_a_day(
     assert "reminders: " in result.output
     assert "deleted after retention: 1 " in result.output
     assert "0 unclaimed uploads expired (older than 24 hours)." in result.output
+    assert "overdue filing requests: 0 holders told" in result.output
     assert _status(engine) == {"due": ("deleted", "holder"), "recent": ("closed", "holder")}
     with pytest.raises(NotFound):
         svc.read("Observation", "obs-due")

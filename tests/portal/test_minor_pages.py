@@ -1,6 +1,7 @@
 """Minors in the portal: the professional admits a minor in their care to act alone; that minor,
 signed in to their own account, objects to their parents' access and allows it again; the
-professional who recorded the decision, and only they, withdraws it: the parents' rights come back."""
+professional who recorded the decision withdraws it, and so may the minor personally (never a
+parent acting for them): either way the parents' rights come back."""
 
 from __future__ import annotations
 
@@ -351,3 +352,160 @@ def test_a_refused_withdrawal_tells_nothing_about_the_patient(
     assert refusals() == refused  # now he does
     assert _decided(world) and _objecting(world) and _decision_row(world) == (None, None)
     assert _parent_reads_kid(world) in (403, 404)
+
+
+# -- the minor gives up acting alone -----------------------------------------------------------------
+GIVE_UP = "Stop exercising my rights alone"
+OWN_WITHDRAW = "/portal/access/autonomy/withdraw"
+
+
+def _log_rows(html: str, label: str) -> list[str]:
+    """The rows of an access log page that show ``label``."""
+    return [row for row in html.split("<tr")[1:] if escape(label) in row]
+
+
+def _own_refusal(client: TestClient) -> tuple[int, list[str]]:
+    """The status of a confirmed withdrawal posted from the access-rights page, and every message
+    of the minor's pages the answer shows."""
+    resp = post(client, OWN_WITHDRAW, {"understood": "yes", "reason": "No"}, "/portal/access")
+    messages = (*autonomy.MINOR_MESSAGES, autonomy.OWN_WITHDRAWAL_REFUSED)
+    return resp.status_code, [m for m in messages if escape(m) in resp.text]
+
+
+UNIFORM_REFUSAL = (403, [autonomy.OWN_WITHDRAWAL_REFUSED])
+
+
+def test_the_minor_gives_up_acting_alone_and_the_parents_exercise_the_rights_again(
+    world: World, kid: Person, browser: Browser
+) -> None:
+    _autonomous(world)
+    _objects(world)
+    assert _parent_reads_kid(world) in (403, 404)
+    tom = browser()
+    sign_in(tom, kid)
+    page = tom.get("/portal/access").text
+    assert GIVE_UP in page and "your parents or your legal representative exercise your rights" in page
+    assert 'name="understood" value="yes" required' in page and f'action="{OWN_WITHDRAW}"' in page
+    # nothing changes without the confirmation, or with too long a reason
+    unconfirmed = post(tom, OWN_WITHDRAW, {"reason": "I prefer my parents to handle it"}, "/portal/access")
+    assert unconfirmed.status_code == 400
+    assert "Confirm that your parents exercise your rights again." in unconfirmed.text
+    too_long = post(tom, OWN_WITHDRAW, {"understood": "yes", "reason": "x" * 501}, "/portal/access")
+    assert too_long.status_code == 400 and "The reason is too long" in too_long.text
+    assert _decided(world) and _objecting(world) and _decision_row(world) == (None, None)
+    assert _parent_reads_kid(world) in (403, 404)
+
+    reason = "I prefer my parents to handle it"
+    done = post(tom, OWN_WITHDRAW, {"understood": "yes", "reason": reason}, "/portal/access")
+    assert done.status_code == 303 and done.headers["location"] == "/portal/access"
+    page = tom.get("/portal/access").text
+    assert "You no longer exercise your rights alone: your parents exercise them again." in page
+    assert "Your parents or your legal representative exercise your rights over this record" in page
+    assert GIVE_UP not in page and OBJECT not in page
+    assert not _decided(world) and not _objecting(world)
+    withdrawn_at, by = _decision_row(world)
+    assert withdrawn_at is not None and by == "minor"
+    with world.engine.connect() as conn:
+        consent_id = conn.execute(select(minor_autonomy.c.consent_id)).scalar_one()
+    stored = world.app.state.fhir.read("Consent", consent_id).resource()
+    assert stored["status"] == "inactive"
+    assert {"url": minors.WITHDRAWAL_REASON, "valueString": reason} in stored["extension"]
+    # the parent reads the record again, by the access decision and in the portal
+    assert _parent_reads_kid(world) == 200
+    jean = browser()
+    sign_in(jean, world.representative)
+    assert "Tom" in jean.get("/portal/home").text
+    assert (
+        "The parents or the legal representative exercise the rights of this minor"
+        in jean.get("/portal/access").text
+    )
+    # the access log shows who gave the decision up: "You" to the minor, the minor to the parent
+    label = "No longer admitted to exercise your rights alone"
+    mine = _log_rows(tom.get("/portal/log?act=rights&who=all").text, label)
+    assert len(mine) == 1 and "<strong>You</strong>" in mine[0]
+    theirs = _log_rows(jean.get("/portal/log?act=rights&who=all").text, label)
+    assert len(theirs) == 1 and "<strong>Tom Muller</strong>" in theirs[0]
+    # sent again (a second tab): the uniform refusal, nothing changes
+    assert _own_refusal(tom) == UNIFORM_REFUSAL
+    assert _decision_row(world) == (withdrawn_at, by)
+
+
+def test_the_reason_is_optional_for_the_minor(world: World, kid: Person, browser: Browser) -> None:
+    _autonomous(world)
+    tom = browser()
+    sign_in(tom, kid)
+    done = post(tom, OWN_WITHDRAW, {"understood": "yes", "reason": "  "}, "/portal/access")
+    assert done.status_code == 303 and not _decided(world)
+    with world.engine.connect() as conn:
+        consent_id = conn.execute(select(minor_autonomy.c.consent_id)).scalar_one()
+    stored = world.app.state.fhir.read("Consent", consent_id).resource()
+    assert stored["status"] == "inactive" and minors.WITHDRAWAL_REASON not in str(stored.get("extension"))
+
+
+def test_a_parent_cannot_give_up_the_minors_decision(world: World, kid: Person, browser: Browser) -> None:
+    """The parent acting for the minor sees no form and is refused, as for a minor who does not
+    act alone: the refusal tells them nothing more."""
+    jean = browser()
+    sign_in(jean, world.representative)
+    assert "Tom" in jean.get("/portal/home").text  # his only record: chosen for him
+    before = _own_refusal(jean)  # Tom does not act alone yet
+    _autonomous(world)  # now he does, without objecting: the parent still acts for him
+    page = jean.get("/portal/access").text
+    assert "This minor exercises their rights alone since" in page and GIVE_UP not in page
+    assert _own_refusal(jean) == before == UNIFORM_REFUSAL
+    assert _decided(world) and _decision_row(world) == (None, None)
+    # unconfirmed: the form's own error, which does not depend on the record
+    unconfirmed = post(jean, OWN_WITHDRAW, {}, "/portal/access")
+    assert unconfirmed.status_code == 400 and _decision_row(world) == (None, None)
+
+
+def test_a_holder_who_does_not_act_alone_gets_the_uniform_refusal(
+    world: World, kid: Person, browser: Browser
+) -> None:
+    """A minor not admitted to act alone, and an adult holder, are refused in the same words as a
+    parent: no state message of ``access.minors``."""
+    tom = browser()
+    sign_in(tom, kid)
+    assert GIVE_UP not in tom.get("/portal/access").text
+    assert _own_refusal(tom) == UNIFORM_REFUSAL
+    marie = browser()
+    sign_in(marie, world.patient)  # an adult
+    assert GIVE_UP not in marie.get("/portal/access").text
+    assert _own_refusal(marie) == UNIFORM_REFUSAL
+    with world.engine.connect() as conn:
+        assert conn.execute(select(minor_autonomy)).first() is None
+
+
+@pytest.mark.parametrize(
+    ("lang", "give_up", "unconfirmed", "refused"),
+    [
+        (
+            "fr",
+            "Ne plus exercer seul mes droits",
+            "Confirmez que vos parents exercent de nouveau vos droits.",
+            "Seul un mineur qu&#39;un professionnel a admis à exercer seul ses droits peut renoncer",
+        ),
+        (
+            "de",
+            "Meine Rechte nicht mehr selbst ausüben",
+            "Bestätigen Sie, dass Ihre Eltern Ihre Rechte wieder ausüben.",
+            "kann auf diese Entscheidung verzichten, und nur persönlich",
+        ),
+    ],
+)
+def test_the_minors_withdrawal_is_in_french_and_german(
+    world: World, kid: Person, browser: Browser, lang: str, give_up: str, unconfirmed: str, refused: str
+) -> None:
+    _autonomous(world)
+    with accounts.transaction(world.engine) as conn:
+        accounts.set_language(conn, kid.account_id, lang)
+        accounts.set_language(conn, world.representative.account_id, lang)
+    tom = browser()
+    sign_in(tom, kid)
+    assert give_up in tom.get("/portal/access").text
+    resp = post(tom, OWN_WITHDRAW, {}, "/portal/access")
+    assert resp.status_code == 400 and unconfirmed in resp.text
+    jean = browser()
+    sign_in(jean, world.representative)
+    resp = post(jean, OWN_WITHDRAW, {"understood": "yes"}, "/portal/access")
+    assert resp.status_code == 403 and refused in resp.text and _decided(world)

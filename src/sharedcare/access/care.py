@@ -7,6 +7,10 @@ agreement until a lab result arrives), hospital emergency department (registrati
 15 days). The referring physician designation and the
 holder's permanent grants are relationships without an end (``access.consent``). Every
 function works in the caller's transaction.
+
+The end of care (``end_care``, art. 9(3), §A.9) is declared by the facility (or the solo
+professional): the relationship then lasts ``filing_deadline_days`` more, so the author files the
+key documents, and never longer than it would have anyway; ``access.filing`` lists what is due.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from sqlalchemy import Connection, and_, delete, or_, select, update
 
 from sharedcare.access import labwait as _labwait  # noqa: F401  (a lab result ends a registration's wait)
 from sharedcare.access.licence import facility_authorised
-from sharedcare.access.models import care_relationship, connection_code, record_status
+from sharedcare.access.models import care_relationship, connection_code, filing_deadline, record_status
 from sharedcare.access.principals import Principal, PrincipalKind
 from sharedcare.settings import Settings
 from sharedcare.storage.blobstore import BlobStore
@@ -216,8 +220,8 @@ def current_registration(
 
 
 def _renewable(conn: Connection, actor: Principal, relationship_id: str, now: datetime) -> Relationship:
-    """The facility registration ``actor`` may renew now (its own, in force, facility authorised),
-    its row locked until the transaction ends (see ``locked``)."""
+    """The facility registration ``actor`` may renew now (its own, in force, facility authorised,
+    its care not declared ended), its row locked until the transaction ends (see ``locked``)."""
     rel = locked(conn, relationship_id)
     if rel is None or rel.context != "facility" or rel.organization_id != actor.organization_id:
         raise NotAllowed("Only the registering facility renews its own registration")
@@ -225,6 +229,12 @@ def _renewable(conn: Connection, actor: Principal, relationship_id: str, now: da
         raise NotAllowed("The facility's authorisation is withdrawn: it cannot renew registrations")
     if not rel.active(now):
         raise CareError("An ended registration cannot be renewed; register the patient again")
+    ended = care_ended(conn, rel.id)
+    if ended is not None:
+        raise CareError(
+            f"The care ended on {ended.isoformat(timespec='minutes')}: the registration lasts only "
+            "for the filing deadline; register the patient again for a new stay"
+        )
     return rel
 
 
@@ -302,6 +312,131 @@ def renew_until_lab_result(
         f"(patient agreed {agreed.isoformat()}) at the latest {ends.isoformat()}",
     )
     return get(conn, rel.id)  # type: ignore[return-value]
+
+
+ENDED_CONTEXTS = ("solo", "facility", "emergency")
+"""The care contexts of Annex 1 §3 whose care ends, and with it a filing deadline (art. 9(3))."""
+
+
+def care_ended(conn: Connection, relationship_id: str) -> datetime | None:
+    """When the relationship's care was declared ended (``end_care``), if it was."""
+    fd = filing_deadline
+    found: datetime | None = conn.execute(
+        select(fd.c.care_end).where(fd.c.relationship_id == relationship_id)
+    ).scalar_one_or_none()
+    return found
+
+
+def holds_solo(conn: Connection, patient_id: str, practitioner_id: str, now: datetime) -> bool:
+    """Whether the professional has a solo-practice relationship with the holder in force now."""
+    cr = care_relationship
+    return (
+        conn.execute(
+            select(cr.c.id).where(
+                cr.c.patient_id == patient_id,
+                cr.c.practitioner_id == practitioner_id,
+                cr.c.context == "solo",
+                cr.c.revoked_at.is_(None),
+                cr.c.starts <= now,
+                cr.c.ends > now,
+            )
+        ).first()
+        is not None
+    )
+
+
+def end_care(
+    conn: Connection, settings: Settings, actor: Principal, patient_id: str, end: datetime, now: datetime
+) -> list[Relationship]:
+    """Declare the end of the holder's care on ``end`` (at most ``now``): the stay at the facility
+    ``actor`` acts for (its facility and emergency registrations in force), or, for a professional
+    acting for no facility, their own solo-practice relationship (art. 9(3), §A.9).
+
+    Each relationship then ends at ``end`` + ``filing_deadline_days``, the due date of the key
+    documents, or when it ended before if that is sooner: a declared end never lengthens access.
+    An end already past the deadline ends it at once. A ``filing_deadline`` row keeps the due
+    date; a relationship's care ends once (a second declaration is refused, as is a renewal of
+    it: the facility registers the holder again for a new stay). Audited as a consent change on
+    the holder's access log, like the registration. Rows are locked as ``renew`` locks them.
+    Raises ``CareError`` when nothing is in force to end, or ``end`` is before a relationship
+    began; the API decides beforehand what the caller may be told (``api.registrations``).
+    """
+    if end > now:
+        raise CareError("The end of care cannot be in the future")
+    cr = care_relationship
+    if actor.organization_id:
+        if actor.kind not in (PrincipalKind.SYSTEM, PrincipalKind.PROFESSIONAL):
+            raise NotAllowed("Only a care facility's system or professional declares the end of a stay")
+        if not facility_authorised(conn, actor.organization_id):
+            raise NotAllowed("The facility's authorisation is withdrawn: it cannot end care")
+        whose = and_(
+            cr.c.organization_id == actor.organization_id,
+            cr.c.practitioner_id.is_(None),
+            cr.c.context.in_(("facility", "emergency")),
+        )
+        what = f"Organization/{actor.organization_id}"
+    elif actor.kind is PrincipalKind.PROFESSIONAL and actor.practitioner_id:
+        whose = and_(cr.c.practitioner_id == actor.practitioner_id, cr.c.context == "solo")
+        what = f"Practitioner/{actor.practitioner_id}"
+    else:
+        raise NotAllowed(
+            "Only a care facility or a professional in the patient's care declares the end of care"
+        )
+    ids = (
+        conn.execute(
+            select(cr.c.id)
+            .where(cr.c.patient_id == patient_id, whose, cr.c.revoked_at.is_(None), cr.c.starts <= now)
+            .where(cr.c.ends > now)
+            .order_by(cr.c.id)  # locked in one order, as ``access.labwait`` does
+        )
+        .scalars()
+        .all()
+    )
+    in_force = [rel for rel in (locked(conn, rid) for rid in ids) if rel is not None and rel.active(now)]
+    open_ = [rel for rel in in_force if care_ended(conn, rel.id) is None]
+    if not open_:
+        ended = [care_ended(conn, rel.id) for rel in in_force]
+        if ended:
+            latest = max(e for e in ended if e is not None)
+            raise CareError(
+                f"The care already ended on {latest.isoformat(timespec='minutes')}; "
+                "its filing deadline runs until the registration ends"
+            )
+        raise CareError("No care relationship with this patient is in force to end")
+    for rel in open_:
+        if end < rel.starts:
+            raise CareError(
+                f"The end of care is before the {rel.context} relationship began "
+                f"({rel.starts.isoformat(timespec='minutes')})"
+            )
+    due_after = timedelta(days=settings.filing_deadline_days)
+    ended_now: list[Relationship] = []
+    for rel in open_:
+        due = min(rel.ends or end + due_after, end + due_after)
+        conn.execute(update(cr).where(cr.c.id == rel.id).values(ends=due))
+        conn.execute(
+            filing_deadline.insert().values(
+                id=uuid.uuid4().hex,
+                relationship_id=rel.id,
+                patient_id=rel.patient_id,
+                practitioner_id=rel.practitioner_id,
+                organization_id=rel.organization_id,
+                context=rel.context,
+                care_start=rel.starts,
+                care_end=end,
+                due=due,
+                created=now,
+                created_by=actor.subject,
+            )
+        )
+        _audit(
+            conn,
+            actor,
+            patient_id,
+            f"end-care {rel.context} {what} on {end.isoformat()} until {due.isoformat()}",
+        )
+        ended_now.append(get(conn, rel.id))  # type: ignore[arg-type]
+    return ended_now
 
 
 def emergency_override(

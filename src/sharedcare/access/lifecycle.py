@@ -43,6 +43,7 @@ from sharedcare.access.models import (
     care_relationship,
     connection_code,
     delegation,
+    filing_deadline,
     filing_objection,
     minor_autonomy,
     minor_objection,
@@ -162,6 +163,7 @@ def purge(conn: Connection, patient_id: str, blobs: BlobStore | None = None) -> 
         conn.execute(delete(resource).where(resource.c.pk.in_(chunk)))
     for table in (
         care_relationship,
+        filing_deadline,
         access_restriction,
         delegation,
         connection_code,

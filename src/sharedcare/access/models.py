@@ -162,7 +162,7 @@ record_request = Table(
     metadata,
     Column("id", String(64), primary_key=True),  # the id of the request's FHIR Task
     Column("patient_id", String(64), nullable=False),
-    Column("kind", String(8), nullable=False),  # rectify | erase
+    Column("kind", String(8), nullable=False),  # rectify | erase | file
     Column("resource_type", String(64), nullable=False),
     Column("resource_id", String(64), nullable=False),
     Column("item_version", Integer, nullable=False),
@@ -175,13 +175,20 @@ record_request = Table(
     Column("created_by", String(64), nullable=False),
     Column("decided_at", DateTime(timezone=False), nullable=True),
     Column("decided_by", String(64), nullable=True),
+    # an overdue filing request's notices (``access.filing_notices``, migration 0021): when the
+    # holder's message was queued, when the professional asked was told (each once)
+    Column("overdue_holder_notice_at", DateTime(timezone=False), nullable=True),
+    Column("overdue_owner_notice_at", DateTime(timezone=False), nullable=True),
     Index("ix_record_request_patient", "patient_id"),
     Index("ix_record_request_practitioner", "author_practitioner_id"),
     Index("ix_record_request_organization", "owner_organization_id"),
     Index("ix_record_request_resource", "resource_type", "resource_id"),
+    Index("ix_record_request_kind_status", "kind", "status"),
 )
-"""The holder's requests for rectification (to the item's author, art. 6(5)) and erasure (to
-the Agence, GDPR art. 17), projected from their FHIR Tasks: who may see and decide them."""
+"""The holder's requests for rectification (to the item's author, art. 6(5)), erasure (to the
+Agence, GDPR art. 17) and filing (to a professional of their care, art. 9(2)), projected from
+their FHIR Tasks: who may see and decide them, and whether an overdue filing request was
+announced."""
 
 minor_autonomy = Table(
     "minor_autonomy",
@@ -212,3 +219,27 @@ minor_objection = Table(
 )
 """An autonomous minor objects to their parents' access: while a row is not removed, and the holder
 is under 18, the delegations of parents and guardians to the record are suspended (not ended)."""
+
+filing_deadline = Table(
+    "filing_deadline",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("relationship_id", String(64), nullable=False),
+    Column("patient_id", String(64), nullable=False),
+    Column("practitioner_id", String(64), nullable=True),  # a solo professional's own care
+    Column("organization_id", String(64), nullable=True),  # a facility's registration
+    Column("context", String(16), nullable=False),  # solo | facility | emergency
+    Column("care_start", DateTime(timezone=False), nullable=False),
+    Column("care_end", DateTime(timezone=False), nullable=False),
+    Column("due", DateTime(timezone=False), nullable=False),  # the relationship's end since
+    Column("created", DateTime(timezone=False), nullable=False),
+    Column("created_by", String(64), nullable=False),
+    UniqueConstraint("relationship_id"),
+    Index("ix_filing_deadline_practitioner", "practitioner_id", "due"),
+    Index("ix_filing_deadline_organization", "organization_id", "due"),
+    Index("ix_filing_deadline_patient", "patient_id"),
+)
+"""A declared end of care (``access.care.end_care``, §A.9, art. 9(3)): the author files the key
+documents by ``due``, ``filing_deadline_days`` after ``care_end``, which is when the relationship
+now ends (never later than before). One row per relationship: its care ends once. Relationships
+that simply ran out have no row; ``access.filing`` derives their end of care."""

@@ -18,7 +18,8 @@
   Practitioner, due ``filing_request_days`` later (``Task.restriction.period.end``), that only
   this professional (and the Agence) sees and completes; its row names the record itself
   (``Patient/<id>``) since the item does not exist yet. Open requests past their due date are
-  overdue (``RecordRequest.overdue``) in both lists.
+  overdue (``RecordRequest.overdue``) in both lists, and announced once to the holder and the
+  professional by a daily job (``access.filing_notices``).
 
 Every function runs in one transaction of the caller's session-bound ``FhirService``: the item
 is looked up through the caller's own access decision (an item they may not see answers as an
@@ -522,7 +523,7 @@ def decide(
             conn, who, audit.AuditAction.UPDATE, row.patient_id, f"{row.kind}-request {status}", request_id
         )
         done = conn.execute(select(rq).where(rq.c.id == request_id)).one()
-        due = _due_dates(conn, [done]).get(request_id)
+        due = due_dates(conn, [done]).get(request_id)
     return _request(done, due)
 
 
@@ -557,7 +558,7 @@ def requests_of(conn: Connection, patient_id: str) -> list[RecordRequest]:
     rows = list(
         conn.execute(select(rq).where(rq.c.patient_id == patient_id).order_by(rq.c.created.desc(), rq.c.id))
     )
-    due = _due_dates(conn, rows)
+    due = due_dates(conn, rows)
     return [_request(r, due.get(r.id)) for r in rows]
 
 
@@ -599,7 +600,7 @@ def _due_of(task: Mapping[str, Any]) -> datetime | None:
     return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
 
 
-def _due_dates(conn: Connection, rows: Iterable[Row[Any]]) -> dict[str, datetime]:
+def due_dates(conn: Connection, rows: Iterable[Row[Any]]) -> dict[str, datetime]:
     """The due dates of the filing requests among ``rows``, from their current Tasks."""
     ids = [r.id for r in rows if r.kind == FILE]
     if not ids:

@@ -11,6 +11,13 @@
 - ``POST Patient/$register`` and ``POST Patient/$renew-registration``: the same, the holder named
   by an ``identifier`` parameter (valueIdentifier, system ``MATRICULE_SYSTEM``, 13 digits or the
   pre-2014 11-digit form), as a facility's entrance knows them: 400 an invalid matricule.
+- ``POST Patient/[id]/$end-care`` (optional ``end`` dateTime, at most now, default now) and
+  ``POST Patient/$end-care`` (``identifier``): the facility declares the end of the holder's
+  stay, or a professional acting for no facility the end of their own solo-practice care
+  (``care.end_care``, art. 9(3), §A.9): each such relationship in force then ends
+  ``filing_deadline_days`` after ``end`` (never later than before), the author's time to file the
+  key documents (``access.filing``). Answers ``endOfCare`` and one ``registration`` part per
+  relationship ended (its id, context, who, start, new end = the filing due date).
 - ``POST Patient/[id]/$opt-out``: the holder's objection (§A.1) filed by the holder or by the
   Agence's tools (administrator, trusted platform client): the record is deleted for everyone.
 
@@ -21,10 +28,12 @@ record, 422 a rule of the regulation), logged by the app's error handler like an
 
 No existence oracle: what depends on no record (the caller, its facility's authorisation, the
 parameters) is refused first; then a facility without a registration in force of the holder is
-told one thing, ``REGISTER_REFUSED`` or ``RENEW_REFUSED`` (404, naming neither the record nor its
-state), whether no record has the matricule or id, several do, the record is closed, or (to
-renew) the facility has no registration of it. A facility with a registration in force is in
-the holder's care and keeps the precise answers (closed record, emergency registration…).
+told one thing, ``REGISTER_REFUSED``, ``RENEW_REFUSED`` or ``END_CARE_REFUSED`` (404, naming
+neither the record nor its state), whether no record has the matricule or id, several do, the
+record is closed, or (to renew or end care) the caller has no relationship of it in force. A
+facility with a registration in force (a solo professional with their relationship in force, to
+end care) is in the holder's care and keeps the precise answers (closed record, emergency
+registration, care already ended…).
 """
 
 from __future__ import annotations
@@ -59,6 +68,8 @@ RENEW_REFUSED = (
     "registration is not renewed; an ended one is made again with $register)"
 )
 """A renewal refused to a facility not in the holder's care, whatever the reason."""
+END_CARE_REFUSED = "No care of this patient by you is in force to end"
+"""An end of care refused to a caller not in the holder's care, whatever the reason."""
 
 
 def _text(params: dict[str, Any], name: str) -> str | None:
@@ -116,14 +127,16 @@ def _records_of(conn: Connection, service: FhirService, number: str) -> list[str
     return [found.id for found in directory.search_in(conn, query).matches]
 
 
-def _patient_of(
-    conn: Connection, service: FhirService, number: str, organization: str, now: datetime, refused: str
-) -> str:
+InCare = Callable[[str], bool]
+"""Whether the caller takes part in the care of the record of this id (may be told more of it)."""
+
+
+def _patient_of(conn: Connection, service: FhirService, number: str, in_care: InCare, refused: str) -> str:
     """The record of the matricule; ``refused`` (404) when there is none, or several and the
-    facility holds a registration of none of them (a duplicate is news only to a facility in the
+    caller is in the care of none of them (a duplicate is news only to a facility in the
     holder's care)."""
     found = _records_of(conn, service, number)
-    if len(found) > 1 and any(care.holds_registration(conn, pid, organization, now) for pid in found):
+    if len(found) > 1 and any(in_care(pid) for pid in found):
         raise Unprocessable("Several records have this matricule: the Agence must merge them first")
     if len(found) != 1:
         raise NotFound(refused)
@@ -198,9 +211,16 @@ def _facility_of(conn: Connection, service: FhirService, who: Principal, act: st
     return who.organization_id
 
 
-def _record(conn: Connection, service: FhirService, patient_id: str, refused: str | None = None) -> None:
+def _record(
+    conn: Connection,
+    service: FhirService,
+    patient_id: str,
+    refused: str | None = None,
+    closed: str = "no registration can be made",
+) -> None:
     """The record exists and is open (a closed one takes nothing new, as for data). With
-    ``refused``, the caller may not know more: every one of these answers is ``refused`` (404)."""
+    ``refused``, the caller may not know more: every one of these answers is ``refused`` (404).
+    ``closed`` completes the answer about a closed record."""
     found = service.store.current(conn, "Patient", patient_id)
     state = consent.status(conn, patient_id)
     if found is None or found.deleted or state == "deleted":
@@ -208,30 +228,36 @@ def _record(conn: Connection, service: FhirService, patient_id: str, refused: st
     if state == "closed" and refused:
         raise NotFound(refused)
     if state == "closed":
-        raise Unprocessable(f"The record of Patient/{patient_id} is closed: no registration can be made")
+        raise Unprocessable(f"The record of Patient/{patient_id} is closed: {closed}")
 
 
 def _open_record(
     conn: Connection,
     service: FhirService,
-    organization: str,
+    in_care: InCare,
     patient_id: str | None,
     number: str | None,
     refused: str,
-    now: datetime,
     *,
     in_care_only: bool,
+    closed: str = "no registration can be made",
 ) -> str:
-    """The open record named by its id or matricule (``number``) that ``organization`` may act
-    on: a facility holding a registration of it in force is told precisely why not; any other
-    is ``refused`` (404), and also when the act is for facilities in the holder's care only."""
+    """The open record named by its id or matricule (``number``) that the caller may act on: one
+    in the holder's care (``in_care``: for a facility, a registration of it in force) is told
+    precisely why not; any other is ``refused`` (404), and also when the act is for those in the
+    holder's care only."""
     if patient_id is None:
-        patient_id = _patient_of(conn, service, number or "", organization, now, refused)
-    in_care = care.holds_registration(conn, patient_id, organization, now)
-    if in_care_only and not in_care:
+        patient_id = _patient_of(conn, service, number or "", in_care, refused)
+    known = in_care(patient_id)
+    if in_care_only and not known:
         raise NotFound(refused)
-    _record(conn, service, patient_id, None if in_care else refused)
+    _record(conn, service, patient_id, None if known else refused, closed)
     return patient_id
+
+
+def _registered(conn: Connection, organization: str, now: datetime) -> InCare:
+    """``in_care`` of a facility: it holds a registration of the record in force."""
+    return lambda pid: care.holds_registration(conn, pid, organization, now)
 
 
 def _care_refusal(exc: care.CareError) -> Exception:
@@ -247,8 +273,8 @@ def _holder(params: dict[str, Any], patient_id: str | None) -> str | None:
         return _matricule(params)
     if "identifier" in params:
         raise BadRequest(
-            "The URL names the patient: 'identifier' is taken by Patient/$register and "
-            "Patient/$renew-registration only"
+            "The URL names the patient: 'identifier' is taken by Patient/$register, "
+            "Patient/$renew-registration and Patient/$end-care only"
         )
     return None
 
@@ -269,8 +295,9 @@ def _register(
             care.registration_end(settings, now, emergency=context == "emergency", ends=ends)
         except care.CareError as exc:
             raise _care_refusal(exc) from None
+        in_care = _registered(conn, organization, now)
         patient_id = _open_record(
-            conn, service, organization, patient_id, number, REGISTER_REFUSED, now, in_care_only=False
+            conn, service, in_care, patient_id, number, REGISTER_REFUSED, in_care_only=False
         )
         try:
             return care.register(
@@ -304,8 +331,9 @@ def _renew(
     now = utcnow()
     with writer(service.engine).begin() as conn:
         organization = _facility_of(conn, service, who, "renew registrations")
+        in_care = _registered(conn, organization, now)
         patient_id = _open_record(
-            conn, service, organization, patient_id, number, RENEW_REFUSED, now, in_care_only=True
+            conn, service, in_care, patient_id, number, RENEW_REFUSED, in_care_only=True
         )
         current = care.current_registration(conn, patient_id, organization, "facility", now)
         if current is None:  # the facility holds an emergency registration: it may know more
@@ -320,6 +348,87 @@ def _renew(
             return care.renew(conn, settings, who, current.id, days, now)
         except care.CareError as exc:
             raise _care_refusal(exc) from None
+
+
+def _solo_professional(conn: Connection, service: FhirService, who: Principal) -> str:
+    """A professional acting for no facility ends only their own solo-practice care: listed as
+    active in the directory (their licence standing), checked before any record is looked up."""
+    if who.kind is not PrincipalKind.PROFESSIONAL or not who.practitioner_id:
+        raise Forbidden(
+            "Only a care facility's system or professional, or a professional in solo practice, "
+            "declares the end of care"
+        )
+    own = service.store.current(conn, "Practitioner", who.practitioner_id)
+    if own is None or own.deleted or own.resource().get("active") is False:
+        raise Forbidden(
+            "Only a professional listed as active in the national directory declares the end of care"
+        )
+    return who.practitioner_id
+
+
+def _treating(conn: Connection, practitioner: str, now: datetime) -> InCare:
+    """``in_care`` of a solo professional: their own solo-practice relationship is in force."""
+    return lambda pid: care.holds_solo(conn, pid, practitioner, now)
+
+
+def _end_care(
+    service: FhirService, who: Principal, settings: Settings, patient_id: str | None, params: dict[str, Any]
+) -> tuple[datetime, list[care.Relationship]]:
+    number = _holder(params, patient_id)
+    now = utcnow()
+    end = _instant(params, "end") or now
+    if end > now:  # depends on no record: refused before one is looked up
+        raise Unprocessable("The end of care cannot be in the future")
+    with writer(service.engine).begin() as conn:
+        if who.organization_id:
+            in_care = _registered(conn, _facility_of(conn, service, who, "end care"), now)
+        else:
+            in_care = _treating(conn, _solo_professional(conn, service, who), now)
+        patient_id = _open_record(
+            conn,
+            service,
+            in_care,
+            patient_id,
+            number,
+            END_CARE_REFUSED,
+            in_care_only=True,
+            closed="no end of care can be declared",
+        )
+        try:
+            return end, care.end_care(conn, settings, who, patient_id, end, now)
+        except care.CareError as exc:
+            raise _care_refusal(exc) from None
+
+
+def _ended_answer(request: Request, end: datetime, ended: list[care.Relationship]) -> Response:
+    """The end of care and, per relationship ended, its new end: the filing due date."""
+    parameters: list[dict[str, Any]] = [{"name": "endOfCare", "valueDateTime": _stamp(end)}]
+    for rel in ended:
+        who = (
+            {"name": "organization", "valueReference": {"reference": f"Organization/{rel.organization_id}"}}
+            if rel.organization_id and not rel.practitioner_id
+            else {
+                "name": "practitioner",
+                "valueReference": {"reference": f"Practitioner/{rel.practitioner_id}"},
+            }
+        )
+        part = [
+            {"name": "registration", "valueString": rel.id},
+            {"name": "context", "valueCode": rel.context},
+            who,
+            {"name": "start", "valueDateTime": _stamp(rel.starts)},
+            {"name": "end", "valueDateTime": _stamp(rel.ends)},
+        ]
+        parameters.append({"name": "registration", "part": part})
+    return fhir_response(request, {"resourceType": "Parameters", "parameter": parameters})
+
+
+async def _ending(request: Request, pid: str | None) -> Response:
+    service, who, settings = _caller(request)
+    _require_write(service)
+    params = await read_parameters(request)
+    end, ended = await run_in_threadpool(_end_care, service, who, settings, pid, params)
+    return _ended_answer(request, end, ended)
 
 
 def _opt_out(service: FhirService, who: Principal, patient_id: str, blobs: Any) -> int:
@@ -354,6 +463,11 @@ async def renew_registration_by_matricule(request: Request) -> Response:
     return await _registration(request, None, _renew)
 
 
+@router.post("/Patient/$end-care")
+async def end_care_by_matricule(request: Request) -> Response:
+    return await _ending(request, None)
+
+
 @router.post("/Patient/{pid}/$register")
 async def register(request: Request, pid: str) -> Response:
     return await _registration(request, pid, _register)
@@ -362,6 +476,11 @@ async def register(request: Request, pid: str) -> Response:
 @router.post("/Patient/{pid}/$renew-registration")
 async def renew_registration(request: Request, pid: str) -> Response:
     return await _registration(request, pid, _renew)
+
+
+@router.post("/Patient/{pid}/$end-care")
+async def end_care(request: Request, pid: str) -> Response:
+    return await _ending(request, pid)
 
 
 @router.post("/Patient/{pid}/$opt-out")

@@ -6,8 +6,14 @@
   item from the shared record, or files it again;
 - ``POST [type]/[id]/$request-rectification`` and ``$request-erasure`` (Parameters ``reason``):
   the holder's request, answered with its ``Task`` (201);
+- ``POST Patient/[id]/$request-filing`` (Parameters ``practitioner`` = a ``valueReference`` to a
+  Practitioner of the holder's care, ``description``): the holder asks that professional to file
+  an item not yet in the record (art. 9(2)), answered with its ``Task`` (201), due
+  ``filing_request_days`` later;
 - ``POST Task/[id]/$decide`` (Parameters ``status`` = accepted | rejected | completed |
-  cancelled, ``reason``): the author, an agency administrator or the holder moves it on.
+  cancelled, ``reason``): the author, an agency administrator or the holder moves it on; the
+  professional asked completes a filing request the same way (``completed``: "filed"), and
+  anyone else gets the 404 of an unknown Task.
 
 The caller's session (policy, scopes, audit) is the one ``api.fhir.authenticate`` binds; the
 module's ``RequestError``s become OperationOutcomes here, and only here.
@@ -15,6 +21,7 @@ module's ``RequestError``s become OperationOutcomes here, and only here.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
@@ -29,9 +36,11 @@ from sharedcare.fhir.errors import BadRequest, FhirError, Issue, NotFound, opera
 from sharedcare.fhir.render import resource_json
 from sharedcare.fhir.service import FhirService
 from sharedcare.fhir.store import Stored, utcnow
+from sharedcare.settings import Settings
 
 router = APIRouter(prefix="/fhir", dependencies=[Depends(authenticate)])
 _CODES = {400: "invalid", 403: "forbidden", 404: "not-found", 409: "conflict"}
+_PRACTITIONER = re.compile(r"Practitioner/([A-Za-z0-9\-.]{1,64})")
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
@@ -116,6 +125,45 @@ async def request_rectification(request: Request, rtype: str, rid: str) -> Respo
 @router.post("/{rtype}/{rid}/$request-erasure")
 async def request_erasure(request: Request, rtype: str, rid: str) -> Response:
     return await _file(request, rtype, rid, rights.ERASE)
+
+
+def _practitioner(params: dict[str, Any]) -> str:
+    """The ``practitioner`` parameter: a ``valueReference`` to ``Practitioner/[id]``, its id."""
+    value = params.get("practitioner")
+    ref = value.get("reference") if isinstance(value, dict) else None
+    found = _PRACTITIONER.fullmatch(ref) if isinstance(ref, str) else None
+    if found is None:
+        raise BadRequest(
+            "$request-filing needs a 'practitioner' parameter: a valueReference to Practitioner/[id]"
+        )
+    return found.group(1)
+
+
+@router.post("/{rtype}/{rid}/$request-filing")
+async def request_filing(request: Request, rtype: str, rid: str) -> Response:
+    """The holder (or a representative) asks a professional of their care to file an item
+    (``access.requests.ask_to_file``): the same refusals, checked in the same order, as the
+    portal's form; the record is looked up through the caller's access decision."""
+    if rtype != "Patient":
+        raise NotFound(f"$request-filing is an operation on Patient, not {rtype}")
+    service, who = _caller(request)
+    params: dict[str, Any] = await read_parameters(request)
+    description = params.get("description", "")
+    if not isinstance(description, str):
+        raise BadRequest("Parameter 'description' needs a string value")
+    practitioner = _practitioner(params)
+    settings: Settings = request.app.state.settings
+    filed = await _run(
+        rights.ask_to_file,
+        service,
+        who,
+        practitioner,
+        description,
+        utcnow(),
+        settings.filing_request_days,
+        patient_id=rid,
+    )
+    return _task(request, await run_in_threadpool(_current_task, service, filed.id), 201)
 
 
 @router.post("/{rtype}/{rid}/$decide")

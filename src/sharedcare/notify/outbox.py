@@ -25,6 +25,8 @@ NEW_DOCUMENT = "new-document"
 """A document filed into the record by someone other than the holder's side (``documents.submission``)."""
 VACCINATION_REMINDER = "vaccination-reminder"
 """A vaccination dose coming due or overdue (``vaccination.reminders``)."""
+FILING_REQUEST_OVERDUE = "filing-request-overdue"
+"""A filing request of the holder past its due date, still open (``access.filing_notices``)."""
 
 
 @dataclass(frozen=True, slots=True)

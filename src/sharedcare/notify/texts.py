@@ -4,6 +4,9 @@ E-mail is not a safe channel for health data, so the text only says that there i
 what kind of event it is about: never who (the professional, the holder), why (an emergency
 reason) or what (a document). The full message is read in the portal after signing in.
 
+One e-mail goes to a professional instead: an overdue filing request addressed to them
+(``PROFESSIONAL_*``, ``access.filing_notices``), naming neither the patient nor the item.
+
 The texts live here, not in the portal's catalogues: they are the notify module's own, and the
 portal's catalogue tests extract messages from the portal's sources only.
 """
@@ -51,6 +54,11 @@ KIND = {
         "fr": "rappel de vaccination",
         "de": "Impferinnerung",
         "en": "vaccination reminder",
+    },
+    outbox.FILING_REQUEST_OVERDUE: {  # never the professional or what was asked: e-mail is not safe
+        "fr": "retard d'une demande de versement d'un élément au dossier",
+        "de": "überfälliger Antrag auf Ablage eines Elements in der Akte",
+        "en": "overdue request to file an item in the record",
     },
 }
 OTHER_KIND = {
@@ -112,6 +120,40 @@ BODY = {
 }
 
 
+PROFESSIONAL_SUBJECT = {
+    "fr": "SharedCare : une demande de versement qui vous est adressée est en retard",
+    "de": "SharedCare: Eine an Sie gerichtete Ablageanfrage ist überfällig",
+    "en": "SharedCare: a filing request addressed to you is overdue",
+}
+"""The e-mail to the professional a holder asked to file an item (art. 9(2)) once the request is
+past its due date (``access.filing_notices``): neither the patient nor the item, only where to
+look (their requests page)."""
+
+PROFESSIONAL_BODY = {
+    "fr": (
+        "Bonjour,\n\nUn patient vous a demandé de verser un élément à son dossier de soins partagé "
+        "SharedCare ; le délai de cette demande est dépassé et elle est toujours ouverte.\n\n"
+        "Pour protéger les données de santé, ce courriel ne donne aucun détail : le patient et la "
+        "demande ne sont visibles qu'après connexion au portail, dans vos demandes{portal}.\n\n"
+        "Ce courriel est envoyé automatiquement ; merci de ne pas y répondre.\n"
+    ),
+    "de": (
+        "Guten Tag,\n\nEin Patient hat Sie gebeten, ein Element in seiner gemeinsamen Behandlungsakte "
+        "SharedCare abzulegen; die Frist dieser Anfrage ist abgelaufen und sie ist noch offen.\n\n"
+        "Zum Schutz der Gesundheitsdaten enthält diese E-Mail keine Einzelheiten: Der Patient und die "
+        "Anfrage sind nur nach der Anmeldung im Portal sichtbar, unter Ihren Anfragen{portal}.\n\n"
+        "Diese E-Mail wurde automatisch versandt; bitte antworten Sie nicht darauf.\n"
+    ),
+    "en": (
+        "Hello,\n\nA patient asked you to file an item in their SharedCare shared care record; the "
+        "request is past its due date and still open.\n\n"
+        "To protect health data, this e-mail gives no details: the patient and the request are "
+        "shown only once you sign in to the portal, among your requests{portal}.\n\n"
+        "This e-mail was sent automatically; please do not reply to it.\n"
+    ),
+}
+
+
 def language_of(lang: str | None) -> str:
     """The person's remembered language, French when it is not one of ours."""
     return lang if lang in LANGUAGES else DEFAULT_LANGUAGE
@@ -129,3 +171,16 @@ def body(lang: str, kind: str, *, representative: bool, portal_url: str | None) 
     details = DETAILS_OF_KIND.get(kind, DETAILS)[lang]
     portal = f" : {portal_url}" if portal_url and lang == "fr" else f": {portal_url}" if portal_url else ""
     return BODY[lang].format(where=where, kind=words, details=details, portal=portal)
+
+
+def professional_subject(lang: str) -> str:
+    return PROFESSIONAL_SUBJECT[language_of(lang)]
+
+
+def professional_body(lang: str, *, requests_url: str | None) -> str:
+    """The plain-text body of an overdue filing request's e-mail to the professional asked."""
+    lang = language_of(lang)
+    link = (
+        f" : {requests_url}" if requests_url and lang == "fr" else f": {requests_url}" if requests_url else ""
+    )
+    return PROFESSIONAL_BODY[lang].format(portal=link)

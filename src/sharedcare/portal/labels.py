@@ -78,6 +78,7 @@ CONSENT_CHANGES = {
     "reopen-record": N_("Record reopened"),
     "open-care-relationship": N_("Access opened with your connection code"),
     "register": N_("Registered by a care facility"),
+    "end-care": N_("End of care declared"),
     "issue-connection-code": N_("Connection code issued"),
     "minor-autonomy": N_("Admitted to exercise your rights alone"),
     "withdraw-minor-autonomy": N_("No longer admitted to exercise your rights alone"),

@@ -3,10 +3,12 @@
 A professional in the care of a minor records, from the record page, that the minor exercises
 their rights alone, and only that professional withdraws it there (with a reason: the parents'
 rights come back); that minor, signed in to their own account, may object to their parents'
-access from the access-rights page, and withdraw the objection. The minor and their parents see
-on that page whether the minor acts alone. The sections these pages show are built here
-(``pro_section``, ``holder_section``) and included by their templates; each change runs
-``access.minors`` in one writer transaction; a refused one changes nothing and shows why.
+access from the access-rights page, and withdraw the objection, and may also give up acting
+alone there (personally, never a representative; the reason is optional, as ``access.minors``
+asks for none; the parents' rights come back). The minor and their parents see on that page
+whether the minor acts alone. The sections these pages show are built here (``pro_section``,
+``holder_section``) and included by their templates; each change runs ``access.minors`` in one
+writer transaction; a refused one changes nothing and shows why.
 """
 
 from __future__ import annotations
@@ -50,6 +52,13 @@ MINOR_MESSAGES = (
 """User-facing messages of ``access.minors``, for extraction."""
 REASON_MAX = 500
 """Longest reason for a withdrawal (kept in the decision's Consent)."""
+OWN_WITHDRAWAL_REFUSED = N_(
+    "Only a minor whom a professional has admitted to exercise their rights alone can give up "
+    "that decision, and only personally"
+)
+"""The one refusal of the holder's withdrawal, whatever ``access.minors`` refused for (a
+representative, an adult, a minor who does not act alone or no longer does): the page of a
+representative acting for a minor learns nothing from it about that minor."""
 
 
 def pro_section(request: Request, user: PortalUser, patient_id: str, at: datetime) -> dict[str, Any] | None:
@@ -91,9 +100,10 @@ def holder_section(request: Request, user: PortalUser, at: datetime) -> dict[str
         return None
     p = user.principal
     return {
-        "own": p.kind is PrincipalKind.PATIENT and p.patient_id == user.record,
+        "own": p.kind is PrincipalKind.PATIENT and p.patient_id == user.record and not p.acting_for,
         "since": state.autonomy.decided_at if state.autonomy is not None else None,
         "objection_since": state.objection_since,
+        "reason_max": REASON_MAX,
     }
 
 
@@ -177,3 +187,40 @@ def allow_parents(
     request: Request, user: PortalUser = Depends(holder_side), at: datetime = Depends(now)
 ) -> Response:
     return _parents(request, user, at, objecting=False)
+
+
+@router.post("/access/autonomy/withdraw")
+def withdraw_own_autonomy(
+    request: Request,
+    reason: Text = "",
+    understood: Text = "",
+    user: PortalUser = Depends(holder_side),
+    at: datetime = Depends(now),
+) -> Response:
+    """The autonomous minor, personally, gives up acting alone (confirmed first; the reason is
+    optional): their parents exercise their rights again at once, and a standing objection ends.
+
+    Always the chosen record, never an id from the form; ``access.minors`` refuses a
+    representative acting for the minor. Every refusal shows ``OWN_WITHDRAWAL_REFUSED``: the form
+    checks (which do not depend on the record) come first, and the refusal is the same for each
+    reason, so it tells a representative nothing about the minor."""
+    assert user.record is not None
+    if len(reason) > REASON_MAX:
+        raise PortalError(400, N_("The reason is too long (at most 500 characters)."))
+    if understood != "yes":
+        raise PortalError(400, N_("Confirm that your parents exercise your rights again."))
+    try:
+        with writer(request.app.state.engine).begin() as conn:
+            minors.withdraw_autonomy(
+                conn,
+                request.app.state.fhir,
+                request.app.state.policy,
+                user.principal,
+                user.record,
+                at,
+                reason,
+            )
+    except minors.MinorError:
+        raise PortalError(403, OWN_WITHDRAWAL_REFUSED) from None
+    flash(request, N_("You no longer exercise your rights alone: your parents exercise them again."))
+    return redirect("/portal/access")

@@ -1,5 +1,6 @@
 """Pages of health professionals: find a patient, open access with the patient's code, read the
-record summary, and the emergency override when the platform enables it.
+record summary, the emergency override when the platform enables it, and the filings due after
+the end of care (art. 9(3): ``access.filing``).
 
 Every read goes through the professional's own access decision: the search shows only patients
 whose record they may open, a record they may not open answers exactly like an unknown one, and
@@ -14,7 +15,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import Response
 
-from sharedcare.access import care
+from sharedcare.access import care, filing
 from sharedcare.fhir.errors import FhirError
 from sharedcare.identity import matricule as matricules
 from sharedcare.identity.matricule import MATRICULE_SYSTEM
@@ -31,6 +32,7 @@ from sharedcare.storage.engine import writer
 router = APIRouter(prefix="/pro", dependencies=[Depends(csrf.require_csrf)])
 Text = Annotated[str, Form()]
 RESULTS = 20
+NAMES_PER_SEARCH = 100
 
 
 def _page(request: Request, user: PortalUser, status: int = 200, **context: object) -> Response:
@@ -150,6 +152,44 @@ def emergency(
     except care.CareError as exc:
         return refuse(domain_error(t, exc), 403)
     return redirect(f"/portal/pro/patients/{found[0].id}")
+
+
+KIND_LABELS = {
+    filing.KeyDocument.LAB_RESULTS: N_("Lab results"),
+    filing.KeyDocument.DISCHARGE_REPORT: N_("Clinical summary or discharge report"),
+    filing.KeyDocument.IMAGING_REPORT: N_("Imaging report"),
+    filing.KeyDocument.PATIENT_SUMMARY: N_("Patient summary"),
+}
+"""The four key documents of art. 9(3), in the order the page lists them."""
+
+
+@router.get("/filing")
+def filings(
+    request: Request, user: PortalUser = Depends(professional), at: datetime = Depends(now)
+) -> Response:
+    """The page "Filing after end of care": the professional's own ended cares and their facility's,
+    due date, overdue, and the key documents filed (``access.filing.due_filings``). Patients'
+    names are read through the professional's own access decision (audited): once the due date
+    has passed the record is closed to them, and the line names the record only."""
+    with request.app.state.engine.connect() as conn:
+        due = filing.due_filings(conn, user.principal, at, request.app.state.settings)
+    names: dict[str, str] = {}
+    wanted = sorted({f.patient_id for f in due})
+    if wanted:
+        service = records.view(request, user)
+        for start in range(0, len(wanted), NAMES_PER_SEARCH):
+            chunk = wanted[start : start + NAMES_PER_SEARCH]
+            params = [("_id", ",".join(chunk)), ("_count", str(len(chunk)))]
+            found = service.search(service.parse_search("Patient", params, strict=True)).matches
+            names.update((s.id, records.human_name(s.resource())) for s in found)
+    t = Translator(language(request, user))
+    context = {
+        "filings": due,
+        "names": names,
+        "kinds": [(kind, t.gettext(label)) for kind, label in KIND_LABELS.items()],
+        "deadline_days": request.app.state.settings.filing_deadline_days,
+    }
+    return render(request, "pro_filing.html", context, user=user)
 
 
 @router.get("/patients/{patient_id}")

@@ -1,0 +1,476 @@
+"""The end of care and the filing deadline after it (art. 9(3), LAW-AND-CROSSBORDER.md §A.9):
+``$end-care`` shortens a registration to the end of care plus the deadline (never lengthens it),
+answers a stranger as for an unknown record, and ``access.filing.due_filings`` lists each author's
+ended cares with their due date, the overdue flag and the key documents filed. Time passes by
+registering in the past (``care.register`` takes ``now``) and by asking the worklist later."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from sharedcare.access import care
+from sharedcare.access.filing import KeyDocument, due_filings, key_document
+from sharedcare.access.models import care_relationship, filing_deadline, record_status
+from sharedcare.access.principals import Principal, PrincipalKind
+from sharedcare.api.registrations import END_CARE_REFUSED
+from sharedcare.audit import log as audit
+from sharedcare.fhir.store import utcnow
+from sharedcare.identity.matricule import MATRICULE_SYSTEM, generate
+from sharedcare.settings import Settings
+from sharedcare.storage.engine import writer
+from support import OBSERVATION_CATEGORY, bearer, lab_result, put_all
+
+LOINC = "http://loinc.org"
+V2_0074 = "http://terminology.hl7.org/CodeSystem/v2-0074"
+CLINIC = {"resourceType": "Organization", "id": "clinic", "active": True, "name": "Clinique du Parc"}
+OTHER = {"resourceType": "Organization", "id": "other", "active": True, "name": "Hôpital du Nord"}
+SYSTEM = Principal(PrincipalKind.SYSTEM, "clinic-system", display="Clinic", organization_id="clinic")
+OTHER_SYSTEM = Principal(PrincipalKind.SYSTEM, "other-system", organization_id="other")
+DOCTOR = Principal(
+    PrincipalKind.PROFESSIONAL,
+    "acct-doc",
+    display="Dr Doc",
+    practitioner_id="doc",
+    profession="med",
+    organization_id="clinic",
+)
+OTHER_DOCTOR = Principal(
+    PrincipalKind.PROFESSIONAL, "acct-od", practitioner_id="od", profession="med", organization_id="other"
+)
+GP = Principal(PrincipalKind.PROFESSIONAL, "acct-gp", display="Dr GP", practitioner_id="gp", profession="med")
+SOLO = Principal(PrincipalKind.PROFESSIONAL, "acct-solo", practitioner_id="solo", profession="med")
+HOLDER = Principal(PrincipalKind.PATIENT, "acct-pa", patient_id="pa")
+MATRICULE = generate(date(1975, 3, 14), 7)
+
+
+def world(client: TestClient) -> dict[str, dict[str, str]]:
+    put_all(
+        client,
+        CLINIC,
+        OTHER,
+        *({"resourceType": "Practitioner", "id": p, "active": True} for p in ("doc", "od", "gp", "solo")),
+        {
+            "resourceType": "Patient",
+            "id": "pa",
+            "identifier": [{"system": MATRICULE_SYSTEM, "value": MATRICULE}],
+        },
+        {"resourceType": "Patient", "id": "pb"},
+        lab_result("lab-a", "pa"),
+        lab_result("lab-b", "pb"),
+    )
+    app: Any = client.app
+    return {
+        "system": bearer(app, SYSTEM, "system/*.cruds"),
+        "other": bearer(app, OTHER_SYSTEM, "system/*.cruds"),
+        "doctor": bearer(app, DOCTOR, "user/*.cruds"),
+        "other_doctor": bearer(app, OTHER_DOCTOR, "user/*.cruds"),
+        "gp": bearer(app, GP, "user/*.cruds"),
+        "solo": bearer(app, SOLO, "user/*.cruds"),
+        "holder": bearer(app, HOLDER, "patient/*.cruds"),
+    }
+
+
+def end_care(client: TestClient, patient: str, headers: dict[str, str], end: datetime | None = None) -> Any:
+    body: dict[str, Any] = {"resourceType": "Parameters", "parameter": []}
+    if end is not None:
+        body["parameter"].append({"name": "end", "valueDateTime": end.isoformat() + "Z"})
+    return client.post(f"/fhir/Patient/{patient}/$end-care", json=body, headers=headers)
+
+
+def registered(
+    client: TestClient, patient: str, who: Principal, at: datetime, *, emergency: bool = False
+) -> str:
+    """A registration of ``patient`` by ``who``'s facility made at ``at`` (the past: time passed)."""
+    app: Any = client.app
+    with writer(app.state.engine).begin() as conn:
+        settings: Settings = app.state.settings
+        rel = care.register(conn, settings, who, patient, emergency=emergency, now=at)
+    return rel.id
+
+
+def relationship(client: TestClient, rid: str) -> care.Relationship:
+    app: Any = client.app
+    with app.state.engine.connect() as conn:
+        rel = care.get(conn, rid)
+    assert rel is not None
+    return rel
+
+
+def worklist(client: TestClient, who: Principal, at: datetime) -> list[Any]:
+    app: Any = client.app
+    with app.state.engine.connect() as conn:
+        return due_filings(conn, who, at, app.state.settings)
+
+
+def value(params: list[dict[str, Any]], name: str) -> Any:
+    (p,) = [p for p in params if p["name"] == name]
+    return next(v for k, v in p.items() if k.startswith("value"))
+
+
+def when(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).replace(tzinfo=None)
+
+
+def diagnostics(resp: Any) -> str:
+    body = resp.json()
+    assert body["resourceType"] == "OperationOutcome", body
+    text: str = body["issue"][0]["diagnostics"]
+    return text
+
+
+def report(
+    rid: str, patient: str, code: str, *, status: str = "final", section: str | None = None
+) -> dict[str, Any]:
+    """A DiagnosticReport of ``patient`` whose LOINC ``code`` (and v2-0074 ``section``) say what it is."""
+    res: dict[str, Any] = {
+        "resourceType": "DiagnosticReport",
+        "id": rid,
+        "status": status,
+        "code": {"coding": [{"system": LOINC, "code": code}]},
+        "subject": {"reference": f"Patient/{patient}"},
+        "result": [{"reference": f"Observation/lab-{patient[1]}"}],  # a lab report names its results
+    }
+    if section:
+        res["category"] = [{"coding": [{"system": V2_0074, "code": section}]}]
+    return res
+
+
+def document(rid: str, patient: str, code: str, *, status: str = "current") -> dict[str, Any]:
+    return {
+        "resourceType": "DocumentReference",
+        "id": rid,
+        "status": status,
+        "type": {"coding": [{"system": LOINC, "code": code}]},
+        "subject": {"reference": f"Patient/{patient}"},
+        "content": [{"attachment": {"contentType": "text/plain", "data": "T0s="}}],
+    }
+
+
+def file(client: TestClient, headers: dict[str, str], resource: dict[str, Any]) -> None:
+    """Create ``resource`` (its id left to the server) as the caller of ``headers``."""
+    body = {k: v for k, v in resource.items() if k != "id"}
+    resp = client.post(f"/fhir/{resource['resourceType']}", json=body, headers=headers)
+    assert resp.status_code == 201, resp.text
+
+
+# --- $end-care -------------------------------------------------------------------------------------
+
+
+def test_the_end_of_care_shortens_the_registration_to_the_filing_deadline(client: TestClient) -> None:
+    h = world(client)
+    settings: Settings = client.app.state.settings  # type: ignore[attr-defined]
+    deadline = timedelta(days=settings.filing_deadline_days)
+    resp = client.post(
+        "/fhir/Patient/pa/$register",
+        json={"resourceType": "Parameters", "parameter": [{"name": "context", "valueCode": "facility"}]},
+        headers=h["system"],
+    )
+    assert resp.status_code == 200, resp.text
+    rid = value(resp.json()["parameter"], "registration")
+    assert relationship(client, rid).ends > utcnow() + timedelta(days=44)  # type: ignore[operator]
+    before = utcnow()
+    ended = end_care(client, "pa", h["doctor"])
+    assert ended.status_code == 200, ended.text
+    params = ended.json()["parameter"]
+    end = when(value(params, "endOfCare"))
+    assert before <= end <= utcnow()
+    (part,) = [p["part"] for p in params if p["name"] == "registration"]
+    assert value(part, "registration") == rid and value(part, "context") == "facility"
+    assert value(part, "organization") == {"reference": "Organization/clinic"}
+    assert when(value(part, "end")) == end + deadline
+    assert relationship(client, rid).ends == end + deadline
+    app: Any = client.app
+    with app.state.engine.connect() as conn:
+        (row,) = conn.execute(select(filing_deadline)).all()
+        changes = audit.query(conn, patient_id="pa", actions=[audit.AuditAction.CONSENT_CHANGE])
+    assert (row.relationship_id, row.patient_id, row.organization_id, row.practitioner_id) == (
+        rid,
+        "pa",
+        "clinic",
+        None,
+    )
+    assert (row.care_end, row.due, row.context) == (end, end + deadline, "facility")
+    assert changes[0].record.interaction == (
+        f"end-care facility Organization/clinic on {end.isoformat()} until {(end + deadline).isoformat()}"
+    )
+    assert changes[0].record.principal_subject == "acct-doc"
+    # the author still reads and files during the deadline
+    assert client.get("/fhir/Observation/lab-a", headers=h["doctor"]).status_code == 200
+    file(client, h["doctor"], document("letter", "pa", "18842-5"))
+    # a care ends once; its registration is not renewed (a new stay is registered again)
+    again = end_care(client, "pa", h["system"])
+    assert again.status_code == 422 and "already ended" in diagnostics(again)
+    renewal = client.post("/fhir/Patient/pa/$renew-registration", headers=h["system"])
+    assert renewal.status_code == 422 and "care ended" in diagnostics(renewal)
+    assert relationship(client, rid).ends == end + deadline
+    future = end_care(client, "pa", h["system"], utcnow() + timedelta(hours=1))
+    assert future.status_code == 422 and "future" in diagnostics(future)
+
+
+def test_the_end_of_care_never_lengthens_access(client: TestClient) -> None:
+    h = world(client)
+    soon = (utcnow() + timedelta(days=3)).replace(microsecond=0)
+    resp = client.post(
+        "/fhir/Patient/pb/$register",
+        json={
+            "resourceType": "Parameters",
+            "parameter": [
+                {"name": "context", "valueCode": "emergency"},
+                {"name": "end", "valueDateTime": soon.isoformat() + "Z"},
+            ],
+        },
+        headers=h["system"],
+    )
+    assert resp.status_code == 200, resp.text
+    rid = value(resp.json()["parameter"], "registration")
+    ended = end_care(client, "pb", h["system"])
+    assert ended.status_code == 200, ended.text
+    (part,) = [p["part"] for p in ended.json()["parameter"] if p["name"] == "registration"]
+    assert when(value(part, "end")) == soon == relationship(client, rid).ends  # not end + 15 days
+
+
+def test_after_the_deadline_the_facility_no_longer_reads_the_record(client: TestClient) -> None:
+    h = world(client)
+    now = utcnow()
+    rid = registered(client, "pa", SYSTEM, now - timedelta(days=20))  # 45 days: still in force
+    assert client.get("/fhir/Observation/lab-a", headers=h["doctor"]).status_code == 200
+    early = end_care(client, "pa", h["system"], now - timedelta(days=21))  # before it began
+    assert early.status_code == 422 and "before" in diagnostics(early)
+    ended = end_care(client, "pa", h["system"], now - timedelta(days=16))
+    assert ended.status_code == 200, ended.text
+    rel = relationship(client, rid)
+    assert rel.ends is not None and rel.ends < utcnow()
+    for path in ("Observation/lab-a", "Patient/pa"):
+        assert client.get(f"/fhir/{path}", headers=h["doctor"]).status_code == 404
+    refused = client.post(
+        "/fhir/DocumentReference", json=document("late", "pa", "18842-5"), headers=h["doctor"]
+    )
+    assert refused.status_code in (403, 404)
+    # the facility is no longer in the holder's care: told what a stranger is told
+    again = end_care(client, "pa", h["system"])
+    assert (again.status_code, diagnostics(again)) == (404, END_CARE_REFUSED)
+
+
+def test_a_stranger_gets_the_answer_of_an_unknown_record(client: TestClient) -> None:
+    h = world(client)
+    registered(client, "pa", SYSTEM, utcnow())
+    answers = [
+        end_care(client, "pa", h["other"]),
+        end_care(client, "nobody", h["other"]),
+        end_care(client, "pa", h["other_doctor"]),
+        end_care(client, "pb", h["system"]),  # a known record the clinic has no registration of
+        end_care(client, "pa", h["solo"]),  # a professional with no care of pa
+    ]
+    by_matricule = {
+        "resourceType": "Parameters",
+        "parameter": [
+            {"name": "identifier", "valueIdentifier": {"system": MATRICULE_SYSTEM, "value": MATRICULE}}
+        ],
+    }
+    answers.append(client.post("/fhir/Patient/$end-care", json=by_matricule, headers=h["other"]))
+    unknown = generate(date(1990, 6, 1), 3)
+    by_matricule["parameter"][0]["valueIdentifier"]["value"] = unknown
+    answers.append(client.post("/fhir/Patient/$end-care", json=by_matricule, headers=h["other"]))
+    app: Any = client.app
+    with writer(app.state.engine).begin() as conn:  # closed: still the same answer to a stranger
+        conn.execute(record_status.insert().values(patient_id="pa", status="closed", closed_at=utcnow()))
+    answers.append(end_care(client, "pa", h["other"]))
+    for resp in answers:
+        assert (resp.status_code, diagnostics(resp)) == (404, END_CARE_REFUSED), resp.text
+        assert resp.json() == answers[0].json() and "Patient/pa" not in resp.text
+    # the facility in the holder's care is told precisely
+    closed = end_care(client, "pa", h["system"])
+    assert closed.status_code == 422 and "Patient/pa is closed" in diagnostics(closed)
+    # a future end is refused before any record is looked up: known or not, alike
+    late = utcnow() + timedelta(days=1)
+    futures = [end_care(client, p, h["other"], late) for p in ("pa", "nobody")]
+    assert [r.status_code for r in futures] == [422, 422] and futures[0].json() == futures[1].json()
+    # the holder, and a token that may not write Patient, are refused
+    assert end_care(client, "pa", h["holder"]).status_code == 403
+    reading = end_care(client, "pa", bearer(app, SYSTEM, "system/Patient.r"))
+    assert reading.status_code == 403 and "scopes" in diagnostics(reading)
+    with app.state.engine.connect() as conn:
+        assert conn.execute(select(filing_deadline)).all() == []
+        assert all(r.ends and r.ends > utcnow() for r in care.of_patient(conn, "pa", utcnow()))
+
+
+def test_a_solo_professional_ends_their_own_care(client: TestClient) -> None:
+    h = world(client)
+    app: Any = client.app
+    settings: Settings = app.state.settings
+    with writer(app.state.engine).begin() as conn:
+        code = care.issue_connection_code(conn, settings, "pb", utcnow())
+        rel = care.open_with_code(conn, settings, GP, code, utcnow())
+    assert rel.ends is not None
+    ended = end_care(client, "pb", h["gp"])
+    assert ended.status_code == 200, ended.text
+    params = ended.json()["parameter"]
+    (part,) = [p["part"] for p in params if p["name"] == "registration"]
+    assert value(part, "practitioner") == {"reference": "Practitioner/gp"}
+    assert value(part, "context") == "solo"
+    due = when(value(params, "endOfCare")) + timedelta(days=settings.filing_deadline_days)
+    assert relationship(client, rel.id).ends == min(rel.ends, due)
+    with app.state.engine.connect() as conn:
+        (row,) = conn.execute(select(filing_deadline)).all()
+    assert (row.practitioner_id, row.organization_id, row.context) == ("gp", None, "solo")
+
+
+def test_the_holders_objection_takes_the_deadline_with_the_record(client: TestClient) -> None:
+    h = world(client)
+    registered(client, "pa", SYSTEM, utcnow() - timedelta(days=2))
+    assert end_care(client, "pa", h["system"]).status_code == 200
+    assert [i.patient_id for i in worklist(client, SYSTEM, utcnow())] == ["pa"]
+    app: Any = client.app
+    admin = bearer(app, Principal(PrincipalKind.ADMIN, "acct-admin"), "user/*.rs")
+    assert client.post("/fhir/Patient/pa/$opt-out", headers=admin).status_code == 200
+    with app.state.engine.connect() as conn:
+        assert conn.execute(select(filing_deadline)).all() == []
+    assert worklist(client, SYSTEM, utcnow()) == []
+
+
+# --- the worklist ---------------------------------------------------------------------------------
+
+
+def test_the_worklist_shows_the_kinds_filed_and_the_overdue_cares(client: TestClient) -> None:
+    h = world(client)
+    settings: Settings = client.app.state.settings  # type: ignore[attr-defined]
+    deadline = timedelta(days=settings.filing_deadline_days)
+    now = utcnow()
+    stay = registered(client, "pa", SYSTEM, now - timedelta(days=20))
+    forgotten = registered(client, "pb", SYSTEM, now - timedelta(days=40))
+    registered(client, "pb", OTHER_SYSTEM, now - timedelta(days=2))  # in force, not ended: not listed
+    registered(client, "pa", OTHER_SYSTEM, now - timedelta(days=1))
+    assert worklist(client, SYSTEM, now) == []  # registrations in force: no care ended yet
+    assert end_care(client, "pb", h["system"], now - timedelta(days=20)).status_code == 200
+    assert end_care(client, "pa", h["doctor"], now - timedelta(days=1)).status_code == 200
+    # the clinic's doctor files a discharge summary, a lab report and an imaging report
+    file(client, h["doctor"], document("discharge", "pa", "34105-7"))
+    file(client, h["doctor"], report("cbc", "pa", "11502-2", section="HM"))
+    file(client, h["doctor"], report("xray", "pa", "18748-4", section="RAD"))
+    # not key documents, or not filed yet: an Observation, a preliminary report, a draft summary
+    file(client, h["doctor"], lab_result("glucose", "pa"))
+    file(
+        client,
+        h["doctor"],
+        document("summary", "pa", "60591-5", status="current") | {"docStatus": "preliminary"},
+    )
+    # another facility's patient summary is not the clinic's filing
+    file(client, h["other_doctor"], document("ips", "pa", "60591-5"))
+    later = utcnow()
+    items = worklist(client, SYSTEM, later)
+    assert [(i.relationship_id, i.patient_id) for i in items] == [(stay, "pa"), (forgotten, "pb")]
+    current, late = items
+    assert current.declared and not current.closed and not current.overdue
+    assert current.filed == {
+        KeyDocument.DISCHARGE_REPORT,
+        KeyDocument.LAB_RESULTS,
+        KeyDocument.IMAGING_REPORT,
+    }
+    assert current.care_end == now - timedelta(days=1) and current.due == current.care_end + deadline
+    assert current.care_start == now - timedelta(days=20)
+    assert late.closed and late.overdue and late.filed == frozenset()
+    assert late.due == now - timedelta(days=20) + deadline < later
+    # the doctor acting for the clinic sees the same list; the other facility sees none of it
+    assert [i.relationship_id for i in worklist(client, DOCTOR, later)] == [stay, forgotten]
+    assert worklist(client, OTHER_SYSTEM, later) == [] and worklist(client, OTHER_DOCTOR, later) == []
+    # once the due date passed with something filed: closed, not overdue; the list keeps 90 days
+    after = current.due + timedelta(days=1)
+    kept = {i.relationship_id: i for i in worklist(client, SYSTEM, after)}
+    assert kept[stay].closed and not kept[stay].overdue
+    assert worklist(client, SYSTEM, current.due + timedelta(days=91)) == []
+    # the patient summary filed now, after the fact, by the clinic's system: listed too
+    file(client, h["doctor"], document("summary", "pa", "60591-5"))
+    (mine, _) = worklist(client, SYSTEM, utcnow())
+    assert KeyDocument.PATIENT_SUMMARY in mine.filed
+    # the holder and agency staff have no worklist
+    assert worklist(client, HOLDER, later) == []
+
+
+def test_cares_that_ran_out_count_as_ended(client: TestClient) -> None:
+    """An emergency registration that ran out ended its care the deadline before it ended; a
+    facility one when it ended; a solo consultation on the day the code was used."""
+    h = world(client)
+    app: Any = client.app
+    settings: Settings = app.state.settings
+    deadline = timedelta(days=settings.filing_deadline_days)
+    now = utcnow()
+    emergency = registered(client, "pa", SYSTEM, now - timedelta(days=30), emergency=True)
+    facility = registered(client, "pb", SYSTEM, now - timedelta(days=50))
+    with writer(app.state.engine).begin() as conn:
+        code = care.issue_connection_code(conn, settings, "pb", now - timedelta(days=2))
+        solo = care.open_with_code(conn, settings, GP, code, now - timedelta(days=2)).id
+        code = care.issue_connection_code(conn, settings, "pa", now)
+        other_solo = care.open_with_code(conn, settings, SOLO, code, now).id
+    items = {i.relationship_id: i for i in worklist(client, SYSTEM, now)}
+    assert set(items) == {emergency, facility}
+    rel = relationship(client, emergency)
+    assert rel.ends is not None
+    assert (items[emergency].care_end, items[emergency].due) == (rel.ends - deadline, rel.ends)
+    assert items[emergency].care_end == rel.starts + timedelta(hours=settings.access_emergency_hours)
+    assert not items[emergency].declared and items[emergency].overdue
+    rel = relationship(client, facility)
+    assert (items[facility].care_end, items[facility].due) == (rel.ends, rel.ends)
+    # a professional sees only their own solo cares (and, acting for a facility, the facility's)
+    (mine,) = worklist(client, GP, now)
+    assert (mine.relationship_id, mine.context, mine.closed) == (solo, "solo", False)
+    assert mine.care_end == mine.care_start == now - timedelta(days=2)
+    file(client, h["gp"], report("path", "pb", "11526-1"))
+    (mine,) = worklist(client, GP, utcnow())
+    assert mine.filed == {KeyDocument.LAB_RESULTS}
+    assert [i.relationship_id for i in worklist(client, SOLO, now)] == [other_solo]
+    assert {i.relationship_id for i in worklist(client, DOCTOR, now)} == {emergency, facility}
+    # a revoked relationship is no care with a deadline
+    with writer(app.state.engine).begin() as conn:
+        care.end(conn, solo, utcnow())
+    assert worklist(client, GP, utcnow()) == []
+    with app.state.engine.connect() as conn:
+        assert conn.execute(select(care_relationship.c.id).where(care_relationship.c.id == solo)).first()
+
+
+def test_how_each_key_document_is_recognised() -> None:
+    assert key_document(report("r", "pa", "11502-2")) is KeyDocument.LAB_RESULTS
+    assert key_document(report("r", "pa", "x", section="MB")) is KeyDocument.LAB_RESULTS
+    assert key_document(report("r", "pa", "18748-4")) is KeyDocument.IMAGING_REPORT
+    assert key_document(report("r", "pa", "x", section="CT")) is KeyDocument.IMAGING_REPORT
+    assert key_document(report("r", "pa", "59258-4")) is KeyDocument.DISCHARGE_REPORT
+    assert key_document(document("d", "pa", "18842-5")) is KeyDocument.DISCHARGE_REPORT
+    assert key_document(document("d", "pa", "34133-9")) is KeyDocument.DISCHARGE_REPORT
+    assert key_document(document("d", "pa", "60591-5")) is KeyDocument.PATIENT_SUMMARY
+    assert key_document(document("d", "pa", "11502-2")) is KeyDocument.LAB_RESULTS
+    composition = {
+        "resourceType": "Composition",
+        "status": "final",
+        "type": document("d", "pa", "60591-5")["type"],
+    }
+    assert key_document(composition) is KeyDocument.PATIENT_SUMMARY
+    # drafts, other documents and single observations are not key documents filed
+    assert key_document(report("r", "pa", "11502-2", status="preliminary")) is None
+    assert key_document(document("d", "pa", "18842-5", status="superseded")) is None
+    assert key_document(document("d", "pa", "18842-5") | {"docStatus": "preliminary"}) is None
+    assert key_document(composition | {"status": "preliminary"}) is None
+    assert key_document(document("d", "pa", "11488-4")) is None  # a consult note
+    assert key_document(lab_result("o", "pa")) is None
+    assert (
+        key_document(
+            {
+                "resourceType": "Observation",
+                "status": "final",
+                "category": [{"coding": [{"system": OBSERVATION_CATEGORY, "code": "imaging"}]}],
+            }
+        )
+        is None
+    )
+
+
+def test_the_capability_statement_lists_end_care(client: TestClient) -> None:
+    statement = client.get("/fhir/metadata").json()
+    (patient,) = [r for r in statement["rest"][0]["resource"] if r["type"] == "Patient"]
+    (op,) = [o for o in patient["operation"] if o["name"] == "end-care"]
+    assert op["definition"].endswith("/OperationDefinition/end-care")
+    unknown = client.post("/fhir/Patient/nobody/$no-such-operation", json={"resourceType": "Parameters"})
+    served = client.post("/fhir/Patient/nobody/$end-care", json={"resourceType": "Parameters"})
+    assert diagnostics(served) != diagnostics(unknown)
