@@ -232,7 +232,9 @@ def main() -> None:
             for name in SCENARIOS:
                 order = list(tokens) if rep % 2 == 0 else list(reversed(tokens))
                 for who in order:
-                    runs[name][who].append(_wrk(port, samples[name], workdir, name, token=tokens[who], cpu=meter))
+                    runs[name][who].append(
+                        _wrk(port, samples[name], workdir, name, token=tokens[who], cpu=meter)
+                    )
                 if args.single != "0":
                     for who in order:
                         single[name][who].append(

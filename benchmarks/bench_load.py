@@ -195,7 +195,10 @@ def _wrk(
     timeouts = re.search(r"Socket errors:.*timeout (\d+)", out)
     requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     app_ms, db_ms = (
-        ((after - before) * 1000 / max(requests, 1) for after, before in zip(cpu.split(), cpu_before, strict=True))
+        (
+            (after - before) * 1000 / max(requests, 1)
+            for after, before in zip(cpu.split(), cpu_before, strict=True)
+        )
         if cpu
         else (0.0, 0.0)
     )
