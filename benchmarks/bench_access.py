@@ -53,7 +53,7 @@ from sharedcare.storage.tables import resource
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_load import _fill, _samples, _serve, _wrk
+from bench_load import CpuMeter, _fill, _samples, _serve, _wrk
 from common import mint_token, register_demo_client, report, scratch_database, system_token
 
 SCENARIOS = ("read", "obs", "family", "include", "everything")
@@ -186,7 +186,10 @@ def _same_answers(
 
 
 def _figures(r: dict[str, float]) -> str:
-    text = f"{r['rps']:6.0f} req/s p50 {r['p50']:6.1f} p99 {r['p99']:6.1f} ms"
+    text = (
+        f"{r['rps']:6.0f} req/s p50 {r['p50']:6.1f} p99 {r['p99']:6.1f} ms, "
+        f"CPU/req app {r['cpu_app_ms']:5.2f} db {r['cpu_db_ms']:5.2f} ms"
+    )
     return text + (f" ({r['timeouts']:.0f} timeouts)" if r.get("timeouts") else "")
 
 
@@ -222,13 +225,16 @@ def main() -> None:
             "professional": mint_token(url, port, professional, "user/*.cruds"),
         }
         differ = _same_answers(port, samples, tokens)
+        meter = CpuMeter(proc, url)
         runs: dict[str, dict[str, list[dict[str, float]]]] = {n: {w: [] for w in tokens} for n in SCENARIOS}
         single: dict[str, dict[str, list[dict[str, float]]]] = {n: {w: [] for w in tokens} for n in SCENARIOS}
         for rep in range(args.repeat):
             for name in SCENARIOS:
                 order = list(tokens) if rep % 2 == 0 else list(reversed(tokens))
                 for who in order:
-                    runs[name][who].append(_wrk(port, samples[name], workdir, name, token=tokens[who]))
+                    runs[name][who].append(
+                        _wrk(port, samples[name], workdir, name, token=tokens[who], cpu=meter)
+                    )
                 if args.single != "0":
                     for who in order:
                         single[name][who].append(
@@ -240,6 +246,7 @@ def main() -> None:
                                 connections=1,
                                 duration=args.single,
                                 token=tokens[who],
+                                cpu=meter,
                             )
                         )
     print(
@@ -264,7 +271,14 @@ def main() -> None:
                         f"ratio {p['rps'] / s['rps'] if s['rps'] else float('nan'):6.1%}",
                     )
                 )
-            rows.append((f"{LABELS[name]}: median ratio", f"{statistics.median(ratios):6.1%}"))
+            cpu = [s["cpu_ms"] / p["cpu_ms"] if p["cpu_ms"] else float("nan") for s, p in pairs]
+            rows.append(
+                (
+                    f"{LABELS[name]}: median ratio",
+                    f"{statistics.median(ratios):6.1%} (CPU per request, system/professional: "
+                    f"{statistics.median(cpu):6.1%})",
+                )
+            )
         searches = [
             p["rps"] / s["rps"] if s["rps"] else float("nan")
             for n in SEARCHES

@@ -127,15 +127,20 @@ class CpuMeter:
         self.server, self.engine = server, create_engine(url, poolclass=NullPool)
 
     def __call__(self) -> float:
+        return sum(self.split())
+
+    def split(self) -> tuple[float, float]:
+        """CPU seconds of the server's processes, and of its database's backends."""
         with self.engine.connect() as conn:
-            backends = conn.execute(
-                text(
-                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-                    "AND pid <> pg_backend_pid()"
-                )
-            ).scalars()
-            pids = [*_descendants(self.server.pid), *backends]
-        return sum(_proc_cpu(pid) for pid in pids)
+            backends = list(
+                conn.execute(
+                    text(
+                        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                        "AND pid <> pg_backend_pid()"
+                    )
+                ).scalars()
+            )
+        return sum(_proc_cpu(p) for p in _descendants(self.server.pid)), sum(_proc_cpu(p) for p in backends)
 
 
 def _wrk(
@@ -156,7 +161,7 @@ def _wrk(
         "request = function() return wrk.format('GET', paths[math.random(#paths)]) end\n"
     )
     auth = ["-H", f"Authorization: Bearer {token}"] if token else []  # wrk.format adds -H headers
-    cpu_before = cpu() if cpu else 0.0
+    cpu_before = cpu.split() if cpu else (0.0, 0.0)
     out = subprocess.run(
         [
             "wrk",
@@ -189,9 +194,18 @@ def _wrk(
         raise RuntimeError(f"{name}: {errors.group(1)} failed responses")
     timeouts = re.search(r"Socket errors:.*timeout (\d+)", out)
     requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
-    cpu_ms = (cpu() - cpu_before) * 1000 / max(requests, 1) if cpu else 0.0
+    app_ms, db_ms = (
+        (
+            (after - before) * 1000 / max(requests, 1)
+            for after, before in zip(cpu.split(), cpu_before, strict=True)
+        )
+        if cpu
+        else (0.0, 0.0)
+    )
     return {
-        "cpu_ms": cpu_ms,
+        "cpu_ms": app_ms + db_ms,
+        "cpu_app_ms": app_ms,
+        "cpu_db_ms": db_ms,
         "rps": rps,
         "p50": latency("50"),
         "p99": latency("99"),

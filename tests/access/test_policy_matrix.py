@@ -606,3 +606,36 @@ def test_the_filter_told_the_row_types_passes_the_same_rows(world: World, name: 
             passed += len(whole)
     # the comparison covers rows the principal does see (all but the shut-out principals)
     assert passed > 0 or name in {"blocked", "expired", "stranger", "withdrawn", "helpdesk"}
+
+
+@pytest.mark.parametrize("name", sorted(PRINCIPALS))
+def test_the_filter_given_the_callers_facts_passes_the_same_rows(world: World, name: str) -> None:
+    """The facts read with the token (licence, whether any holder restricts the professional)
+    leave sub-queries out of a professional's filter; it must pass exactly the rows of the
+    filter that reads them in every statement, for every type, told its row types or not."""
+    p = PRINCIPALS[name]
+    with world.engine.connect() as conn:
+        columns = world.policy.caller_facts_columns(p)
+        facts = world.policy.caller_facts(conn.execute(select(*columns)).one() if columns else ())
+    if p.kind is not PrincipalKind.PROFESSIONAL:
+        assert facts is None  # only professionals have facts: nothing changes for the others
+        return
+    assert facts is not None
+    assert facts.licensed is (name != "withdrawn")
+    assert facts.restricted is (name in {"blocked", "masked"})
+    plain = PolicySession(p, world.policy, classify).read_filter()
+    given = PolicySession(p, world.policy, classify, facts=facts).read_filter()
+    assert plain is not None and given is not None
+    r = resource
+    with world.engine.connect() as conn:
+        sql = str(select(r.c.pk).where(given(r)).compile(conn))
+        # what the facts decide is not asked again: licence and restrictions are left out
+        assert ("access_restriction" in sql) is facts.restricted
+        assert "alr.type = 'Practitioner'" not in sql and "alr.type = 'Practitioner'" in str(
+            select(r.c.pk).where(plain(r)).compile(conn)
+        )
+        for rtype in sorted(conn.execute(select(r.c.type).distinct()).scalars()):
+            typed = r.c.type == rtype
+            whole = set(conn.execute(select(r.c.pk).where(typed, plain(r))).scalars())
+            assert set(conn.execute(select(r.c.pk).where(typed, given(r))).scalars()) == whole, rtype
+            assert set(conn.execute(select(r.c.pk).where(typed, given(r, (rtype,)))).scalars()) == whole

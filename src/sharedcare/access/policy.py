@@ -25,7 +25,7 @@ SMART scopes only narrow this decision (``access.session``).
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
@@ -46,6 +46,7 @@ from sqlalchemy import (
     literal_column,
     or_,
     select,
+    true,
 )
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.visitors import InternalTraversal, iterate
@@ -287,6 +288,21 @@ _PARTS_KEPT = 1024
 """Professionals whose read-filter parts a policy keeps (SQL only: no right is kept)."""
 
 
+@dataclass(frozen=True, slots=True)
+class CallerFacts:
+    """What no row changes in a professional's read filter, read once when a request starts (in
+    the statement that checks the token's revocation: ``AccessPolicy.caller_facts_columns``):
+    the request's statements then leave out the sub-queries these facts decide. PostgreSQL plans
+    every sub-query of a search at each execution, and these were a quarter of the professional's
+    planning. They hold as of the request's start, as the token's validity does; a session
+    without them (portal pages, jobs, exports) reads them in every statement."""
+
+    licensed: bool
+    """The directory does not mark the professional inactive."""
+    restricted: bool
+    """Some holder blocks the professional or masks an item from them."""
+
+
 def _now() -> datetime:
     return utcnow()
 
@@ -314,10 +330,10 @@ class _ProfessionalParts:
     of care, with a record open to professionals, and not blocked."""
     overridden: tuple[ColumnElement[bool], ...] | None
     """The same for an emergency override (blocks do not apply); None: no overrides."""
-    restricted: ColumnElement[bool]
+    restricted: ColumnElement[bool] | None
     """Some holder blocks or masks something from the professional (uncorrelated: PostgreSQL
     tests it once per statement, and looks for each relationship's block and each row's mask
-    only when it holds)."""
+    only when it holds); None: the request's facts say none does."""
     either: tuple[str, ...]
     readable: tuple[str, ...]
     only_profession: tuple[str, ...]
@@ -328,7 +344,10 @@ class _ProfessionalParts:
     """The same for the referring physician's column."""
 
     @classmethod
-    def build(cls, policy: AccessPolicy, p: Principal) -> _ProfessionalParts:
+    def build(
+        cls, policy: AccessPolicy, p: Principal, facts: CallerFacts | None = None
+    ) -> _ProfessionalParts:
+        """The parts for ``p``; with ``facts`` (licensed), those the facts decide left out."""
         assert p.practitioner_id and p.profession
         readable, referent_readable = policy._readable(p.profession)
         cr, ar, status = _CR, _AR, _RS
@@ -378,7 +397,8 @@ class _ProfessionalParts:
             ),
         )
         # blocks and masks are rare: their per-row checks run only when the professional has one
-        restricted = exists(
+        # (known from the request's facts, or tested once by the statement)
+        restricted: ColumnElement[bool] | None = exists(
             select(_ONE)
             .select_from(ar)
             .where(ar.c.practitioner_id == practitioner, ar.c.removed_at.is_(None))
@@ -403,6 +423,9 @@ class _ProfessionalParts:
         only_profession = tuple(sorted(set(readable) - set(referent_readable)))
         only_referent = tuple(sorted(set(referent_readable) - set(readable)))
         override = policy.settings.emergency_override
+        unrestricted = facts is not None and not facts.restricted
+        if unrestricted:
+            restricted = None
         shape = repr(
             (
                 either,
@@ -414,6 +437,8 @@ class _ProfessionalParts:
                 full_profession,
                 full_referent,
                 role is not None,
+                facts is None,
+                unrestricted,
             )
         )
         parts = cls(
@@ -422,11 +447,11 @@ class _ProfessionalParts:
             role=role,
             binds=binds,
             shape=shape,
-            licensed=_in_directory("Practitioner", practitioner, _LR, _LT),
+            licensed=_in_directory("Practitioner", practitioner, _LR, _LT) if facts is None else true(),
             cared=(
                 cr.c.context.in_(_sql_list((*PROFESSIONAL_CONTEXTS, REFERENT))),
                 *relationship,
-                ~and_(restricted, blocked),
+                *(() if restricted is None else (~and_(restricted, blocked),)),
             ),
             overridden=(cr.c.context == _sql(OVERRIDE), *relationship)
             if policy.settings.emergency_override
@@ -476,15 +501,17 @@ class _ProfessionalParts:
             .select_from(_AC, cr)
             .where(_AC.c.res_pk == r.c.pk, *self.cared, *category, self._confidential(r, rows))
         )
-        mask = _restricts(
-            r,
-            ar,
-            ar.c.kind == _sql("mask"),
-            ar.c.practitioner_id == self.practitioner,
-            ar.c.removed_at.is_(None),
-            rows=rows,
-        )
-        allowed = and_(r.c.category.in_(_sql_list(self.either)), cared, ~and_(self.restricted, mask))
+        allowed = and_(r.c.category.in_(_sql_list(self.either)), cared)
+        if self.restricted is not None:
+            mask = _restricts(
+                r,
+                ar,
+                ar.c.kind == _sql("mask"),
+                ar.c.practitioner_id == self.practitioner,
+                ar.c.removed_at.is_(None),
+                rows=rows,
+            )
+            allowed = and_(allowed, ~and_(self.restricted, mask))
         if self.overridden is not None:
             # the override lifts the holder's restrictions, never the author's (nor the matrix)
             overridden = exists(
@@ -613,6 +640,9 @@ def _compile_professional_filter(element: _ProfessionalFilter, compiler: Any, **
     return "(" + str(compiler.process(element.parts.condition(element.r, element.rows), **kw)) + ")"
 
 
+_PartsKey = tuple[str, str | None, str, str | None, CallerFacts | None]
+
+
 @dataclass(frozen=True, slots=True)
 class WriteTarget:
     """What a write touches: the patients whose records it belongs to and its data category."""
@@ -627,7 +657,7 @@ class AccessPolicy:
     def __init__(self, settings: Settings, matrix: AccessMatrix | None = None) -> None:
         self.settings = settings
         self.matrix = matrix or load_matrix()
-        self._parts: dict[tuple[str, str | None, str, str | None], _ProfessionalParts] = {}
+        self._parts: dict[_PartsKey, _ProfessionalParts] = {}
 
     # -- building blocks ----------------------------------------------------------------------
     def _open_for_professionals(self, patient_id: ColumnElement[str], now: datetime) -> ColumnElement[bool]:
@@ -720,8 +750,11 @@ class AccessPolicy:
         )
 
     # -- reads --------------------------------------------------------------------------------
-    def read_filter(self, p: Principal, now: datetime) -> AccessFilter | None:
-        """The SQL condition a ``resource`` row must meet to be read by ``p``; None: no restriction."""
+    def read_filter(
+        self, p: Principal, now: datetime, facts: CallerFacts | None = None
+    ) -> AccessFilter | None:
+        """The SQL condition a ``resource`` row must meet to be read by ``p``; None: no restriction.
+        ``facts``: those of ``caller_facts`` read at the start of the request, if any."""
         if p.kind is PrincipalKind.SYSTEM:
             return None if self.is_trusted(p) else self._system_filter(p, now)
         if p.is_staff:
@@ -729,8 +762,30 @@ class AccessPolicy:
         if p.kind in (PrincipalKind.PATIENT, PrincipalKind.REPRESENTATIVE):
             return self._holder_filter(p, now)
         if p.kind is PrincipalKind.PROFESSIONAL:
-            return self._professional_filter(p, now)
+            return self._professional_filter(p, now, facts)
         return lambda r, types=None: false()
+
+    def caller_facts_columns(self, p: Principal) -> tuple[ColumnElement[bool], ...]:
+        """SQL reading the ``CallerFacts`` of ``p`` (none but for a professional of the
+        directory): the token check selects them with the revocation list, in one statement."""
+        if p.kind is not PrincipalKind.PROFESSIONAL or not p.practitioner_id or not p.profession:
+            return ()
+        ar = _AR
+        return (
+            _in_directory("Practitioner", p.practitioner_id, _LR, _LT),
+            exists(
+                select(_ONE)
+                .select_from(ar)
+                .where(ar.c.practitioner_id == p.practitioner_id, ar.c.removed_at.is_(None))
+            ),
+        )
+
+    @staticmethod
+    def caller_facts(values: Sequence[Any]) -> CallerFacts | None:
+        """The facts of the values ``caller_facts_columns`` selected (None: no facts)."""
+        if len(values) != 2:
+            return None
+        return CallerFacts(licensed=bool(values[0]), restricted=bool(values[1]))
 
     @staticmethod
     def is_trusted(p: Principal) -> bool:
@@ -766,7 +821,7 @@ class AccessPolicy:
 
         return flt
 
-    def _professional_filter(self, p: Principal, now: datetime) -> AccessFilter:
+    def _professional_filter(self, p: Principal, now: datetime, facts: CallerFacts | None) -> AccessFilter:
         """Reference data; while the professional's licence stands, the categories their
         profession reads of the records of holders in their care, and those of the ``mr``
         column where they are the referring physician, but for the items the holders mask from
@@ -776,18 +831,19 @@ class AccessPolicy:
         when it executes), so the filter's parts are built once per professional and kept
         (``_professional_parts``); only the conditions on the row itself are built for each
         statement."""
-        if not p.practitioner_id or not p.profession:
+        if not p.practitioner_id or not p.profession or (facts is not None and not facts.licensed):
             return _reference_only
-        return self._professional_parts(p).filter
+        return self._professional_parts(p, facts).filter
 
-    def _professional_parts(self, p: Principal) -> _ProfessionalParts:
-        """The parts of ``p``'s filter: built at the first request of ``p`` and kept (SQL, no right)."""
-        key = (p.practitioner_id or "", p.organization_id, p.profession or "", p.practitioner_role_id)
+    def _professional_parts(self, p: Principal, facts: CallerFacts | None = None) -> _ProfessionalParts:
+        """The parts of ``p``'s filter: built at the first request of ``p`` (with such facts) and
+        kept (SQL, no right)."""
+        key = (p.practitioner_id or "", p.organization_id, p.profession or "", p.practitioner_role_id, facts)
         parts = self._parts.get(key)
         if parts is None:
             if len(self._parts) >= _PARTS_KEPT:
                 self._parts.clear()
-            parts = self._parts[key] = _ProfessionalParts.build(self, p)
+            parts = self._parts[key] = _ProfessionalParts.build(self, p, facts)
         return parts
 
     def _readable(self, profession: str) -> tuple[list[str], list[str]]:

@@ -31,7 +31,7 @@ from sqlalchemy import (
 
 from sharedcare.access import care
 from sharedcare.access.models import record_status
-from sharedcare.access.policy import REFERENCE, AccessPolicy, WriteTarget
+from sharedcare.access.policy import REFERENCE, AccessPolicy, CallerFacts, WriteTarget
 from sharedcare.access.principals import Principal, PrincipalKind
 from sharedcare.access.scopes import ScopeSet, parse_cached, scope_query
 from sharedcare.audit import log as audit
@@ -145,6 +145,8 @@ class PolicySession:
     now: datetime = field(default_factory=utcnow)
     enforce_scopes: bool = True
     """False for portal sessions: a signed-in person has no token scopes to narrow the decision."""
+    facts: CallerFacts | None = None
+    """The decision's facts about the caller read with the token (``AccessPolicy.caller_facts``)."""
     _pending: list[audit.AuditRecord] = field(default_factory=list)
     _recorded: list[_Recorded] = field(default_factory=list)
     _filter: AccessFilter | None = None
@@ -233,7 +235,7 @@ class PolicySession:
         return self._filter
 
     def _build_filter(self) -> AccessFilter | None:
-        base = self.policy.read_filter(self.principal, self.now)
+        base = self.policy.read_filter(self.principal, self.now, self.facts)
         readable: frozenset[str] | None = None
         conditional: dict[str, Conditions] = {}
         if not self.principal.is_staff and self.enforce_scopes:

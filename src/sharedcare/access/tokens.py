@@ -11,19 +11,20 @@ this server's FHIR base URL, it is within its validity period (30 s leeway for c
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from joserfc import jws, jwt
 from joserfc.errors import JoseError
-from sqlalchemy import Connection, Engine
+from sqlalchemy import ColumnElement, Connection, Engine, false, select
 from starlette.requests import Request
 
 from sharedcare.access.principals import Principal, PrincipalKind
 from sharedcare.access.scopes import INTERACTIONS, parse_cached
 from sharedcare.oauth.keys import KeyStore, RemoteJwks
-from sharedcare.oauth.revocation import is_revoked
+from sharedcare.oauth.revocation import revoked_clause
 from sharedcare.oauth.urls import PublicUrls, public_urls
 from sharedcare.settings import Settings
 
@@ -199,13 +200,25 @@ class TokenValidator:
 
     def validate(self, token: str, urls: PublicUrls) -> Principal:
         """The principal of a valid access token; raises a ``TokenError`` subclass otherwise."""
+        return self.validate_with(token, urls)[0]
+
+    def validate_with(
+        self,
+        token: str,
+        urls: PublicUrls,
+        also: Callable[[Principal], Sequence[ColumnElement[Any]]] | None = None,
+    ) -> tuple[Principal, tuple[Any, ...]]:
+        """``validate``, and the values of the columns ``also`` gives for the principal, read in
+        the statement that checks the revocation list (the access decision's facts about the
+        caller: ``AccessPolicy.caller_facts_columns``): one statement per request, not two."""
         known = self._verified.get((token, urls.issuer, urls.fhir_base))
         if known is not None and self.keys.key_for(known.kid) is known.key:
             self._check_time(known.claims)
-            self._check_revoked(known.claims, None)
-            return known.principal
-        claims = self.claims(token, urls)
+            values = self._check_revoked(known.claims, None, also(known.principal) if also else ())
+            return known.principal, values
+        claims = self.claims(token, urls, check_revoked=False)
         principal = principal_from_claims(claims, own=claims.get("iss") == urls.issuer)
+        values = self._check_revoked(claims, None, also(principal) if also else ())
         if claims.get("iss") == urls.issuer:  # our own tokens only (external keys are fetched)
             kid = _peek(token)[0].get("kid")
             if len(self._verified) >= VERIFIED_KEPT:
@@ -213,7 +226,7 @@ class TokenValidator:
             self._verified[(token, urls.issuer, urls.fhir_base)] = _Verified(
                 self.keys.key_for(kid), kid, claims, principal
             )
-        return principal
+        return principal, values
 
     def claims(
         self,
@@ -260,20 +273,25 @@ class TokenValidator:
             self._check_revoked(claims, conn)
         return claims
 
-    def _check_revoked(self, claims: dict[str, Any], conn: Connection | None) -> None:
+    def _check_revoked(
+        self, claims: dict[str, Any], conn: Connection | None, also: Sequence[ColumnElement[Any]] = ()
+    ) -> tuple[Any, ...]:
+        """Refuse a revoked token; the values of ``also``, selected in the same statement."""
         jti = claims.get("jti")
-        if not isinstance(jti, str):
-            return
+        if not isinstance(jti, str) and not also:
+            return ()
+        statement = select(revoked_clause(jti) if isinstance(jti, str) else false(), *also)
         if conn is not None:
-            revoked = is_revoked(conn, jti)
+            row = conn.execute(statement).one()
         else:
             own = self.engine.connect()
             if own.dialect.name == "postgresql":  # one statement, no transaction to end
                 own = own.execution_options(isolation_level="AUTOCOMMIT")
             with own:
-                revoked = is_revoked(own, jti)
-        if revoked:
+                row = own.execute(statement).one()
+        if row[0]:
             raise TokenRevoked("The token was revoked")
+        return tuple(row[1:])
 
     @staticmethod
     def _check_audience(claims: dict[str, Any], audience: str) -> None:
@@ -326,7 +344,11 @@ def principal_from_request(request: Request) -> Principal | None:
         if scheme.lower() != "bearer" or not token.strip():
             raise TokenInvalid("Use 'Authorization: Bearer <access token>'")
         validator: TokenValidator = request.app.state.tokens
-        principal = validator.validate(token.strip(), public_urls(request))
+        policy = getattr(request.app.state, "policy", None)
+        principal, values = validator.validate_with(
+            token.strip(), public_urls(request), policy.caller_facts_columns if policy is not None else None
+        )
+        request.state.caller_facts = policy.caller_facts(values) if policy is not None else None
     request.state.principal = principal
     return principal
 

@@ -62,6 +62,7 @@ def authenticate(request: Request) -> None:
         principal,
         request.app.state.policy,
         category_of,
+        facts=getattr(request.state, "caller_facts", None),
         info=RequestInfo(
             source_ip=client.host if client else None,
             user_agent=request.headers.get("user-agent"),

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Table, delete, select, update
+from sqlalchemy import ColumnElement, Connection, Table, delete, exists, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from sharedcare.fhir.store import utcnow
@@ -41,7 +41,12 @@ def revoke_jti(conn: Connection, jti: str, expires_at: datetime) -> None:
 
 def is_revoked(conn: Connection, jti: str) -> bool:
     """True when the access token ``jti`` was revoked."""
-    return conn.execute(select(oauth_revoked.c.jti).where(oauth_revoked.c.jti == jti)).first() is not None
+    return bool(conn.execute(select(revoked_clause(jti))).scalar())
+
+
+def revoked_clause(jti: str) -> ColumnElement[bool]:
+    """SQL: the access token ``jti`` was revoked (for a statement that reads more at once)."""
+    return exists(select(oauth_revoked.c.jti).where(oauth_revoked.c.jti == jti))
 
 
 def revoke_family(conn: Connection, family: str) -> None:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, exc
+from sqlalchemy import ColumnElement, Connection, Engine, any_, bindparam, create_engine, event, exc
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import make_url
 
 PING_AFTER_IDLE_SECONDS = 0.5
@@ -111,13 +112,38 @@ def planned_with_values(conn: Connection) -> Iterator[None]:
     few hundred, 4x slower on the mean and 8x at p90 in the load benchmark's data. Searches
     therefore pay their planning (a fraction of a millisecond) each time; reads by id and audit
     appends stay prepared."""
+    with _prepare_threshold(conn, None):
+        yield
+
+
+@contextmanager
+def planned_once(conn: Connection) -> Iterator[None]:
+    """Prepare the statements inside at their first execution, also within
+    ``planned_with_values``: for statements whose best plan does not depend on their values
+    (those that fetch by keys, as the resources a page includes), PostgreSQL may then keep one
+    generic plan instead of planning them at each execution. Their keys must be passed as one
+    array (``any_of``), so that their text, and their prepared statement, stays the same."""
+    with _prepare_threshold(conn, 0):
+        yield
+
+
+@contextmanager
+def _prepare_threshold(conn: Connection, threshold: int | None) -> Iterator[None]:
     if conn.dialect.name != "postgresql":
         yield
         return
     raw: Any = conn.connection.dbapi_connection
     before = raw.prepare_threshold
-    raw.prepare_threshold = None
+    raw.prepare_threshold = threshold
     try:
         yield
     finally:
         raw.prepare_threshold = before
+
+
+def any_of(column: ColumnElement[Any], values: Sequence[Any], dialect: str) -> ColumnElement[bool]:
+    """``column`` is one of ``values``: on PostgreSQL ``= ANY`` one array parameter, so the text
+    of the statement does not change with the number of values (``planned_once``)."""
+    if dialect == "postgresql":
+        return column == any_(bindparam(None, list(values), type_=ARRAY(column.type)))
+    return column.in_(list(values))

@@ -18,6 +18,7 @@ from sharedcare.fhir.errors import BadRequest
 from sharedcare.fhir.search.engine import AccessFilter, local_compartment_link
 from sharedcare.fhir.search.reference import local
 from sharedcare.fhir.store import ResourceStore, Stored
+from sharedcare.storage.engine import any_of, planned_once
 from sharedcare.storage.tables import idx_reference, resource, resource_compartment
 
 _R = resource.alias("r")
@@ -121,7 +122,11 @@ def _support(
     t, ref = _T, _REF
     targets = (
         select(ref.c.target_type, ref.c.target_id)
-        .where(ref.c.res_pk.in_(page_pks), ref.c.target_type.in_(wanted), local(ref, base_url))
+        .where(
+            any_of(ref.c.res_pk, page_pks, conn.dialect.name),
+            ref.c.target_type.in_(wanted),
+            local(ref, base_url),
+        )
         .distinct()
         .subquery()
     )
@@ -135,7 +140,9 @@ def _support(
         .where(*conds)
     )
     out = []
-    for x in conn.execute(stmt):
+    with planned_once(conn):  # by the page's keys: one plan serves every page
+        rows = list(conn.execute(stmt))
+    for x in rows:
         if x.pk not in seen:
             seen.add(x.pk)
             out.append(Stored(x.pk, x.type, x.id, x.version, x.last_updated, x.deleted, x.content))

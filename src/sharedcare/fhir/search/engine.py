@@ -29,6 +29,7 @@ from sharedcare.fhir.search.parse import Include, SearchQuery
 from sharedcare.fhir.search.reference import local
 from sharedcare.fhir.search.values import to_utc_naive
 from sharedcare.fhir.store import Stored
+from sharedcare.storage.engine import any_of, planned_once
 from sharedcare.storage.tables import idx_reference, resource, resource_compartment
 
 MAX_INCLUDE_DEPTH = 4
@@ -351,9 +352,11 @@ class SearchEngine:
             if not sources or not (fwd or rev):
                 break
             new: list[Stored] = []
-            for stmt in self._include_statements(sources, fwd, rev, access):
+            for stmt in self._include_statements(sources, fwd, rev, access, conn.dialect.name):
                 room = MAX_INCLUDED - len(found) - len(new)
-                for row in conn.execute(stmt.limit(room + 1)):
+                with planned_once(conn):  # by the page's keys: one plan serves every page
+                    rows = list(conn.execute(stmt.limit(room + 1)))
+                for row in rows:
                     if row.pk in seen:
                         continue
                     if len(found) + len(new) == MAX_INCLUDED:
@@ -378,7 +381,12 @@ class SearchEngine:
         return list(param_rows(ref, inc.source_type, inc.param.code, self.ctx.defs))
 
     def _include_statements(
-        self, sources: list[Stored], fwd: list[Include], rev: list[Include], access: AccessFilter | None
+        self,
+        sources: list[Stored],
+        fwd: list[Include],
+        rev: list[Include],
+        access: AccessFilter | None,
+        dialect: str,
     ) -> list[Select[Any]]:
         statements: list[Select[Any]] = []
         pks = [s.pk for s in sources]
@@ -391,7 +399,12 @@ class SearchEngine:
                 if inc.target_type:
                     cond.append(ref.c.target_type == inc.target_type)
                 alts.append(and_(*cond) if cond else ref.c.res_pk.is_not(None))
-            where = [ref.c.res_pk.in_(pks), or_(*alts), local(ref, self.ctx.base_url), t.c.deleted.is_(False)]
+            where = [
+                any_of(ref.c.res_pk, pks, dialect),
+                or_(*alts),
+                local(ref, self.ctx.base_url),
+                t.c.deleted.is_(False),
+            ]
             if access is not None:
                 types = _include_targets(fwd)
                 if types is not None:  # said in SQL too: the filter's narrowing relies on it
@@ -408,7 +421,12 @@ class SearchEngine:
             by_type: dict[str, list[str]] = {}
             for s in sources:
                 by_type.setdefault(s.type, []).append(s.id)
-            targets = or_(*(and_(ref.c.target_type == k, ref.c.target_id.in_(v)) for k, v in by_type.items()))
+            targets = or_(
+                *(
+                    and_(ref.c.target_type == k, any_of(ref.c.target_id, v, dialect))
+                    for k, v in sorted(by_type.items())
+                )
+            )
             alts = []
             for inc in rev:
                 cond = self._include_rows(ref, inc)
