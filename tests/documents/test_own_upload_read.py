@@ -1,7 +1,8 @@
 """An uploader reads back its own unclaimed upload (issue 4): ``GET [base]/Binary/[id]`` (ITI-68,
 ranges, HEAD, the Binary resource) of a raw upload no document claims yet answers its uploader,
 the same principal, while it may still write that content into the record, audited as a read;
-everyone else but the holder (who reads the whole record, docs/documents.md) gets the same 404
+everyone else, the holder included (an upload is not an item of the record until a document files
+it), gets the same 404
 as for an unknown id. On SQLite and PostgreSQL (the ``world`` fixture)."""
 
 from __future__ import annotations
@@ -65,9 +66,11 @@ def test_a_system_reads_back_its_own_unclaimed_upload_audited(world: TestClient)
     assert len([r for r in reads(app, LAB) if r[1] == (f"Binary/{binary_id}/_history/1",)]) >= 3
 
 
-def test_nobody_else_reads_it_but_the_holder(world: TestClient) -> None:
-    """Another system client, professionals in care (GPs, a pharmacist) and a stranger get the
-    404 of an unknown id; the holder reads the whole record, this upload included."""
+def test_nobody_else_reads_it(world: TestClient) -> None:
+    """Another system client, professionals in care (GPs, a pharmacist), a stranger and the
+    holder get the 404 of an unknown id: until a document files it, an upload is not an item of
+    the record (the document may hold it back for a consultation d'annonce). The holder reads
+    back their own upload."""
     data = b"%PDF-1.7 " + os.urandom(2000)
     lab_upload = upload(world, LAB, data)
     gp_upload = upload(world, GP, data + b"gp")
@@ -78,7 +81,12 @@ def test_nobody_else_reads_it_but_the_holder(world: TestClient) -> None:
     for who in (LAB, HOSPITAL, OTHER_GP, PHARMACIST, STRANGER):
         looks_unknown(world, who, gp_upload)
     assert get(world, GP, gp_upload).content == data + b"gp"
-    assert get(world, HOLDER, lab_upload).content == data
+    looks_unknown(world, HOLDER, lab_upload)
+    looks_unknown(world, HOLDER, gp_upload)
+    own = upload(world, HOLDER, data + b"mine")
+    assert get(world, HOLDER, own).content == data + b"mine"
+    for who in (LAB, GP, PHARMACIST, STRANGER):
+        looks_unknown(world, who, own)
 
 
 def test_the_uploader_reads_it_only_while_it_may_replace_it(world: TestClient) -> None:

@@ -816,6 +816,10 @@ class AccessPolicy:
                         )
                     ),
                     ~self._pending_disclosure(r, _Rows.of(types)),
+                    # an upload no document claims is not an item of the record yet: the
+                    # document that files it may hold it back for a consultation d'annonce
+                    # (its own uploader reads it back: ``reads_own_upload``)
+                    or_(r.c.category.is_(None), r.c.category != _sql(DataCategory.UNFILED.value)),
                 ),
             )
 
@@ -1060,11 +1064,18 @@ class AccessPolicy:
         Only its uploader (``uploader``, the principal as ``documents.submission`` records it:
         kind and subject) does, and only while it could still write that content (``upload``:
         the record, and the category the content will be filed as) into the open record: who may
-        replace the upload reads back the bytes it sent, and learns nothing else. The holder's
-        side reads it through ``read_filter``; nobody else does."""
-        if p.kind not in (PrincipalKind.SYSTEM, PrincipalKind.PROFESSIONAL) or p.is_staff:
+        replace the upload reads back the bytes it sent, and learns nothing else. Nobody else
+        does: not even the holder's side, for others' uploads (``_holder_filter``)."""
+        if p.is_staff:
             return False
         if uploader != f"{p.kind.value}:{p.subject}" or len(upload.patients) != 1 or not upload.category:
+            return False
+        if p.kind in (PrincipalKind.PATIENT, PrincipalKind.REPRESENTATIVE):
+            (own,) = upload.patients
+            db_: Any = conn  # a Connection (typed ``object`` as in ``write_denial``)
+            mine = own == p.patient_id or own in set(db_.execute(self.holder_patients(p, now)).scalars())
+            return mine and bool(db_.execute(select(self._open(literal(own)))).scalar())
+        if p.kind not in (PrincipalKind.SYSTEM, PrincipalKind.PROFESSIONAL):
             return False
         if self.write_denial(conn, p, upload, now) is not None:
             return False

@@ -113,8 +113,8 @@ def raw_binary_create(max_content_bytes: int | None) -> str:
         "body, with their own Content-Type and the header 'X-Security-Context: Patient/[id]' naming the "
         f"record they go to; at most {limit} (SHAREDCARE_MAX_CONTENT_BYTES), 413 beyond with nothing kept. "
         "A Provide Document Bundle (ITI-65) of the same uploader then names it in attachment.url; until "
-        "then no professional reads it, and it expires if unclaimed. PUT [base]/Binary/[id] with raw bytes "
-        "replaces the uploader's own unclaimed upload."
+        "then only its uploader reads it back (GET [base]/Binary/[id]), and it expires if unclaimed. "
+        "PUT [base]/Binary/[id] with raw bytes replaces the uploader's own unclaimed upload."
     )
 
 
