@@ -81,3 +81,24 @@ def test_searches_are_planned_with_their_values_and_reads_by_id_stay_prepared(pg
         assert any(s.lstrip().startswith("SELECT") and "resource" in s for s in prepared)  # the read
     finally:
         engine.dispose()
+
+
+def test_a_long_statement_is_converted_for_the_driver_once(pg_url: str) -> None:
+    """psycopg keeps the conversion of statements up to 4 KB only; a professional's search is
+    longer. After the first execution, the same long statement is taken from the cache."""
+    import psycopg._queries as queries
+
+    engine = make_engine(pg_url)
+    padding = " AND ".join(f":v{i} = :v{i}" for i in range(10))
+    sql = text(f"SELECT 1 WHERE {padding} /* {'x' * 5000} */")
+    values = {f"v{i}": i for i in range(10)}
+    assert len(str(sql)) > 5000
+    try:
+        with engine.connect() as conn:
+            conn.execute(sql, values).scalar()
+            before = queries._query2pg.cache_info()
+            assert conn.execute(sql, values).scalar() == 1
+            after = queries._query2pg.cache_info()
+    finally:
+        engine.dispose()
+    assert after.hits == before.hits + 1 and after.misses == before.misses

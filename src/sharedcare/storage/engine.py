@@ -47,10 +47,29 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         return engine
     kwargs.setdefault("pool_size", 20)
     kwargs.setdefault("max_overflow", 20)
+    _cache_long_statements()
     engine = create_engine(url, **kwargs)
     if not kwargs.get("pool_pre_ping"):
         _ping_idle(engine)
     return engine
+
+
+LONGEST_CACHED_STATEMENT = 64 * 1024
+"""Statements whose conversion psycopg keeps (bytes of SQL; its own limit is 4 KB)."""
+
+
+def _cache_long_statements() -> None:
+    """psycopg turns a statement's ``%(name)s`` placeholders into PostgreSQL's ``$n`` at each
+    execution and keeps the result (an LRU of 128 statements) only for statements of at most
+    4 KB (``psycopg._queries.MAX_CACHED_STATEMENT_LENGTH``). A professional's search, with its
+    access filter, is about 6 KB: splitting its text again at every request was a sixth of the
+    extra time the filter cost in Python. The limit is raised for the platform's statements,
+    whose shapes are few; the pinned psycopg (requirements.lock) has the constant, a version
+    without it is left as it is."""
+    import psycopg._queries as queries
+
+    if getattr(queries, "MAX_CACHED_STATEMENT_LENGTH", LONGEST_CACHED_STATEMENT) < LONGEST_CACHED_STATEMENT:
+        queries.MAX_CACHED_STATEMENT_LENGTH = LONGEST_CACHED_STATEMENT
 
 
 def _ping_idle(engine: Engine) -> None:
