@@ -658,6 +658,7 @@ class AccessPolicy:
         self.settings = settings
         self.matrix = matrix or load_matrix()
         self._parts: dict[_PartsKey, _ProfessionalParts] = {}
+        self._facts: dict[str, tuple[ColumnElement[bool], ...]] = {}
 
     # -- building blocks ----------------------------------------------------------------------
     def _open_for_professionals(self, patient_id: ColumnElement[str], now: datetime) -> ColumnElement[bool]:
@@ -770,15 +771,20 @@ class AccessPolicy:
         directory): the token check selects them with the revocation list, in one statement."""
         if p.kind is not PrincipalKind.PROFESSIONAL or not p.practitioner_id or not p.profession:
             return ()
-        ar = _AR
-        return (
-            _in_directory("Practitioner", p.practitioner_id, _LR, _LT),
-            exists(
-                select(_ONE)
-                .select_from(ar)
-                .where(ar.c.practitioner_id == p.practitioner_id, ar.c.removed_at.is_(None))
-            ),
-        )
+        columns = self._facts.get(p.practitioner_id)
+        if columns is None:  # kept (SQL, no right): building them cost more than reading them
+            if len(self._facts) >= _PARTS_KEPT:
+                self._facts.clear()
+            ar = _AR
+            columns = self._facts[p.practitioner_id] = (
+                _in_directory("Practitioner", p.practitioner_id, _LR, _LT),
+                exists(
+                    select(_ONE)
+                    .select_from(ar)
+                    .where(ar.c.practitioner_id == p.practitioner_id, ar.c.removed_at.is_(None))
+                ),
+            )
+        return columns
 
     @staticmethod
     def caller_facts(values: Sequence[Any]) -> CallerFacts | None:

@@ -21,7 +21,20 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import ColumnElement, Table, and_, exists, false, func, not_, or_, select, true
+from sqlalchemy import (
+    ColumnElement,
+    String,
+    Table,
+    and_,
+    exists,
+    false,
+    func,
+    literal_column,
+    not_,
+    or_,
+    select,
+    true,
+)
 from sqlalchemy.sql import FromClause
 
 from sharedcare.fhir.definitions import Definitions, GroupSource, Source
@@ -76,13 +89,20 @@ def stored_rows(table: Any, rtype: str, sources: tuple[Source, ...], suffix: str
     return _stored_rows(table, rtype, sources, suffix)
 
 
+def _constant(value: str) -> ColumnElement[str]:
+    """``value`` written into the SQL as a string constant."""
+    return literal_column("'" + value.replace("'", "''") + "'", String)
+
+
 @functools.lru_cache(maxsize=8192)
 def _stored_rows(table: Any, rtype: str, sources: tuple[Source, ...], suffix: str) -> tuple[Any, ...]:
     # cached like the aliases it is made on: building clauses is most of the cost of a search
     names = [s.param + suffix for s in sources]
     conds = [
         table.c.rtype == rtype,
-        table.c.param == names[0] if len(names) == 1 else table.c.param.in_(names),
+        # several names as constants in the SQL: an expanding parameter makes SQLAlchemy rewrite
+        # the whole statement's text at each execution (the names come from the definitions)
+        table.c.param == names[0] if len(names) == 1 else table.c.param.in_([_constant(n) for n in names]),
     ]
     if any(s.target_type for s in sources):
         alternatives: list[Any] = [
