@@ -8,6 +8,7 @@ search, batch GET) must show exactly that set or a subset of it: any other resou
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -18,7 +19,7 @@ from sqlalchemy import Engine, select
 
 from sharedcare.access import care, consent, requests
 from sharedcare.access.models import record_status
-from sharedcare.access.policy import AccessPolicy
+from sharedcare.access.policy import FACTS_SECONDS, AccessPolicy, CallerFacts
 from sharedcare.access.policy import category_of as classify
 from sharedcare.access.principals import Principal, PrincipalKind
 from sharedcare.access.session import PolicySession
@@ -639,3 +640,22 @@ def test_the_filter_given_the_callers_facts_passes_the_same_rows(world: World, n
             whole = set(conn.execute(select(r.c.pk).where(typed, plain(r))).scalars())
             assert set(conn.execute(select(r.c.pk).where(typed, given(r))).scalars()) == whole, rtype
             assert set(conn.execute(select(r.c.pk).where(typed, given(r, (rtype,)))).scalars()) == whole
+
+
+def test_facts_older_than_their_time_are_read_again_by_the_statements(world: World) -> None:
+    """Facts stand for FACTS_SECONDS only: a request that runs longer (a body sent slowly, a long
+    batch) must see a block that came after its token check. Facts saying "nobody restricts me",
+    read before the holder blocked the professional, are trusted while fresh and not once old."""
+    p = PRINCIPALS["blocked"]
+    r = resource
+    with world.engine.connect() as conn:
+
+        def seen(facts: CallerFacts) -> set[int]:
+            flt = PolicySession(p, world.policy, classify, facts=facts).read_filter()
+            assert flt is not None
+            return set(conn.execute(select(r.c.pk).where(r.c.category != "reference", flt(r))).scalars())
+
+        before_the_block = CallerFacts(licensed=True, restricted=False)
+        assert seen(before_the_block)  # fresh: trusted (the block's sub-queries are left out)
+        old = CallerFacts(licensed=True, restricted=False, read_at=time.monotonic() - FACTS_SECONDS - 1)
+        assert seen(old) == set()  # old: the statement reads the block itself

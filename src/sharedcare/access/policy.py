@@ -25,8 +25,9 @@ SMART scopes only narrow this decision (``access.session``).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cache
 from typing import Any
@@ -294,13 +295,22 @@ class CallerFacts:
     the statement that checks the token's revocation: ``AccessPolicy.caller_facts_columns``):
     the request's statements then leave out the sub-queries these facts decide. PostgreSQL plans
     every sub-query of a search at each execution, and these were a quarter of the professional's
-    planning. They hold as of the request's start, as the token's validity does; a session
-    without them (portal pages, jobs, exports) reads them in every statement."""
+    planning. They stand for ``FACTS_SECONDS`` after they were read (``access.session``), as a
+    statement run then would have read the same; a session without them (portal pages, jobs,
+    exports) or past that time reads them in every statement."""
 
     licensed: bool
     """The directory does not mark the professional inactive."""
     restricted: bool
     """Some holder blocks the professional or masks an item from them."""
+    read_at: float = field(default_factory=time.monotonic, compare=False)
+    """When they were read (``time.monotonic``): not part of what they say."""
+
+
+FACTS_SECONDS = 2.0
+"""How long after they were read a caller's facts stand in for the statements' own checks. A
+request reads its data within milliseconds of its token check; one that runs longer (a body sent
+slowly, a long batch) must not miss a block or a withdrawn licence that came meanwhile."""
 
 
 def _now() -> datetime:

@@ -8,6 +8,7 @@ each interaction returned; the session writes the audit records just before the 
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -31,7 +32,7 @@ from sqlalchemy import (
 
 from sharedcare.access import care
 from sharedcare.access.models import record_status
-from sharedcare.access.policy import REFERENCE, AccessPolicy, CallerFacts, WriteTarget
+from sharedcare.access.policy import FACTS_SECONDS, REFERENCE, AccessPolicy, CallerFacts, WriteTarget
 from sharedcare.access.principals import Principal, PrincipalKind
 from sharedcare.access.scopes import ScopeSet, parse_cached, scope_query
 from sharedcare.audit import log as audit
@@ -229,6 +230,10 @@ class PolicySession:
 
     # -- reads -----------------------------------------------------------------------------
     def read_filter(self) -> AccessFilter | None:
+        if self.facts is not None and time.monotonic() - self.facts.read_at > FACTS_SECONDS:
+            # too old to stand for what a statement run now would read: read it again in each
+            self.facts = None
+            self._filter_built = False
         if not self._filter_built:
             self._filter = self._build_filter()
             self._filter_built = True
