@@ -183,6 +183,49 @@ def test_a_refused_email_is_retried_without_telling_the_holder_twice(
     assert len(server.to(GP_MAIL)) == 1 and len(_notices(world)) == 1
 
 
+def test_a_refused_address_of_several_does_not_hold_back_the_others(
+    world: World, settings: Settings, inbox: tuple[Inbox, int], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Dr Hoffmann has a second account (her practice's address): the server refuses that one.
+    The account it accepted got the notice, so the professional is told and the refused one is
+    logged; the next runs send nothing again (they re-sent to her own address every day). Only
+    when the server refuses every address does the notice wait for the next run."""
+    server, port = inbox
+    mail = mail_settings(settings, port)
+    practice = "secretariat@cabinet.test"
+    with writer(world.engine).begin() as conn:
+        row = conn.execute(select(account).where(account.c.id == world.gp.account_id)).one()._asdict()
+        conn.execute(
+            account.insert().values(
+                {**row, "id": "gp-practice", "username": "gp.practice", "email": practice}
+            )
+        )
+    now = _now()
+    filed = _ask(world, "Discharge report of March", now)
+    server.refuse.add(practice)
+    day16 = now + timedelta(days=16)
+    with caplog.at_level("WARNING", logger="sharedcare.access.filing_notices"):
+        assert _counts(filing_notices.run(world.engine, mail, day16)) == (1, 1, 0, 0)
+    assert _marks(world)[filed.id] == (day16, day16)
+    assert len(server.to(GP_MAIL)) == 1 and server.to(practice) == []
+    [refused] = [r for r in caplog.records if r.getMessage() == "overdue filing request e-mail failed"]
+    assert refused.__dict__["account"] == "gp-practice"  # an `extra` of the record
+    for moment in (day16 + timedelta(days=1), day16 + timedelta(days=2)):
+        assert _counts(filing_notices.run(world.engine, mail, moment)) == (0, 0, 0, 0)
+    assert len(server.to(GP_MAIL)) == 1
+
+    # every address refused: nothing recorded, tried again the next day
+    second = _ask(world, "Lab result of May", now)
+    server.refuse.add(GP_MAIL)
+    assert _counts(filing_notices.run(world.engine, mail, day16)) == (1, 0, 0, 1)
+    assert _marks(world)[second.id] == (day16, None)
+    server.refuse.clear()
+    day17 = day16 + timedelta(days=1)
+    assert _counts(filing_notices.run(world.engine, mail, day17)) == (0, 1, 0, 0)
+    assert _marks(world)[second.id] == (day16, day17)
+    assert len(server.to(GP_MAIL)) == 2 and len(server.to(practice)) == 1
+
+
 def test_without_email_delivery_the_requests_page_is_the_professionals_notice(
     world: World, settings: Settings
 ) -> None:

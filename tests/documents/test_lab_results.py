@@ -10,10 +10,13 @@ import base64
 import copy
 import hashlib
 import json
+import os
 import re
 import sys
-from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +38,10 @@ from sharedcare.app import create_app
 from sharedcare.documents.content import pointer_of
 from sharedcare.documents.labresults import PDF as PDF_TYPE
 from sharedcare.documents.labresults import is_loinc_code, ucum_problem
+from sharedcare.documents.submission import expire_unclaimed
+from sharedcare.fhir.store import utcnow
 from sharedcare.settings import Settings
+from sharedcare.storage.blobstore import BlobInfo, BlobNotFound, BlobStore
 from sharedcare.storage.crypto import DataKeyMissing
 from sharedcare.storage.engine import writer
 from sharedcare.storage.tables import resource, resource_version
@@ -720,3 +726,177 @@ def test_a_conditional_create_files_one_pdf(api: TestClient, lab_world: World) -
     report = api.get(f"/fhir/DiagnosticReport/{report_id}", headers=auth(api, GP)).json()
     assert api.get(f"/fhir/Binary/{pdf_binary(report)}", headers=auth(api, GP)).content == OTHER_PDF
     _no_inline_bytes(lab_world)
+
+
+# -- the blobs a transaction holds (review findings) ---------------------------------------------
+class MeetingStore:
+    """The app's real content store, where each write transaction's first blob check
+    (``hold_blobs``, after it took the blob locks) waits up to ``hold`` seconds for the other
+    transaction's to arrive: two that each took part of their locks meet there, then each asks
+    for the rest (a deadlock when they took them in other orders). ``met`` counts the times both
+    were there at once."""
+
+    def __init__(self, inner: BlobStore, hold: float = 3.0) -> None:
+        self.inner, self.hold = inner, hold
+        self.arrived: set[int] = set()
+        self.met = 0
+
+    def put(self, namespace: str, chunks: Iterable[bytes], *, max_size: int | None = None) -> BlobInfo:
+        return self.inner.put(namespace, chunks, max_size=max_size)
+
+    def size(self, namespace: str, digest: str) -> int:
+        me = threading.get_ident()
+        if me not in self.arrived:
+            self.arrived.add(me)
+            if len(self.arrived) == 1:  # the first there waits for the other
+                deadline = time.monotonic() + self.hold
+                while time.monotonic() < deadline and len(self.arrived) < 2:
+                    time.sleep(0.02)
+                self.met += len(self.arrived) == 2
+        return self.inner.size(namespace, digest)
+
+    def open(self, namespace: str, digest: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        return self.inner.open(namespace, digest, start, end)
+
+    def delete(self, namespace: str, digest: str) -> bool:
+        return self.inner.delete(namespace, digest)
+
+    def delete_namespace(self, namespace: str) -> int:
+        return self.inner.delete_namespace(namespace)
+
+
+def _two_reports(first: bytes, second: bytes) -> dict[str, Any]:
+    """A transaction: the metabolic panel with its results, and a second report of the same
+    results: the first report carrying ``first``, the second ``second``."""
+    bundle = report_bundle(first)
+    other = copy.deepcopy(bundle["entry"][0])
+    other["fullUrl"] = "urn:uuid:6a1c0000-0000-4000-8000-0000000000bb"
+    form = other["resource"]["presentedForm"][0]
+    form.update(data=base64.b64encode(second).decode(), size=len(second), hash=sha1_b64(second))
+    bundle["entry"].insert(1, other)
+    return bundle
+
+
+def test_transactions_naming_the_same_pdfs_in_other_orders_both_file(
+    api: TestClient, lab_world: World
+) -> None:
+    """Two transactions for one record, their reports carrying PDFs X, Y and Y, X, run at once:
+    each holds its blobs in one order across the Bundle, so the second waits for the first
+    instead of each waiting for the other (PostgreSQL refused one as a deadlock: 500). Both are
+    filed, each PDF readable. Forced: each transaction's blob check waits for the other's."""
+    app: Any = lab_world.app
+    real = app.state.blobs
+    meeting = MeetingStore(real)
+    app.state.blobs = meeting
+    answers: dict[str, Any] = {}
+    sides = [
+        threading.Thread(target=lambda k=k, b=b: answers.__setitem__(k, file_report(api, b)))
+        for k, b in (("xy", _two_reports(PDF, OTHER_PDF)), ("yx", _two_reports(OTHER_PDF, PDF)))
+    ]
+    try:
+        for side in sides:
+            side.start()
+        for side in sides:
+            side.join(60)
+    finally:
+        app.state.blobs = real
+    assert sorted(answers) == ["xy", "yx"]
+    for key, first in (("xy", PDF), ("yx", OTHER_PDF)):
+        assert answers[key].status_code == 200, answers[key].text
+        report_ids = created(answers[key], "DiagnosticReport")
+        assert len(report_ids) == 2
+        report = api.get(f"/fhir/DiagnosticReport/{report_ids[0]}", headers=auth(api, GP)).json()
+        assert api.get(f"/fhir/Binary/{pdf_binary(report)}", headers=auth(api, GP)).content == first
+    # one held the blobs while the other waited for them: they never met inside
+    assert meeting.met == 0
+
+
+class ExpiringStore:
+    """The app's real content store, with the expiry of unclaimed uploads running right after each
+    put (the interleaving the expiry race tests force with threads)."""
+
+    def __init__(self, inner: BlobStore, app: Any) -> None:
+        self.inner, self.app = inner, app
+
+    def put(self, namespace: str, chunks: Iterable[bytes], *, max_size: int | None = None) -> BlobInfo:
+        info = self.inner.put(namespace, chunks, max_size=max_size)
+        expire_unclaimed(self.app.state.engine, self.app.state.settings, utcnow(), blobs=self.inner)
+        return info
+
+    def size(self, namespace: str, digest: str) -> int:
+        return self.inner.size(namespace, digest)
+
+    def open(self, namespace: str, digest: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        return self.inner.open(namespace, digest, start, end)
+
+    def delete(self, namespace: str, digest: str) -> bool:
+        return self.inner.delete(namespace, digest)
+
+    def delete_namespace(self, namespace: str) -> int:
+        return self.inner.delete_namespace(namespace)
+
+
+def _forgotten_upload(api: TestClient, data: bytes) -> None:
+    """An upload of ``data`` to Marie's record that no document claimed, past its expiry."""
+    app: Any = api.app
+    headers = {**auth(api, LAB), "Content-Type": "application/pdf", "X-Security-Context": "Patient/pa"}
+    response = api.post("/fhir/Binary", content=data, headers=headers)
+    assert response.status_code == 201, response.text
+    hours = app.state.settings.unclaimed_upload_hours
+    with writer(app.state.engine).begin() as conn:
+        row = conn.execute(
+            select(resource.c.pk, resource.c.last_updated).where(resource.c.id == response.json()["id"])
+        ).one()
+        conn.execute(
+            resource.update()
+            .where(resource.c.pk == row.pk)
+            .values(last_updated=row.last_updated - timedelta(hours=hours, minutes=1))
+        )
+
+
+@pytest.mark.parametrize("path", ["REST", "transaction"])
+def test_a_conditional_create_that_found_its_report_holds_no_blob(
+    api: TestClient, lab_world: World, path: str
+) -> None:
+    """A conditional create finding the report filed before writes no Binary for the PDF sent
+    (a corrected one here): its blob is none of the transaction's business. Removed meanwhile by
+    the expiry of an upload of the same bytes, it refuses nothing (was: 409, "send it again")."""
+    app: Any = lab_world.app
+    alone = _alone(api, identifier="r-9")
+    condition = "identifier=urn:example:lab-report|r-9"
+    headers = {**auth(api, GP), "If-None-Exist": condition}
+    first = api.post("/fhir/DiagnosticReport", json=alone, headers=headers)
+    assert first.status_code == 201, first.text
+    corrected = b"%PDF-1.7 corrected " + os.urandom(2000)
+    _forgotten_upload(api, corrected)
+    again = copy.deepcopy(alone)
+    again["presentedForm"][0].update(
+        data=base64.b64encode(corrected).decode(), size=len(corrected), hash=sha1_b64(corrected)
+    )
+    binaries = _binaries(lab_world)
+    real = app.state.blobs
+    app.state.blobs = ExpiringStore(real, app)
+    try:
+        if path == "REST":
+            response = api.post("/fhir/DiagnosticReport", json=again, headers=headers)
+            assert response.status_code == 200, response.text
+            found = response.json()["id"]
+        else:
+            entry = {
+                "resource": again,
+                "request": {"method": "POST", "url": "DiagnosticReport", "ifNoneExist": condition},
+            }
+            bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [entry]}
+            response = api.post("/fhir", json=bundle, headers=auth(api, GP))
+            assert response.status_code == 200, response.text
+            [answer] = [e["response"] for e in response.json()["entry"]]
+            assert answer["status"].startswith("200")
+            found = answer["location"].split("/")[1]
+    finally:
+        app.state.blobs = real
+    assert found == first.json()["id"]
+    assert _binaries(lab_world) == binaries  # no Binary added for the PDF sent again
+    with pytest.raises(BlobNotFound):  # the expiry did remove its blob
+        real.size("pa", hashlib.sha256(corrected).hexdigest())
+    report = api.get(f"/fhir/DiagnosticReport/{found}", headers=auth(api, GP)).json()
+    assert api.get(f"/fhir/Binary/{pdf_binary(report)}", headers=auth(api, GP)).content == PDF

@@ -18,9 +18,11 @@ Once each: ``record_request.overdue_holder_notice_at`` is set in the transaction
 message (which also carries a dedupe key), ``overdue_owner_notice_at`` once the SMTP server
 accepted the e-mails. Both under the request's lock (``serialize(conn, "Task/<id>")``, the lock
 ``requests.decide`` takes), re-reading the row: a request completed, refused or cancelled
-meanwhile is not announced, and two workers never both announce one. An e-mail the server
-refuses leaves the professional's notice to the next run (the holder's is not held back by it);
-as in ``notify.delivery``, a crash between the server's acceptance and the commit sends it again.
+meanwhile is not announced, and two workers never both announce one. The professional is told
+once the server accepted the e-mail to one of their accounts (those it refused are logged, not
+tried again: the next run would e-mail again the accounts that got it); when it refused them
+all, their notice waits for the next run (the holder's is not held back by it). As in
+``notify.delivery``, a crash between the server's acceptance and the commit sends it again.
 
 Not announced: requests done, refused or cancelled; requests not yet due (the job finds them
 again the day they are); requests of a record that is not open (closed at death, after
@@ -68,7 +70,7 @@ class NoticeReport:
     portal_only: int = 0
     """Requests whose professional has nobody to e-mail (or delivery is off): their requests page."""
     retried: int = 0
-    """Requests whose professional's e-mail the server refused: tried again at the next run."""
+    """Requests whose professional's e-mails the server all refused: tried again at the next run."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,19 +157,26 @@ def _tell_holder(conn: Connection, row: Row[Any], due: datetime, now: datetime) 
 def _tell_professional(
     conn: Connection, row: Row[Any], mailer: delivery.Mailer | None, settings: Settings
 ) -> str:
-    """E-mail the professional asked: ``sent``, ``portal-only`` (nobody to e-mail, or delivery
-    off) or ``retry`` (the server refused one: nothing recorded, the next run tries again)."""
+    """E-mail each account of the professional asked: ``sent`` once the server accepted one
+    (the accounts it refused are logged, not tried again: a retry would e-mail again those who
+    got it, every day while one address stays refused), ``portal-only`` (nobody to e-mail, or
+    delivery off) or ``retry`` (it accepted none: nothing recorded, the next run tries again)."""
     people = professionals(conn, row.author_practitioner_id) if mailer is not None else []
     if not people:
         return delivery.PORTAL_ONLY
     assert mailer is not None
+    accepted = 0
     for person in people:
         try:
             mailer.send(compose(settings, person), person.address)
         except delivery.SendFailed as exc:
-            log.warning("overdue filing request e-mail failed", extra={"request": row.id, "error": str(exc)})
-            return "retry"
-    return delivery.SENT
+            log.warning(
+                "overdue filing request e-mail failed",
+                extra={"request": row.id, "account": person.account_id, "error": str(exc)},
+            )
+            continue
+        accepted += 1
+    return delivery.SENT if accepted else "retry"
 
 
 def _announce(

@@ -470,14 +470,19 @@ def _binary_writes(prepared: _Report) -> list[Write]:
     return [Write("POST", "Binary", p.binary["id"], p.binary, None) for p in prepared.pdfs]
 
 
-def _write_binaries(svc: FhirService, conn: Connection, stored: Stored, prepared: _Report) -> None:
+def _write_binaries(svc: FhirService, conn: Connection, stored: Stored, prepared: _Report) -> list[str]:
     """Create the Binaries the stored report points at (none when a conditional create found
-    another report: its blobs stay unreachable, as a refused ITI-65 step 4's)."""
+    another report: its blobs stay unreachable, as a refused ITI-65 step 4's). Returns the
+    digests of the blobs they name: those, and only those, the transaction must hold
+    (``hold_blobs``); a blob no written Binary names may go with an expiry without harm."""
     urls = {str(f.get("url")) for f in stored.resource().get("presentedForm") or () if isinstance(f, Mapping)}
+    written: list[str] = []
     for pdf in prepared.pdfs:
         if any(url.endswith(f"Binary/{pdf.binary['id']}") for url in urls):
             binary = {**pdf.binary, "securityContext": {"reference": f"DiagnosticReport/{stored.id}"}}
             svc.create_in(conn, binary, new_id=binary["id"])
+            written.append(pdf.content.sha256)
+    return written
 
 
 def create_report(
@@ -507,8 +512,7 @@ def create_report(
         outcome = svc.create_in(
             conn, prepared.resource, if_none_exist=if_none_exist, base_url=base_url, new_id=rid
         )
-        _write_binaries(svc, conn, outcome.stored, prepared)
-        hold_blobs(conn, blobs, prepared.patient_id, [p.content.sha256 for p in prepared.pdfs])
+        hold_blobs(conn, blobs, prepared.patient_id, _write_binaries(svc, conn, outcome.stored, prepared))
     return outcome
 
 
@@ -536,8 +540,7 @@ def update_report(
     _store(blobs, prepared.patient_id, [p.content for p in prepared.pdfs], max_size)
     with svc.transaction() as conn:
         outcome = svc.update_in(conn, "DiagnosticReport", rid, prepared.resource, if_match=if_match)
-        _write_binaries(svc, conn, outcome.stored, prepared)
-        hold_blobs(conn, blobs, prepared.patient_id, [p.content.sha256 for p in prepared.pdfs])
+        hold_blobs(conn, blobs, prepared.patient_id, _write_binaries(svc, conn, outcome.stored, prepared))
     return outcome
 
 
@@ -607,13 +610,18 @@ def file_transaction(
         _store(blobs, prepared.patient_id, [p.content for p in prepared.pdfs], max_size)
     with svc.transaction() as conn:
         responses = processor.transaction_in(conn, parse_entries(source), base_url)
+        written: dict[str, set[str]] = {}  # patient id -> digests the Binaries written name
         for position, _, prepared in reports:
             location = str(responses[position]["response"].get("location", ""))
             rtype, _, rest = location.partition("/")
             stored = svc.store.current(conn, rtype, rest.partition("/")[0]) if rtype else None
             if stored is not None and not stored.deleted:
-                _write_binaries(svc, conn, stored, prepared)
-            hold_blobs(conn, blobs, prepared.patient_id, [p.content.sha256 for p in prepared.pdfs])
+                digests = _write_binaries(svc, conn, stored, prepared)
+                written.setdefault(prepared.patient_id, set()).update(digests)
+        # Held once, after every report: in one order across the whole Bundle (record, then
+        # digest), so two transactions naming the same PDFs in other orders cannot deadlock.
+        for patient_id in sorted(written):
+            hold_blobs(conn, blobs, patient_id, written[patient_id])
     return {"resourceType": "Bundle", "type": "transaction-response", "entry": responses}
 
 
