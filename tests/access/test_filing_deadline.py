@@ -1,8 +1,10 @@
 """The end of care and the filing deadline after it (art. 9(3), LAW-AND-CROSSBORDER.md §A.9):
 ``$end-care`` shortens a registration to the end of care plus the deadline (never lengthens it),
 answers a stranger as for an unknown record, and ``access.filing.due_filings`` lists each author's
-ended cares with their due date, the overdue flag and the key documents filed. Time passes by
-registering in the past (``care.register`` takes ``now``) and by asking the worklist later."""
+ended cares with their due date, the overdue flag and the key documents filed, through the
+caller's own access decision: only records they may read now, only items they may read counted.
+Time passes by registering in the past (``care.register`` takes ``now``) and by asking the
+worklist later."""
 
 from __future__ import annotations
 
@@ -10,22 +12,26 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import event, select
 
-from sharedcare.access import care
-from sharedcare.access.filing import KeyDocument, due_filings, key_document
+from sharedcare.access import care, consent
+from sharedcare.access.filing import LISTED_MAX, DueFiling, KeyDocument, Worklist, due_filings, key_document
 from sharedcare.access.models import care_relationship, filing_deadline, record_status
+from sharedcare.access.policy import category_of
 from sharedcare.access.principals import Principal, PrincipalKind
+from sharedcare.access.session import PolicySession
 from sharedcare.api.registrations import END_CARE_REFUSED
 from sharedcare.audit import log as audit
 from sharedcare.fhir.store import utcnow
 from sharedcare.identity.matricule import MATRICULE_SYSTEM, generate
 from sharedcare.settings import Settings
 from sharedcare.storage.engine import writer
+from sharedcare.storage.tables import resource as resource_table
 from support import OBSERVATION_CATEGORY, bearer, lab_result, put_all
 
 LOINC = "http://loinc.org"
 V2_0074 = "http://terminology.hl7.org/CodeSystem/v2-0074"
+CONFIDENTIALITY = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"
 CLINIC = {"resourceType": "Organization", "id": "clinic", "active": True, "name": "Clinique du Parc"}
 OTHER = {"resourceType": "Organization", "id": "other", "active": True, "name": "Hôpital du Nord"}
 SYSTEM = Principal(PrincipalKind.SYSTEM, "clinic-system", display="Clinic", organization_id="clinic")
@@ -100,10 +106,17 @@ def relationship(client: TestClient, rid: str) -> care.Relationship:
     return rel
 
 
-def worklist(client: TestClient, who: Principal, at: datetime) -> list[Any]:
+def listing(client: TestClient, who: Principal, at: datetime, limit: int = LISTED_MAX) -> Worklist:
+    """``who``'s worklist at ``at``, read through their own access decision (as the portal does)."""
     app: Any = client.app
+    readable = PolicySession(who, app.state.policy, category_of, enforce_scopes=False).read_filter()
+    assert readable is not None
     with app.state.engine.connect() as conn:
-        return due_filings(conn, who, at, app.state.settings)
+        return due_filings(conn, who, at, readable, app.state.settings, limit=limit)
+
+
+def worklist(client: TestClient, who: Principal, at: datetime) -> list[DueFiling]:
+    return listing(client, who, at).cares
 
 
 def value(params: list[dict[str, Any]], name: str) -> Any:
@@ -323,13 +336,13 @@ def test_the_holders_objection_takes_the_deadline_with_the_record(client: TestCl
     h = world(client)
     registered(client, "pa", SYSTEM, utcnow() - timedelta(days=2))
     assert end_care(client, "pa", h["system"]).status_code == 200
-    assert [i.patient_id for i in worklist(client, SYSTEM, utcnow())] == ["pa"]
+    assert [i.patient_id for i in worklist(client, DOCTOR, utcnow())] == ["pa"]
     app: Any = client.app
     admin = bearer(app, Principal(PrincipalKind.ADMIN, "acct-admin"), "user/*.rs")
     assert client.post("/fhir/Patient/pa/$opt-out", headers=admin).status_code == 200
     with app.state.engine.connect() as conn:
         assert conn.execute(select(filing_deadline)).all() == []
-    assert worklist(client, SYSTEM, utcnow()) == []
+    assert worklist(client, DOCTOR, utcnow()) == []
 
 
 # --- the worklist ---------------------------------------------------------------------------------
@@ -344,7 +357,7 @@ def test_the_worklist_shows_the_kinds_filed_and_the_overdue_cares(client: TestCl
     forgotten = registered(client, "pb", SYSTEM, now - timedelta(days=40))
     registered(client, "pb", OTHER_SYSTEM, now - timedelta(days=2))  # in force, not ended: not listed
     registered(client, "pa", OTHER_SYSTEM, now - timedelta(days=1))
-    assert worklist(client, SYSTEM, now) == []  # registrations in force: no care ended yet
+    assert worklist(client, DOCTOR, now) == []  # registrations in force: no care ended yet
     assert end_care(client, "pb", h["system"], now - timedelta(days=20)).status_code == 200
     assert end_care(client, "pa", h["doctor"], now - timedelta(days=1)).status_code == 200
     # the clinic's doctor files a discharge summary, a lab report and an imaging report
@@ -361,9 +374,9 @@ def test_the_worklist_shows_the_kinds_filed_and_the_overdue_cares(client: TestCl
     # another facility's patient summary is not the clinic's filing
     file(client, h["other_doctor"], document("ips", "pa", "60591-5"))
     later = utcnow()
-    items = worklist(client, SYSTEM, later)
-    assert [(i.relationship_id, i.patient_id) for i in items] == [(stay, "pa"), (forgotten, "pb")]
-    current, late = items
+    # pb's care is closed: its record is no longer open to the clinic, so it is not listed at all
+    (current,) = worklist(client, DOCTOR, later)
+    assert (current.relationship_id, current.patient_id) == (stay, "pa")
     assert current.declared and not current.closed and not current.overdue
     assert current.filed == {
         KeyDocument.DISCHARGE_REPORT,
@@ -372,48 +385,55 @@ def test_the_worklist_shows_the_kinds_filed_and_the_overdue_cares(client: TestCl
     }
     assert current.care_end == now - timedelta(days=1) and current.due == current.care_end + deadline
     assert current.care_start == now - timedelta(days=20)
+    # a new stay at the clinic opens pb's record again: the closed care is listed, overdue
+    registered(client, "pb", SYSTEM, utcnow())
+    items = worklist(client, DOCTOR, later)
+    assert [(i.relationship_id, i.patient_id) for i in items] == [(stay, "pa"), (forgotten, "pb")]
+    late = items[1]
     assert late.closed and late.overdue and late.filed == frozenset()
     assert late.due == now - timedelta(days=20) + deadline < later
-    # the doctor acting for the clinic sees the same list; the other facility sees none of it
-    assert [i.relationship_id for i in worklist(client, DOCTOR, later)] == [stay, forgotten]
-    assert worklist(client, OTHER_SYSTEM, later) == [] and worklist(client, OTHER_DOCTOR, later) == []
-    # once the due date passed with something filed: closed, not overdue; the list keeps 90 days
-    after = current.due + timedelta(days=1)
-    kept = {i.relationship_id: i for i in worklist(client, SYSTEM, after)}
-    assert kept[stay].closed and not kept[stay].overdue
-    assert worklist(client, SYSTEM, current.due + timedelta(days=91)) == []
-    # the patient summary filed now, after the fact, by the clinic's system: listed too
-    file(client, h["doctor"], document("summary", "pa", "60591-5"))
-    (mine, _) = worklist(client, SYSTEM, utcnow())
-    assert KeyDocument.PATIENT_SUMMARY in mine.filed
-    # the holder and agency staff have no worklist
+    # the other facility sees none of it; a facility's system, which reads no clinical item, and
+    # the holder have no worklist
+    assert worklist(client, OTHER_DOCTOR, later) == []
+    assert worklist(client, SYSTEM, later) == [] and worklist(client, OTHER_SYSTEM, later) == []
     assert worklist(client, HOLDER, later) == []
+    # the patient summary filed now, after the fact, by the clinic's doctor: listed too
+    file(client, h["doctor"], document("summary", "pa", "60591-5"))
+    (mine, _) = worklist(client, DOCTOR, utcnow())
+    assert KeyDocument.PATIENT_SUMMARY in mine.filed
+    # the list keeps 90 days after the due date (pb's new stay has ended by then)
+    kept = {i.relationship_id for i in worklist(client, DOCTOR, late.due + timedelta(days=89))}
+    assert forgotten in kept and stay in kept
+    gone = {i.relationship_id for i in worklist(client, DOCTOR, current.due + timedelta(days=91))}
+    assert forgotten not in gone and stay not in gone and len(gone) == 1
 
 
 def test_cares_that_ran_out_count_as_ended(client: TestClient) -> None:
-    """An emergency registration that ran out ended its care the deadline before it ended; a
-    facility one when it ended; a solo consultation on the day the code was used."""
+    """An emergency registration ended its care the deadline before it ends; a facility one when
+    it ended; a solo consultation on the day the code was used."""
     h = world(client)
     app: Any = client.app
     settings: Settings = app.state.settings
     deadline = timedelta(days=settings.filing_deadline_days)
     now = utcnow()
-    emergency = registered(client, "pa", SYSTEM, now - timedelta(days=30), emergency=True)
+    emergency = registered(client, "pa", SYSTEM, now - timedelta(days=5), emergency=True)
     facility = registered(client, "pb", SYSTEM, now - timedelta(days=50))
+    registered(client, "pb", SYSTEM, now)  # a new stay: pb's record is open to the clinic again
     with writer(app.state.engine).begin() as conn:
         code = care.issue_connection_code(conn, settings, "pb", now - timedelta(days=2))
         solo = care.open_with_code(conn, settings, GP, code, now - timedelta(days=2)).id
         code = care.issue_connection_code(conn, settings, "pa", now)
         other_solo = care.open_with_code(conn, settings, SOLO, code, now).id
-    items = {i.relationship_id: i for i in worklist(client, SYSTEM, now)}
+    items = {i.relationship_id: i for i in worklist(client, DOCTOR, now)}
     assert set(items) == {emergency, facility}
     rel = relationship(client, emergency)
     assert rel.ends is not None
     assert (items[emergency].care_end, items[emergency].due) == (rel.ends - deadline, rel.ends)
     assert items[emergency].care_end == rel.starts + timedelta(hours=settings.access_emergency_hours)
-    assert not items[emergency].declared and items[emergency].overdue
+    assert not items[emergency].declared and not items[emergency].closed
     rel = relationship(client, facility)
     assert (items[facility].care_end, items[facility].due) == (rel.ends, rel.ends)
+    assert items[facility].closed and items[facility].overdue
     # a professional sees only their own solo cares (and, acting for a facility, the facility's)
     (mine,) = worklist(client, GP, now)
     assert (mine.relationship_id, mine.context, mine.closed) == (solo, "solo", False)
@@ -422,13 +442,135 @@ def test_cares_that_ran_out_count_as_ended(client: TestClient) -> None:
     (mine,) = worklist(client, GP, utcnow())
     assert mine.filed == {KeyDocument.LAB_RESULTS}
     assert [i.relationship_id for i in worklist(client, SOLO, now)] == [other_solo]
-    assert {i.relationship_id for i in worklist(client, DOCTOR, now)} == {emergency, facility}
     # a revoked relationship is no care with a deadline
     with writer(app.state.engine).begin() as conn:
         care.end(conn, solo, utcnow())
     assert worklist(client, GP, utcnow()) == []
     with app.state.engine.connect() as conn:
         assert conn.execute(select(care_relationship.c.id).where(care_relationship.c.id == solo)).first()
+
+
+NURSE = Principal(
+    PrincipalKind.PROFESSIONAL,
+    "acct-nurse",
+    practitioner_id="nurse",
+    profession="inf",
+    organization_id="clinic",
+)
+PHARMACIST = Principal(
+    PrincipalKind.PROFESSIONAL, "acct-ph", practitioner_id="ph", profession="pha", organization_id="clinic"
+)
+
+
+def _stay_with_reports(client: TestClient) -> tuple[dict[str, dict[str, str]], str]:
+    """An emergency stay of pa at the clinic, ended 4 days ago (due in 11), and a lab report and an
+    imaging report its doctor filed; the ids of the reports are their ``code``s' items."""
+    h = world(client)
+    rid = registered(client, "pa", SYSTEM, utcnow() - timedelta(days=5), emergency=True)
+    file(client, h["doctor"], report("cbc", "pa", "11502-2", section="HM"))
+    file(client, h["doctor"], report("xray", "pa", "18748-4", section="RAD"))
+    return h, rid
+
+
+def _item(client: TestClient, code: str) -> str:
+    """``DiagnosticReport/<id>`` of the report of LOINC ``code``."""
+    app: Any = client.app
+    with app.state.engine.connect() as conn:
+        rows = conn.execute(
+            select(resource_table.c.id, resource_table.c.content).where(
+                resource_table.c.type == "DiagnosticReport"
+            )
+        ).all()
+    (rid,) = [r.id for r in rows if f'"{code}"' in r.content]
+    return f"DiagnosticReport/{rid}"
+
+
+def test_a_blocked_professional_gets_no_line_nor_count_of_the_record(client: TestClient) -> None:
+    _h, rid = _stay_with_reports(client)
+    now = utcnow()
+    (line,) = worklist(client, NURSE, now)  # the clinic's nurse: name, due date, kinds
+    assert line.relationship_id == rid and line.filed == {KeyDocument.LAB_RESULTS, KeyDocument.IMAGING_REPORT}
+    app: Any = client.app
+    with writer(app.state.engine).begin() as conn:
+        consent.block(conn, app.state.fhir, HOLDER, "pa", "nurse", now)
+    stranger = Principal(PrincipalKind.PROFESSIONAL, "acct-x", practitioner_id="x", profession="inf")
+    for at in (now, now + timedelta(days=12), now + timedelta(days=30)):  # open, then past the due date
+        assert listing(client, NURSE, at) == listing(client, stranger, at) == Worklist([], False)
+    # the doctor, not blocked, still has the line
+    assert [i.relationship_id for i in worklist(client, DOCTOR, now)] == [rid]
+
+
+def test_a_masked_item_is_not_counted_as_filed(client: TestClient) -> None:
+    _stay_with_reports(client)
+    app: Any = client.app
+    with writer(app.state.engine).begin() as conn:
+        consent.mask(conn, app.state.fhir, HOLDER, "pa", "nurse", _item(client, "18748-4"), utcnow())
+    (line,) = worklist(client, NURSE, utcnow())
+    assert line.filed == {KeyDocument.LAB_RESULTS}
+    (line,) = worklist(client, DOCTOR, utcnow())  # masked from the nurse only
+    assert line.filed == {KeyDocument.LAB_RESULTS, KeyDocument.IMAGING_REPORT}
+
+
+def test_only_what_the_professions_column_reads_counts(client: TestClient) -> None:
+    """The pharmacists' column reads lab results, not imaging: the imaging report is not theirs to
+    see filed."""
+    _stay_with_reports(client)
+    (line,) = worklist(client, PHARMACIST, utcnow())
+    assert line.filed == {KeyDocument.LAB_RESULTS}
+
+
+def test_a_very_restricted_item_counts_for_its_author_side_only(client: TestClient) -> None:
+    h = world(client)
+    registered(client, "pa", SYSTEM, utcnow() - timedelta(days=5), emergency=True)
+    letter = document("letter", "pa", "18842-5") | {
+        "author": [{"reference": "Practitioner/doc"}],
+        "meta": {"security": [{"system": CONFIDENTIALITY, "code": "V"}]},
+    }
+    file(client, h["doctor"], letter)
+    assert worklist(client, DOCTOR, utcnow())[0].filed == {KeyDocument.DISCHARGE_REPORT}
+    assert worklist(client, NURSE, utcnow())[0].filed == frozenset()
+
+
+def test_the_worklist_is_capped_to_the_latest_due(client: TestClient) -> None:
+    world(client)
+    now = utcnow()
+    older = registered(client, "pa", SYSTEM, now - timedelta(days=6), emergency=True)
+    newer = registered(client, "pb", SYSTEM, now - timedelta(days=5), emergency=True)
+    assert listing(client, DOCTOR, now, limit=1) == Worklist(listing(client, DOCTOR, now).cares[1:], True)
+    assert [i.relationship_id for i in listing(client, DOCTOR, now, limit=1).cares] == [newer]
+    assert [i.relationship_id for i in listing(client, DOCTOR, now, limit=2).cares] == [older, newer]
+    assert not listing(client, DOCTOR, now, limit=2).more
+
+
+def test_the_statements_do_not_grow_with_the_cares(client: TestClient) -> None:
+    h = world(client)
+    app: Any = client.app
+    engine = app.state.engine
+    put_all(client, *({"resourceType": "Patient", "id": f"p{n}"} for n in range(30)))
+    start = utcnow() - timedelta(days=5)
+    for n in range(30):
+        registered(client, f"p{n}", SYSTEM, start, emergency=True)
+        file(client, h["doctor"], report(f"r{n}", f"p{n}", "11502-2", section="HM"))
+        file(client, h["doctor"], document(f"d{n}", f"p{n}", "34105-7"))
+
+    def statements(limit: int) -> tuple[int, Worklist]:
+        seen: list[str] = []
+
+        def count(_conn: Any, _cursor: Any, sql: str, *_args: Any) -> None:
+            seen.append(sql)
+
+        event.listen(engine, "before_cursor_execute", count)
+        try:
+            found = listing(client, DOCTOR, utcnow(), limit=limit)
+        finally:
+            event.remove(engine, "before_cursor_execute", count)
+        return len([q for q in seen if q.lstrip().upper().startswith("SELECT")]), found
+
+    few, three = statements(3)
+    many, thirty = statements(30)
+    assert len(three.cares) == 3 and len(thirty.cares) == 30
+    assert all(i.filed == {KeyDocument.LAB_RESULTS, KeyDocument.DISCHARGE_REPORT} for i in thirty.cares)
+    assert few == many == 3  # the cares, their access-log records, the versions written
 
 
 def test_how_each_key_document_is_recognised() -> None:

@@ -3,9 +3,10 @@ author's worklist.
 
 Lab results, clinical summaries and discharge reports, imaging reports and the patient summary
 are filed by their author no later than ``filing_deadline_days`` (15) after the end of care.
-``due_filings`` lists, for a professional or a facility's system, the cares that ended, their
-due date, and which of these four kinds the author side filed so far. It is the author's list:
-nothing of it is shown to the holder (who sees the end of care in their access log only).
+``due_filings`` lists, for a professional, the cares that ended whose filings fall on them (their
+own solo cares, and those of the facility they act for), their due date, and which of these four
+kinds the author side filed so far. It is the author's list: nothing of it is shown to the
+holder (who sees the end of care in their access log only).
 
 **Ended cares.** A declared end (``care.end_care``) has a ``filing_deadline`` row: care start,
 end of care, due date (the relationship's end since). A relationship that simply ran out, or
@@ -25,13 +26,35 @@ in the record, so a later date would promise what the platform refuses. Revoked 
 override are no care with an end here. A care stays listed ``LISTED_AFTER_DUE_DAYS`` after its
 due date. No job runs: the list is read from the relationships as they stand.
 
-**Kinds filed** come from the access log, the trace of who wrote what (as ``access.requests``
-finds an item's author): the successful create, update and patch records on the holder's record
-recorded between care start and due date, by the author side: the professional (their
-``Practitioner`` reference) for a solo relationship, the organisation's professionals and
-systems (``organization_id``) for a registration. Each version written is read back and
-recognised by ``key_document``. An item since erased, or withdrawn by the holder's objection,
-was filed all the same: the author did their part.
+**What the caller may read now, and nothing else.** The list is read through the caller's own
+access decision (``readable``: the read filter of a ``FhirService`` bound to their
+``PolicySession``), so that it shows nothing a read of the record would not:
+
+- a care is listed only while the caller may read its patient's ``Patient`` now: in practice
+  while the relationship still stands, within the filing window, and while no block of the
+  holder, withdrawn licence or closed record stands in the way. A care whose record the caller
+  may not read is neither listed nor counted: a count would grow on the day the deadline passes
+  of a record the holder blocked the caller from, and so tell them it exists. A closed care (due
+  date passed) is therefore listed only while another relationship opens the record to the
+  caller (a new stay, say);
+- **kinds filed** are recognised only in items the caller may read now (the same filter: the
+  holder's masks, the profession's column of the matrix, R and V confidentiality). Which items
+  the author side wrote comes from the access log, the trace of who wrote what (as
+  ``access.requests`` finds an item's author): the successful create, update and patch records
+  on the holder's record recorded between care start and due date, by the author side: the
+  professional (their ``Practitioner`` reference) for a solo relationship, the organisation's
+  professionals and systems (``organization_id``) for a registration. Each version so written is
+  recognised by ``key_document`` if its resource is still in that record, not deleted, and
+  readable by the caller. An item since erased (its rows are gone), deleted, withdrawn by the
+  holder's objection or masked from the caller does not count: the list can only vouch for what
+  the caller can open.
+
+A facility's system reads no clinical item, so no kind filed could be shown to it truthfully:
+like the holder and agency staff, it gets no list.
+
+**Cost.** A few statements whatever the number of cares, none per care: the cares (the
+``LISTED_MAX`` latest due among those readable now), the access-log records of all of them, and
+the versions written, in bulk (one statement per ``ITEMS_PER_STATEMENT`` versions).
 """
 
 from __future__ import annotations
@@ -43,7 +66,7 @@ from enum import StrEnum
 from typing import Any
 
 import orjson
-from sqlalchemy import ColumnElement, Connection, and_, or_, select
+from sqlalchemy import ColumnElement, Connection, and_, exists, func, or_, select
 
 from sharedcare.access.care import ENDED_CONTEXTS
 from sharedcare.access.categories import LOINC, DataCategory, classify
@@ -51,11 +74,16 @@ from sharedcare.access.models import care_relationship, filing_deadline
 from sharedcare.access.principals import Principal, PrincipalKind
 from sharedcare.audit.log import AuditAction, AuditOutcome
 from sharedcare.audit.models import audit_log
+from sharedcare.fhir.search.engine import AccessFilter
 from sharedcare.settings import Settings, get_settings
-from sharedcare.storage.tables import resource, resource_version
+from sharedcare.storage.tables import resource, resource_compartment, resource_version
 
 LISTED_AFTER_DUE_DAYS = 90
 """How long an ended care stays on the worklist after its due date."""
+LISTED_MAX = 200
+"""The most cares one worklist lists: the latest due (a hospital's list stays one page)."""
+ITEMS_PER_STATEMENT = 1000
+"""Versions written looked for in one statement (bounds the statement's parameters)."""
 
 
 class KeyDocument(StrEnum):
@@ -163,14 +191,23 @@ class DueFiling:
         return self.closed and not self.filed
 
 
+@dataclass(frozen=True, slots=True)
+class Worklist:
+    """The cares of one worklist: ``cares`` as ``due_filings`` orders them, and whether more
+    readable ones were left out past ``LISTED_MAX``."""
+
+    cares: list[DueFiling]
+    more: bool
+
+
 def _side(principal: Principal) -> ColumnElement[bool] | None:
     """The relationships whose filings fall on ``principal``: a professional's own solo ones, and
-    the registrations of the facility a professional or system acts for."""
+    the registrations of the facility they act for (None: anyone else)."""
+    if principal.kind is not PrincipalKind.PROFESSIONAL or not principal.practitioner_id:
+        return None
     cr = care_relationship
-    sides: list[ColumnElement[bool]] = []
-    if principal.kind is PrincipalKind.PROFESSIONAL and principal.practitioner_id:
-        sides.append(and_(cr.c.practitioner_id == principal.practitioner_id, cr.c.context == "solo"))
-    if principal.kind in (PrincipalKind.PROFESSIONAL, PrincipalKind.SYSTEM) and principal.organization_id:
+    sides = [and_(cr.c.practitioner_id == principal.practitioner_id, cr.c.context == "solo")]
+    if principal.organization_id:
         sides.append(
             and_(
                 cr.c.organization_id == principal.organization_id,
@@ -178,7 +215,7 @@ def _side(principal: Principal) -> ColumnElement[bool] | None:
                 cr.c.context.in_(("facility", "emergency")),
             )
         )
-    return or_(*sides) if sides else None
+    return or_(*sides)
 
 
 def _derived_end(context: str, starts: datetime, ends: datetime, deadline: timedelta) -> datetime:
@@ -188,20 +225,43 @@ def _derived_end(context: str, starts: datetime, ends: datetime, deadline: timed
     return max(starts, ends - deadline)
 
 
+def _readable_record(readable: AccessFilter, patient_id: ColumnElement[str]) -> ColumnElement[bool]:
+    """The caller may read the ``Patient`` of ``patient_id`` now: their access decision opens the
+    record to them."""
+    p = resource.alias("filing_patient")
+    return exists(
+        select(p.c.pk).where(
+            p.c.type == "Patient", p.c.id == patient_id, p.c.deleted.is_(False), readable(p, ("Patient",))
+        )
+    )
+
+
 def due_filings(
-    conn: Connection, principal: Principal, now: datetime, settings: Settings | None = None
-) -> list[DueFiling]:
+    conn: Connection,
+    principal: Principal,
+    now: datetime,
+    readable: AccessFilter,
+    settings: Settings | None = None,
+    *,
+    limit: int = LISTED_MAX,
+) -> Worklist:
     """The ended cares whose filings fall on ``principal`` (a professional: their own solo cares
-    and their facility's; a facility's system: the facility's), listed until
-    ``LISTED_AFTER_DUE_DAYS`` after their due date: those still open first, soonest due first,
-    then those closed, latest first. Anyone else (the holder, agency staff) gets an empty list.
+    and their facility's) and whose record ``readable`` opens to them now, listed until
+    ``LISTED_AFTER_DUE_DAYS`` after their due date: the ``limit`` latest due, then those still
+    open first, soonest due first, then those closed, latest first. Anyone else (the holder,
+    agency staff, a facility's system) gets an empty list.
+
+    ``readable`` is the caller's own read filter (``FhirService.access_filter()`` of the service
+    bound to their ``PolicySession``): it decides which cares are listed and which items count as
+    filed (see the module's docstring).
     """
     side = _side(principal)
     if side is None:
-        return []
+        return Worklist([], False)
     deadline = timedelta(days=(settings or get_settings()).filing_deadline_days)
     since = now - timedelta(days=LISTED_AFTER_DUE_DAYS)
     cr, fd = care_relationship, filing_deadline
+    due = func.coalesce(fd.c.due, cr.c.ends)
     rows = conn.execute(
         select(
             cr.c.id,
@@ -222,77 +282,145 @@ def due_filings(
             cr.c.revoked_at.is_(None),
             cr.c.starts <= now,
             cr.c.ends.is_not(None),
-            or_(fd.c.due >= since, and_(fd.c.due.is_(None), cr.c.ends >= since)),
+            due >= since,
+            # the care ended (``_derived_end`` <= now, in SQL: the limit counts ended cares only)
+            or_(
+                fd.c.care_end <= now,
+                and_(fd.c.care_end.is_(None), cr.c.context == "facility", cr.c.ends <= now),
+                and_(fd.c.care_end.is_(None), cr.c.context != "facility", cr.c.ends <= now + deadline),
+            ),
+            _readable_record(readable, cr.c.patient_id),
         )
+        .order_by(due.desc(), cr.c.id)
+        .limit(limit + 1)
     ).all()
-    found: list[DueFiling] = []
-    for row in rows:
+    more = len(rows) > limit
+    cares: list[_Care] = []
+    for row in rows[:limit]:
         declared = row.care_end is not None
         start = row.care_start if declared else row.starts
         end = row.care_end if declared else _derived_end(row.context, row.starts, row.ends, deadline)
-        due = row.due if declared else row.ends
-        if end > now:
-            continue
-        found.append(
-            DueFiling(
-                row.id,
-                row.patient_id,
-                row.context,
-                row.practitioner_id,
-                row.organization_id,
-                start,
-                end,
-                due,
-                declared,
-                _filed(conn, row.patient_id, row.practitioner_id, row.organization_id, start, due),
-                due <= now,
-            )
+        cares.append(_Care(row, declared, start, end, row.due if declared else row.ends))
+    filed = _filed(conn, cares, readable)
+    found = [
+        DueFiling(
+            c.row.id,
+            c.row.patient_id,
+            c.row.context,
+            c.row.practitioner_id,
+            c.row.organization_id,
+            c.start,
+            c.end,
+            c.due,
+            c.declared,
+            frozenset(filed.get(c.row.id, ())),
+            c.due <= now,
         )
+        for c in cares
+        if c.end <= now
+    ]
     open_ = sorted((f for f in found if not f.closed), key=lambda f: (f.due, f.relationship_id))
     closed = sorted((f for f in found if f.closed), key=lambda f: (f.due, f.relationship_id), reverse=True)
-    return open_ + closed
+    return Worklist(open_ + closed, more)
 
 
-def _filed(
-    conn: Connection,
-    patient_id: str,
-    practitioner_id: str | None,
-    organization_id: str | None,
-    start: datetime,
-    due: datetime,
-) -> frozenset[KeyDocument]:
-    """The key documents the author side wrote in the record between ``start`` and ``due``."""
+@dataclass(frozen=True, slots=True)
+class _Care:
+    """A listed relationship and its care's dates, while its kinds filed are looked for."""
+
+    row: Any
+    """The relationship's row, as ``due_filings`` selects it."""
+    declared: bool
+    start: datetime
+    end: datetime
+    due: datetime
+
+    def wrote(self, entry: Any) -> bool:
+        """The access-log record ``entry`` is a write of this care's author side in its window."""
+        if entry.patient_id != self.row.patient_id or not self.start <= entry.recorded <= self.due:
+            return False
+        if self.row.practitioner_id:
+            return bool(entry.principal_ref == f"Practitioner/{self.row.practitioner_id}")
+        return bool(entry.organization_id == self.row.organization_id and entry.principal_kind in _AUTHORS)
+
+
+_AUTHORS = (str(PrincipalKind.PROFESSIONAL), str(PrincipalKind.SYSTEM))
+"""Who writes for a facility: its professionals and its systems."""
+
+
+def _filed(conn: Connection, cares: list[_Care], readable: AccessFilter) -> dict[str, set[KeyDocument]]:
+    """Per relationship, the key documents its author side wrote in the record between care
+    start and due date, among the items the caller may read now: one statement for the access
+    log of every care, then the versions written in bulk."""
+    if not cares:
+        return {}
     a = audit_log
-    if practitioner_id:
-        author: ColumnElement[bool] = a.c.principal_ref == f"Practitioner/{practitioner_id}"
-    else:
-        author = and_(
-            a.c.organization_id == organization_id,
-            a.c.principal_kind.in_((str(PrincipalKind.PROFESSIONAL), str(PrincipalKind.SYSTEM))),
-        )
-    written = conn.execute(
-        select(a.c.resources).where(
-            a.c.patient_id == patient_id,
+    practitioners = sorted({f"Practitioner/{c.row.practitioner_id}" for c in cares if c.row.practitioner_id})
+    organizations = sorted({c.row.organization_id for c in cares if not c.row.practitioner_id})
+    authors: list[ColumnElement[bool]] = []
+    if practitioners:
+        authors.append(a.c.principal_ref.in_(practitioners))
+    if organizations:
+        authors.append(and_(a.c.organization_id.in_(organizations), a.c.principal_kind.in_(_AUTHORS)))
+    entries = conn.execute(
+        select(
+            a.c.patient_id,
+            a.c.recorded,
+            a.c.principal_ref,
+            a.c.organization_id,
+            a.c.principal_kind,
+            a.c.resources,
+        ).where(
+            a.c.patient_id.in_(sorted({c.row.patient_id for c in cares})),
             a.c.action.in_(_FILING_ACTIONS),
             a.c.outcome == int(AuditOutcome.SUCCESS),
-            a.c.recorded >= start,
-            a.c.recorded <= due,
-            author,
+            a.c.recorded >= min(c.start for c in cares),
+            a.c.recorded <= max(c.due for c in cares),
+            or_(*authors),
         )
-    ).scalars()
-    kinds: set[KeyDocument] = set()
-    rv, r = resource_version, resource
-    for resources in written:
-        for ref in orjson.loads(resources):
+    ).all()
+    # (patient, type, id, version) written -> the relationships whose author side wrote it
+    written: dict[tuple[str, str, str, int], set[str]] = {}
+    for entry in entries:
+        mine = [c.row.id for c in cares if c.wrote(entry)]
+        if not mine:
+            continue
+        for ref in orjson.loads(entry.resources):
             parts = ref.split("/") if isinstance(ref, str) else []
             if len(parts) != 4 or parts[0] not in FINAL_STATUSES or not parts[3].isdigit():
                 continue
-            content = conn.execute(
-                select(rv.c.content)
-                .join(r, r.c.pk == rv.c.res_pk)
-                .where(r.c.type == parts[0], r.c.id == parts[1], rv.c.version == int(parts[3]))
-            ).scalar_one_or_none()
+            written.setdefault((entry.patient_id, parts[0], parts[1], int(parts[3])), set()).update(mine)
+    kinds: dict[str, set[KeyDocument]] = {}
+    keys = sorted(written)
+    for start in range(0, len(keys), ITEMS_PER_STATEMENT):
+        for key, content in _readable_versions(conn, keys[start : start + ITEMS_PER_STATEMENT], readable):
             kind = key_document(orjson.loads(content)) if content else None
             if kind is not None:
-                kinds.add(kind)
-    return frozenset(kinds)
+                for rid in written[key]:
+                    kinds.setdefault(rid, set()).add(kind)
+    return kinds
+
+
+def _readable_versions(
+    conn: Connection, keys: list[tuple[str, str, str, int]], readable: AccessFilter
+) -> list[tuple[tuple[str, str, str, int], str | None]]:
+    """The content of each version ``(patient, type, id, version)`` of ``keys`` whose resource is
+    still in that patient's record, not deleted, and readable by the caller now (as a ``vread``
+    decides: by the resource's current row)."""
+    wanted = set(keys)
+    r, v, c = resource, resource_version, resource_compartment
+    types = sorted({k[1] for k in keys})
+    rows = conn.execute(
+        select(c.c.patient_id, r.c.type, r.c.id, v.c.version, v.c.content)
+        .select_from(r.join(v, v.c.res_pk == r.c.pk).join(c, c.c.res_pk == r.c.pk))
+        .where(
+            r.c.type.in_(types),
+            r.c.id.in_(sorted({k[2] for k in keys})),
+            v.c.version.in_(sorted({k[3] for k in keys})),
+            c.c.patient_id.in_(sorted({k[0] for k in keys})),
+            r.c.deleted.is_(False),
+            readable(r, types),
+        )
+    ).all()
+    found = [((row.patient_id, row.type, row.id, row.version), row.content) for row in rows]
+    return [(key, content) for key, content in found if key in wanted]

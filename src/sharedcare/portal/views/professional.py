@@ -168,23 +168,29 @@ def filings(
     request: Request, user: PortalUser = Depends(professional), at: datetime = Depends(now)
 ) -> Response:
     """The page "Filing after end of care": the professional's own ended cares and their facility's,
-    due date, overdue, and the key documents filed (``access.filing.due_filings``). Patients'
-    names are read through the professional's own access decision (audited): once the due date
-    has passed the record is closed to them, and the line names the record only."""
-    with request.app.state.engine.connect() as conn:
-        due = filing.due_filings(conn, user.principal, at, request.app.state.settings)
+    due date, overdue, and the key documents filed (``access.filing.due_filings``), all read
+    through the professional's own access decision: a care is listed only while they may read
+    its record, and only items they may read count as filed. The patients' names are then read
+    through the same decision (audited), and a line whose name that read does not return (the
+    decision changed meanwhile) is left out: no line ever names a record by its id alone."""
+    service = records.view(request, user)
+    readable = service.access_filter()  # None only for an unrestricted service: never a person's
+    worklist = filing.Worklist([], False)
+    if readable is not None:
+        with request.app.state.engine.connect() as conn:
+            worklist = filing.due_filings(conn, user.principal, at, readable, request.app.state.settings)
     names: dict[str, str] = {}
-    wanted = sorted({f.patient_id for f in due})
-    if wanted:
-        service = records.view(request, user)
-        for start in range(0, len(wanted), NAMES_PER_SEARCH):
-            chunk = wanted[start : start + NAMES_PER_SEARCH]
-            params = [("_id", ",".join(chunk)), ("_count", str(len(chunk)))]
-            found = service.search(service.parse_search("Patient", params, strict=True)).matches
-            names.update((s.id, records.human_name(s.resource())) for s in found)
+    wanted = sorted({f.patient_id for f in worklist.cares})
+    for start in range(0, len(wanted), NAMES_PER_SEARCH):
+        chunk = wanted[start : start + NAMES_PER_SEARCH]
+        params = [("_id", ",".join(chunk)), ("_count", str(len(chunk)))]
+        found = service.search(service.parse_search("Patient", params, strict=True)).matches
+        names.update((s.id, records.human_name(s.resource())) for s in found)
     t = Translator(language(request, user))
     context = {
-        "filings": due,
+        "filings": [f for f in worklist.cares if f.patient_id in names],
+        "more": worklist.more,
+        "listed_max": filing.LISTED_MAX,
         "names": names,
         "kinds": [(kind, t.gettext(label)) for kind, label in KIND_LABELS.items()],
         "deadline_days": request.app.state.settings.filing_deadline_days,
