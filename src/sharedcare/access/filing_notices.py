@@ -36,7 +36,6 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 from email.message import EmailMessage
-from email.utils import formatdate, make_msgid, parseaddr
 from typing import Any
 
 import orjson
@@ -116,19 +115,10 @@ def professionals(conn: Connection, practitioner_id: str) -> list[Professional]:
 
 def compose(settings: Settings, recipient: Professional) -> EmailMessage:
     """The e-mail to the professional asked, in their language; it names no patient and no item."""
-    sender = settings.smtp_from or ""
     lang = texts.language_of(recipient.language)
     portal = delivery.portal_url(settings)
-    msg = EmailMessage()
-    msg["From"] = sender
-    msg["To"] = recipient.address
-    msg["Subject"] = texts.professional_subject(lang)
-    msg["Date"] = formatdate(localtime=False, usegmt=True)
-    msg["Message-ID"] = make_msgid(domain=parseaddr(sender)[1].rpartition("@")[2] or None)
-    msg["Auto-Submitted"] = "auto-generated"
-    msg.set_content(texts.professional_body(lang, requests_url=portal + REQUESTS_PAGE if portal else None))
-    msg["Content-Language"] = lang  # after the content, which replaces the Content-* headers
-    return msg
+    body = texts.professional_body(lang, requests_url=portal + REQUESTS_PAGE if portal else None)
+    return delivery.message(settings, recipient.address, lang, texts.professional_subject(lang), body)
 
 
 def _practitioner_name(conn: Connection, practitioner_id: str) -> str:

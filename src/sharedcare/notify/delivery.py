@@ -138,19 +138,22 @@ def recipients(conn: Connection, patient_id: str, now: datetime, kind: str | Non
 
 def compose(settings: Settings, kind: str, recipient: Recipient) -> EmailMessage:
     """The e-mail to ``recipient`` in their language; it names no one and no data."""
-    sender = settings.smtp_from or ""
     lang = texts.language_of(recipient.language)
+    body = texts.body(lang, kind, representative=recipient.representative, portal_url=portal_url(settings))
+    return message(settings, recipient.address, lang, texts.subject(lang), body)
+
+
+def message(settings: Settings, address: str, lang: str, subject: str, body: str) -> EmailMessage:
+    """An automatic e-mail of the platform to ``address``, written in ``lang``."""
+    sender = settings.smtp_from or ""
     msg = EmailMessage()
     msg["From"] = sender
-    msg["To"] = recipient.address
-    msg["Subject"] = texts.subject(lang)
+    msg["To"] = address
+    msg["Subject"] = subject
     msg["Date"] = formatdate(localtime=False, usegmt=True)
-    domain = parseaddr(sender)[1].rpartition("@")[2] or None
-    msg["Message-ID"] = make_msgid(domain=domain)
+    msg["Message-ID"] = make_msgid(domain=parseaddr(sender)[1].rpartition("@")[2] or None)
     msg["Auto-Submitted"] = "auto-generated"
-    msg.set_content(
-        texts.body(lang, kind, representative=recipient.representative, portal_url=portal_url(settings))
-    )
+    msg.set_content(body)
     msg["Content-Language"] = lang  # after the content, which replaces the Content-* headers
     return msg
 
