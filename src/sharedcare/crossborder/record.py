@@ -92,8 +92,8 @@ def open_record(service: FhirService, conn: Connection, patient_id: str, base_ur
     (whether or not it exists), Gone when it is deleted."""
     if service.session is not None:
         service.session.require("Patient", "r")
-    current = service.store.current(conn, "Patient", patient_id)
-    if current is None or not service.visible(conn, current):
+    current = service.current_visible(conn, "Patient", patient_id)
+    if current is None:
         raise NotFound(f"Resource Patient/{patient_id} is not known")
     patient = service.store.read(conn, "Patient", patient_id)  # Gone when deleted
     return RecordView(service, conn, patient, base_url)

@@ -101,8 +101,8 @@ def retrieve(
         resource = stored.resource()
         context = literal((resource.get("securityContext") or {}).get("reference"))
         if context is not None and not own_upload:
-            current = svc.store.current(conn, *context)
-            if current is None or current.deleted or not svc.visible(conn, current):
+            current = svc.current_visible(conn, *context)
+            if current is None or current.deleted:
                 raise NotFound(f"Resource Binary/{binary_id} is not known")
         pointer = pointer_of(resource)
         if pointer is not None:

@@ -348,17 +348,19 @@ class FhirService:
         self._record(conn, Interaction("read", rtype, [stored]))
         return stored
 
-    def _current_visible(self, conn: Connection, rtype: str, rid: str) -> Stored:
-        """The current row of a resource the caller may see, deleted or not; NotFound else. One
+    def current_visible(self, conn: Connection, rtype: str, rid: str) -> Stored | None:
+        """The current row of a resource the caller may see, deleted or not; None else. One
         statement with the access filter (``visible`` after ``store.current`` cost a second
         round trip to every read by a restricted caller)."""
         flt = self.access_filter()
         if flt is None:
-            current = self.store.current(conn, rtype, rid)
-        else:
-            r = resource
-            row = conn.execute(select(r).where(r.c.type == rtype, r.c.id == rid, flt(r, (rtype,)))).first()
-            current = stored_from_row(row) if row else None
+            return self.store.current(conn, rtype, rid)
+        r = resource
+        row = conn.execute(select(r).where(r.c.type == rtype, r.c.id == rid, flt(r, (rtype,)))).first()
+        return stored_from_row(row) if row else None
+
+    def _current_visible(self, conn: Connection, rtype: str, rid: str) -> Stored:
+        current = self.current_visible(conn, rtype, rid)
         if current is None:
             raise NotFound(f"Resource {rtype}/{rid} is not known")
         return current

@@ -113,8 +113,8 @@ def open_study(
         service.check_type(STUDY_TYPE)
         if service.session is not None:
             service.session.require(STUDY_TYPE, "r")
-        current = service.store.current(conn, STUDY_TYPE, study_id)
-        if current is None or not service.visible(conn, current):
+        current = service.current_visible(conn, STUDY_TYPE, study_id)
+        if current is None:
             raise NotFound(f"Resource {STUDY_TYPE}/{study_id} is not known")
         if current.deleted:
             service.store.read(conn, STUDY_TYPE, study_id)  # raises Gone, as a read does

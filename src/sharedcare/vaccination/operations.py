@@ -146,8 +146,8 @@ def validate_reported(service: FhirService, who: Principal, immunization_id: str
         raise Forbidden("Only a vaccinating professional validates a reported dose")
     with service.transaction() as conn:
         serialize(conn, f"Immunization/{immunization_id}")
-        current = service.store.current(conn, "Immunization", immunization_id)
-        if current is None or current.deleted or not service.visible(conn, current):
+        current = service.current_visible(conn, "Immunization", immunization_id)
+        if current is None or current.deleted:
             raise NotFound(f"Resource Immunization/{immunization_id} is not known")
         res = current.resource()
         if verification(res) != PATIENT_REPORTED:
