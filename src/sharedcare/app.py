@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
@@ -109,6 +112,20 @@ class _TooLarge(Exception):
     pass
 
 
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """At start, the objects built so far (about 200,000: FHIR definitions, routes, the
+    policy's tables) leave the reach of the cyclic garbage collector (``gc.freeze``): a full
+    collection scanned them all and stopped every request of the worker for 120-150 ms about
+    every 30 s under load (measured in the ITI-67 benchmark), the largest share of its p99.
+    Frozen objects are never collected, so this is for servers (one app per process), not for
+    a process that builds many apps (the tests turn it off)."""
+    if app.state.settings.gc_freeze:
+        gc.collect()
+        gc.freeze()
+    yield
+
+
 def create_app(settings: Settings | None = None, *, validator: Any = "default") -> FastAPI:
     """The application for ``settings`` (defaults: environment); the schema must be migrated."""
     settings = settings or get_settings()
@@ -118,7 +135,7 @@ def create_app(settings: Settings | None = None, *, validator: Any = "default") 
 
         validator = store_issues if settings.validate_on_write else None
 
-    app = FastAPI(title="SharedCare", version="0.1.0", docs_url="/docs", redoc_url=None)
+    app = FastAPI(title="SharedCare", version="0.1.0", docs_url="/docs", redoc_url=None, lifespan=_lifespan)
     app.state.settings = settings
     app.state.engine = engine
     app.state.started = utcnow()

@@ -55,6 +55,12 @@ class Settings(BaseSettings):
     )
     demo_data: bool = Field(True, description="Load demo data on first start of `sharedcare serve`.")
     log_level: str = Field("info", description="Log level of the server.")
+    gc_freeze: bool = Field(
+        True,
+        description="At server start, put the objects built so far (definitions, routes, caches) "
+        "out of the cyclic garbage collector's scans (gc.freeze): its full collections then take "
+        "milliseconds instead of the 100+ ms pauses that held up requests.",
+    )
 
     # --- identity and accounts (issue 3) ---
     secret_key: str | None = Field(
