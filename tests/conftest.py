@@ -33,8 +33,9 @@ PG_ADMIN_URL = os.environ.get(
     "SHAREDCARE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
 REQUIRE_PG = os.environ.get("SHAREDCARE_REQUIRE_POSTGRES") == "1"
-# a test process builds hundreds of apps: frozen objects are never collected (``app._lifespan``)
-os.environ.setdefault("SHAREDCARE_GC_FREEZE", "false")
+# a test process builds hundreds of apps, whose reference cycles a freeze would keep for the
+# whole run (``app._lifespan``): off, whatever the environment says
+os.environ["SHAREDCARE_GC_FREEZE"] = "false"
 
 
 def _postgres_engine() -> Iterator[Engine]:

@@ -114,12 +114,17 @@ class _TooLarge(Exception):
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """At start, the objects built so far (about 200,000: FHIR definitions, routes, the
-    policy's tables) leave the reach of the cyclic garbage collector (``gc.freeze``): a full
-    collection scanned them all and stopped every request of the worker for 120-150 ms about
-    every 30 s under load (measured in the ITI-67 benchmark), the largest share of its p99.
-    Frozen objects are never collected, so this is for servers (one app per process), not for
-    a process that builds many apps (the tests turn it off)."""
+    """The server's start and stop: code to run at either goes here (with a lifespan, Starlette
+    ignores ``on_event`` handlers).
+
+    At start, the objects built so far (about 200,000: FHIR definitions, routes, the policy's
+    tables) leave the reach of the cyclic garbage collector (``gc.freeze``): a full collection
+    scanned them all and stopped every request of the worker for 120-150 ms about every 30 s
+    under load (measured in the ITI-67 benchmark), the largest share of its p99. Caches built
+    lazily later (cross-border definitions, vaccination schedules, portal catalogues) are not
+    frozen. Reference counting still frees frozen objects, but cycles among them are never
+    reclaimed: this is for servers (one app per process), not for a process that builds many
+    apps (the tests turn it off)."""
     if app.state.settings.gc_freeze:
         gc.collect()
         gc.freeze()

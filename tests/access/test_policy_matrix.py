@@ -288,6 +288,28 @@ def test_search_counts_and_returns_only_allowed_resources(world: World, name: st
 
 
 @pytest.mark.parametrize("name", sorted(PRINCIPALS))
+@pytest.mark.parametrize("sort", ["-_lastUpdated", "_id", "-date"])
+def test_sorted_pages_of_one_give_the_allowed_resources_in_order(world: World, name: str, sort: str) -> None:
+    """The filtered candidates' columns carry the sort keys and the page cursors of a search."""
+    svc = world.as_(name)
+    wanted = {k for k in EXPECTED[name] if k.startswith("Observation/")}
+    query = svc.parse_search("Observation", [("_count", "1"), ("_sort", sort)], strict=True)
+    whole = svc.search(svc.parse_search("Observation", [("_count", "100"), ("_sort", sort)], strict=True))
+    seen: list[str] = []
+    result = svc.search(query)
+    assert result.total == len(wanted)
+    seen += [f"{s.type}/{s.id}" for s in result.matches]
+    while result.next_cursor:
+        query.page = result.next_cursor
+        result = svc.search(query)
+        seen += [f"{s.type}/{s.id}" for s in result.matches]
+    assert seen == [f"{s.type}/{s.id}" for s in whole.matches]  # one at a time, the same order
+    assert set(seen) == wanted and len(seen) == len(wanted)
+    if sort == "_id":
+        assert seen == sorted(seen)
+
+
+@pytest.mark.parametrize("name", sorted(PRINCIPALS))
 def test_include_revinclude_chain_and_has_reveal_nothing_hidden(world: World, name: str) -> None:
     svc = world.as_(name)
     allowed = EXPECTED[name] | DIRECTORY_KEYS
