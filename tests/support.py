@@ -229,3 +229,26 @@ def add_care(
             created_by="test",
         )
     )
+
+
+# -- a clinic, another organisation, their systems and doctors (registrations, filing) ----------
+CLINIC = {"resourceType": "Organization", "id": "clinic", "active": True, "name": "Clinique du Parc"}
+OTHER_ORGANIZATION = {
+    "resourceType": "Organization",
+    "id": "other",
+    "active": True,
+    "name": "Hôpital du Nord",
+}
+CLINIC_SYSTEM = Principal(PrincipalKind.SYSTEM, "clinic-system", display="Clinic", organization_id="clinic")
+OTHER_SYSTEM = Principal(PrincipalKind.SYSTEM, "other-system", organization_id="other")
+CLINIC_DOCTOR = Principal(
+    PrincipalKind.PROFESSIONAL,
+    "acct-doc",
+    display="Dr Doc",
+    practitioner_id="doc",
+    profession="med",
+    organization_id="clinic",
+)
+OTHER_DOCTOR = Principal(
+    PrincipalKind.PROFESSIONAL, "acct-od", practitioner_id="od", profession="med", organization_id="other"
+)

@@ -27,26 +27,14 @@ from sharedcare.identity.matricule import MATRICULE_SYSTEM, generate
 from sharedcare.settings import Settings
 from sharedcare.storage.engine import writer
 from sharedcare.storage.tables import resource as resource_table
-from support import OBSERVATION_CATEGORY, bearer, lab_result, put_all
+from support import CLINIC, OBSERVATION_CATEGORY, OTHER_DOCTOR, OTHER_SYSTEM, bearer, lab_result, put_all
+from support import CLINIC_DOCTOR as DOCTOR
+from support import CLINIC_SYSTEM as SYSTEM
+from support import OTHER_ORGANIZATION as OTHER
 
 LOINC = "http://loinc.org"
 V2_0074 = "http://terminology.hl7.org/CodeSystem/v2-0074"
 CONFIDENTIALITY = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"
-CLINIC = {"resourceType": "Organization", "id": "clinic", "active": True, "name": "Clinique du Parc"}
-OTHER = {"resourceType": "Organization", "id": "other", "active": True, "name": "Hôpital du Nord"}
-SYSTEM = Principal(PrincipalKind.SYSTEM, "clinic-system", display="Clinic", organization_id="clinic")
-OTHER_SYSTEM = Principal(PrincipalKind.SYSTEM, "other-system", organization_id="other")
-DOCTOR = Principal(
-    PrincipalKind.PROFESSIONAL,
-    "acct-doc",
-    display="Dr Doc",
-    practitioner_id="doc",
-    profession="med",
-    organization_id="clinic",
-)
-OTHER_DOCTOR = Principal(
-    PrincipalKind.PROFESSIONAL, "acct-od", practitioner_id="od", profession="med", organization_id="other"
-)
 GP = Principal(PrincipalKind.PROFESSIONAL, "acct-gp", display="Dr GP", practitioner_id="gp", profession="med")
 SOLO = Principal(PrincipalKind.PROFESSIONAL, "acct-solo", practitioner_id="solo", profession="med")
 HOLDER = Principal(PrincipalKind.PATIENT, "acct-pa", patient_id="pa")

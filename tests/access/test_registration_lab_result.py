@@ -17,22 +17,14 @@ from sqlalchemy.sql import Select
 from sharedcare.access import care
 from sharedcare.access.categories import DataCategory, classify
 from sharedcare.access.models import care_relationship
-from sharedcare.access.principals import Principal, PrincipalKind
 from sharedcare.audit import log as audit
 from sharedcare.fhir.store import utcnow
 from sharedcare.settings import Settings
 from sharedcare.storage.engine import writer
+from support import CLINIC_DOCTOR as DOCTOR
+from support import CLINIC_SYSTEM as SYSTEM
 from support import OBSERVATION_CATEGORY, bearer, lab_result, put_all
 
-SYSTEM = Principal(PrincipalKind.SYSTEM, "clinic-system", display="Clinic", organization_id="clinic")
-DOCTOR = Principal(
-    PrincipalKind.PROFESSIONAL,
-    "acct-doc",
-    display="Dr Doc",
-    practitioner_id="doc",
-    profession="med",
-    organization_id="clinic",
-)
 _DATES = ("starts", "ends", "patient_agreement", "lab_wait_since", "lab_wait_floor", "lab_result_at")
 
 

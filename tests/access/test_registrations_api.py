@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -20,28 +21,11 @@ from sharedcare.identity.models import AccountStatus
 from sharedcare.notify import outbox
 from sharedcare.notify.models import notification
 from sharedcare.settings import Settings
-from support import bearer, lab_result, put_all
+from support import CLINIC, CLINIC_DOCTOR, OTHER_DOCTOR, OTHER_SYSTEM, bearer, lab_result, put_all
+from support import CLINIC_SYSTEM as SYSTEM
+from support import OTHER_ORGANIZATION as OTHER
 
-CLINIC = {"resourceType": "Organization", "id": "clinic", "active": True, "name": "Clinique du Parc"}
-OTHER = {"resourceType": "Organization", "id": "other", "active": True, "name": "Hôpital du Nord"}
-SYSTEM = Principal(PrincipalKind.SYSTEM, "clinic-system", display="Clinic", organization_id="clinic")
-OTHER_SYSTEM = Principal(PrincipalKind.SYSTEM, "other-system", organization_id="other")
-DOCTOR = Principal(
-    PrincipalKind.PROFESSIONAL,
-    "acct-doc",
-    display="Dr Doc",
-    practitioner_id="doc",
-    profession="med",
-    organization_id="clinic",
-    scopes=frozenset({"user/*.cruds"}),
-)
-OTHER_DOCTOR = Principal(
-    PrincipalKind.PROFESSIONAL,
-    "acct-od",
-    practitioner_id="od",
-    profession="med",
-    organization_id="other",
-)
+DOCTOR = replace(CLINIC_DOCTOR, scopes=frozenset({"user/*.cruds"}))
 ADMIN = Principal(PrincipalKind.ADMIN, "acct-admin", display="Agency admin")
 
 
