@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import Engine, event
 
 from sharedcare.access import consent
 from sharedcare.access.principals import Principal, PrincipalKind
@@ -193,3 +194,35 @@ def test_refused_acts_are_logged_without_revealing_the_patient(world: TestClient
         (audit.AuditAction.CREATE, audit.AuditOutcome.MINOR_FAILURE, None, "403 forbidden"),
         (audit.AuditAction.READ, audit.AuditOutcome.MINOR_FAILURE, None, "404 not-found"),
     ]
+
+
+def test_a_search_naming_the_patient_decides_their_care_once(world: TestClient) -> None:
+    """The token check reads the professional's care of the patient a request names; the
+    search statement then leaves the relationships out, with the same answer, and a block
+    the holder sets is seen by the next request."""
+    headers = bearer(world.app, GP, "user/*.rs")
+    statements: list[str] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    event.listen(Engine, "before_cursor_execute", seen)
+    try:
+        found = world.get("/fhir/Observation?patient=Patient/pa", headers=headers).json()
+        searched = [s for s in statements if "resource_compartment AS ac" in s]
+        everything = world.get("/fhir/Patient/pa/$everything", headers=headers).json()
+    finally:
+        event.remove(Engine, "before_cursor_execute", seen)
+    assert ids(found) == {"Observation/lab-a"} and found["total"] == 1  # the masked one absent
+    assert ids(everything) == {"Patient/pa", "Observation/lab-a"}
+    assert searched and all("care_relationship" not in s for s in searched)
+    assert any("care_relationship" in s and "oauth_revoked" in s for s in statements)  # the facts
+    # other patients, or none named: the statement decides for each row, as before
+    assert ids(world.get("/fhir/Observation?patient=Patient/pb", headers=headers).json()) == set()
+    assert ids(world.get("/fhir/Observation?patient=pa", headers=headers).json()) == {"Observation/lab-a"}
+    app: Any = world.app
+    with writer(app.state.engine).begin() as conn:
+        consent.block(conn, app.state.fhir, HOLDER, "pa", "gp", utcnow())
+    blocked = world.get("/fhir/Observation?patient=Patient/pa", headers=headers).json()
+    assert ids(blocked) == set() and blocked["total"] == 0
+    assert world.get("/fhir/Patient/pa/$everything", headers=headers).status_code == 404

@@ -19,7 +19,7 @@ from sqlalchemy import Engine, select
 
 from sharedcare.access import care, consent, requests
 from sharedcare.access.models import record_status
-from sharedcare.access.policy import FACTS_SECONDS, AccessPolicy, CallerFacts
+from sharedcare.access.policy import FACTS_SECONDS, PROFESSION, REFERENT, AccessPolicy, CallerFacts
 from sharedcare.access.policy import category_of as classify
 from sharedcare.access.principals import Principal, PrincipalKind
 from sharedcare.access.session import PolicySession
@@ -31,7 +31,7 @@ from sharedcare.fhir.store import utcnow
 from sharedcare.notify import outbox
 from sharedcare.settings import Settings
 from sharedcare.storage.engine import make_engine, writer
-from sharedcare.storage.tables import resource
+from sharedcare.storage.tables import resource, resource_compartment
 from support import add_care, lab_result, professional, truncate
 
 LOINC = "http://loinc.org"
@@ -681,3 +681,111 @@ def test_facts_older_than_their_time_are_read_again_by_the_statements(world: Wor
         assert seen(before_the_block)  # fresh: trusted (the block's sub-queries are left out)
         old = CallerFacts(licensed=True, restricted=False, read_at=time.monotonic() - FACTS_SECONDS - 1)
         assert seen(old) == set()  # old: the statement reads the block itself
+
+
+CARES_FOR_PA: dict[str, set[str]] = {
+    "gp": {PROFESSION},
+    "pharmacist": {PROFESSION},
+    "blocked": set(),  # the holder's block ends what the relationship gives
+    "masked": {PROFESSION},
+    "expired": set(),
+    "permanent": {PROFESSION},
+    "hospital-doctor": {PROFESSION},  # through the hospital's registration
+    "emergency-doctor": {PROFESSION},
+    "stranger": set(),
+    "withdrawn": {PROFESSION},  # the licence is a fact of its own
+    "referent": {REFERENT},
+}
+
+
+def _facts(world: World, p: Principal, patient: str) -> CallerFacts | None:
+    with world.engine.connect() as conn:
+        columns = world.policy.caller_facts_columns(p, patient)
+        return world.policy.caller_facts(conn.execute(select(*columns)).one() if columns else (), patient)
+
+
+def _same_rows_for_the_patient(world: World, p: Principal, facts: CallerFacts, patient: str) -> bool:
+    """The filter told that a statement reads only ``patient``'s record passes, of that record,
+    exactly the rows the plain filter passes, for every type, told its row types or not.
+    Returns whether it decided for the patient at once (its SQL no longer joins the
+    relationships)."""
+    plain = PolicySession(p, world.policy, classify).read_filter()
+    given = PolicySession(p, world.policy, classify, facts=facts).read_filter()
+    assert plain is not None and given is not None
+    r, c = resource, resource_compartment
+    in_record = r.c.pk.in_(select(c.c.res_pk).where(c.c.patient_id == patient))
+    with world.engine.connect() as conn:
+        for rtype in sorted(conn.execute(select(r.c.type).distinct()).scalars()):
+            typed = r.c.type == rtype
+            whole = set(conn.execute(select(r.c.pk).where(typed, in_record, plain(r))).scalars())
+            for told in (None, (rtype,)):
+                passed = conn.execute(select(r.c.pk).where(typed, in_record, given(r, told, patient=patient)))
+                assert set(passed.scalars()) == whole, (rtype, told)
+            # a statement that broke the promise (rows of other records) is shown nothing more
+            broken = set(conn.execute(select(r.c.pk).where(typed, given(r, None, patient=patient))).scalars())
+            assert broken <= set(conn.execute(select(r.c.pk).where(typed, plain(r))).scalars()), rtype
+        sql = str(select(r.c.pk).where(given(r, None, patient=patient)).compile(conn))
+    return "care_relationship" not in sql
+
+
+@pytest.mark.parametrize("patient", ["pa", "pb"])
+@pytest.mark.parametrize("name", sorted(PRINCIPALS))
+def test_the_filter_given_the_care_of_the_named_patient_passes_the_same_rows(
+    world: World, name: str, patient: str
+) -> None:
+    """A request naming a patient (``?patient=``, ``Patient/[id]/…``) reads with its token which
+    kinds of relationship with that patient give the professional access now; a statement on
+    that patient's record then decides once instead of joining the relationships for each row.
+    It must pass exactly the rows the plain filter passes, whatever the care situation."""
+    p = PRINCIPALS[name]
+    facts = _facts(world, p, patient)
+    if p.kind is not PrincipalKind.PROFESSIONAL:
+        assert facts is None
+        return
+    assert facts is not None and facts.patient == patient
+    assert facts.cares == (CARES_FOR_PA[name] if patient == "pa" else set())
+    assert facts.referent_elsewhere is (name == "referent")
+    shortcut = _same_rows_for_the_patient(world, p, facts, patient)
+    if facts.licensed:  # (without a licence: reference data only, no relationship read)
+        # decided at once where the profession's relationship gives access (a referring
+        # physician's relationships are read by the statement: they give the ``mr`` column)
+        assert shortcut is (facts.cares == {PROFESSION})
+
+
+def test_a_row_in_two_records_is_decided_by_every_relationship(world: World) -> None:
+    """A row of one record may be in another holder's record too (an Observation *performed* by
+    another patient): the relationship with that holder may open it. So the request's facts
+    stand in for the statement only where no relationship elsewhere could give more: none with
+    the named patient, or a referring physician's elsewhere, and the statement reads them all."""
+    svc, now = world.svc, utcnow()
+    shared = _lab("lab-shared", "pa", "2951-2")
+    shared["performer"] = [{"reference": "Patient/pb"}]
+    svc.update("Observation", "lab-shared", shared)
+    with writer(world.engine).begin() as conn:
+        add_care(conn, "stranger-solo-b", "pb", "stranger", now)
+        add_care(conn, "gp-referent-b", "pb", "gp", now, context="referent", ends=None)
+    for name in ("stranger", "gp"):
+        p = PRINCIPALS[name]
+        facts = _facts(world, p, "pa")
+        assert facts is not None
+        assert facts.kinds_for("pa") is None  # the statement must read the relationships
+        assert facts.cares == CARES_FOR_PA[name] and facts.referent_elsewhere is (name == "gp")
+        assert _same_rows_for_the_patient(world, p, facts, "pa") is False
+        got = world.as_(name, facts=facts).search(
+            world.svc.parse_search("Observation", [("patient", "Patient/pa")], strict=True)
+        )
+        assert "Observation/lab-shared" in _ids(got.matches)
+    # a relationship of the same kind elsewhere gives nothing more: decided at once
+    facts = _facts(world, PRINCIPALS["masked"], "pa")
+    assert facts is not None and facts.kinds_for("pa") == {PROFESSION}
+
+
+def test_facts_about_one_patient_say_nothing_about_another() -> None:
+    """The care of the patient the request named decides only statements on that patient."""
+    facts = CallerFacts(licensed=True, restricted=False, patient="pa", cares=frozenset({PROFESSION}))
+    assert facts.kinds_for("pa") == {PROFESSION}
+    assert facts.kinds_for("pb") is None and facts.kinds_for(None) is None
+    assert CallerFacts(licensed=True, restricted=False).kinds_for("pa") is None
+    both = CallerFacts(True, False, "pa", frozenset({PROFESSION, REFERENT}), referent_elsewhere=True)
+    assert both.kinds_for("pa") == {PROFESSION, REFERENT}
+    assert CallerFacts(True, False, "pa", frozenset({REFERENT})).kinds_for("pa") is None

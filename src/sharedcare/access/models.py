@@ -8,7 +8,7 @@ Care relationships are facts from the care process (a code handed over, a regist
 
 from __future__ import annotations
 
-from sqlalchemy import Column, DateTime, Index, Integer, String, Table, Text, UniqueConstraint
+from sqlalchemy import Column, DateTime, Index, Integer, String, Table, Text, UniqueConstraint, text
 
 from sharedcare.storage.tables import PK, metadata
 
@@ -52,6 +52,14 @@ care_relationship = Table(
     Index("ix_care_relationship_practitioner", "practitioner_id", "patient_id"),
     Index("ix_care_relationship_organization", "organization_id", "patient_id"),
     Index("ix_care_relationship_patient", "patient_id"),
+    # the few referring-physician designations, found at once by ``AccessPolicy.caller_facts_columns``
+    Index(
+        "ix_care_relationship_referent",
+        "practitioner_id",
+        "organization_id",
+        postgresql_where=text("context = 'referent'"),
+        sqlite_where=text("context = 'referent'"),
+    ),
 )
 """Who takes part in a holder's care and until when: one row per proof of care (code handed
 over, registration, emergency registration), permanent grant, referring-physician designation

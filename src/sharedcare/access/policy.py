@@ -37,10 +37,12 @@ from sqlalchemy import (
     Boolean,
     ColumnElement,
     FromClause,
+    Integer,
     Select,
     String,
     and_,
     bindparam,
+    case,
     exists,
     false,
     literal,
@@ -104,6 +106,8 @@ def category_of(res: Mapping[str, Any]) -> str:
 
 
 REFERENT = "referent"
+PROFESSION = "profession"
+"""The kind of every care context but ``REFERENT``: it gives the profession's column."""
 OVERRIDE = "override"
 
 RESTRICTED = "R"
@@ -269,7 +273,9 @@ def _restricts(
     return or_(own, and_(r.c.type == _sql("Binary"), of_document))
 
 
-def _reference_only(r: FromClause, types: Collection[str] | None = None) -> ColumnElement[bool]:
+def _reference_only(
+    r: FromClause, types: Collection[str] | None = None, patient: str | None = None
+) -> ColumnElement[bool]:
     """The filter of callers who read reference data only (staff, unidentified professionals)."""
     return r.c.category == REFERENCE
 
@@ -303,8 +309,30 @@ class CallerFacts:
     """The directory does not mark the professional inactive."""
     restricted: bool
     """Some holder blocks the professional or masks an item from them."""
+    patient: str | None = None
+    """The patient the request names (``Patient?…&patient=``, ``Patient/[id]/…``), if any."""
+    cares: frozenset[str] = frozenset()
+    """The kinds (``PROFESSION``, ``REFERENT``) of the professional's relationships with
+    ``patient`` that give access now: active, the record open to professionals, not blocked."""
+    referent_elsewhere: bool = False
+    """The professional has some referring-physician relationship not yet ended (any holder)."""
     read_at: float = field(default_factory=time.monotonic, compare=False)
     """When they were read (``time.monotonic``): not part of what they say."""
+
+    def kinds_for(self, patient: str | None) -> frozenset[str] | None:
+        """The kinds of care that decide, alone, what a statement reading only rows of
+        ``patient``'s compartment may return (None: the full filter must decide).
+
+        A row of the patient's record may also be in another holder's compartment, and the
+        professional's relationship with that holder may give more: the other kind's column of
+        the matrix. Hence the answer holds only where the professional has no relationship of a
+        kind missing here: every relationship gives what its kind gives (its own validity
+        aside), and those with ``patient`` are checked valid."""
+        if patient is None or patient != self.patient or PROFESSION not in self.cares:
+            return None
+        if self.referent_elsewhere and REFERENT not in self.cares:
+            return None
+        return self.cares
 
 
 FACTS_SECONDS = 2.0
@@ -315,6 +343,19 @@ slowly, a long batch) must not miss a block or a withdrawn licence that came mea
 
 def _now() -> datetime:
     return utcnow()
+
+
+@dataclass(frozen=True, slots=True)
+class _Shortcut:
+    """A statement reads only rows of the record of ``patient`` (bound), with whom the
+    professional's relationships in force are of ``kinds`` (``CallerFacts.kinds_for``)."""
+
+    patient: BindParameter[str]
+    kinds: frozenset[str]
+
+
+def _patient_bind(patient: str) -> BindParameter[str]:
+    return bindparam("access_patient", patient, type_=_AC.c.patient_id.type)
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,6 +376,15 @@ class _ProfessionalParts:
     shape: str
     """What the filter's SQL text depends on besides the row's table (part of its cache key)."""
     licensed: ColumnElement[bool]
+    who: ColumnElement[bool]
+    """A relationship ``_CR`` is the professional's, or their authorised organisation's."""
+    valid: tuple[ColumnElement[bool], ...]
+    """Conditions on ``_CR``: the relationship is the professional's, in force now, with a
+    record open to professionals (its context and the blocks aside)."""
+    unblocked: ColumnElement[bool]
+    """The holder of ``_CR`` does not block the professional."""
+    not_ended: ColumnElement[bool]
+    """The relationship ``_CR`` has no end, or one still to come."""
     cared: tuple[ColumnElement[bool], ...]
     """Conditions on ``_AC`` joined to ``_CR``: an active relationship of one of the contexts
     of care, with a record open to professionals, and not blocked."""
@@ -344,8 +394,11 @@ class _ProfessionalParts:
     """Some holder blocks or masks something from the professional (uncorrelated: PostgreSQL
     tests it once per statement, and looks for each relationship's block and each row's mask
     only when it holds); None: the request's facts say none does."""
+    anyone_restricts: ColumnElement[bool]
+    """The same condition, whatever the facts say (for the facts themselves)."""
     either: tuple[str, ...]
     readable: tuple[str, ...]
+    referent_readable: tuple[str, ...]
     only_profession: tuple[str, ...]
     only_referent: tuple[str, ...]
     full_profession: tuple[str, ...]
@@ -384,11 +437,11 @@ class _ProfessionalParts:
             if p.practitioner_role_id
             else None
         )
-        relationship = (
-            _AC.c.patient_id == cr.c.patient_id,
+        not_ended = or_(cr.c.ends.is_(None), cr.c.ends > now)
+        valid = (
             who,
             cr.c.starts <= now,
-            or_(cr.c.ends.is_(None), cr.c.ends > now),
+            not_ended,
             cr.c.revoked_at.is_(None),
             ~exists(
                 select(_ONE)
@@ -406,13 +459,15 @@ class _ProfessionalParts:
                 )
             ),
         )
+        relationship = (_AC.c.patient_id == cr.c.patient_id, *valid)
         # blocks and masks are rare: their per-row checks run only when the professional has one
         # (known from the request's facts, or tested once by the statement)
-        restricted: ColumnElement[bool] | None = exists(
+        anyone_restricts = exists(
             select(_ONE)
             .select_from(ar)
             .where(ar.c.practitioner_id == practitioner, ar.c.removed_at.is_(None))
         )
+        restricted: ColumnElement[bool] | None = anyone_restricts
         blocked = exists(
             select(_ONE)
             .select_from(ar)
@@ -458,6 +513,10 @@ class _ProfessionalParts:
             binds=binds,
             shape=shape,
             licensed=_in_directory("Practitioner", practitioner, _LR, _LT) if facts is None else true(),
+            who=who,
+            valid=valid,
+            unblocked=~blocked,
+            not_ended=not_ended,
             cared=(
                 cr.c.context.in_(_sql_list((*PROFESSIONAL_CONTEXTS, REFERENT))),
                 *relationship,
@@ -467,8 +526,10 @@ class _ProfessionalParts:
             if policy.settings.emergency_override
             else None,
             restricted=restricted,
+            anyone_restricts=anyone_restricts,
             either=either,
             readable=tuple(readable),
+            referent_readable=tuple(referent_readable),
             only_profession=only_profession,
             only_referent=only_referent,
             full_profession=full_profession,
@@ -480,38 +541,65 @@ class _ProfessionalParts:
     def _check_binds(self) -> None:
         """The cached statements take every value from ``binds`` (see ``_ProfessionalFilter``):
         a value bound anywhere else in the filter would be reused from another request."""
-        known = {id(b) for b in self.binds}
+        patient = _patient_bind("")
+        known = {id(b) for b in (*self.binds, patient)}
         stray = [
             b
-            for b in iterate(self.condition(resource))
+            for condition in (
+                self.condition(resource),
+                self.condition(resource, _ANY_ROWS, _Shortcut(patient, frozenset((PROFESSION, REFERENT)))),
+                *self.facts_sql(patient),
+            )
+            for b in iterate(condition)
             if isinstance(b, BindParameter) and id(b) not in known
         ]
         if stray:
             raise RuntimeError(f"the professional read filter binds values outside its parameters: {stray}")
 
-    def filter(self, r: FromClause, types: Collection[str] | None = None) -> ColumnElement[bool]:
-        """The filter on ``r``, as a construct whose SQL SQLAlchemy caches by its shape."""
-        return _ProfessionalFilter(self, r, _Rows.of(types))
-
-    def condition(self, r: FromClause, rows: _Rows = _ANY_ROWS) -> ColumnElement[bool]:
-        """The filter on the ``resource`` rows of ``r`` (of the kinds ``rows``)."""
-        cr, ar = _CR, _AR
-        # a relationship opens its own column's categories (``either`` is checked on the row)
-        category: list[ColumnElement[bool]] = []
-        if self.only_profession:
-            category.append(
-                or_(cr.c.context != _sql(REFERENT), r.c.category.not_in(_sql_list(self.only_profession)))
-            )
-        if self.only_referent:
-            category.append(
-                or_(cr.c.context == _sql(REFERENT), r.c.category.not_in(_sql_list(self.only_referent)))
-            )
-        cared = exists(
-            select(_ONE)
-            .select_from(_AC, cr)
-            .where(_AC.c.res_pk == r.c.pk, *self.cared, *category, self._confidential(r, rows))
+    def facts_sql(self, patient: BindParameter[str] | None) -> tuple[ColumnElement[bool], ...]:
+        """The ``CallerFacts`` as SQL: the directory lists the professional; some holder
+        restricts them; and with ``patient``: a relationship of the profession's kind with
+        ``patient`` gives access now; one of the referring physician's does; the professional
+        has a referring physician's relationship not ended, with anyone (its other conditions
+        aside: the answer may only be larger than the filter's)."""
+        said = (_in_directory("Practitioner", self.practitioner, _LR, _LT), self.anyone_restricts)
+        if patient is None:
+            return said
+        cr = _CR
+        with_patient = (cr.c.patient_id == patient, *self.valid, self.unblocked)
+        return (
+            *said,
+            exists(
+                select(_ONE)
+                .select_from(cr)
+                .where(cr.c.context.in_(_sql_list(PROFESSIONAL_CONTEXTS)), *with_patient)
+            ),
+            exists(select(_ONE).select_from(cr).where(cr.c.context == _sql(REFERENT), *with_patient)),
+            exists(
+                select(_ONE)
+                .select_from(cr)
+                .where(
+                    cr.c.context == _sql(REFERENT),
+                    self.who,
+                    cr.c.revoked_at.is_(None),
+                    self.not_ended,
+                )
+            ),
         )
-        allowed = and_(r.c.category.in_(_sql_list(self.either)), cared)
+
+    def filter(
+        self, r: FromClause, types: Collection[str] | None = None, shortcut: _Shortcut | None = None
+    ) -> ColumnElement[bool]:
+        """The filter on ``r``, as a construct whose SQL SQLAlchemy caches by its shape."""
+        return _ProfessionalFilter(self, r, _Rows.of(types), shortcut)
+
+    def condition(
+        self, r: FromClause, rows: _Rows = _ANY_ROWS, shortcut: _Shortcut | None = None
+    ) -> ColumnElement[bool]:
+        """The filter on the ``resource`` rows of ``r`` (of the kinds ``rows``); with a
+        ``shortcut``, on rows of one holder's record whose relationships the request read."""
+        ar = _AR
+        allowed = self._cared(r, rows) if shortcut is None else self._cared_for(r, rows, shortcut)
         if self.restricted is not None:
             mask = _restricts(
                 r,
@@ -526,7 +614,7 @@ class _ProfessionalParts:
             # the override lifts the holder's restrictions, never the author's (nor the matrix)
             overridden = exists(
                 select(_ONE)
-                .select_from(_AC, cr)
+                .select_from(_AC, _CR)
                 .where(_AC.c.res_pk == r.c.pk, *self.overridden, ordinary_confidentiality(r))
             )
             allowed = or_(allowed, and_(r.c.category.in_(_sql_list(self.readable)), overridden))
@@ -542,23 +630,71 @@ class _ProfessionalParts:
         owned = AccessPolicy._record_request(r, _RQ.c.kind.in_(_sql_list(ADDRESSED)), or_(*authors))
         return or_(r.c.category == _sql(REFERENCE), and_(self.licensed, or_(and_(allowed, withheld), owned)))
 
-    def _confidential(self, r: FromClause, rows: _Rows) -> ColumnElement[bool]:
-        """The relationship ``_CR`` lets the professional read row ``r`` at its confidentiality:
-        any for N, L, M, U (or none); R when the relationship's column reads and writes the row's
-        category; V when it is the referring physician's, or the professional is on the author's
-        side of the item (of its document, for a Binary)."""
+    def _cared(self, r: FromClause, rows: _Rows) -> ColumnElement[bool]:
+        """Some relationship of the professional in force with a holder of row ``r`` lets them
+        read it (its category and confidentiality)."""
         cr = _CR
-        full = or_(
-            and_(cr.c.context == _sql(REFERENT), r.c.category.in_(_sql_list(self.full_referent))),
-            and_(cr.c.context != _sql(REFERENT), r.c.category.in_(_sql_list(self.full_profession))),
+        # a relationship opens its own column's categories (``either`` is checked on the row)
+        category: list[ColumnElement[bool]] = []
+        if self.only_profession:
+            category.append(
+                or_(cr.c.context != _sql(REFERENT), r.c.category.not_in(_sql_list(self.only_profession)))
+            )
+        if self.only_referent:
+            category.append(
+                or_(cr.c.context == _sql(REFERENT), r.c.category.not_in(_sql_list(self.only_referent)))
+            )
+        cared = exists(
+            select(_ONE)
+            .select_from(_AC, cr)
+            .where(_AC.c.res_pk == r.c.pk, *self.cared, *category, self._confidential(r, rows))
         )
+        return and_(r.c.category.in_(_sql_list(self.either)), cared)
+
+    def _cared_for(self, r: FromClause, rows: _Rows, shortcut: _Shortcut) -> ColumnElement[bool]:
+        """``_cared`` for rows of one holder's record, where the request read which kinds of
+        relationship with that holder are in force (``CallerFacts.kinds_for``): the row is in the
+        holder's record, and one of those kinds lets the professional read it. The same answer,
+        without joining the relationships, their records' status and the blocks for each row."""
+        grants = []
+        if PROFESSION in shortcut.kinds:
+            grants.append(
+                and_(r.c.category.in_(_sql_list(self.readable)), self._confidential(r, rows, referent=False))
+            )
+        if REFERENT in shortcut.kinds:
+            grants.append(
+                and_(
+                    r.c.category.in_(_sql_list(self.referent_readable)),
+                    self._confidential(r, rows, referent=True),
+                )
+            )
+        in_record = exists(
+            select(_ONE).select_from(_AC).where(_AC.c.res_pk == r.c.pk, _AC.c.patient_id == shortcut.patient)
+        )
+        return and_(in_record, or_(*grants))
+
+    def _confidential(self, r: FromClause, rows: _Rows, referent: bool | None = None) -> ColumnElement[bool]:
+        """The relationship ``_CR`` (or, given, one of the referring physician or not) lets the
+        professional read row ``r`` at its confidentiality: any for N, L, M, U (or none); R when
+        the relationship's column reads and writes the row's category; V when it is the
+        referring physician's, or the professional is on the author's side of the item (of its
+        document, for a Binary)."""
+        cr = _CR
+        full: ColumnElement[bool]
+        very: ColumnElement[bool]
+        if referent is None:
+            full = or_(
+                and_(cr.c.context == _sql(REFERENT), r.c.category.in_(_sql_list(self.full_referent))),
+                and_(cr.c.context != _sql(REFERENT), r.c.category.in_(_sql_list(self.full_profession))),
+            )
+            very = or_(cr.c.context == _sql(REFERENT), self._authored(r, rows))
+        else:
+            full = r.c.category.in_(_sql_list(self.full_referent if referent else self.full_profession))
+            very = true() if referent else self._authored(r, rows)
         return or_(
             ordinary_confidentiality(r),
             and_(r.c.confidentiality == _sql(RESTRICTED), full),
-            and_(
-                r.c.confidentiality == _sql(VERY_RESTRICTED),
-                or_(cr.c.context == _sql(REFERENT), self._authored(r, rows)),
-            ),
+            and_(r.c.confidentiality == _sql(VERY_RESTRICTED), very),
         )
 
     def _authored(self, r: FromClause, rows: _Rows) -> ColumnElement[bool]:
@@ -632,12 +768,16 @@ class _ProfessionalFilter(ColumnElement[bool]):
         ("binds", InternalTraversal.dp_clauseelement_tuple),
     ]
 
-    def __init__(self, parts: _ProfessionalParts, r: FromClause, rows: _Rows) -> None:
+    def __init__(
+        self, parts: _ProfessionalParts, r: FromClause, rows: _Rows, shortcut: _Shortcut | None = None
+    ) -> None:
         self.parts = parts
         self.r = r
         self.rows = rows
-        self.shape = f"{parts.shape}{rows.binary:d}{rows.task:d}"
-        self.binds = parts.binds
+        self.shortcut = shortcut
+        kinds = "" if shortcut is None else ",".join(sorted(shortcut.kinds))
+        self.shape = f"{parts.shape}{rows.binary:d}{rows.task:d}{kinds}"
+        self.binds = parts.binds if shortcut is None else (*parts.binds, shortcut.patient)
 
     @property
     def _from_objects(self) -> list[FromClause]:
@@ -647,10 +787,47 @@ class _ProfessionalFilter(ColumnElement[bool]):
 @compiles(_ProfessionalFilter)
 def _compile_professional_filter(element: _ProfessionalFilter, compiler: Any, **kw: Any) -> str:
     # in parentheses: the enclosing statement takes the element for a single term
-    return "(" + str(compiler.process(element.parts.condition(element.r, element.rows), **kw)) + ")"
+    condition = element.parts.condition(element.r, element.rows, element.shortcut)
+    return "(" + str(compiler.process(condition, **kw)) + ")"
 
 
-_PartsKey = tuple[str, str | None, str, str | None, CallerFacts | None]
+class _CallerFacts(ColumnElement[int]):
+    """The ``CallerFacts`` (``_ProfessionalParts.facts_sql``) as one integer, a bit per fact
+    (``_FACT_BITS``), in an element whose SQL SQLAlchemy caches by its shape (as
+    ``_ProfessionalFilter``): the token check of each request selects it, and computing the
+    cache key of the whole construct, or of one element per fact, cost more than PostgreSQL
+    took to answer."""
+
+    __visit_name__ = "sharedcare_caller_facts"
+    inherit_cache = False
+    type = Integer()
+    _traverse_internals = [
+        ("shape", InternalTraversal.dp_string),
+        ("binds", InternalTraversal.dp_clauseelement_tuple),
+    ]
+
+    def __init__(self, parts: _ProfessionalParts, patient: BindParameter[str] | None) -> None:
+        self.parts = parts
+        self.patient = patient
+        self.shape = f"facts{patient is not None:d}{parts.shape}"
+        self.binds = parts.binds if patient is None else (*parts.binds, patient)
+
+    @property
+    def _from_objects(self) -> list[FromClause]:
+        return []
+
+
+_FACT_BITS = ("licensed", "restricted", PROFESSION, REFERENT, "referent_elsewhere")
+"""What each bit of ``_CallerFacts`` says, from the lowest (``facts_sql`` in this order)."""
+
+
+@compiles(_CallerFacts)
+def _compile_caller_facts(element: _CallerFacts, compiler: Any, **kw: Any) -> str:
+    bits = [case((fact, 1 << i), else_=0) for i, fact in enumerate(element.parts.facts_sql(element.patient))]
+    return "(" + " + ".join(str(compiler.process(b, **kw)) for b in bits) + ")"
+
+
+_PartsKey = tuple[str, str | None, str, str | None, tuple[bool, bool] | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -668,7 +845,6 @@ class AccessPolicy:
         self.settings = settings
         self.matrix = matrix or load_matrix()
         self._parts: dict[_PartsKey, _ProfessionalParts] = {}
-        self._facts: dict[str, tuple[ColumnElement[bool], ...]] = {}
 
     # -- building blocks ----------------------------------------------------------------------
     def _open_for_professionals(self, patient_id: ColumnElement[str], now: datetime) -> ColumnElement[bool]:
@@ -774,34 +950,37 @@ class AccessPolicy:
             return self._holder_filter(p, now)
         if p.kind is PrincipalKind.PROFESSIONAL:
             return self._professional_filter(p, now, facts)
-        return lambda r, types=None: false()
+        return lambda r, types=None, patient=None: false()
 
-    def caller_facts_columns(self, p: Principal) -> tuple[ColumnElement[bool], ...]:
+    def caller_facts_columns(
+        self, p: Principal, patient: str | None = None
+    ) -> tuple[ColumnElement[Any], ...]:
         """SQL reading the ``CallerFacts`` of ``p`` (none but for a professional of the
-        directory): the token check selects them with the revocation list, in one statement."""
+        directory): the token check selects them with the revocation list, in one statement.
+        ``patient``: the patient the request names, whose care by ``p`` they then include."""
         if p.kind is not PrincipalKind.PROFESSIONAL or not p.practitioner_id or not p.profession:
             return ()
-        columns = self._facts.get(p.practitioner_id)
-        if columns is None:  # kept (SQL, no right): building them cost more than reading them
-            if len(self._facts) >= _PARTS_KEPT:
-                self._facts.clear()
-            ar = _AR
-            columns = self._facts[p.practitioner_id] = (
-                _in_directory("Practitioner", p.practitioner_id, _LR, _LT),
-                exists(
-                    select(_ONE)
-                    .select_from(ar)
-                    .where(ar.c.practitioner_id == p.practitioner_id, ar.c.removed_at.is_(None))
-                ),
-            )
-        return columns
+        parts = self._professional_parts(p)  # kept: the facts are SQL of the parts, no right
+        if patient is None or self.settings.emergency_override:
+            # (under overrides, every statement checks the relationships itself)
+            return (_CallerFacts(parts, None),)
+        return (_CallerFacts(parts, _patient_bind(patient)),)
 
     @staticmethod
-    def caller_facts(values: Sequence[Any]) -> CallerFacts | None:
-        """The facts of the values ``caller_facts_columns`` selected (None: no facts)."""
-        if len(values) != 2:
+    def caller_facts(values: Sequence[Any], patient: str | None = None) -> CallerFacts | None:
+        """The facts of the values ``caller_facts_columns`` selected for ``patient`` (None: no
+        facts)."""
+        if len(values) != 1:
             return None
-        return CallerFacts(licensed=bool(values[0]), restricted=bool(values[1]))
+        said = {name for i, name in enumerate(_FACT_BITS) if int(values[0]) >> i & 1}
+        cares = frozenset(said & {PROFESSION, REFERENT})
+        return CallerFacts(
+            licensed="licensed" in said,
+            restricted="restricted" in said,
+            patient=patient,
+            cares=cares,
+            referent_elsewhere="referent_elsewhere" in said,
+        )
 
     @staticmethod
     def is_trusted(p: Principal) -> bool:
@@ -813,7 +992,9 @@ class AccessPolicy:
         c = resource_compartment
         s = record_status
 
-        def flt(r: FromClause, types: Collection[str] | None = None) -> ColumnElement[bool]:
+        def flt(
+            r: FromClause, types: Collection[str] | None = None, patient: str | None = None
+        ) -> ColumnElement[bool]:
             mine: list[ColumnElement[bool]] = [c.c.patient_id.in_(delegated)]
             if p.patient_id:
                 mine.append(c.c.patient_id == p.patient_id)
@@ -853,12 +1034,29 @@ class AccessPolicy:
         statement."""
         if not p.practitioner_id or not p.profession or (facts is not None and not facts.licensed):
             return _reference_only
-        return self._professional_parts(p, facts).filter
+        parts = self._professional_parts(p, facts)
+
+        def flt(
+            r: FromClause, types: Collection[str] | None = None, patient: str | None = None
+        ) -> ColumnElement[bool]:
+            kinds = None if facts is None or parts.overridden is not None else facts.kinds_for(patient)
+            if kinds is None or patient is None:
+                return parts.filter(r, types)
+            return parts.filter(r, types, _Shortcut(_patient_bind(patient), kinds))
+
+        return flt
 
     def _professional_parts(self, p: Principal, facts: CallerFacts | None = None) -> _ProfessionalParts:
         """The parts of ``p``'s filter: built at the first request of ``p`` (with such facts) and
         kept (SQL, no right)."""
-        key = (p.practitioner_id or "", p.organization_id, p.profession or "", p.practitioner_role_id, facts)
+        said = None if facts is None else (facts.licensed, facts.restricted)  # all ``build`` reads
+        key: _PartsKey = (
+            p.practitioner_id or "",
+            p.organization_id,
+            p.profession or "",
+            p.practitioner_role_id,
+            said,
+        )
         parts = self._parts.get(key)
         if parts is None:
             if len(self._parts) >= _PARTS_KEPT:
@@ -895,7 +1093,9 @@ class AccessPolicy:
         )
         owned = (_RQ.c.kind.in_(_sql_list(ADDRESSED)), _RQ.c.owner_organization_id == p.organization_id)
 
-        def flt(r: FromClause, types: Collection[str] | None = None) -> ColumnElement[bool]:
+        def flt(
+            r: FromClause, types: Collection[str] | None = None, patient: str | None = None
+        ) -> ColumnElement[bool]:
             rows = _Rows.of(types)
             identity = and_(
                 r.c.category == IDENTITY,

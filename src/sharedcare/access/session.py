@@ -250,8 +250,10 @@ class PolicySession:
             return base
         c = resource_compartment
 
-        def flt(r: FromClause, types: Collection[str] | None = None) -> ColumnElement[bool]:
-            conds = [] if base is None else [base(r, types)]
+        def flt(
+            r: FromClause, types: Collection[str] | None = None, patient: str | None = None
+        ) -> ColumnElement[bool]:
+            conds = [] if base is None else [base(r, types, patient)]
             if readable is not None:
                 ctx = self._scope_context(base)
                 allowed: list[ColumnElement[bool]] = [r.c.type.in_(sorted(readable))] if readable else []

@@ -345,12 +345,33 @@ def principal_from_request(request: Request) -> Principal | None:
             raise TokenInvalid("Use 'Authorization: Bearer <access token>'")
         validator: TokenValidator = request.app.state.tokens
         policy = getattr(request.app.state, "policy", None)
+        patient = requested_patient(request)
         principal, values = validator.validate_with(
-            token.strip(), public_urls(request), policy.caller_facts_columns if policy is not None else None
+            token.strip(),
+            public_urls(request),
+            (lambda p: policy.caller_facts_columns(p, patient)) if policy is not None else None,
         )
-        request.state.caller_facts = policy.caller_facts(values) if policy is not None else None
+        request.state.caller_facts = policy.caller_facts(values, patient) if policy is not None else None
     request.state.principal = principal
     return principal
+
+
+def requested_patient(request: Request) -> str | None:
+    """The patient a request names, whose care by the caller the token check then reads with
+    the other facts (``AccessPolicy.caller_facts_columns``): the one ``patient`` of its query
+    (``Patient/[id]`` or an id), or ``[id]`` of a path ``…/Patient/[id]/…`` (a compartment
+    search, ``$everything``). Only a hint: the search applies it where its criteria say the
+    same patient (``SearchEngine.searched_patient``)."""
+    values = request.query_params.getlist("patient")
+    if len(values) == 1:
+        kind, _, rid = values[0].rpartition("/")
+        if rid and kind in ("", "Patient"):
+            return rid
+    parts = request.url.path.split("/")
+    for i, part in enumerate(parts[:-2]):
+        if part == "Patient" and parts[i + 1] and parts[i + 2]:
+            return parts[i + 1]
+    return None
 
 
 def require_scope(principal: Principal, resource_type: str, interaction: str) -> None:

@@ -75,7 +75,7 @@ def everything(
     if types:
         conds.append(r.c.type.in_(types))
     if access is not None:
-        conds.append(access(r, types or None))
+        conds.append(access(r, types or None, patient=patient_id))
     if page is not None:
         conds.append(r.c.pk > page_key(page))
     # the first page counts the matches in the same pass (the window sees them all before the

@@ -52,9 +52,16 @@ class AccessFilter(Protocol):
     selects on them): a filter may then leave out its rules about other types. PostgreSQL plans
     every clause of a statement, also those no row can meet, and searches are planned at every
     execution (``storage.engine.planned_with_values``): the professional's rules about Binaries
-    and Tasks made a search of Observations cost twice its planning time."""
+    and Tasks made a search of Observations cost twice its planning time.
 
-    def __call__(self, r: FromClause, types: Collection[str] | None = None) -> ColumnElement[bool]: ...
+    ``patient``, when given, is the id of the patient whose compartment holds every row the
+    statement selects (it selects on it): a filter may then decide once for that patient what
+    it would decide for each row. It is a promise about the rows, never a permission: a filter
+    still allows only what it would allow without it."""
+
+    def __call__(
+        self, r: FromClause, types: Collection[str] | None = None, patient: str | None = None
+    ) -> ColumnElement[bool]: ...
 
 
 @dataclass(frozen=True, slots=True)

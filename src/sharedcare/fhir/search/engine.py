@@ -25,7 +25,7 @@ from sharedcare.fhir.search.compile import (
     sort_expression,
     sort_kind,
 )
-from sharedcare.fhir.search.parse import Include, SearchQuery
+from sharedcare.fhir.search.parse import Filter, Include, SearchQuery
 from sharedcare.fhir.search.reference import local
 from sharedcare.fhir.search.values import to_utc_naive
 from sharedcare.fhir.store import Stored
@@ -224,7 +224,29 @@ class SearchEngine:
         if access is None:
             return r, conds
         candidates = select(*_CANDIDATE_COLUMNS).where(*conds).offset(0).subquery("rc")
-        return candidates, [access(candidates, (query.resource_type,))]
+        patient = compartment or self.searched_patient(query)
+        return candidates, [access(candidates, (query.resource_type,), patient=patient)]
+
+    def searched_patient(self, query: SearchQuery) -> str | None:
+        """The patient whose compartment holds every match of ``query``, where one of its
+        criteria says so: one reference, ``Patient/[id]`` (or a plain id for ``patient``), on a
+        parameter of the type's Patient compartment (or ``patient``), without chain or
+        modifier. The access filter may then decide once for that patient (``AccessFilter``)."""
+        links = self.ctx.defs.patient_compartment.get(query.resource_type, ())
+        for f in query.filters:
+            if (
+                not isinstance(f, Filter)
+                or f.type != "reference"
+                or f.chain
+                or f.modifier is not None
+                or len(f.values) != 1
+                or (f.code != "patient" and f.code not in links)
+            ):
+                continue
+            kind, _, rid = f.values[0].rpartition("/")
+            if rid and (kind == "Patient" or (not kind and f.code == "patient")):
+                return rid
+        return None
 
     def count(
         self,
