@@ -7,9 +7,10 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine, event, select
 
 from sharedcare.access import consent
+from sharedcare.access.policy import PROFESSION, AccessPolicy
 from sharedcare.access.principals import Principal, PrincipalKind
 from sharedcare.fhir.store import utcnow
 from sharedcare.storage.engine import writer
@@ -198,26 +199,34 @@ def test_refused_acts_are_logged_without_revealing_the_patient(world: TestClient
 
 def test_a_search_naming_the_patient_decides_their_care_once(world: TestClient) -> None:
     """The token check reads the professional's care of the patient a request names; the
-    search statement then leaves the relationships out, with the same answer, and a block
-    the holder sets is seen by the next request."""
+    search and ``$everything`` statements then leave the relationships out, with the same
+    answer, and a block the holder sets is seen by the next request."""
     headers = bearer(world.app, GP, "user/*.rs")
-    statements: list[str] = []
 
-    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        statements.append(statement)
+    def statements_of(path: str) -> tuple[dict[str, Any], list[str]]:
+        seen: list[str] = []
 
-    event.listen(Engine, "before_cursor_execute", seen)
-    try:
-        found = world.get("/fhir/Observation?patient=Patient/pa", headers=headers).json()
-        searched = [s for s in statements if "resource_compartment AS ac" in s]
-        everything = world.get("/fhir/Patient/pa/$everything", headers=headers).json()
-    finally:
-        event.remove(Engine, "before_cursor_execute", seen)
+        def note(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+            seen.append(statement)
+
+        event.listen(Engine, "before_cursor_execute", note)
+        try:
+            return world.get(path, headers=headers).json(), seen
+        finally:
+            event.remove(Engine, "before_cursor_execute", note)
+
+    found, searched = statements_of("/fhir/Observation?patient=Patient/pa")
     assert ids(found) == {"Observation/lab-a"} and found["total"] == 1  # the masked one absent
+    everything, read = statements_of("/fhir/Patient/pa/$everything")
     assert ids(everything) == {"Patient/pa", "Observation/lab-a"}
-    assert searched and all("care_relationship" not in s for s in searched)
-    assert any("care_relationship" in s and "oauth_revoked" in s for s in statements)  # the facts
-    # other patients, or none named: the statement decides for each row, as before
+    for statements in (searched, read):
+        # the facts are read with the token; the page's own statement decides at once
+        assert any("care_relationship" in s and "oauth_revoked" in s for s in statements)
+        pages = [s for s in statements if "count(*) OVER ()" in s]
+        assert pages and all("care_relationship" not in s for s in pages)
+    # none named: each row is decided (and what the GP may not see stays out)
+    _, unnamed = statements_of("/fhir/Observation?code=http://loinc.org|2345-7")
+    assert any("care_relationship" in s and "count(*) OVER ()" in s for s in unnamed)
     assert ids(world.get("/fhir/Observation?patient=Patient/pb", headers=headers).json()) == set()
     assert ids(world.get("/fhir/Observation?patient=pa", headers=headers).json()) == {"Observation/lab-a"}
     app: Any = world.app
@@ -226,3 +235,21 @@ def test_a_search_naming_the_patient_decides_their_care_once(world: TestClient) 
     blocked = world.get("/fhir/Observation?patient=Patient/pa", headers=headers).json()
     assert ids(blocked) == set() and blocked["total"] == 0
     assert world.get("/fhir/Patient/pa/$everything", headers=headers).status_code == 404
+
+
+def test_under_emergency_overrides_every_statement_reads_the_relationships(world: TestClient) -> None:
+    """An override lifts the holder's blocks for its time: the facts about the named patient's
+    care are then not read, and each statement decides with every relationship."""
+    app: Any = world.app
+    policy = AccessPolicy(app.state.settings.model_copy(update={"emergency_override": True}))
+    facts = policy.caller_facts(_select_facts(app, policy.caller_facts_columns(GP, "pa")), "pa")
+    assert facts is not None and facts.licensed and facts.cares == frozenset()
+    assert facts.kinds_for("pa") is None
+    plain = AccessPolicy(app.state.settings)
+    facts = plain.caller_facts(_select_facts(app, plain.caller_facts_columns(GP, "pa")), "pa")
+    assert facts is not None and facts.kinds_for("pa") == {PROFESSION}
+
+
+def _select_facts(app: Any, columns: Any) -> Any:
+    with app.state.engine.connect() as conn:
+        return conn.execute(select(*columns)).one()

@@ -15,7 +15,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, and_, select
 
 from sharedcare.access import care, consent, requests
 from sharedcare.access.models import record_status
@@ -25,7 +25,9 @@ from sharedcare.access.principals import Principal, PrincipalKind
 from sharedcare.access.session import PolicySession
 from sharedcare.audit import log as audit
 from sharedcare.fhir.bundle import BundleProcessor
+from sharedcare.fhir.definitions import definitions
 from sharedcare.fhir.errors import BusinessRule, Forbidden, NotFound
+from sharedcare.fhir.search.parse import QueryParser, SearchQuery
 from sharedcare.fhir.service import FhirService
 from sharedcare.fhir.store import utcnow
 from sharedcare.notify import outbox
@@ -35,6 +37,7 @@ from sharedcare.storage.tables import resource, resource_compartment
 from support import add_care, lab_result, professional, truncate
 
 LOINC = "http://loinc.org"
+CONFIDENTIALITY = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"
 
 
 def _lab(rid: str, patient: str, code: str) -> dict[str, Any]:
@@ -698,6 +701,39 @@ CARES_FOR_PA: dict[str, set[str]] = {
 }
 
 
+def _labelled(rid: str, code: str, label: str) -> dict[str, Any]:
+    res = _lab(rid, "pa", code)
+    res["meta"] = {"security": [{"system": CONFIDENTIALITY, "code": label}]}
+    return res
+
+
+def _enrich(world: World) -> None:
+    """Every kind of row the filter has rules for, in record ``pa``: restricted (R) and very
+    restricted (V) items, one only the referring physician's column reads (access traces),
+    Binaries whose document is open, masked or objected to, a request Task."""
+    svc, now = world.svc, utcnow()
+    svc.update("Observation", "lab-r", _labelled("lab-r", "2093-3", "R"))
+    svc.update("Observation", "lab-v", _labelled("lab-v", "2085-9", "V"))
+    trace = {
+        "resourceType": "Provenance",
+        "id": "prov-a",
+        "target": [{"reference": "Patient/pa"}],
+        "recorded": "2026-01-05T10:00:00Z",
+        "agent": [{"who": {"reference": "Practitioner/gp"}}],
+    }
+    svc.update("Provenance", "prov-a", trace)
+    svc.update("Binary", "bin-hidden", _binary_of("bin-hidden", "Observation/lab-hidden"))
+    svc.update("Binary", "bin-open", _binary_of("bin-open", "Observation/lab-a"))
+    svc.update("Binary", "bin-objected", _binary_of("bin-objected", "Condition/cond-a"))
+    holder = PRINCIPALS["holder"]
+    requests.object_to_filing(world.as_("holder"), holder, "Condition/cond-a", now)
+    requests.file_request(world.as_("holder"), holder, "Observation/lab-a", "rectify", "Not my value", now)
+
+
+def _of_pa(rtype: str) -> SearchQuery:
+    return QueryParser(definitions(), strict=True, max_count=100).parse(rtype, [("patient", "Patient/pa")])
+
+
 def _facts(world: World, p: Principal, patient: str) -> CallerFacts | None:
     with world.engine.connect() as conn:
         columns = world.policy.caller_facts_columns(p, patient)
@@ -737,6 +773,7 @@ def test_the_filter_given_the_care_of_the_named_patient_passes_the_same_rows(
     kinds of relationship with that patient give the professional access now; a statement on
     that patient's record then decides once instead of joining the relationships for each row.
     It must pass exactly the rows the plain filter passes, whatever the care situation."""
+    _enrich(world)
     p = PRINCIPALS[name]
     facts = _facts(world, p, patient)
     if p.kind is not PrincipalKind.PROFESSIONAL:
@@ -744,7 +781,7 @@ def test_the_filter_given_the_care_of_the_named_patient_passes_the_same_rows(
         return
     assert facts is not None and facts.patient == patient
     assert facts.cares == (CARES_FOR_PA[name] if patient == "pa" else set())
-    assert facts.referent_elsewhere is (name == "referent")
+    assert facts.any_referent is (name == "referent")
     shortcut = _same_rows_for_the_patient(world, p, facts, patient)
     if facts.licensed:  # (without a licence: reference data only, no relationship read)
         # decided at once where the profession's relationship gives access (a referring
@@ -752,15 +789,42 @@ def test_the_filter_given_the_care_of_the_named_patient_passes_the_same_rows(
         assert shortcut is (facts.cares == {PROFESSION})
 
 
+def test_both_kinds_of_care_of_the_named_patient_decide_as_the_relationships_do(world: World) -> None:
+    """A professional both in solo care of the holder and their referring physician reads what
+    either column opens (access traces, very restricted items): decided at once, the same rows."""
+    _enrich(world)
+    world.svc.update("Practitioner", "dual", _practitioner("dual"))
+    now = utcnow()
+    with writer(world.engine).begin() as conn:
+        add_care(conn, "dual-solo", "pa", "dual", now)
+        add_care(conn, "dual-referent", "pa", "dual", now, context="referent", ends=None)
+    p = professional("dual")
+    facts = _facts(world, p, "pa")
+    assert facts is not None and facts.kinds_for("pa") == {PROFESSION, REFERENT}
+    assert _same_rows_for_the_patient(world, p, facts, "pa") is True
+    seen = _ids(world.as_("gp").search(world.svc.parse_search("Provenance", [], strict=True)).matches)
+    assert seen == set()  # (the GP's column does not read access traces...)
+    got = world.svc.for_session(PolicySession(p, world.policy, classify, facts=facts))
+    found = _ids(got.search(_of_pa("Observation")).matches)
+    assert {"Observation/lab-r", "Observation/lab-v"} <= found  # (...the referring physician's does)
+    traces = got.search(_of_pa("Provenance"))
+    assert _ids(traces.matches) == {"Provenance/prov-a"}
+
+
 def test_a_row_in_two_records_is_decided_by_every_relationship(world: World) -> None:
     """A row of one record may be in another holder's record too (an Observation *performed* by
     another patient): the relationship with that holder may open it. So the request's facts
     stand in for the statement only where no relationship elsewhere could give more: none with
-    the named patient, or a referring physician's elsewhere, and the statement reads them all."""
+    the named patient, or a referring physician's elsewhere, and the statement reads them all.
+    Here the row is very restricted (V): the GP's solo care of ``pa`` does not open it, their
+    referring physician's relationship with ``pb`` does."""
     svc, now = world.svc, utcnow()
     shared = _lab("lab-shared", "pa", "2951-2")
     shared["performer"] = [{"reference": "Patient/pb"}]
+    shared["meta"] = {"security": [{"system": CONFIDENTIALITY, "code": "V"}]}
     svc.update("Observation", "lab-shared", shared)
+    gp = PRINCIPALS["gp"]
+    assert "Observation/lab-shared" not in _ids(world.as_("gp").search(_of_pa("Observation")).matches)
     with writer(world.engine).begin() as conn:
         add_care(conn, "stranger-solo-b", "pb", "stranger", now)
         add_care(conn, "gp-referent-b", "pb", "gp", now, context="referent", ends=None)
@@ -769,12 +833,17 @@ def test_a_row_in_two_records_is_decided_by_every_relationship(world: World) -> 
         facts = _facts(world, p, "pa")
         assert facts is not None
         assert facts.kinds_for("pa") is None  # the statement must read the relationships
-        assert facts.cares == CARES_FOR_PA[name] and facts.referent_elsewhere is (name == "gp")
+        assert facts.cares == CARES_FOR_PA[name] and facts.any_referent is (name == "gp")
         assert _same_rows_for_the_patient(world, p, facts, "pa") is False
-        got = world.as_(name, facts=facts).search(
-            world.svc.parse_search("Observation", [("patient", "Patient/pa")], strict=True)
-        )
-        assert "Observation/lab-shared" in _ids(got.matches)
+        got = world.as_(name, facts=facts).search(_of_pa("Observation"))
+        assert ("Observation/lab-shared" in _ids(got.matches)) is (name == "gp")
+    # forced to decide with the GP's care of ``pa`` alone, the statement would miss the row
+    flt = world.policy.read_filter(gp, now, CallerFacts(True, False, "pa", frozenset({PROFESSION})))
+    assert flt is not None
+    r = resource
+    with world.engine.connect() as conn:
+        shared = and_(r.c.type == "Observation", r.c.id == "lab-shared")
+        assert conn.execute(select(r.c.pk).where(shared, flt(r, None, patient="pa"))).first() is None
     # a relationship of the same kind elsewhere gives nothing more: decided at once
     facts = _facts(world, PRINCIPALS["masked"], "pa")
     assert facts is not None and facts.kinds_for("pa") == {PROFESSION}
@@ -786,6 +855,6 @@ def test_facts_about_one_patient_say_nothing_about_another() -> None:
     assert facts.kinds_for("pa") == {PROFESSION}
     assert facts.kinds_for("pb") is None and facts.kinds_for(None) is None
     assert CallerFacts(licensed=True, restricted=False).kinds_for("pa") is None
-    both = CallerFacts(True, False, "pa", frozenset({PROFESSION, REFERENT}), referent_elsewhere=True)
+    both = CallerFacts(True, False, "pa", frozenset({PROFESSION, REFERENT}), any_referent=True)
     assert both.kinds_for("pa") == {PROFESSION, REFERENT}
     assert CallerFacts(True, False, "pa", frozenset({REFERENT})).kinds_for("pa") is None

@@ -34,6 +34,7 @@ ENGINE = SearchEngine(CompileContext(DEFS, "http://sc.example/fhir", utcnow()))
         ("Observation", [("patient", "http://elsewhere.example/fhir/Patient/p1")], None),
         ("Observation", [("encounter", "Encounter/e1")], None),  # not a compartment parameter
         ("Observation", [("code", "http://loinc.org|718-7")], None),
+        ("Contract", [("patient", "Patient/p1")], None),  # a Contract is in no patient's record
     ],
 )
 def test_a_search_names_a_patient_only_where_every_match_is_theirs(
@@ -56,7 +57,12 @@ def _request(path: str, query: str = "") -> Request:
         ("/fhir/Patient/p1/$everything", "", "p1"),
         ("/fhir/Patient/p1/Observation", "code=x", "p1"),
         ("/fhir/Patient/p1", "", None),  # a read: decided on its one row
+        ("/fhir/Patient/p1/_history", "", None),
+        ("/fhir/Patient/p1/$everything", "patient=Patient/p2", "p1"),  # the path's patient
+        ("/fhir/Observation", "subject=Patient/p1", "p1"),
+        ("/fhir/Observation", "subject=p1", None),  # a plain id may name a Group
         ("/fhir/Observation", "patient=Patient/p1&patient=Patient/p2", None),
+        ("/fhir/Observation", "patient=Patient/p1,Patient/p2", None),
         ("/fhir/Observation", "patient=Group/g1", None),
         ("/fhir/Observation", "", None),
     ],

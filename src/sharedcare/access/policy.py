@@ -107,7 +107,8 @@ def category_of(res: Mapping[str, Any]) -> str:
 
 REFERENT = "referent"
 PROFESSION = "profession"
-"""The kind of every care context but ``REFERENT``: it gives the profession's column."""
+"""The kind of the care contexts of ``PROFESSIONAL_CONTEXTS``: they give the profession's column
+(``REFERENT`` gives the ``mr`` column; ``OVERRIDE`` is the emergency override's own)."""
 OVERRIDE = "override"
 
 RESTRICTED = "R"
@@ -310,12 +311,14 @@ class CallerFacts:
     restricted: bool
     """Some holder blocks the professional or masks an item from them."""
     patient: str | None = None
-    """The patient the request names (``Patient?…&patient=``, ``Patient/[id]/…``), if any."""
+    """The patient the request names (``[type]?patient=``, ``Patient/[id]/…``), if any."""
     cares: frozenset[str] = frozenset()
     """The kinds (``PROFESSION``, ``REFERENT``) of the professional's relationships with
-    ``patient`` that give access now: active, the record open to professionals, not blocked."""
-    referent_elsewhere: bool = False
-    """The professional has some referring-physician relationship not yet ended (any holder)."""
+    ``patient`` that give access now: in force, the record open to professionals, not blocked
+    (empty where they were not read: no patient named, or emergency overrides enabled)."""
+    any_referent: bool = False
+    """The professional has a referring physician's relationship not ended nor revoked, with
+    any holder (``patient`` included; begun or not)."""
     read_at: float = field(default_factory=time.monotonic, compare=False)
     """When they were read (``time.monotonic``): not part of what they say."""
 
@@ -327,10 +330,12 @@ class CallerFacts:
         professional's relationship with that holder may give more: the other kind's column of
         the matrix. Hence the answer holds only where the professional has no relationship of a
         kind missing here: every relationship gives what its kind gives (its own validity
-        aside), and those with ``patient`` are checked valid."""
+        aside), and those with ``patient`` are checked valid. The professional's kind must be
+        among them (every professional has one: a referring physician's alone is left to the
+        statements, which read every relationship)."""
         if patient is None or patient != self.patient or PROFESSION not in self.cares:
             return None
-        if self.referent_elsewhere and REFERENT not in self.cares:
+        if self.any_referent and REFERENT not in self.cares:
             return None
         return self.cares
 
@@ -338,7 +343,10 @@ class CallerFacts:
 FACTS_SECONDS = 2.0
 """How long after they were read a caller's facts stand in for the statements' own checks. A
 request reads its data within milliseconds of its token check; one that runs longer (a body sent
-slowly, a long batch) must not miss a block or a withdrawn licence that came meanwhile."""
+slowly, a long batch) must not miss a block or a withdrawn licence that came meanwhile. For a
+named patient the facts include the relationships' own validity (their end or revocation, the
+record's closure or activation window, the facility's authorisation, a block): a change of
+these reaches the statements of a request at most this long after its token check."""
 
 
 def _now() -> datetime:
@@ -497,6 +505,7 @@ class _ProfessionalParts:
                 tuple(readable),
                 only_profession,
                 only_referent,
+                tuple(referent_readable),
                 bool(p.organization_id),
                 override,
                 full_profession,
@@ -817,13 +826,17 @@ class _CallerFacts(ColumnElement[int]):
         return []
 
 
-_FACT_BITS = ("licensed", "restricted", PROFESSION, REFERENT, "referent_elsewhere")
+_FACT_BITS = ("licensed", "restricted", PROFESSION, REFERENT, "any_referent")
 """What each bit of ``_CallerFacts`` says, from the lowest (``facts_sql`` in this order)."""
 
 
 @compiles(_CallerFacts)
 def _compile_caller_facts(element: _CallerFacts, compiler: Any, **kw: Any) -> str:
-    bits = [case((fact, 1 << i), else_=0) for i, fact in enumerate(element.parts.facts_sql(element.patient))]
+    zero: ColumnElement[int] = literal_column("0")
+    bits = [
+        case((fact, literal_column(str(1 << i))), else_=zero)
+        for i, fact in enumerate(element.parts.facts_sql(element.patient))
+    ]
     return "(" + " + ".join(str(compiler.process(b, **kw)) for b in bits) + ")"
 
 
@@ -979,7 +992,7 @@ class AccessPolicy:
             restricted="restricted" in said,
             patient=patient,
             cares=cares,
-            referent_elsewhere="referent_elsewhere" in said,
+            any_referent="any_referent" in said,
         )
 
     @staticmethod
@@ -1040,7 +1053,7 @@ class AccessPolicy:
             r: FromClause, types: Collection[str] | None = None, patient: str | None = None
         ) -> ColumnElement[bool]:
             kinds = None if facts is None or parts.overridden is not None else facts.kinds_for(patient)
-            if kinds is None or patient is None:
+            if kinds is None or patient is None:  # (kinds_for gives None without a patient)
                 return parts.filter(r, types)
             return parts.filter(r, types, _Shortcut(_patient_bind(patient), kinds))
 

@@ -358,19 +358,23 @@ def principal_from_request(request: Request) -> Principal | None:
 
 def requested_patient(request: Request) -> str | None:
     """The patient a request names, whose care by the caller the token check then reads with
-    the other facts (``AccessPolicy.caller_facts_columns``): the one ``patient`` of its query
-    (``Patient/[id]`` or an id), or ``[id]`` of a path ``…/Patient/[id]/…`` (a compartment
-    search, ``$everything``). Only a hint: the search applies it where its criteria say the
-    same patient (``SearchEngine.searched_patient``)."""
-    values = request.query_params.getlist("patient")
-    if len(values) == 1:
-        kind, _, rid = values[0].rpartition("/")
-        if rid and kind in ("", "Patient"):
-            return rid
+    the other facts (``AccessPolicy.caller_facts_columns``): ``[id]`` of a path
+    ``…/Patient/[id]/$everything`` or ``…/Patient/[id]/[type]`` (a compartment search), else the
+    one value of ``patient`` (``Patient/[id]`` or an id) or ``subject`` (``Patient/[id]``) in
+    its query. Only a hint: a search applies it where its criteria keep it to the same
+    patient's record (``SearchEngine.searched_patient``)."""
     parts = request.url.path.split("/")
     for i, part in enumerate(parts[:-2]):
-        if part == "Patient" and parts[i + 1] and parts[i + 2]:
+        after = parts[i + 2]
+        if part == "Patient" and parts[i + 1] and (after == "$everything" or after[:1].isupper()):
             return parts[i + 1]
+    for name, bare in (("patient", True), ("subject", False)):
+        values = request.query_params.getlist(name)
+        if len(values) != 1 or "," in values[0]:
+            continue
+        kind, _, rid = values[0].rpartition("/")
+        if rid and (kind == "Patient" or (bare and not kind)):
+            return rid
     return None
 
 

@@ -230,9 +230,9 @@ class SearchEngine:
     def searched_patient(self, query: SearchQuery) -> str | None:
         """The patient whose compartment holds every match of ``query``, where one of its
         criteria says so: one reference, ``Patient/[id]`` (or a plain id for ``patient``), on a
-        parameter of the type's Patient compartment (or ``patient``), without chain or
-        modifier. The access filter may then decide once for that patient (``AccessFilter``)."""
-        links = self.ctx.defs.patient_compartment.get(query.resource_type, ())
+        parameter of the type's Patient compartment, or on ``patient`` where it reads the rows
+        of such a parameter (``subject``), without chain or modifier. The access filter may then
+        decide once for that patient (``AccessFilter``)."""
         for f in query.filters:
             if (
                 not isinstance(f, Filter)
@@ -240,13 +240,25 @@ class SearchEngine:
                 or f.chain
                 or f.modifier is not None
                 or len(f.values) != 1
-                or (f.code != "patient" and f.code not in links)
+                or not self._in_compartment(query.resource_type, f.code)
             ):
                 continue
             kind, _, rid = f.values[0].rpartition("/")
             if rid and (kind == "Patient" or (not kind and f.code == "patient")):
                 return rid
         return None
+
+    def _in_compartment(self, resource_type: str, code: str) -> bool:
+        """A reference on ``code`` to a Patient puts the resource in their compartment: ``code``
+        is one of the compartment's parameters, or reads only their index rows (as ``patient``
+        reads ``subject``'s, ``Definitions.layout``)."""
+        links = self.ctx.defs.patient_compartment.get(resource_type, ())
+        if code in links:
+            return True
+        layout = self.ctx.defs.layout(resource_type)
+        feeding = {s.param for link in links for s in layout.sources_of(link)}
+        read = {s.param for s in layout.sources_of(code)} - {code}
+        return bool(read) and read <= feeding
 
     def count(
         self,
