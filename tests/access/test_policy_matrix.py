@@ -602,12 +602,8 @@ def _binary_of(rid: str, document: str) -> dict[str, Any]:
     }
 
 
-@pytest.mark.parametrize("name", sorted(PRINCIPALS))
-def test_the_filter_told_the_row_types_passes_the_same_rows(world: World, name: str) -> None:
-    """A filter told which types a statement reads leaves out its rules about other types (the
-    planning of a search halves); it must pass exactly the rows the whole filter passes, for
-    every type of the store: Binaries whose document is masked or objected to, the holder's
-    request Tasks and the rest."""
+def _binaries_and_requests(world: World) -> None:
+    """Binaries whose document is open, masked or objected to, and a holder's request Task."""
     svc, now = world.svc, utcnow()
     svc.update("Binary", "bin-hidden", _binary_of("bin-hidden", "Observation/lab-hidden"))
     svc.update("Binary", "bin-open", _binary_of("bin-open", "Observation/lab-a"))
@@ -615,6 +611,15 @@ def test_the_filter_told_the_row_types_passes_the_same_rows(world: World, name: 
     holder = PRINCIPALS["holder"]
     requests.object_to_filing(world.as_("holder"), holder, "Condition/cond-a", now)
     requests.file_request(world.as_("holder"), holder, "Observation/lab-a", "rectify", "Not my value", now)
+
+
+@pytest.mark.parametrize("name", sorted(PRINCIPALS))
+def test_the_filter_told_the_row_types_passes_the_same_rows(world: World, name: str) -> None:
+    """A filter told which types a statement reads leaves out its rules about other types (the
+    planning of a search halves); it must pass exactly the rows the whole filter passes, for
+    every type of the store: Binaries whose document is masked or objected to, the holder's
+    request Tasks and the rest."""
+    _binaries_and_requests(world)
     flt = PolicySession(PRINCIPALS[name], world.policy, classify).read_filter()
     if flt is None:
         assert name == "trusted-system"
@@ -711,7 +716,7 @@ def _enrich(world: World) -> None:
     """Every kind of row the filter has rules for, in record ``pa``: restricted (R) and very
     restricted (V) items, one only the referring physician's column reads (access traces),
     Binaries whose document is open, masked or objected to, a request Task."""
-    svc, now = world.svc, utcnow()
+    svc = world.svc
     svc.update("Observation", "lab-r", _labelled("lab-r", "2093-3", "R"))
     svc.update("Observation", "lab-v", _labelled("lab-v", "2085-9", "V"))
     trace = {
@@ -722,12 +727,7 @@ def _enrich(world: World) -> None:
         "agent": [{"who": {"reference": "Practitioner/gp"}}],
     }
     svc.update("Provenance", "prov-a", trace)
-    svc.update("Binary", "bin-hidden", _binary_of("bin-hidden", "Observation/lab-hidden"))
-    svc.update("Binary", "bin-open", _binary_of("bin-open", "Observation/lab-a"))
-    svc.update("Binary", "bin-objected", _binary_of("bin-objected", "Condition/cond-a"))
-    holder = PRINCIPALS["holder"]
-    requests.object_to_filing(world.as_("holder"), holder, "Condition/cond-a", now)
-    requests.file_request(world.as_("holder"), holder, "Observation/lab-a", "rectify", "Not my value", now)
+    _binaries_and_requests(world)
 
 
 def _of_pa(rtype: str) -> SearchQuery:

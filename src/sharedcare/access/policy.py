@@ -757,25 +757,38 @@ class _ProfessionalParts:
         return or_(own, and_(r.c.type == _sql("Binary"), of_document))
 
 
-class _ProfessionalFilter(ColumnElement[bool]):
-    """A professional's read filter on the rows of ``r``, compiled from its parts' ``condition``.
+class _Shaped(ColumnElement[Any]):
+    """An element standing for SQL of a professional's ``_ProfessionalParts``, built when it is
+    compiled.
 
     SQLAlchemy caches a statement's SQL under a key it computes from every element of the
     statement, at every execution: for the filter's full construct, computing that key (and
-    building the construct) cost more than running the statement in PostgreSQL. This element
-    stands for the construct: its key is the filter's shape, the row's table and the bound
-    parameters, so the SQL is compiled once per shape and each execution only binds its values
-    (matched by position to the parameters of the cached SQL: hence every value of the filter
-    is one of ``binds``, which the parts check when they are built)."""
+    building the construct) cost more than running the statement in PostgreSQL. The key of
+    this element is its ``shape`` (what the SQL text depends on) and its bound parameters, so
+    the SQL is compiled once per shape and each execution only binds its values (matched by
+    position to the parameters of the cached SQL: hence every value of the SQL is one of
+    ``binds``, which the parts check when they are built)."""
 
-    __visit_name__ = "sharedcare_professional_filter"
     inherit_cache = False
-    type = Boolean()
     _traverse_internals = [
         ("shape", InternalTraversal.dp_string),
-        ("r", InternalTraversal.dp_clauseelement),
         ("binds", InternalTraversal.dp_clauseelement_tuple),
     ]
+    shape: str
+    binds: tuple[BindParameter[Any], ...]
+
+    @property
+    def _from_objects(self) -> list[FromClause]:
+        return []
+
+
+class _ProfessionalFilter(_Shaped):
+    """A professional's read filter on the rows of ``r``, compiled from its parts' ``condition``
+    (its key: the shape, the row's table, the bound parameters)."""
+
+    __visit_name__ = "sharedcare_professional_filter"
+    type = Boolean()
+    _traverse_internals = [*_Shaped._traverse_internals, ("r", InternalTraversal.dp_clauseelement)]
 
     def __init__(
         self, parts: _ProfessionalParts, r: FromClause, rows: _Rows, shortcut: _Shortcut | None = None
@@ -800,30 +813,19 @@ def _compile_professional_filter(element: _ProfessionalFilter, compiler: Any, **
     return "(" + str(compiler.process(condition, **kw)) + ")"
 
 
-class _CallerFacts(ColumnElement[int]):
+class _CallerFacts(_Shaped):
     """The ``CallerFacts`` (``_ProfessionalParts.facts_sql``) as one integer, a bit per fact
-    (``_FACT_BITS``), in an element whose SQL SQLAlchemy caches by its shape (as
-    ``_ProfessionalFilter``): the token check of each request selects it, and computing the
-    cache key of the whole construct, or of one element per fact, cost more than PostgreSQL
-    took to answer."""
+    (``_FACT_BITS``): the token check of each request selects it (computing the cache key of
+    the whole construct, or of one element per fact, cost more than PostgreSQL took to answer)."""
 
     __visit_name__ = "sharedcare_caller_facts"
-    inherit_cache = False
     type = Integer()
-    _traverse_internals = [
-        ("shape", InternalTraversal.dp_string),
-        ("binds", InternalTraversal.dp_clauseelement_tuple),
-    ]
 
     def __init__(self, parts: _ProfessionalParts, patient: BindParameter[str] | None) -> None:
         self.parts = parts
         self.patient = patient
         self.shape = f"facts{patient is not None:d}{parts.shape}"
         self.binds = parts.binds if patient is None else (*parts.binds, patient)
-
-    @property
-    def _from_objects(self) -> list[FromClause]:
-        return []
 
 
 _FACT_BITS = ("licensed", "restricted", PROFESSION, REFERENT, "any_referent")
