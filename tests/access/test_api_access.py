@@ -14,6 +14,7 @@ from sharedcare.access.policy import PROFESSION, AccessPolicy
 from sharedcare.access.principals import Principal, PrincipalKind
 from sharedcare.fhir.store import utcnow
 from sharedcare.storage.engine import writer
+from sharedcare.storage.tables import resource
 from support import add_care, bearer, lab_result, put_all
 
 GP = Principal(PrincipalKind.PROFESSIONAL, "acct-gp", display="Dr Gp", practitioner_id="gp", profession="med")
@@ -253,3 +254,26 @@ def test_under_emergency_overrides_every_statement_reads_the_relationships(world
 def _select_facts(app: Any, columns: Any) -> Any:
     with app.state.engine.connect() as conn:
         return conn.execute(select(*columns)).one()
+
+
+def test_the_decision_and_the_facts_are_compiled_once_per_shape(world: TestClient) -> None:
+    """The professional's filter and facts are elements SQLAlchemy caches by their shape: a
+    statement holding them must have a cache key (without one it is compiled at every request,
+    a few milliseconds each), the same for two patients and two professionals of one shape."""
+    app: Any = world.app
+    policy: AccessPolicy = app.state.policy
+    other = Principal(PrincipalKind.PROFESSIONAL, "acct-x", practitioner_id="stranger", profession="med")
+    keys = set()
+    for p, patient in ((GP, "pa"), (GP, "pb"), (other, "pa")):
+        facts = policy.caller_facts(_select_facts(app, policy.caller_facts_columns(p, patient)), patient)
+        flt = policy.read_filter(p, utcnow(), facts)
+        assert flt is not None
+        for statement in (
+            select(*policy.caller_facts_columns(p, patient)),
+            select(resource.c.pk).where(flt(resource, ("Observation",), patient=patient)),
+            select(resource.c.pk).where(flt(resource, ("Observation",))),
+        ):
+            key = statement._generate_cache_key()
+            assert key is not None
+            keys.add(key.key)
+    assert len(keys) <= 4  # facts; filter deciding at once; filter reading the relationships; the stranger's

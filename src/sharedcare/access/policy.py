@@ -787,6 +787,7 @@ class _ProfessionalFilter(_Shaped):
     (its key: the shape, the row's table, the bound parameters)."""
 
     __visit_name__ = "sharedcare_professional_filter"
+    inherit_cache = True  # (SQLAlchemy keys it by its class and its traversal, ``r`` added)
     type = Boolean()
     _traverse_internals = [*_Shaped._traverse_internals, ("r", InternalTraversal.dp_clauseelement)]
 
@@ -819,6 +820,7 @@ class _CallerFacts(_Shaped):
     the whole construct, or of one element per fact, cost more than PostgreSQL took to answer)."""
 
     __visit_name__ = "sharedcare_caller_facts"
+    inherit_cache = True  # (SQLAlchemy keys it by its class and the base's traversal)
     type = Integer()
 
     def __init__(self, parts: _ProfessionalParts, patient: BindParameter[str] | None) -> None:
