@@ -41,8 +41,9 @@ from sharedcare.storage.engine import writer
 FHIR_JSON = "application/fhir+json"
 
 
-def _check_format(request: Request) -> None:
-    """Refuse an unsupported ``_format`` (406) before the request is acted upon: nothing is written."""
+async def _check_format(request: Request) -> None:
+    """Refuse an unsupported ``_format`` (406) before the request is acted upon: nothing is written.
+    A coroutine: it reads only the URL, so FastAPI need not hand it to a worker thread."""
     fmt = request.query_params.get("_format")
     if fmt and "json" not in fmt:
         raise FhirError(f"_format {fmt!r} is not supported; use json", status=406, code="not-supported")
