@@ -225,6 +225,8 @@ def test_a_search_naming_the_patient_decides_their_care_once(world: TestClient) 
         assert any("care_relationship" in s and "oauth_revoked" in s for s in statements)
         pages = [s for s in statements if "count(*) OVER ()" in s]
         assert pages and all("care_relationship" not in s for s in pages)
+        # the record check planned on its own (OFFSET 0: no hashed alternative to plan)
+        assert all("resource_compartment AS ac" in s and "OFFSET 0" in s for s in pages)
     # none named: each row is decided (and what the GP may not see stays out)
     _, unnamed = statements_of("/fhir/Observation?code=http://loinc.org|2345-7")
     page = next(s for s in unnamed if "count(*) OVER ()" in s)

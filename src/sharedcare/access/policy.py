@@ -692,7 +692,10 @@ class _ProfessionalParts:
                 )
             )
         in_record = exists(
-            select(_ONE).select_from(_AC).where(_AC.c.res_pk == r.c.pk, _AC.c.patient_id == shortcut.patient)
+            select(_ONE)
+            .select_from(_AC)
+            .where(_AC.c.res_pk == r.c.pk, _AC.c.patient_id == shortcut.patient)
+            .offset(_ZERO)
         )
         return and_(in_record, or_(*grants))
 
@@ -741,7 +744,9 @@ class _ProfessionalParts:
 
         au, x, d, aa = _AU, _AX, _AD, _AA
         # nested in the relationship's EXISTS: correlated to the row explicitly (SQLAlchemy
-        # correlates automatically with the immediately enclosing statement only)
+        # correlates automatically with the immediately enclosing statement only). Behind
+        # OFFSET 0, as the record check of ``_cared_for``: PostgreSQL would otherwise plan a
+        # hashed alternative of each (over the whole index table, never the one it runs)
         own = exists(
             select(_ONE)
             .select_from(au)
@@ -753,6 +758,7 @@ class _ProfessionalParts:
                 ),
                 me(au),
             )
+            .offset(_ZERO)
             .correlate(r)
         )
         if not rows.binary:
@@ -769,6 +775,7 @@ class _ProfessionalParts:
                 aa.c.param == _sql("author"),
                 me(aa),
             )
+            .offset(_ZERO)
             .correlate(r)
         )
         return or_(own, and_(r.c.type == _sql("Binary"), of_document))
