@@ -174,7 +174,7 @@ _LR = resource.alias("alr")
 _LT = idx_token.alias("alt")
 _ONE: ColumnElement[int] = literal_column("1")
 _ZERO: ColumnElement[int] = literal_column("0")
-"""``OFFSET 0`` written in: a sub-query PostgreSQL plans on its own (no bound parameter)."""
+"""0 written in (no bound parameter): ``OFFSET 0`` makes a sub-query PostgreSQL plans on its own."""
 _PT = idx_token.alias("apt")
 _PV = resource_version.alias("apv")
 _PD = resource.alias("apd")
@@ -763,17 +763,30 @@ class _ProfessionalParts:
         )
         if not rows.binary:
             return own
+        # the Binary's link, its document, the document's author: nested rather than joined,
+        # three one-table sub-plans (planning the three-table join cost 0.3 ms a statement)
+        authored = (
+            select(_ONE)
+            .select_from(aa)
+            .where(aa.c.res_pk == d.c.pk, aa.c.param == _sql("author"), me(aa))
+            .offset(_ZERO)
+            .correlate(d)
+        )
+        document = (
+            select(_ONE)
+            .select_from(d)
+            .where(d.c.type == x.c.target_type, d.c.id == x.c.target_id, exists(authored))
+            .offset(_ZERO)
+            .correlate(x)
+        )
         of_document = exists(
             select(_ONE)
             .select_from(x)
-            .join(d, and_(d.c.type == x.c.target_type, d.c.id == x.c.target_id))
-            .join(aa, aa.c.res_pk == d.c.pk)
             .where(
                 x.c.res_pk == r.c.pk,
                 x.c.rtype == _sql("Binary"),
                 x.c.param == _sql("security-context"),
-                aa.c.param == _sql("author"),
-                me(aa),
+                exists(document),
             )
             .offset(_ZERO)
             .correlate(r)
@@ -860,9 +873,8 @@ _FACT_BITS = ("licensed", "restricted", PROFESSION, REFERENT, "any_referent")
 
 @compiles(_CallerFacts)
 def _compile_caller_facts(element: _CallerFacts, compiler: Any, **kw: Any) -> str:
-    zero: ColumnElement[int] = literal_column("0")
     bits = [
-        case((fact, literal_column(str(1 << i))), else_=zero)
+        case((fact, literal_column(str(1 << i))), else_=_ZERO)
         for i, fact in enumerate(element.parts.facts_sql(element.patient))
     ]
     return "(" + " + ".join(str(compiler.process(b, **kw)) for b in bits) + ")"
