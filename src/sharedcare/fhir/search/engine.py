@@ -21,6 +21,9 @@ from sharedcare.fhir.search.compile import (
     AccessFilter,
     CompileContext,
     criterion,
+    drives,
+    driving_rows,
+    on_key_only,
     param_rows,
     sort_expression,
     sort_kind,
@@ -219,13 +222,42 @@ class SearchEngine:
         only. Merged, PostgreSQL checked the caller's access where it read the rows: for
         ``Observation?patient&code`` on each of the patient's 217 Observations before the code
         kept 12 of them, a third of the statement's time."""
-        r = _R
-        conds = self.where(r, query, None, compartment)
-        if access is None:
-            return r, conds
-        candidates = select(*_CANDIDATE_COLUMNS).where(*conds).offset(0).subquery("rc")
+        driver = self._driver(query, compartment)
+        if driver is None:
+            r: FromClause = _R
+            conds = self.where(r, query, None, compartment)
+            if access is None:
+                return r, conds
+            candidates = select(*_CANDIDATE_COLUMNS).where(*conds).offset(0).subquery("rc")
+        else:
+            rtype = query.resource_type
+            keys = driving_rows(rtype, driver, self.ctx)
+            rest = [criterion(keys, rtype, f, self.ctx) for f in query.filters if f is not driver]
+            if access is None:
+                return keys, rest
+            live = [_R.c.type == rtype, _R.c.deleted.is_(False)]  # what the keys imply
+            candidates = (
+                select(*_CANDIDATE_COLUMNS)
+                .select_from(keys.join(_R, _R.c.pk == keys.c.pk))
+                .where(*live, *rest)
+                .offset(0)
+                .subquery("rc")
+            )
         patient = compartment or self.searched_patient(query)
         return candidates, [access(candidates, (query.resource_type,), patient=patient)]
+
+    @staticmethod
+    def _driver(query: SearchQuery, compartment: str | None) -> Filter | None:
+        """The criterion whose index rows give the candidates (``compile.driving_rows``), where
+        the whole search can be said on resource keys alone: every criterion and sort key reads
+        only the row's key (no ``_id``, ``_lastUpdated``, ``_has``, compartment). Its matches are
+        the same; PostgreSQL may still read the other criteria's rows first (their ``EXISTS``
+        on the keys is a semi-join it can turn around)."""
+        if compartment is not None or any(k.code in ("_id", "_lastUpdated") for k in query.sort):
+            return None
+        if not all(on_key_only(f) for f in query.filters):
+            return None
+        return next((f for f in query.filters if drives(f) and isinstance(f, Filter)), None)
 
     def searched_patient(self, query: SearchQuery) -> str | None:
         """The patient whose compartment holds every match of ``query``, where one of its
@@ -298,8 +330,8 @@ class SearchEngine:
             conds.append(boundary(keys, values, r.c.pk, pk))
         forward = direction == "n"
         labels = [e.label(f"s{i}") for i, (e, _d) in enumerate(keys)]
-        if want_total:
-            stmt = self._counted_page(r, conds, keys, labels, page_size)
+        if want_total or "content" not in r.c:  # keys only (``_driver``): the page joins its rows
+            stmt = self._page(r, conds, keys, labels, page_size, forward, want_total)
         else:
             columns = [r.c.pk, r.c.type, r.c.id, r.c.version, r.c.last_updated, r.c.deleted, r.c.content]
             stmt = (
@@ -336,18 +368,26 @@ class SearchEngine:
         return result
 
     @staticmethod
-    def _counted_page(
-        r: FromClause, conds: list[Any], keys: list[tuple[Any, bool]], labels: list[Any], page_size: int
+    def _page(
+        r: FromClause,
+        conds: list[Any],
+        keys: list[tuple[Any, bool]],
+        labels: list[Any],
+        page_size: int,
+        forward: bool,
+        counted: bool,
     ) -> Select[Any]:
-        """A first page and the number of all matches, in one statement: the window counts every
-        match before the LIMIT, over the keys only (not the resources' content); the page's rows
-        then join their content. A count statement of its own planned the search a second time
-        and ran its access filter on every match again."""
+        """A page of matches selected on their keys and sort values, which then joins the rows'
+        content; ``counted``, with the number of all matches (``total_``) in the same statement:
+        the window counts every match before the LIMIT, over the keys only (not the resources'
+        content). A count statement of its own planned the search a second time and ran its
+        access filter on every match again."""
+        counts = (func.count().over().label("total_"),) if counted else ()
         page = (
-            select(r.c.pk, *labels, func.count().over().label("total_"))
+            select(r.c.pk, *labels, *counts)
             .select_from(r)
             .where(*conds)
-            .order_by(*_ordering(keys, r.c.pk, True))
+            .order_by(*_ordering(keys, r.c.pk, forward))
             .limit(page_size + 1)
             .subquery("pg")
         )
@@ -363,10 +403,10 @@ class SearchEngine:
                 c.c.deleted,
                 c.c.content,
                 *(page.c[f"s{i}"] for i in range(len(keys))),
-                page.c.total_,
+                *((page.c.total_,) if counted else ()),
             )
-            .select_from(page.join(c, c.c.pk == page.c.pk))
-            .order_by(*_ordering(sorted_by, page.c.pk, True))
+            .select_from(page.join(c, and_(c.c.pk == page.c.pk, c.c.deleted.is_(False))))
+            .order_by(*_ordering(sorted_by, page.c.pk, forward))
         )
 
     def includes(
