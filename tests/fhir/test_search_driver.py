@@ -18,7 +18,7 @@ from sqlalchemy.dialects import postgresql
 
 from sharedcare.fhir.definitions import definitions
 from sharedcare.fhir.search.compile import CompileContext
-from sharedcare.fhir.search.engine import SearchEngine
+from sharedcare.fhir.search.engine import SearchEngine, SearchResult
 from sharedcare.fhir.search.parse import QueryParser
 from sharedcare.fhir.service import FhirService
 from sharedcare.fhir.store import utcnow
@@ -114,16 +114,24 @@ def filled(engine: Engine) -> FhirService:
 
 
 def _answer(svc: FhirService, params: list[tuple[str, str]], count: int = 3) -> tuple[int | None, list[str]]:
-    """The total and every match, page after page (``next`` links: the statement without total)."""
-    query = svc.parse_search("Observation", [*params, ("_count", str(count))], strict=True)
-    result = svc.search(query, base_url=BASE)
-    total, ids = result.total, [s.id for s in result.matches]
+    """The total and every match, page after page (``next`` links: the statement without total),
+    checked against the pages read back from the last one (``previous`` links)."""
+
+    def page(cursor: str | None) -> SearchResult:
+        paged = [*params, ("_count", str(count)), *((("_page", cursor),) if cursor else ())]
+        return svc.search(svc.parse_search("Observation", paged, strict=True), base_url=BASE)
+
+    result = page(None)
+    total, pages = result.total, [[s.id for s in result.matches]]
     while result.next_cursor:
-        paged = [*params, ("_count", str(count)), ("_page", result.next_cursor)]
-        query = svc.parse_search("Observation", paged, strict=True)
-        result = svc.search(query, base_url=BASE)
-        ids += [s.id for s in result.matches]
-    return total, ids
+        result = page(result.next_cursor)
+        pages.append([s.id for s in result.matches])
+    back = [pages[-1]]
+    while result.previous_cursor:
+        result = page(result.previous_cursor)
+        back.insert(0, [s.id for s in result.matches])
+    assert back == pages
+    return total, [rid for ids in pages for rid in ids]
 
 
 @pytest.mark.parametrize(
