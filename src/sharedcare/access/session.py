@@ -76,10 +76,12 @@ _NOTE_PROFESSIONAL_ACCESS = (
 """The same, and the first professional access where there was none."""
 
 
-def _owners_and_note(professional: bool) -> TextClause:
+def _owners_and_note(professional: bool, head: bool) -> TextClause:
     """PostgreSQL: the patients owning the acts' resources and the ``_note_access`` of their
     records (and of ``known`` patients), in one statement. Rows ``(res_pk, patient_id, NULL)``
-    for the owners, ``(NULL, patient_id, first_professional_access)`` for each record dated."""
+    for the owners, ``(NULL, patient_id, first_professional_access)`` for each record dated;
+    with ``head``, also the audit chain head it locked for the records (``audit.PICK_HEAD_PG``),
+    as ``(NULL, NULL, NULL, chain, seq, hash)``: one round trip less per audited act."""
     stale = "last_access IS NULL OR last_access < :stale"
     if professional:
         sets = (
@@ -89,18 +91,21 @@ def _owners_and_note(professional: bool) -> TextClause:
         where, first = f"{stale} OR first_professional_access IS NULL", "first_professional_access"
     else:
         sets, where, first = "last_access = :now", stale, "CAST(NULL AS TIMESTAMP)"
+    heads = f", head AS ({audit.PICK_HEAD_PG})" if head else ""
+    none = ", CAST(NULL AS SMALLINT), CAST(NULL AS BIGINT), CAST(NULL AS VARCHAR)"
     return text(
         "WITH owners AS (SELECT res_pk, patient_id FROM resource_compartment "
         "WHERE res_pk = ANY(CAST(:pks AS BIGINT[]))), "
         f"noted AS (UPDATE record_status SET {sets} WHERE patient_id IN "
         "(SELECT patient_id FROM owners UNION SELECT unnest(CAST(:known AS VARCHAR[]))) "
-        f"AND ({where}) RETURNING patient_id, {first} AS first_access) "
-        "SELECT res_pk, patient_id, CAST(NULL AS TIMESTAMP) FROM owners "
-        "UNION ALL SELECT NULL, patient_id, first_access FROM noted"
+        f"AND ({where}) RETURNING patient_id, {first} AS first_access){heads} "
+        f"SELECT res_pk, patient_id, CAST(NULL AS TIMESTAMP){none} FROM owners "
+        f"UNION ALL SELECT NULL, patient_id, first_access{none} FROM noted"
+        + (" UNION ALL SELECT NULL, NULL, NULL, chain, seq, hash FROM head" if head else "")
     )
 
 
-_OWNERS_AND_NOTE = {False: _owners_and_note(False), True: _owners_and_note(True)}
+_OWNERS_AND_NOTE = {(p, h): _owners_and_note(p, h) for p in (False, True) for h in (False, True)}
 
 
 @dataclass(slots=True)
@@ -429,6 +434,7 @@ class PolicySession:
             return
         p = self.principal
         professional = p.kind is PrincipalKind.PROFESSIONAL
+        head: tuple[int, int, str] | None = None
         if conn.dialect.name == "postgresql":
             owners: dict[int, list[str]] = {}
             first: list[str] = []
@@ -441,8 +447,11 @@ class PolicySession:
                     "now": self.now,
                     "stale": self.now - LAST_ACCESS_RESOLUTION,
                 }
-                for res_pk, patient_id, first_access in conn.execute(_OWNERS_AND_NOTE[professional], values):
-                    if res_pk is not None:
+                statement = _OWNERS_AND_NOTE[professional, audit.picks_head(conn)]
+                for res_pk, patient_id, first_access, chain, seq, digest in conn.execute(statement, values):
+                    if chain is not None:
+                        head = (int(chain), int(seq), str(digest))
+                    elif res_pk is not None:
                         owners.setdefault(res_pk, []).append(patient_id)
                     elif professional and first_access == self.now:  # dated by this statement
                         first.append(patient_id)
@@ -454,7 +463,7 @@ class PolicySession:
         self._notify_first_access(conn, first)
         if professional and self.policy.settings.emergency_override and p.practitioner_id:
             pending = self._flag_emergencies(conn, p.practitioner_id, pending)
-        audit.append_all(conn, pending)
+        audit.append_all(conn, pending, head=head)
 
     def _flag_emergencies(
         self, conn: Connection, practitioner_id: str, pending: list[audit.AuditRecord]

@@ -304,18 +304,26 @@ def append(conn: Connection, record: AuditRecord) -> int:
     return append_all(conn, [record])[0]
 
 
-def append_all(conn: Connection, records: Sequence[AuditRecord]) -> list[int]:
+def append_all(
+    conn: Connection, records: Sequence[AuditRecord], head: tuple[int, int, str] | None = None
+) -> list[int]:
     """``append`` each of ``records``, in order, consecutively on one chain; return their keys.
 
     On PostgreSQL the chain head is locked and read, then the records are inserted and the head
     moved in one statement (``_APPEND_ONE_PG``, or ``_APPEND_PG`` per 1,000 records): two
     round trips for an act, however many patients it concerns, instead of three per record.
-    SQLite inserts them one by one, then moves the head.
+    SQLite inserts them one by one, then moves the head. ``head`` is a head the caller locked
+    in this transaction with ``PICK_HEAD_PG`` in a statement of its own (``picks_head``): one
+    round trip less.
     """
     if not records:
         return []
     rows = [_row_values(record) for record in records]
-    chain, seq, prev = _lock_head(conn)
+    if head is not None:
+        conn.info[_STICKY] = (conn.get_transaction(), head[0])
+        chain, seq, prev = head
+    else:
+        chain, seq, prev = _lock_head(conn)
     for row in rows:
         seq += 1
         row.update(chain=chain, seq=seq)
@@ -435,6 +443,26 @@ def _row_values(record: AuditRecord) -> dict[str, Any]:
 _RELOCK = select(audit_chain_head).where(audit_chain_head.c.chain == bindparam("chain")).with_for_update()
 _PICK = select(audit_chain_head).where(audit_chain_head.c.chain < CHAINS).order_by(func.random()).limit(1)
 _PICK_FREE = _PICK.with_for_update(skip_locked=True)
+
+
+PICK_HEAD_PG = (
+    f"SELECT chain, seq, hash FROM {audit_chain_head.name} WHERE chain < {CHAINS} "
+    "ORDER BY random() LIMIT 1 FOR UPDATE SKIP LOCKED"
+)
+"""PostgreSQL: lock a free chain's head and read it (``_PICK_FREE``), for a caller that reads
+it in a statement of its own, as a ``WITH`` query, before it appends (``append_all(head=…)``).
+It never waits for a lock, so it may come before the act's other locks in that statement.
+Where it finds no row (every chain busy, heads not made yet), ``append_all`` locks one itself."""
+
+
+def picks_head(conn: Connection) -> bool:
+    """The next append in ``conn``'s transaction picks a chain: the transaction holds none yet
+    (its appends all go to the first one it locked)."""
+    txn = conn.get_transaction()
+    sticky = conn.info.get(_STICKY)
+    return conn.dialect.name == "postgresql" and not (
+        txn is not None and sticky is not None and sticky[0] is txn
+    )
 
 
 def _lock_head(conn: Connection) -> tuple[int, int, str]:
