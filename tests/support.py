@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine, event, text
 
 from sharedcare.access.models import care_relationship
 from sharedcare.access.principals import Principal, PrincipalKind
@@ -252,3 +252,18 @@ CLINIC_DOCTOR = Principal(
 OTHER_DOCTOR = Principal(
     PrincipalKind.PROFESSIONAL, "acct-od", practitioner_id="od", profession="med", organization_id="other"
 )
+
+
+@contextmanager
+def statements(engine: Any) -> Iterator[list[str]]:
+    """The SQL statements run on ``engine`` (and the engines derived from it) meanwhile."""
+    seen: list[str] = []
+
+    def listen(conn: Any, cursor: Any, sql: str, params: Any, context: Any, many: bool) -> None:
+        seen.append(sql)
+
+    event.listen(engine, "before_cursor_execute", listen)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", listen)

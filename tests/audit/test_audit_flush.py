@@ -6,13 +6,11 @@ locked. SQLite takes the database's write lock at BEGIN and has no head to pick 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, event, select
+from sqlalchemy import Engine, select
 
 from sharedcare.access.policy import AccessPolicy, category_of
 from sharedcare.access.principals import Principal, PrincipalKind
@@ -22,6 +20,7 @@ from sharedcare.audit.models import audit_log
 from sharedcare.fhir.service import FhirService
 from sharedcare.settings import Settings
 from sharedcare.storage.engine import writer
+from support import statements
 
 PLATFORM = Principal(
     PrincipalKind.SYSTEM, "demo-system", display="Platform", scopes=frozenset({"system/*.*"}), trusted=True
@@ -34,27 +33,13 @@ def postgres(settings: Settings) -> None:
         pytest.skip("PostgreSQL: SQLite locks the database at BEGIN, there is no chain head to pick")
 
 
-@contextmanager
-def _statements(engine: Engine) -> Iterator[list[str]]:
-    seen: list[str] = []
-
-    def note(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        seen.append(statement)
-
-    event.listen(engine, "before_cursor_execute", note)
-    try:
-        yield seen
-    finally:
-        event.remove(engine, "before_cursor_execute", note)
-
-
 def test_a_read_picks_its_chain_head_with_the_owners_of_what_it_read(
     client: TestClient, postgres: None
 ) -> None:
     patient = {"resourceType": "Patient", "id": "p1", "name": [{"family": "Muller"}]}
     assert client.put("/fhir/Patient/p1", json=patient).status_code in (200, 201)
     engine: Engine = client.app.state.engine  # type: ignore[attr-defined]
-    with _statements(engine) as seen:
+    with statements(engine) as seen:
         assert client.get("/fhir/Patient?family=muller").json()["total"] == 1
     picks = [s for s in seen if "FOR UPDATE SKIP LOCKED" in s]
     assert len(picks) == 1 and "resource_compartment" in picks[0] and "record_status" in picks[0]

@@ -6,33 +6,17 @@ event listener, on SQLite and PostgreSQL (the ``world`` fixture)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from fastapi.testclient import TestClient
 from mhd_world import CONFIDENTIALITY, LAB, Doc, auth, created, provide_bundle
-from sqlalchemy import event, select
+from sqlalchemy import select
 
 from sharedcare.fhir.store import resource as resources
+from support import statements
 
 INHERIT = "sc_binary"
 """The alias of the inheritance query (the only statement that names it)."""
-
-
-@contextmanager
-def statements(engine: Any) -> Iterator[list[str]]:
-    """The SQL statements run on ``engine`` (and the engines derived from it) meanwhile."""
-    seen: list[str] = []
-
-    def listen(conn: Any, cursor: Any, sql: str, params: Any, context: Any, many: bool) -> None:
-        seen.append(sql)
-
-    event.listen(engine, "before_cursor_execute", listen)
-    try:
-        yield seen
-    finally:
-        event.remove(engine, "before_cursor_execute", listen)
 
 
 def level(app: Any, rtype: str, rid: str) -> str | None:
