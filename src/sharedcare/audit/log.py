@@ -445,10 +445,7 @@ _PICK = select(audit_chain_head).where(audit_chain_head.c.chain < CHAINS).order_
 _PICK_FREE = _PICK.with_for_update(skip_locked=True)
 
 
-PICK_HEAD_PG = (
-    f"SELECT chain, seq, hash FROM {audit_chain_head.name} WHERE chain < {CHAINS} "
-    "ORDER BY random() LIMIT 1 FOR UPDATE SKIP LOCKED"
-)
+PICK_HEAD_PG = str(_PICK_FREE.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}))
 """PostgreSQL: lock a free chain's head and read it (``_PICK_FREE``), for a caller that reads
 it in a statement of its own, as a ``WITH`` query, before it appends (``append_all(head=…)``).
 It never waits for a lock, so it may come before the act's other locks in that statement.

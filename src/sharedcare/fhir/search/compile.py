@@ -19,7 +19,7 @@ import itertools
 from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeGuard
 
 from sqlalchemy import (
     ColumnElement,
@@ -171,18 +171,27 @@ def _indexed(r: FromClause, rtype: str, flt: Filter, ctx: CompileContext) -> Col
     if flt.type == "composite":
         return _composite(r, rtype, flt, ctx)
     table = ctx.alias(INDEX_TABLES[flt.type])
-    suffix = token.OF_TYPE_SUFFIX if flt.modifier == "of-type" else ""
-    base = [table.c.res_pk == r.c.pk, *param_rows(table, rtype, flt.code, ctx.defs, suffix)]
     if flt.modifier == "missing":
-        present = exists(select(1).select_from(table).where(*base))
+        rows = param_rows(table, rtype, flt.code, ctx.defs)
+        present = exists(select(1).select_from(table).where(table.c.res_pk == r.c.pk, *rows))
         return not_(present) if flt.values[0] == "true" else present
-    modifier = None if flt.modifier == "not" else flt.modifier
-    conds = [value_condition(flt.type, table, v, modifier, ctx) for v in flt.values]
-    match = exists(select(1).select_from(table).where(*base, or_(*conds)))
+    match = exists(
+        select(1).select_from(table).where(table.c.res_pk == r.c.pk, *_matching_rows(table, rtype, flt, ctx))
+    )
     return not_(match) if flt.modifier == "not" else match
 
 
-def drives(flt: Filter | HasFilter) -> bool:
+def _matching_rows(table: Any, rtype: str, flt: Filter, ctx: CompileContext) -> list[Any]:
+    """Conditions selecting the rows of ``table`` (an alias of ``flt``'s index table) by which a
+    resource matches ``flt`` (``:not`` left to the caller, who negates their existence): the
+    one statement of them for ``_indexed``'s EXISTS and ``driving_rows``'s keys."""
+    suffix = token.OF_TYPE_SUFFIX if flt.modifier == "of-type" else ""
+    modifier = None if flt.modifier == "not" else flt.modifier
+    conds = [value_condition(flt.type, table, v, modifier, ctx) for v in flt.values]
+    return [*param_rows(table, rtype, flt.code, ctx.defs, suffix), or_(*conds)]
+
+
+def drives(flt: Filter | HasFilter) -> TypeGuard[Filter]:
     """``flt`` matches a resource by rows of one index table that it must have (an indexed
     parameter, no chain, composite, ``:missing`` or ``:not``): its rows may stand for the
     resources (``driving_rows``)."""
@@ -213,10 +222,8 @@ def driving_rows(rtype: str, flt: Filter, ctx: CompileContext) -> Any:
     documents). The index rows suffice: they are written for live resources only, of their
     type (``rtype``), and removed when a resource is deleted or changed (``store.apply``)."""
     table = ctx.alias(INDEX_TABLES[flt.type])
-    suffix = token.OF_TYPE_SUFFIX if flt.modifier == "of-type" else ""
-    conds = [value_condition(flt.type, table, v, flt.modifier, ctx) for v in flt.values]
-    rows = param_rows(table, rtype, flt.code, ctx.defs, suffix)
-    return select(table.c.res_pk.label("pk")).where(*rows, or_(*conds)).distinct().subquery("dr")
+    rows = _matching_rows(table, rtype, flt, ctx)
+    return select(table.c.res_pk.label("pk")).where(*rows).distinct().subquery("dr")
 
 
 def _composite(r: FromClause, rtype: str, flt: Filter, ctx: CompileContext) -> ColumnElement[bool]:

@@ -257,7 +257,7 @@ class SearchEngine:
             return None
         if not all(on_key_only(f) for f in query.filters):
             return None
-        return next((f for f in query.filters if drives(f) and isinstance(f, Filter)), None)
+        return next((f for f in query.filters if drives(f)), None)
 
     def searched_patient(self, query: SearchQuery) -> str | None:
         """The patient whose compartment holds every match of ``query``, where one of its
