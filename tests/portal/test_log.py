@@ -13,6 +13,7 @@ from portal_world import MATRICULE_A, World
 
 from sharedcare.access.principals import Principal, PrincipalKind
 from sharedcare.audit import log as audit
+from sharedcare.portal.i18n import TIMEZONE
 from sharedcare.storage.engine import writer
 
 Browser = Callable[[], TestClient]
@@ -61,7 +62,7 @@ def test_log_filters(world: World, after_gp_visit: TestClient) -> None:
     assert only_gp and all("Dr Claire Hoffmann" in r for r in only_gp)
     future = (datetime.now(UTC) + timedelta(days=3)).date().isoformat()
     assert _rows(c.get("/portal/log", params={"since": future}).text) == []
-    today = datetime.now(UTC).date().isoformat()
+    today = datetime.now(TIMEZONE).date().isoformat()  # the portal's days are Luxembourg's
     assert _rows(c.get("/portal/log", params={"since": today, "until": today}).text)
     assert (
         c.get("/portal/log", params={"since": "not-a-date", "act": "nonsense", "before": "x4"}).status_code
