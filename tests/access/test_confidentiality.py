@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 
 from sharedcare.access.models import care_relationship
+from sharedcare.access.policy import _Rows
 from sharedcare.access.principals import Principal, PrincipalKind
 from sharedcare.app import create_app
 from sharedcare.fhir.store import confidentiality_of, utcnow
@@ -454,3 +455,62 @@ def test_an_author_named_through_a_contained_role_reads_a_very_restricted_item(w
     assert found(world, hospital_gp, "DocumentReference?patient=pa&security-label=V") == {
         "DocumentReference/doc-vo"
     }
+
+
+def labelled_patient(rid: str, code: str | None) -> dict[str, Any]:
+    patient: dict[str, Any] = {"resourceType": "Patient", "id": rid, "name": [{"family": "Labelled"}]}
+    if code is not None:
+        patient["meta"] = {"security": [{"system": CONFIDENTIALITY, "code": code}]}
+    return patient
+
+
+def test_rows_of_a_type_that_fixes_their_category_answer_as_any_other_row(world: TestClient) -> None:
+    """A Patient's category is identity by its type alone and a Patient has no author, so the
+    read filter decides those checks when its statement is built (``policy._Rows``). The
+    answers stay the rules': identity counts as full for every party in care (R readable by
+    all), V only by the referring physician (no author side); a row stored without its category
+    is still refused (the row's own category is checked)."""
+    app: Any = world.app
+    put_all(world, labelled_patient("pr", "R"), labelled_patient("pv", "V"), labelled_patient("pn", None))
+    now = utcnow()
+    with writer(app.state.engine).begin() as conn:
+        for patient in ("pr", "pv", "pn"):
+            for practitioner in ("gp", "ph"):
+                add_care(conn, f"care-{practitioner}-{patient}", patient, practitioner, now)
+            add_care(conn, f"care-mr-{patient}", patient, "mr", now, context="referent", ends=None)
+    search = "Patient?family=labelled"
+    for who in (GP, PHARMACIST):
+        assert found(world, who, search) == {"Patient/pr", "Patient/pn"}, who
+        assert readable(world, who, "Patient/pr") and not readable(world, who, "Patient/pv"), who
+        assert world.get("/fhir/Patient/pv/_history", headers=headers(world, who)).status_code == 404
+    assert found(world, REFERENT, search) == {"Patient/pr", "Patient/pv", "Patient/pn"}
+    assert readable(world, REFERENT, "Patient/pv")
+    assert found(world, GP2, search) == set()  # no care of theirs
+    with writer(app.state.engine).begin() as conn:
+        conn.execute(
+            update(resource).where(resource.c.type == "Patient", resource.c.id == "pn").values(category=None)
+        )
+    assert found(world, GP, search) == {"Patient/pr"}
+    assert found(world, REFERENT, search) == {"Patient/pr", "Patient/pv"}
+    assert not readable(world, GP, "Patient/pn")
+
+
+def test_the_filter_leaves_out_what_a_type_cannot_need(world: TestClient) -> None:
+    """The statement on Patient rows has one category comparison and no author look-up (each
+    sub-query is planned at every search); on rows whose authors or category vary, both stay."""
+    assert _Rows.of(("Patient",)) == _Rows(binary=False, task=False, authored=False, category="identity")
+    assert _Rows.of(("AuditEvent", "Provenance")).category == "access-traces"
+    assert _Rows.of(("Patient", "Observation")).category is None
+    assert _Rows.of(("DocumentReference",)).authored and _Rows.of(("List",)).authored
+    assert not _Rows.of(("Observation",)).authored
+    app: Any = world.app
+    flt = app.state.policy.read_filter(GP, utcnow())
+    assert flt is not None
+
+    def sql(types: tuple[str, ...]) -> str:
+        return str(select(resource.c.pk).where(flt(resource, types)).compile(app.state.engine))
+
+    patient, document = sql(("Patient",)), sql(("DocumentReference",))
+    assert "aau" not in patient and "resource.category IN" not in patient
+    assert "resource.category = 'identity'" in patient
+    assert "aau" in document and "resource.category IN" in document

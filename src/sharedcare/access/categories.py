@@ -665,6 +665,13 @@ def classify(resource: Resource) -> str | None:
     return (rule(resource) if rule is not None else None) or default
 
 
+def category_by_type(rtype: str) -> str | None:
+    """The category every resource of ``rtype`` has, where the type alone decides it (rule 2:
+    identity and traces); None where content decides. The access decision relies on it to
+    decide, when its statement is built, the category checks of rows of such a type."""
+    return DEFAULTS[rtype].value if rtype in _BY_TYPE_ONLY else None
+
+
 def category_for_document_type(code: str, system: str = LOINC) -> str | None:
     """The category of a document type (LOINC by default), or None when the type is not listed.
 

@@ -54,7 +54,13 @@ from sqlalchemy import (
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.visitors import InternalTraversal, iterate
 
-from sharedcare.access.categories import REFERENCE_DATA, VACCINATION_CATEGORIES, DataCategory, classify
+from sharedcare.access.categories import (
+    REFERENCE_DATA,
+    VACCINATION_CATEGORIES,
+    DataCategory,
+    category_by_type,
+    classify,
+)
 from sharedcare.access.matrix import AccessMatrix, load_matrix
 from sharedcare.access.minors import delegation_in_force
 from sharedcare.access.models import (
@@ -67,6 +73,7 @@ from sharedcare.access.models import (
 )
 from sharedcare.access.principals import Principal, PrincipalKind
 from sharedcare.access.requests import ADDRESSED, DISCLOSURE_SYSTEM, PENDING_DISCLOSURE
+from sharedcare.fhir.definitions import definitions
 from sharedcare.fhir.search.engine import AccessFilter
 from sharedcare.fhir.store import utcnow
 from sharedcare.settings import Settings
@@ -230,17 +237,88 @@ def ordinary_confidentiality(r: FromClause) -> ColumnElement[bool]:
 class _Rows:
     """Which type-specific rules can concern the rows a filter is asked about: those of Binaries
     (their document's restrictions and authors decide) and those of Tasks (the holder's record
-    requests). A statement on other types leaves them out: PostgreSQL plans every sub-query of a
+    requests); whether they can have authors (index rows ``_authored`` reads); and the category
+    they all have, where their types alone decide it (a Patient's is identity). A statement on
+    other types leaves out what cannot concern its rows: PostgreSQL plans every sub-query of a
     statement, also one no row reaches, and a search is planned at each execution."""
 
     binary: bool = True
     task: bool = True
+    authored: bool = True
+    category: str | None = None
 
     @classmethod
     def of(cls, types: Collection[str] | None) -> _Rows:
         if types is None:
             return _ANY_ROWS
-        return cls("Binary" in types, "Task" in types)
+        fixed = {category_by_type(t) for t in types}
+        return cls(
+            "Binary" in types,
+            "Task" in types,
+            any(_authors_indexed(t) for t in types),
+            fixed.pop() if len(fixed) == 1 else None,
+        )
+
+    @property
+    def shape(self) -> str:
+        """What the SQL built for these rows depends on."""
+        return f"{self.binary:d}{self.task:d}{self.authored:d}{self.category or ''}"
+
+    def category_in(self, r: FromClause, categories: tuple[str, ...]) -> _Cond:
+        """Row ``r``'s category is one of ``categories``: the check a way to read the row makes
+        itself. Where the rows' types fix their category, one comparison (or none: False)."""
+        if self.category is None:
+            if len(categories) == 1:
+                return r.c.category == _sql(categories[0])
+            return r.c.category.in_(_sql_list(categories))
+        return r.c.category == _sql(self.category) if self.category in categories else False
+
+    def category_known_in(
+        self, r: FromClause, categories: tuple[str, ...], *, negated: bool = False
+    ) -> _Cond:
+        """The same (or its negation), within a way to read the row that checked
+        ``category_in`` already: where the types fix the category, decided here (a bool, which
+        ``_any`` and ``_all`` fold into the enclosing condition)."""
+        if self.category is None:
+            listed = _sql_list(categories)
+            return r.c.category.not_in(listed) if negated else r.c.category.in_(listed)
+        return (self.category in categories) != negated
+
+
+_Cond = ColumnElement[bool] | bool
+"""A condition, or its value where it was decided when the statement was built."""
+
+
+def _any(*parts: _Cond) -> _Cond:
+    """OR of ``parts``, those decided folded in."""
+    if any(p is True for p in parts):
+        return True
+    rest = [p for p in parts if not isinstance(p, bool)]
+    return or_(*rest) if rest else False
+
+
+def _all(*parts: _Cond) -> _Cond:
+    """AND of ``parts``, those decided folded in."""
+    if any(p is False for p in parts):
+        return False
+    rest = [p for p in parts if not isinstance(p, bool)]
+    return and_(*rest) if rest else True
+
+
+def _as_sql(condition: _Cond) -> ColumnElement[bool]:
+    if isinstance(condition, bool):
+        return true() if condition else false()
+    return condition
+
+
+@cache
+def _authors_indexed(rtype: str) -> bool:
+    """Rows of ``rtype`` may have the index rows ``_authored`` reads: an ``author`` parameter
+    (rows are indexed under a parameter of their own type only), or a List's ``source``."""
+    if rtype == "List":
+        return True
+    param = definitions().param(rtype, "author")
+    return param is not None and param.is_indexed
 
 
 _ANY_ROWS = _Rows()
@@ -628,32 +706,39 @@ class _ProfessionalParts:
                 .select_from(_AC, _CR)
                 .where(_AC.c.res_pk == r.c.pk, *self.overridden, ordinary_confidentiality(r))
             )
-            allowed = or_(allowed, and_(r.c.category.in_(_sql_list(self.readable)), overridden))
+            allowed = _as_sql(_any(allowed, _all(rows.category_in(r, self.readable), overridden)))
         # the holder's objections to filing and requests on items (``access.requests``): an
         # objected item is in no professional's view; a request's Task only in its author's
         withheld = ~AccessPolicy._objected(r, rows)
+        reference = rows.category_in(r, (REFERENCE,))
         if not rows.task:
-            return or_(r.c.category == _sql(REFERENCE), and_(self.licensed, allowed, withheld))
+            return _as_sql(_any(reference, and_(self.licensed, allowed, withheld)))
         withheld = and_(withheld, ~AccessPolicy._record_request(r))
         authors = [_RQ.c.author_practitioner_id == self.practitioner]
         if self.organization is not None:
             authors.append(_RQ.c.owner_organization_id == self.organization)
         owned = AccessPolicy._record_request(r, _RQ.c.kind.in_(_sql_list(ADDRESSED)), or_(*authors))
-        return or_(r.c.category == _sql(REFERENCE), and_(self.licensed, or_(and_(allowed, withheld), owned)))
+        return _as_sql(_any(reference, and_(self.licensed, or_(and_(allowed, withheld), owned))))
 
     def _cared(self, r: FromClause, rows: _Rows) -> ColumnElement[bool]:
         """Some relationship of the professional in force with a holder of row ``r`` lets them
         read it (its category and confidentiality)."""
         cr = _CR
         # a relationship opens its own column's categories (``either`` is checked on the row)
-        category: list[ColumnElement[bool]] = []
+        category: list[_Cond] = []
         if self.only_profession:
             category.append(
-                or_(cr.c.context != _sql(REFERENT), r.c.category.not_in(_sql_list(self.only_profession)))
+                _any(
+                    cr.c.context != _sql(REFERENT),
+                    rows.category_known_in(r, self.only_profession, negated=True),
+                )
             )
         if self.only_referent:
             category.append(
-                or_(cr.c.context == _sql(REFERENT), r.c.category.not_in(_sql_list(self.only_referent)))
+                _any(
+                    cr.c.context == _sql(REFERENT),
+                    rows.category_known_in(r, self.only_referent, negated=True),
+                )
             )
         # nested, each behind OFFSET 0: PostgreSQL then plans the record's rows and the
         # relationships as two one-table sub-plans, instead of a join (and a hashed alternative
@@ -661,7 +746,7 @@ class _ProfessionalParts:
         relationship = (
             select(_ONE)
             .select_from(cr)
-            .where(*self.cared, *category, self._confidential(r, rows))
+            .where(*self.cared, _as_sql(_all(*category, self._confidential(r, rows))))
             .offset(_ZERO)
             .correlate(r, _AC)
         )
@@ -672,7 +757,7 @@ class _ProfessionalParts:
             .offset(_ZERO)
             .correlate(r)
         )
-        return and_(r.c.category.in_(_sql_list(self.either)), cared)
+        return _as_sql(_all(rows.category_in(r, self.either), cared))
 
     def _cared_for(self, r: FromClause, rows: _Rows, shortcut: _Shortcut) -> ColumnElement[bool]:
         """``_cared`` for rows of one holder's record, where the request read which kinds of
@@ -682,14 +767,11 @@ class _ProfessionalParts:
         grants = []
         if PROFESSION in shortcut.kinds:
             grants.append(
-                and_(r.c.category.in_(_sql_list(self.readable)), self._confidential(r, rows, referent=False))
+                _all(rows.category_in(r, self.readable), self._confidential(r, rows, referent=False))
             )
         if REFERENT in shortcut.kinds:
             grants.append(
-                and_(
-                    r.c.category.in_(_sql_list(self.referent_readable)),
-                    self._confidential(r, rows, referent=True),
-                )
+                _all(rows.category_in(r, self.referent_readable), self._confidential(r, rows, referent=True))
             )
         in_record = exists(
             select(_ONE)
@@ -697,36 +779,37 @@ class _ProfessionalParts:
             .where(_AC.c.res_pk == r.c.pk, _AC.c.patient_id == shortcut.patient)
             .offset(_ZERO)
         )
-        return and_(in_record, or_(*grants))
+        return _as_sql(_all(in_record, _any(*grants)))
 
-    def _confidential(self, r: FromClause, rows: _Rows, referent: bool | None = None) -> ColumnElement[bool]:
+    def _confidential(self, r: FromClause, rows: _Rows, referent: bool | None = None) -> _Cond:
         """The relationship ``_CR`` (or, given, one of the referring physician or not) lets the
         professional read row ``r`` at its confidentiality: any for N, L, M, U (or none); R when
         the relationship's column reads and writes the row's category; V when it is the
         referring physician's, or the professional is on the author's side of the item (of its
-        document, for a Binary)."""
+        document, for a Binary). Within a way to read the row that checked its category
+        (``_Rows.category_known_in``)."""
         cr = _CR
-        full: ColumnElement[bool]
-        very: ColumnElement[bool]
+        full: _Cond
+        very: _Cond
         if referent is None:
             if self.full_referent == self.full_profession:  # both columns alike: a shorter statement
-                full = r.c.category.in_(_sql_list(self.full_profession))
+                full = rows.category_known_in(r, self.full_profession)
             else:
-                full = or_(
-                    and_(cr.c.context == _sql(REFERENT), r.c.category.in_(_sql_list(self.full_referent))),
-                    and_(cr.c.context != _sql(REFERENT), r.c.category.in_(_sql_list(self.full_profession))),
+                full = _any(
+                    _all(cr.c.context == _sql(REFERENT), rows.category_known_in(r, self.full_referent)),
+                    _all(cr.c.context != _sql(REFERENT), rows.category_known_in(r, self.full_profession)),
                 )
-            very = or_(cr.c.context == _sql(REFERENT), self._authored(r, rows))
+            very = _any(cr.c.context == _sql(REFERENT), self._authored(r, rows))
         else:
-            full = r.c.category.in_(_sql_list(self.full_referent if referent else self.full_profession))
-            very = true() if referent else self._authored(r, rows)
-        return or_(
+            full = rows.category_known_in(r, self.full_referent if referent else self.full_profession)
+            very = True if referent else self._authored(r, rows)
+        return _any(
             ordinary_confidentiality(r),
-            and_(r.c.confidentiality == _sql(RESTRICTED), full),
-            and_(r.c.confidentiality == _sql(VERY_RESTRICTED), very),
+            _all(r.c.confidentiality == _sql(RESTRICTED), full),
+            _all(r.c.confidentiality == _sql(VERY_RESTRICTED), very),
         )
 
-    def _authored(self, r: FromClause, rows: _Rows) -> ColumnElement[bool]:
+    def _authored(self, r: FromClause, rows: _Rows) -> _Cond:
         """The professional, their PractitionerRole or the organisation they act for is an
         ``author`` of row ``r`` (by its index rows; a List's ``source``: a submission set), or of
         the document a Binary's ``securityContext`` names. A DocumentReference's author named
@@ -746,21 +829,24 @@ class _ProfessionalParts:
         # nested in the relationship's EXISTS: correlated to the row explicitly (SQLAlchemy
         # correlates automatically with the immediately enclosing statement only). Behind
         # OFFSET 0, as the record check of ``_cared_for``: PostgreSQL would otherwise plan a
-        # hashed alternative of each (over the whole index table, never the one it runs)
-        own = exists(
-            select(_ONE)
-            .select_from(au)
-            .where(
-                au.c.res_pk == r.c.pk,
-                or_(
-                    au.c.param == _sql("author"),
-                    and_(au.c.rtype == _sql("List"), au.c.param == _sql("source")),
-                ),
-                me(au),
+        # hashed alternative of each (over the whole index table, never the one it runs). Rows
+        # of types without authors (a Patient) have none to look for
+        own: _Cond = False
+        if rows.authored:
+            own = exists(
+                select(_ONE)
+                .select_from(au)
+                .where(
+                    au.c.res_pk == r.c.pk,
+                    or_(
+                        au.c.param == _sql("author"),
+                        and_(au.c.rtype == _sql("List"), au.c.param == _sql("source")),
+                    ),
+                    me(au),
+                )
+                .offset(_ZERO)
+                .correlate(r)
             )
-            .offset(_ZERO)
-            .correlate(r)
-        )
         if not rows.binary:
             return own
         # the Binary's link, its document, the document's author: nested rather than joined,
@@ -791,7 +877,7 @@ class _ProfessionalParts:
             .offset(_ZERO)
             .correlate(r)
         )
-        return or_(own, and_(r.c.type == _sql("Binary"), of_document))
+        return _any(own, and_(r.c.type == _sql("Binary"), of_document))
 
 
 class _Shaped(ColumnElement[Any]):
@@ -836,7 +922,7 @@ class _ProfessionalFilter(_Shaped):
         self.rows = rows
         self.shortcut = shortcut
         kinds = "" if shortcut is None else ",".join(sorted(shortcut.kinds))
-        self.shape = f"{parts.shape}{rows.binary:d}{rows.task:d}{kinds}"
+        self.shape = f"{parts.shape}{rows.shape}{kinds}"
         self.binds = parts.binds if shortcut is None else (*parts.binds, shortcut.patient)
 
     @property
