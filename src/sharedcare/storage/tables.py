@@ -162,7 +162,9 @@ resource_compartment = Table(
     Column("res_pk", BigInteger, ForeignKey("resource.pk", ondelete="CASCADE"), nullable=False),
     Column("patient_id", String(64), nullable=False),
     Index("ix_resource_compartment_patient", "patient_id", "res_pk"),
-    Index("ix_resource_compartment_res_pk", "res_pk"),
+    # with the patient: "is this row in that record" (the access filter's check of each
+    # candidate, the audit's owners) is answered from the index alone
+    Index("ix_resource_compartment_res_pk_patient", "res_pk", "patient_id"),
 )
 
 INDEX_TABLES: dict[str, Table] = {
