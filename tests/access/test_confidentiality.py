@@ -496,8 +496,9 @@ def test_rows_of_a_type_that_fixes_their_category_answer_as_any_other_row(world:
 
 
 def test_the_filter_leaves_out_what_a_type_cannot_need(world: TestClient) -> None:
-    """The statement on Patient rows has one category comparison and no author look-up (each
-    sub-query is planned at every search); on rows whose authors or category vary, both stay."""
+    """The statement on Patient rows has one category comparison, no author look-up and no
+    objection look-up (identity is no item to object to: ``requests.NOT_OBJECTABLE``; each
+    sub-query is planned at every search); on rows whose authors or category vary, all stay."""
     assert _Rows.of(("Patient",)) == _Rows(binary=False, task=False, authored=False, category="identity")
     assert _Rows.of(("AuditEvent", "Provenance")).category == "access-traces"
     assert _Rows.of(("Patient", "Observation")).category is None
@@ -512,5 +513,7 @@ def test_the_filter_leaves_out_what_a_type_cannot_need(world: TestClient) -> Non
 
     patient, document = sql(("Patient",)), sql(("DocumentReference",))
     assert "aau" not in patient and "resource.category IN" not in patient
+    assert "filing_objection" not in patient
     assert "resource.category = 'identity'" in patient
     assert "aau" in document and "resource.category IN" in document
+    assert "filing_objection" in document

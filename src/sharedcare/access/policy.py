@@ -72,7 +72,7 @@ from sharedcare.access.models import (
     record_status,
 )
 from sharedcare.access.principals import Principal, PrincipalKind
-from sharedcare.access.requests import ADDRESSED, DISCLOSURE_SYSTEM, PENDING_DISCLOSURE
+from sharedcare.access.requests import ADDRESSED, DISCLOSURE_SYSTEM, NOT_OBJECTABLE, PENDING_DISCLOSURE
 from sharedcare.fhir.definitions import definitions
 from sharedcare.fhir.search.engine import AccessFilter
 from sharedcare.fhir.store import utcnow
@@ -709,16 +709,16 @@ class _ProfessionalParts:
             allowed = _as_sql(_any(allowed, _all(rows.category_in(r, self.readable), overridden)))
         # the holder's objections to filing and requests on items (``access.requests``): an
         # objected item is in no professional's view; a request's Task only in its author's
-        withheld = ~AccessPolicy._objected(r, rows)
+        withheld = AccessPolicy._filed(r, rows)
         reference = rows.category_in(r, (REFERENCE,))
         if not rows.task:
-            return _as_sql(_any(reference, and_(self.licensed, allowed, withheld)))
-        withheld = and_(withheld, ~AccessPolicy._record_request(r))
+            return _as_sql(_any(reference, _all(self.licensed, allowed, withheld)))
+        withheld = _all(withheld, ~AccessPolicy._record_request(r))
         authors = [_RQ.c.author_practitioner_id == self.practitioner]
         if self.organization is not None:
             authors.append(_RQ.c.owner_organization_id == self.organization)
         owned = AccessPolicy._record_request(r, _RQ.c.kind.in_(_sql_list(ADDRESSED)), or_(*authors))
-        return _as_sql(_any(reference, and_(self.licensed, or_(and_(allowed, withheld), owned))))
+        return _as_sql(_any(reference, and_(self.licensed, or_(_as_sql(_all(allowed, withheld)), owned))))
 
     def _cared(self, r: FromClause, rows: _Rows) -> ColumnElement[bool]:
         """Some relationship of the professional in force with a holder of row ``r`` lets them
@@ -1239,7 +1239,7 @@ class AccessPolicy:
             identity = and_(
                 r.c.category == IDENTITY,
                 self._in_compartment(r, registered),
-                ~self._objected(r, rows),
+                _as_sql(self._filed(r, rows, IDENTITY)),
                 or_(r.c.confidentiality.is_(None), r.c.confidentiality != VERY_RESTRICTED),
             )
             if not rows.task:
@@ -1298,9 +1298,15 @@ class AccessPolicy:
         return or_(tagged, and_(r.c.deleted, was_tagged), document_tagged)
 
     @staticmethod
-    def _objected(r: FromClause, rows: _Rows = _ANY_ROWS) -> ColumnElement[bool]:
-        """The holder objected to the item being filed: no professional or system sees it."""
-        return _restricts(r, _FO, _FO.c.removed_at.is_(None), rows=rows)
+    def _filed(r: FromClause, rows: _Rows = _ANY_ROWS, category: str | None = None) -> _Cond:
+        """The holder has not objected to the item being filed (an objected item is in no
+        professional's or system's view). Items of a category no objection can be about
+        (``requests.NOT_OBJECTABLE``: identity, traces…) have none to look for: decided here
+        where the rows' types, or the enclosing condition (``category``), fix the category."""
+        known = category or rows.category
+        if known is not None and known in NOT_OBJECTABLE:
+            return True
+        return ~_restricts(r, _FO, _FO.c.removed_at.is_(None), rows=rows)
 
     @staticmethod
     def _record_request(r: FromClause, *conditions: ColumnElement[bool]) -> ColumnElement[bool]:

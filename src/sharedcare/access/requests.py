@@ -93,8 +93,9 @@ _REFERENCE = re.compile(r"^([A-Z][A-Za-z]{1,63})/([A-Za-z0-9\-.]{1,64})$")
 _DISPLAY = {RECTIFY: "Rectification of an item", ERASE: "Erasure of an item", FILE: "Filing of an item"}
 
 # categories an objection or request cannot be about (identity is the record itself, the holder's
-# own choices and the access log are not filed items, the holder writes their own area freely)
-_NOT_OBJECTABLE = frozenset(
+# own choices and the access log are not filed items, the holder writes their own area freely);
+# the read filter relies on it: an item of these categories has no objection to look for
+NOT_OBJECTABLE = frozenset(
     {"identity", "holder-choices", "access-traces", "personal-expression", "reference", "unclassified"}
 )
 _NOT_RECTIFIABLE = frozenset({"holder-choices", "access-traces", "personal-expression", "reference"})
@@ -254,7 +255,7 @@ def object_to_filing(
     with svc.transaction() as conn:
         stored = _visible(svc, conn, rtype, rid, "r")
         patient = _holder_patient(conn, who, stored, now, patient_id)
-        _refuse_category(conn, stored, _NOT_OBJECTABLE)
+        _refuse_category(conn, stored, NOT_OBJECTABLE)
         if _objection(conn, patient, rtype, rid) is not None:
             raise RequestConflict("You have already withdrawn this item from the shared record")
         objection = fhir_consent(patient, OBJECTION, "deny", now, data=reference)
