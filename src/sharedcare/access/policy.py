@@ -1302,7 +1302,9 @@ class AccessPolicy:
         """The holder has not objected to the item being filed (an objected item is in no
         professional's or system's view). Items of a category no objection can be about
         (``requests.NOT_OBJECTABLE``: identity, traces…) have none to look for: decided here
-        where the rows' types, or the enclosing condition (``category``), fix the category."""
+        where the rows' types, or the enclosing condition (``category``), fix the category. Both
+        are categories of types alone (``categories.category_by_type``; no content gives them),
+        so such an item never had another category an objection could have been made for."""
         known = category or rows.category
         if known is not None and known in NOT_OBJECTABLE:
             return True
