@@ -216,17 +216,29 @@ def test_a_search_naming_the_patient_decides_their_care_once(world: TestClient) 
         finally:
             event.remove(Engine, "before_cursor_execute", note)
 
+    def pages_of(statements: list[str]) -> list[str]:
+        pages = [s for s in statements if "count(*) OVER ()" in s]
+        assert pages
+        return pages
+
     found, searched = statements_of("/fhir/Observation?patient=Patient/pa")
     assert ids(found) == {"Observation/lab-a"} and found["total"] == 1  # the masked one absent
     everything, read = statements_of("/fhir/Patient/pa/$everything")
     assert ids(everything) == {"Patient/pa", "Observation/lab-a"}
-    for statements in (searched, read):
+    listed, in_compartment = statements_of("/fhir/Patient/pa/Observation")
+    assert ids(listed) == {"Observation/lab-a"} and listed["total"] == 1
+    for statements in (searched, read, in_compartment):
         # the facts are read with the token; the page's own statement decides at once
         assert any("care_relationship" in s and "oauth_revoked" in s for s in statements)
-        pages = [s for s in statements if "count(*) OVER ()" in s]
-        assert pages and all("care_relationship" not in s for s in pages)
-        # the record check planned on its own (OFFSET 0: no hashed alternative to plan)
-        assert all("resource_compartment AS ac" in s and "OFFSET 0" in s for s in pages)
+        assert all("care_relationship" not in s for s in pages_of(statements))
+    # where a criterion names the patient, each row's record is checked, planned on its own
+    # (OFFSET 0: no hashed alternative to plan)...
+    assert all("resource_compartment AS ac" in s and "OFFSET 0" in s for s in pages_of(searched))
+    # ... where the statement selects the compartment's rows itself, not a second time
+    for statements in (read, in_compartment):
+        assert all(s.count("FROM resource_compartment") == 1 for s in pages_of(statements))
+    assert ids(world.get("/fhir/Patient/pb/Observation", headers=headers).json()) == set()
+    assert world.get("/fhir/Patient/pb/$everything", headers=headers).status_code == 404
     # none named: each row is decided (and what the GP may not see stays out)
     _, unnamed = statements_of("/fhir/Observation?code=http://loinc.org|2345-7")
     page = next(s for s in unnamed if "count(*) OVER ()" in s)

@@ -355,7 +355,10 @@ def _restricts(
 
 
 def _reference_only(
-    r: FromClause, types: Collection[str] | None = None, patient: str | None = None
+    r: FromClause,
+    types: Collection[str] | None = None,
+    patient: str | None = None,
+    in_record: bool = False,
 ) -> ColumnElement[bool]:
     """The filter of callers who read reference data only (staff, unidentified professionals)."""
     return r.c.category == REFERENCE
@@ -436,10 +439,13 @@ def _now() -> datetime:
 @dataclass(frozen=True, slots=True)
 class _Shortcut:
     """A statement reads only rows of the record of ``patient`` (bound), with whom the
-    professional's relationships in force are of ``kinds`` (``CallerFacts.kinds_for``)."""
+    professional's relationships in force are of ``kinds`` (``CallerFacts.kinds_for``);
+    ``in_record``: the statement's own condition keeps only the rows of that record (an
+    ``AccessFilter`` promise), so the filter does not check it again."""
 
     patient: BindParameter[str]
     kinds: frozenset[str]
+    in_record: bool = False
 
 
 def _patient_bind(patient: str) -> BindParameter[str]:
@@ -773,7 +779,7 @@ class _ProfessionalParts:
             grants.append(
                 _all(rows.category_in(r, self.referent_readable), self._confidential(r, rows, referent=True))
             )
-        in_record = exists(
+        in_record: _Cond = shortcut.in_record or exists(
             select(_ONE)
             .select_from(_AC)
             .where(_AC.c.res_pk == r.c.pk, _AC.c.patient_id == shortcut.patient)
@@ -921,9 +927,15 @@ class _ProfessionalFilter(_Shaped):
         self.r = r
         self.rows = rows
         self.shortcut = shortcut
-        kinds = "" if shortcut is None else ",".join(sorted(shortcut.kinds))
+        kinds = ""
+        self.binds = parts.binds
+        if shortcut is not None:
+            kinds = ",".join(sorted(shortcut.kinds))
+            if shortcut.in_record:
+                kinds += "@"  # no record check: the patient's id is not bound
+            else:
+                self.binds = (*parts.binds, shortcut.patient)
         self.shape = f"{parts.shape}{rows.shape}{kinds}"
-        self.binds = parts.binds if shortcut is None else (*parts.binds, shortcut.patient)
 
     @property
     def _from_objects(self) -> list[FromClause]:
@@ -1089,7 +1101,7 @@ class AccessPolicy:
             return self._holder_filter(p, now)
         if p.kind is PrincipalKind.PROFESSIONAL:
             return self._professional_filter(p, now, facts)
-        return lambda r, types=None, patient=None: false()
+        return lambda r, types=None, patient=None, in_record=False: false()
 
     def caller_facts_columns(
         self, p: Principal, patient: str | None = None
@@ -1132,7 +1144,10 @@ class AccessPolicy:
         s = record_status
 
         def flt(
-            r: FromClause, types: Collection[str] | None = None, patient: str | None = None
+            r: FromClause,
+            types: Collection[str] | None = None,
+            patient: str | None = None,
+            in_record: bool = False,
         ) -> ColumnElement[bool]:
             mine: list[ColumnElement[bool]] = [c.c.patient_id.in_(delegated)]
             if p.patient_id:
@@ -1176,12 +1191,15 @@ class AccessPolicy:
         parts = self._professional_parts(p, facts)
 
         def flt(
-            r: FromClause, types: Collection[str] | None = None, patient: str | None = None
+            r: FromClause,
+            types: Collection[str] | None = None,
+            patient: str | None = None,
+            in_record: bool = False,
         ) -> ColumnElement[bool]:
             kinds = None if facts is None or parts.overridden is not None else facts.kinds_for(patient)
             if kinds is None or patient is None:  # (kinds_for gives None without a patient)
                 return parts.filter(r, types)
-            return parts.filter(r, types, _Shortcut(_patient_bind(patient), kinds))
+            return parts.filter(r, types, _Shortcut(_patient_bind(patient), kinds, in_record))
 
         return flt
 
@@ -1233,7 +1251,10 @@ class AccessPolicy:
         owned = (_RQ.c.kind.in_(_sql_list(ADDRESSED)), _RQ.c.owner_organization_id == p.organization_id)
 
         def flt(
-            r: FromClause, types: Collection[str] | None = None, patient: str | None = None
+            r: FromClause,
+            types: Collection[str] | None = None,
+            patient: str | None = None,
+            in_record: bool = False,
         ) -> ColumnElement[bool]:
             rows = _Rows.of(types)
             identity = and_(

@@ -256,9 +256,12 @@ class PolicySession:
         c = resource_compartment
 
         def flt(
-            r: FromClause, types: Collection[str] | None = None, patient: str | None = None
+            r: FromClause,
+            types: Collection[str] | None = None,
+            patient: str | None = None,
+            in_record: bool = False,
         ) -> ColumnElement[bool]:
-            conds = [] if base is None else [base(r, types, patient)]
+            conds = [] if base is None else [base(r, types, patient, in_record)]
             if readable is not None:
                 ctx = self._scope_context(base)
                 allowed: list[ColumnElement[bool]] = [r.c.type.in_(sorted(readable))] if readable else []

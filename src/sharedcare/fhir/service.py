@@ -207,7 +207,9 @@ class FhirService:
         own = self.session.read_filter() if self.session is not None else None
         if own is None or extra is None:
             return own or extra
-        return lambda r, types=None, patient=None: and_(own(r, types, patient), extra(r, types, patient))
+        return lambda r, types=None, patient=None, in_record=False: and_(
+            own(r, types, patient, in_record), extra(r, types, patient, in_record)
+        )
 
     def _require(self, rtype: str | None, interaction: str) -> None:
         if self.session is not None:

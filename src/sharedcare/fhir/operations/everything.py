@@ -75,7 +75,7 @@ def everything(
     if types:
         conds.append(r.c.type.in_(types))
     if access is not None:
-        conds.append(access(r, types or None, patient=patient_id))
+        conds.append(access(r, types or None, patient=patient_id, in_record=True))  # (``conds``)
     if page is not None:
         conds.append(r.c.pk > page_key(page))
     # the first page counts the matches in the same pass (the window sees them all before the
@@ -95,7 +95,8 @@ def everything(
         .select_from(keys.join(c, c.c.pk == keys.c.pk))
         .order_by(c.c.pk)
     )
-    rows = list(conn.execute(stmt))
+    with planned_once(conn):
+        rows = list(conn.execute(stmt))
     total = (rows[0].total if rows else 0) if page is None else None
     more = len(rows) > count
     rows = rows[:count]

@@ -57,10 +57,19 @@ class AccessFilter(Protocol):
     ``patient``, when given, is the id of the patient whose compartment holds every row the
     statement selects (it selects on it): a filter may then decide once for that patient what
     it would decide for each row. It is a promise about the rows, never a permission: a filter
-    still allows only what it would allow without it."""
+    still allows only what it would allow without it.
+
+    ``in_record``, with ``patient``: the statement's own condition keeps only rows of that
+    patient's compartment (``resource_compartment``: a compartment search, ``$everything``), so
+    a filter need not check it again for each row. Where the patient comes from a search
+    criterion instead, the filter still checks each row's compartment."""
 
     def __call__(
-        self, r: FromClause, types: Collection[str] | None = None, patient: str | None = None
+        self,
+        r: FromClause,
+        types: Collection[str] | None = None,
+        patient: str | None = None,
+        in_record: bool = False,
     ) -> ColumnElement[bool]: ...
 
 

@@ -244,7 +244,9 @@ class SearchEngine:
                 .subquery("rc")
             )
         patient = compartment or self.searched_patient(query)
-        return candidates, [access(candidates, (query.resource_type,), patient=patient)]
+        # a compartment search's own condition (``where``) keeps the patient's compartment rows
+        flt = access(candidates, (query.resource_type,), patient=patient, in_record=compartment is not None)
+        return candidates, [flt]
 
     @staticmethod
     def _driver(query: SearchQuery, compartment: str | None) -> Filter | None:
