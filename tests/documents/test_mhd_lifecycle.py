@@ -27,6 +27,8 @@ from sharedcare.access.session import PolicySession
 from sharedcare.documents import lifecycle
 from sharedcare.fhir.errors import BusinessRule, Forbidden, NotFound
 from sharedcare.fhir.service import FhirService
+from sharedcare.fhir.store import CONFIDENTIALITY_SYSTEM as CONFIDENTIALITY
+from sharedcare.fhir.store import confidentiality_of
 from sharedcare.settings import Settings
 
 
@@ -182,6 +184,30 @@ def test_change_status_for_the_portal(world: TestClient) -> None:
         lifecycle.change_status(as_service(world, GP), note, "current")
     assert lifecycle.change_status(as_service(world, GP), note, "entered-in-error").version == 3
     assert status(world, note) == "entered-in-error"
+
+
+def test_set_confidentiality_names_one_level_and_keeps_other_labels(world: TestClient) -> None:
+    note = file(world, GP, Doc(type_code="11488-4", authors=["Practitioner/gp"]), source="Practitioner/gp")
+    with pytest.raises(Forbidden):  # another GP in care reads it, but is not the author
+        lifecycle.set_confidentiality(as_service(world, OTHER_GP), note, "R")
+    stored = world.get(f"/fhir/DocumentReference/{note}").json()
+    other = {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "PSY"}
+    stored["securityLabel"] = [{"coding": [*stored["securityLabel"][0]["coding"], other]}]
+    stored["meta"] = {"security": [{"system": CONFIDENTIALITY, "code": "V"}, other]}
+    put = world.put(f"/fhir/DocumentReference/{note}", json=stored, headers=auth(world, GP))
+    assert put.status_code == 200
+    for stranger in (OTHER_GP, HOSPITAL):  # V: neither may know it
+        with pytest.raises(NotFound):
+            lifecycle.set_confidentiality(as_service(world, stranger), note, "N")
+    with pytest.raises(BusinessRule):
+        lifecycle.set_confidentiality(as_service(world, GP), note, "X")
+    lifecycle.set_confidentiality(as_service(world, GP), note, "R")
+    now = world.get(f"/fhir/DocumentReference/{note}").json()
+    # the level alone in the first label, the other label kept; the stricter V in meta is gone
+    level = {"coding": [{"system": CONFIDENTIALITY, "code": "R"}]}
+    assert now["securityLabel"] == [level, {"coding": [other]}]
+    assert now["meta"]["security"] == [other]
+    assert confidentiality_of(now) == "R" and now["status"] == "current"
 
 
 def test_who_is_on_the_authors_side() -> None:

@@ -13,9 +13,11 @@ from portal_world import World
 from sqlalchemy import func, select
 
 from sharedcare.access.categories import DOCUMENT_TYPE_SYSTEM, PERSONAL_DOCUMENT
+from sharedcare.fhir.store import CONFIDENTIALITY_SYSTEM, utcnow
 from sharedcare.portal.views import documents
 from sharedcare.settings import Settings
 from sharedcare.storage.tables import resource as resources
+from support import add_care
 
 Browser = Callable[[], TestClient]
 PDF = b"%PDF-1.7\n% a discharge letter\n%%EOF\n"
@@ -270,6 +272,56 @@ def test_author_deprecates_then_marks_in_error(world: World, gp: TestClient) -> 
     assert again.status_code == 422 and "cannot become" in again.text
     gp.post(f"{address}/status", data={"csrf": csrf, "status": "entered-in-error"})
     assert stored(world, doc)["status"] == "entered-in-error"
+
+
+def row_level(world: World, rtype: str, rid: str) -> str | None:
+    with world.engine.connect() as conn:
+        level: str | None = conn.execute(
+            select(resources.c.confidentiality).where(resources.c.type == rtype, resources.c.id == rid)
+        ).scalar_one()
+    return level
+
+
+def test_the_author_sets_the_confidentiality_and_its_readers_change(
+    world: World, gp: TestClient, browser: Browser
+) -> None:
+    """The author's page changes a document's level; its content follows, another GP in the
+    patient's care loses it at V (not the author's side) and gets it back at N; the other GP
+    is offered no such form and is refused."""
+    doc = file_for(world, "pa")  # authored by Practitioner/gp, confidentiality N
+    binary = str(stored(world, doc)["content"][0]["attachment"]["url"]).rsplit("/", 1)[1]  # type: ignore[index]
+    with world.engine.begin() as conn:
+        add_care(conn, "kieffer-solo", "pa", "stranger", utcnow())
+    other = browser()
+    sign_in(other, world.stranger)
+    address = f"/portal/pro/patients/pa/documents/{doc}"
+    page = gp.get(address)
+    assert f'action="{address}/confidentiality"' in page.text
+    assert 'name="confidentiality"' not in other.get(address).text
+    other_csrf = token(other, address)
+    csrf = token(gp, address)
+    assert gp.post(f"{address}/confidentiality", data={"confidentiality": "V"}).status_code == 403  # CSRF
+    wrong = gp.post(f"{address}/confidentiality", data={"csrf": csrf, "confidentiality": "X"})
+    assert wrong.status_code == 400 and "Choose the confidentiality of the document." in wrong.text
+    assert row_level(world, "DocumentReference", doc) == "N"
+
+    done = gp.post(f"{address}/confidentiality", data={"csrf": csrf, "confidentiality": "V"})
+    assert done.status_code == 303, done.text
+    labels = stored(world, doc)["securityLabel"]
+    assert labels == [{"coding": [{"system": CONFIDENTIALITY_SYSTEM, "code": "V"}]}]
+    assert row_level(world, "DocumentReference", doc) == "V" and row_level(world, "Binary", binary) == "V"
+    assert "Very restricted" in gp.get(address).text  # the author still reads it
+    assert other.get(address).status_code == 404
+    assert other.get(f"{address}/content").status_code == 404
+    refused = other.post(f"{address}/confidentiality", data={"csrf": other_csrf, "confidentiality": "N"})
+    assert refused.status_code == 404 and row_level(world, "DocumentReference", doc) == "V"
+
+    gp.post(f"{address}/confidentiality", data={"csrf": csrf, "confidentiality": "N"})
+    assert row_level(world, "DocumentReference", doc) == "N" and row_level(world, "Binary", binary) == "N"
+    assert other.get(f"{address}/content").content == PDF
+    refused = other.post(f"{address}/confidentiality", data={"csrf": other_csrf, "confidentiality": "R"})
+    assert refused.status_code == 403 and "Only the author" in refused.text
+    assert row_level(world, "DocumentReference", doc) == "N"
 
 
 def test_only_the_author_may_change_the_status(world: World, gp: TestClient) -> None:

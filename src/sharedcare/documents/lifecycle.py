@@ -27,7 +27,7 @@ from sharedcare.access.policy import authored_by
 from sharedcare.access.session import PolicySession
 from sharedcare.fhir.errors import BusinessRule, NotFound
 from sharedcare.fhir.service import FhirService, serialize, serialize_many
-from sharedcare.fhir.store import Stored, Write
+from sharedcare.fhir.store import CONFIDENTIALITY_ORDER, CONFIDENTIALITY_SYSTEM, Stored, Write
 
 TRANSITIONS: Mapping[str, frozenset[str]] = {
     "current": frozenset({"superseded", "entered-in-error"}),
@@ -49,6 +49,51 @@ def known_document(svc: FhirService, conn: Connection, document_id: str) -> Stor
     if isinstance(session, PolicySession) and authored_by(session.principal, current.resource()):
         return current
     return None
+
+
+def set_confidentiality(svc: FhirService, document_id: str, code: str) -> Stored:
+    """Give one stored document the confidentiality ``code`` (v3-Confidentiality), as the
+    caller: its ``securityLabel`` then names that level alone, and a level in ``meta.security``
+    is dropped (the row keeps the strictest of both: ``store.confidentiality_of``), other labels
+    kept. Its content (the Binary) follows (``ResourceStore._inherit_document_labels``). The
+    caller's write check decides as for a status change: only the author's side, not a closed
+    record; NotFound when the caller may not know the document."""
+    if len(code) != 1 or code not in CONFIDENTIALITY_ORDER:
+        raise BusinessRule(f"Unknown confidentiality code {code!r}", ("DocumentReference.securityLabel",))
+    with svc.transaction() as conn:
+        serialize(conn, f"DocumentReference/{document_id}")
+        current = known_document(svc, conn, document_id)
+        if current is None:
+            raise NotFound(f"Resource DocumentReference/{document_id} is not known")
+        resource = current.resource()
+        labels = [_without_level(label) for label in resource.get("securityLabel") or ()]
+        level = {"coding": [{"system": CONFIDENTIALITY_SYSTEM, "code": code}]}
+        resource["securityLabel"] = [level, *(label for label in labels if label)]
+        meta = resource.get("meta")
+        if isinstance(meta, dict) and meta.get("security"):
+            kept = [c for c in meta["security"] if not _is_level(c)]
+            if kept:
+                meta["security"] = kept
+            else:
+                del meta["security"]
+        svc.check_resource(resource, "DocumentReference")
+        write = Write("PUT", "DocumentReference", document_id, resource, current)
+        return svc.apply_writes(conn, [write])[0]
+
+
+def _is_level(coding: Any) -> bool:
+    return isinstance(coding, dict) and coding.get("system") == CONFIDENTIALITY_SYSTEM
+
+
+def _without_level(label: Any) -> dict[str, Any] | None:
+    """A ``securityLabel`` concept without its confidentiality codings (None when nothing is left)."""
+    if not isinstance(label, dict):
+        return None
+    codings = [c for c in label.get("coding") or () if not _is_level(c)]
+    rest = {k: v for k, v in label.items() if k != "coding"}
+    if codings:
+        rest["coding"] = codings
+    return rest if codings or rest.get("text") else None
 
 
 def transition_problem(current: Mapping[str, Any], status: str) -> str | None:

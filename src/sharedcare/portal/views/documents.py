@@ -237,6 +237,13 @@ def document_page(
         "error": error,
         "actions": _status_actions(user, opened),
         "status_url": f"{address}/status",
+        "relabel": {
+            "url": f"{address}/confidentiality",
+            "levels": [(code, CONFIDENTIALITY[code]) for code in PRO_CONFIDENTIALITY],
+            "confidentiality": next((c for c in codes if c in PRO_CONFIDENTIALITY), "N"),
+        }
+        if _relabelable(user, opened)
+        else None,
         "holder_side": opened.base == "/portal",
         "replace": {
             "url": f"{address}/replace",
@@ -279,6 +286,13 @@ def _replaceable(user: PortalUser, opened: Opened) -> bool:
     )
 
 
+def _relabelable(user: PortalUser, opened: Opened) -> bool:
+    """A professional on the author's side may change a document's confidentiality, whatever
+    its status (a withdrawn document stays in the record, and its level still decides who reads
+    it)."""
+    return opened.base != "/portal" and authored_by(user.principal, opened.resource)
+
+
 # -- professional upload and status changes (before the document routes: ``new`` is no id) -------
 
 PRO_EXCLUDED = frozenset({PERSONAL, "patient-summary"})
@@ -296,6 +310,9 @@ STATUS_ACTIONS = {
 HOLDER_ACTIONS = {"superseded": N_("Withdraw this document")}
 """What the holder side may do to a personal document it added (MHD deprecate)."""
 REPLACED = N_("The new version replaced the document.")
+RELABELLED = N_("The confidentiality of the document was changed.")
+RELABEL_REFUSED = N_("The confidentiality could not be changed: %(reason)s")
+NOT_RELABELABLE = N_("Only the author of a document can change its confidentiality.")
 NOT_REPLACEABLE = N_("Only the author of a current document can replace it.")
 
 
@@ -432,6 +449,31 @@ def pro_replace(
         return refuse(_refusal(t, exc), exc.status)
     flash(request, REPLACED)
     return redirect(f"/portal/pro/patients/{patient_id}/documents/{new_id}")
+
+
+@router.post("/pro/patients/{patient_id}/documents/{document_id}/confidentiality")
+def pro_relabel(
+    request: Request,
+    patient_id: str,
+    document_id: str,
+    confidentiality: Annotated[str, Form()] = "",
+    user: PortalUser = Depends(professional),
+) -> Response:
+    """The author sets the confidentiality of a document (``lifecycle.set_confidentiality``,
+    with the professional's session: only the author's side may, audited as an update); its
+    content follows, and who may read it changes at once."""
+    opened = open_document(request, user, document_id, patient_id)
+    t = Translator(language(request, user))
+    if confidentiality not in PRO_CONFIDENTIALITY:
+        return document_page(request, user, opened, t.gettext(NO_CONFIDENTIALITY), 400)
+    if not _relabelable(user, opened):
+        return document_page(request, user, opened, t.gettext(NOT_RELABELABLE), 403)
+    try:
+        lifecycle.set_confidentiality(opened.service, document_id, confidentiality)
+    except FhirError as exc:
+        return document_page(request, user, opened, t.gettext(RELABEL_REFUSED, reason=str(exc)), exc.status)
+    flash(request, RELABELLED)
+    return redirect(f"/portal/pro/patients/{patient_id}/documents/{document_id}")
 
 
 @router.post("/documents/{document_id}/status")
