@@ -127,6 +127,29 @@ def test_an_assistant_is_a_related_person_and_a_consent_naming_it(world: TestCli
     assert world.get("/fhir/Patient/anna", headers=bearer(world.app, rep, "user/*.cruds")).status_code == 200
 
 
+def test_a_trusted_person_acts_for_the_holder_until_the_end_set(world: TestClient) -> None:
+    """A trusted person (§A.7) needs no legal basis; the delegation is a RelatedPerson "next of
+    kin" and a Consent naming it; with its end past, the trusted person reads nothing."""
+    ends = utcnow() + timedelta(days=30)
+    delegation_id = _appoint(world, HOLDER, "anna", "marc", "trusted", ends=ends)
+    row = _row(world, delegation_id)
+    person = _resource(world, f"RelatedPerson/{row.related_person_id}")
+    assert person["relationship"][0]["coding"][0]["code"] == "NOK"
+    stored = _resource(world, f"Consent/{row.consent_id}")
+    assert stored["provision"]["actor"][0]["reference"] == {
+        "reference": f"RelatedPerson/{row.related_person_id}"
+    }
+    assert stored["policyRule"]["coding"][0]["code"] == "delegation-trusted"
+    rep = Principal(PrincipalKind.REPRESENTATIVE, _marc(world))
+    headers = bearer(world.app, rep, "user/*.cruds")
+    assert world.get("/fhir/Patient/anna", headers=headers).status_code == 200
+    assert world.get("/fhir/Patient/leo", headers=headers).status_code == 404  # Anna's record only
+    app: Any = world.app
+    with writer(app.state.engine).begin() as conn:
+        conn.execute(delegation.update().where(delegation.c.id == delegation_id).values(ends=utcnow()))
+    assert world.get("/fhir/Patient/anna", headers=headers).status_code == 404
+
+
 def test_an_assistant_needs_an_end_and_a_legal_basis_and_refusals_change_nothing(world: TestClient) -> None:
     before = _counts(world)
     later = utcnow() + timedelta(days=30)
