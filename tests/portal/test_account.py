@@ -13,15 +13,18 @@ from collections.abc import Callable
 import pyotp
 from fastapi.testclient import TestClient
 from portal_http import post, sign_in, token
-from portal_world import MATRICULE_NEW, PASSWORD, World
+from portal_world import MATRICULE_NEW, PASSWORD, World, build_world
 from sqlalchemy import select
 
+from sharedcare.app import create_app
 from sharedcare.audit import log as audit
 from sharedcare.audit.models import audit_log
 from sharedcare.identity import accounts, sessions
 from sharedcare.identity.models import AccountStatus
 from sharedcare.oauth.clients import ClientKind, OAuthClient, save_client
+from sharedcare.settings import Settings
 from sharedcare.storage.engine import writer
+from support import truncate
 
 Browser = Callable[[], TestClient]
 
@@ -231,6 +234,30 @@ def test_pages_carry_security_headers(world: World, browser: Browser) -> None:
     assert any(h.startswith("sharedcare_lang=en") for h in cookies)
     css = c.get("/portal/static/portal.css")
     assert css.status_code == 200 and ":focus-visible" in css.text
+
+
+def test_cookies_are_secure_when_the_site_is_public_over_https(settings: Settings) -> None:
+    """Served at an https address, the session and language cookies are ``Secure`` (a browser
+    then never sends them over plain http); a local http run keeps them usable."""
+    public = settings.model_copy(update={"base_url": "https://portal.example.lu"})
+    app = create_app(public)
+    truncate(app.state.engine)
+    world = build_world(app, public)
+    try:
+        c = TestClient(world.app, base_url="https://portal.example.lu", follow_redirects=False)
+        c.cookies.set("sharedcare_lang", "en")
+        done = sign_in(c, world.patient)
+        cookies = done.headers.get_list("set-cookie")
+        session = next(h for h in cookies if h.startswith("sharedcare_session="))
+        language = next(h for h in cookies if h.startswith("sharedcare_lang="))
+        assert "; secure" in session.lower() and "; secure" in language.lower()
+    finally:
+        world.engine.dispose()
+
+
+def test_cookies_are_not_secure_on_a_local_http_run(world: World, browser: Browser) -> None:
+    cookies = sign_in(browser(), world.patient).headers.get_list("set-cookie")
+    assert cookies and not any("; secure" in h.lower() for h in cookies)
 
 
 def test_oauth_authorization_goes_through_the_portal_login(world: World, browser: Browser) -> None:
