@@ -218,6 +218,8 @@ def document_page(
     text = _text_of(request, opened, attachment) if kind == "text" else None
     address = f"{opened.base}/documents/{opened.id}"
     replaceable = _replaceable(user, opened)
+    levels = [(code, CONFIDENTIALITY[code]) for code in PRO_CONFIDENTIALITY]  # the forms' choices
+    level = next((c for c in codes if c in PRO_CONFIDENTIALITY), "N")
     context = {
         "title": records.title_of(res) or t.gettext("Document"),
         "type": found.display if found else records.title_of({"type": res.get("type")}),
@@ -237,19 +239,15 @@ def document_page(
         "error": error,
         "actions": _status_actions(user, opened),
         "status_url": f"{address}/status",
-        "relabel": {
-            "url": f"{address}/confidentiality",
-            "levels": [(code, CONFIDENTIALITY[code]) for code in PRO_CONFIDENTIALITY],
-            "confidentiality": next((c for c in codes if c in PRO_CONFIDENTIALITY), "N"),
-        }
+        "relabel": {"url": f"{address}/confidentiality", "levels": levels, "confidentiality": level}
         if _relabelable(user, opened)
         else None,
         "holder_side": opened.base == "/portal",
         "replace": {
             "url": f"{address}/replace",
             "title": records.title_of(res) or "",
-            "levels": [(code, CONFIDENTIALITY[code]) for code in PRO_CONFIDENTIALITY],
-            "confidentiality": next((c for c in codes if c in PRO_CONFIDENTIALITY), "N"),
+            "levels": levels,
+            "confidentiality": level,
             "accept": ",".join(UPLOAD_TYPES),
         }
         if replaceable
