@@ -5,7 +5,9 @@ context (a code handed over in solo practice, a facility registration, an emerge
 the holder's permanent grant, and for physicians the referring physician's designation), and each
 profession the file lists, by its own code, in one of those contexts (``grid_world.PROFESSION_COMBOS``):
 one record holding an item of every data category is searched, included from, read by id and
-written to (transaction and batch Bundles) with real tokens. What each may do is read from the
+written to (transaction and batch Bundles) with real tokens, and opened in the portal (the
+professional's record page and each document's page) by an enrolled account of the same
+professional, signed in with password and TOTP. What each may do is read from the
 matrix data file (``grid_world``), never from ``access.policy``: a disagreement fails naming the
 profession, the context and the category. Professionals without a relationship, with a withdrawn
 licence, or blocked by the holder see and write nothing.
@@ -16,11 +18,15 @@ writes, so a write test never changes what the read tests see.
 
 from __future__ import annotations
 
+import contextlib
+import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pyotp
 import pytest
 from fastapi.testclient import TestClient
 from grid_world import (
@@ -34,6 +40,7 @@ from grid_world import (
     OUTSIDERS,
     PATIENT,
     PROFESSION_COMBOS,
+    PROFESSIONS,
     REFERENT,
     SEARCH_TYPES,
     WRITE_CATEGORIES,
@@ -53,12 +60,15 @@ from sharedcare.access.principals import Principal, PrincipalKind
 from sharedcare.app import create_app
 from sharedcare.audit import log as audit
 from sharedcare.fhir.store import utcnow
+from sharedcare.identity import accounts
+from sharedcare.portal import records
 from sharedcare.settings import Settings
 from sharedcare.storage.engine import writer
 from sharedcare.storage.tables import resource, resource_compartment
 from support import (
     DEMO_SECRET,
     add_care,
+    cheap_passwords,
     ensure_demo,
     mint_token,
     professional,
@@ -441,6 +451,103 @@ def test_outsiders_see_and_write_nothing(grid: Grid, who: Outsider) -> None:
     )
     assert resp.status_code == 403, resp.text[:300]
     assert _count(grid, who.write_patient) == before
+
+
+# --- portal pages ------------------------------------------------------------------------------------------
+
+PASSWORD = "blue kettle sings at dawn"
+CSRF = re.compile(r'name="csrf" value="([^"]+)"')
+ENTRY = re.compile(r'<li class="entry" data-group="[a-z-]+" data-item="([^"]+)">')
+RECORD = f"/portal/pro/patients/{PATIENT}"
+
+
+def _portal_session(app: Any, who: Combo | Outsider, profession: str) -> TestClient:
+    """An account of the professional enrolled as the agency enrols one (activation, password,
+    confirmed TOTP), then signed in through the portal's two login steps, as a browser does."""
+    settings = app.state.settings
+    login = f"portal-{who.practitioner}"
+    past = datetime.now(UTC) - timedelta(seconds=60)
+    with accounts.transaction(app.state.engine) as conn:
+        account = accounts.create_account(
+            conn,
+            PrincipalKind.PROFESSIONAL,
+            display_name=who.practitioner,
+            username=login,
+            practitioner_id=who.practitioner,
+            profession=PROFESSIONS[profession],  # an account holds the column (tokens the code)
+            organization_id=who.organization,
+            language="en",
+        )
+        code = accounts.issue_activation_code(conn, account.id, settings)
+        accounts.activate(conn, settings, code=code, matricule_or_login=login, contact="grid@example.org")
+        accounts.set_password(conn, settings, account.id, PASSWORD)
+        secret, _uri, _svg = accounts.start_totp_enrolment(conn, account.id)
+        accounts.confirm_totp(conn, account.id, pyotp.TOTP(secret).at(past), now=past)
+    client = TestClient(app, follow_redirects=False)
+    for page, form in (
+        ("/portal/login", {"login": login, "password": PASSWORD}),
+        ("/portal/login/code", {"code": pyotp.TOTP(secret).now()}),
+    ):
+        found = CSRF.search(client.get(page).text)
+        assert found, page
+        resp = client.post(page, data={"csrf": found.group(1), **form})
+        assert resp.status_code == 303, f"{who.id} at {page}: {resp.text[:300]}"
+    return client
+
+
+@pytest.fixture(scope="module")
+def portal(grid: Grid) -> Iterator[dict[str, TestClient]]:
+    """A signed-in portal session of every professional of the grid, outsiders included."""
+    app: Any = grid.client.app
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(contextlib.contextmanager(cheap_passwords)())
+        sessions = {
+            who.practitioner: _portal_session(app, who, profession)
+            for who, profession in (
+                *((c, c.profession) for c in GRID),
+                *((o, o.column) for o in OUTSIDER_CASES),
+            )
+        }
+        yield sessions
+
+
+def _documents() -> dict[str, str]:
+    """Category → id of its item where the item is a DocumentReference (it has a page)."""
+    return {c: k.split("/")[1] for c, k in KEYS.items() if k.startswith("DocumentReference/")}
+
+
+@pytest.mark.parametrize("combo", GRID, ids=lambda c: c.id)
+def test_the_portal_record_shows_exactly_the_readable_items(
+    grid: Grid, portal: dict[str, TestClient], combo: Combo
+) -> None:
+    """The professional's record page (the timeline, read through the same decision as the
+    API) lists each readable item of the record and nothing else; a document's own page opens
+    for a readable one and answers "not found" for the others, as for a missing one."""
+    client = portal[combo.practitioner]
+    seen = readable(combo.profession, combo.context)
+    page = client.get(f"{RECORD}/timeline")
+    assert page.status_code == 200, f"{combo.id}: {page.text[:300]}"
+    want = {KEYS[c] for c in seen if KEYS[c].split("/")[0] not in records.NOT_ITEMS}
+    problems = _differences(combo.id, want, set(ENTRY.findall(page.text)), "the portal's record page")
+    missing = client.get(f"{RECORD}/documents/{MISSING}")
+    assert missing.status_code == 404
+    for category, document_id in _documents().items():
+        status = client.get(f"{RECORD}/documents/{document_id}").status_code
+        if status != (200 if category in seen else 404):
+            problems.append(f"{combo.id}: {category} document page answered {status}")
+    assert problems == []
+
+
+@pytest.mark.parametrize("who", OUTSIDER_CASES, ids=lambda o: o.id)
+def test_outsiders_open_nothing_in_the_portal(
+    grid: Grid, portal: dict[str, TestClient], who: Outsider
+) -> None:
+    client = portal[who.practitioner]
+    documents = [f"{RECORD}/documents/{d}" for d in _documents().values()]
+    for url in (RECORD, f"{RECORD}/timeline", *documents):
+        resp = client.get(url)
+        assert resp.status_code == 404, f"{who.id} {url}: {resp.status_code}"
+        assert "data-item=" not in resp.text and "Grid" not in resp.text
 
 
 def test_the_grid_covers_every_profession_and_context() -> None:

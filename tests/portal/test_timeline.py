@@ -18,9 +18,9 @@ from sharedcare.portal.views import timeline
 
 Browser = Callable[[], TestClient]
 ENTRY = re.compile(
-    r'<li class="entry" data-group="([a-z-]+)">.*?href="/portal/items/([A-Za-z]+/[^"]+)"', re.S
+    r'<li class="entry" data-group="([a-z-]+)"[^>]*>.*?href="/portal/items/([A-Za-z]+/[^"]+)"', re.S
 )
-PRO_ENTRY = re.compile(r'<li class="entry" data-group="([a-z-]+)">(.*?)</li>', re.S)
+PRO_ENTRY = re.compile(r'<li class="entry" data-group="([a-z-]+)"[^>]*>(.*?)</li>', re.S)
 TIMELINE = "/portal/timeline"
 GP_TIMELINE = "/portal/pro/patients/pa/timeline"
 
