@@ -32,12 +32,13 @@ def test_the_author_replaces_a_report_with_a_new_version(chromium: Any, portal: 
     page.get_by_role("heading", name="Discharge letter").wait_for()
     old_url = page.url
     page.get_by_role("heading", name="Replace with a new version").wait_for()
-    page.get_by_label("Title").fill("Discharge letter (corrected)")
-    page.get_by_label("Confidentiality").select_option("V")
-    page.get_by_label("File").set_input_files(
+    replace = page.get_by_role("form", name="Replace with a new version")
+    replace.get_by_label("Title").fill("Discharge letter (corrected)")
+    replace.get_by_label("Confidentiality").select_option("V")
+    replace.get_by_label("File").set_input_files(
         {"name": "letter.pdf", "mimeType": "application/pdf", "buffer": NEW_PDF}
     )
-    page.get_by_role("button", name="Replace the document").click()
+    replace.get_by_role("button", name="Replace the document").click()
     page.get_by_role("heading", name="Discharge letter (corrected)").wait_for()
     page.get_by_role("status").get_by_text("The new version replaced the document.").wait_for()
     assert page.url != old_url
@@ -46,6 +47,14 @@ def test_the_author_replaces_a_report_with_a_new_version(chromium: Any, portal: 
     assert new["relatesTo"][0]["code"] == "replaces"
     assert _document(portal, old_url)["status"] == "superseded"
     assert context.request.get(page.locator("iframe.document-frame").get_attribute("src")).body() == NEW_PDF
+    # the author lowers the new version's confidentiality from its page
+    relabel = page.get_by_role("form", name="Change the confidentiality")
+    relabel.get_by_label("Confidentiality").select_option("N")
+    relabel.get_by_role("button", name="Change the confidentiality").click()
+    page.get_by_role("status").get_by_text("The confidentiality of the document was changed.").wait_for()
+    assert _document(portal, page.url)["securityLabel"] == [
+        {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "N"}]}
+    ]
     page.goto(old_url)
     page.get_by_text("Replaced or withdrawn by its author").wait_for()
     assert page.get_by_role("button", name="Replace the document").count() == 0
