@@ -61,10 +61,7 @@ def set_confidentiality(svc: FhirService, document_id: str, code: str) -> Stored
     if len(code) != 1 or code not in CONFIDENTIALITY_ORDER:
         raise BusinessRule(f"Unknown confidentiality code {code!r}", ("DocumentReference.securityLabel",))
     with svc.transaction() as conn:
-        serialize(conn, f"DocumentReference/{document_id}")
-        current = known_document(svc, conn, document_id)
-        if current is None:
-            raise NotFound(f"Resource DocumentReference/{document_id} is not known")
+        current = _locked(svc, conn, document_id)
         resource = current.resource()
         labels = [_without_level(label) for label in resource.get("securityLabel") or ()]
         level = {"coding": [{"system": CONFIDENTIALITY_SYSTEM, "code": code}]}
@@ -79,6 +76,16 @@ def set_confidentiality(svc: FhirService, document_id: str, code: str) -> Stored
         svc.check_resource(resource, "DocumentReference")
         write = Write("PUT", "DocumentReference", document_id, resource, current)
         return svc.apply_writes(conn, [write])[0]
+
+
+def _locked(svc: FhirService, conn: Connection, document_id: str) -> Stored:
+    """The stored document, its changes serialised until the transaction ends; NotFound when
+    the caller may not know it (``known_document``)."""
+    serialize(conn, f"DocumentReference/{document_id}")
+    current = known_document(svc, conn, document_id)
+    if current is None:
+        raise NotFound(f"Resource DocumentReference/{document_id} is not known")
+    return current
 
 
 def _is_level(coding: Any) -> bool:
@@ -129,10 +136,7 @@ def change_status(svc: FhirService, document_id: str, status: str) -> Stored:
     the caller (the portal's buttons, and any Python caller): NotFound when the caller may not
     know it, BusinessRule for a change its status does not allow, Forbidden for a non-author."""
     with svc.transaction() as conn:
-        serialize(conn, f"DocumentReference/{document_id}")
-        current = known_document(svc, conn, document_id)
-        if current is None:
-            raise NotFound(f"Resource DocumentReference/{document_id} is not known")
+        current = _locked(svc, conn, document_id)
         problem = transition_problem(current.resource(), status)
         if problem is not None:
             raise BusinessRule(f"DocumentReference/{document_id}: {problem}", ("DocumentReference.status",))
